@@ -1,0 +1,1 @@
+"""cdi-live services: ingest → assemble → infer → refine → serve, and the CLI."""

@@ -1,0 +1,1 @@
+"""The ``cdi-live`` command: one module per subcommand."""

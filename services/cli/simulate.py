@@ -1,0 +1,94 @@
+"""Simulate gold nanocrystals and their Bragg diffraction (HDF5 training/test data).
+
+Writes datasets intensity, amplitude, phase of shape (N, n, n, n) and the
+generation parameters as attributes (per-crystal values under params/).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from services.cli.options import fraction, photon_range, positive_int
+from shared import __version__
+from shared.physics import crystals, fourier
+
+
+def add_arguments(p):
+    p.add_argument("--count", type=positive_int, default=16, help="number of crystals")
+    p.add_argument("--size", type=positive_int, default=32, help="grid size n (n³ voxels)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (crystal i uses seed, i)")
+    p.add_argument("--photons", type=photon_range, default=(0.0, 0.0),
+                   help="total counts per pattern: 0 = noiseless, 1e6, or a log-uniform range 1e5:1e8")
+    p.add_argument("--unstrained-fraction", type=fraction, default=0.0,
+                   help="fraction of crystals that are unstrained copies of strained ones (control set)")
+    p.add_argument("--max-strain", type=float, default=5e-3, help="upper bound of the peak strain along G")
+    p.add_argument("--hkl", type=int, nargs=3, default=(1, 1, 1), help="Bragg reflection")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes")
+    p.add_argument("--out", type=Path, required=True, help="output .h5")
+
+
+def one_crystal(job):
+    """Crystal ``index`` of the set: shape drawn from (seed, shape_index), so controls share it."""
+    index, shape_index, strained, cfg = job
+    rng = np.random.default_rng([cfg["seed"], shape_index])
+    max_strain = float(np.exp(rng.uniform(np.log(3e-4), np.log(max(cfg["max_strain"], 3e-4)))))
+    amplitude, phase, params = crystals.random_crystal(cfg["size"], rng, strained, max_strain, cfg["hkl"])
+    ideal = fourier.intensity(fourier.make_object(amplitude, phase))
+    noise_rng = np.random.default_rng([cfg["seed"], index, 1])
+    low, high = cfg["photons"]
+    photons = 0.0 if high <= 0 else float(np.exp(noise_rng.uniform(np.log(low), np.log(high))))
+    return index, fourier.poisson_counts(ideal, photons, noise_rng), amplitude, phase, params, photons
+
+
+def run(args):
+    n, count = args.size, args.count
+    controls = int(round(count * args.unstrained_fraction))
+    cfg = {"seed": args.seed, "size": n, "photons": args.photons, "max_strain": args.max_strain, "hkl": tuple(args.hkl)}
+    # Strained crystals get shapes 0..S-1; controls reuse shapes 0..C-1 without strain.
+    strained_count = count - controls
+    jobs = [(i, i, True, cfg) for i in range(strained_count)]
+    jobs += [(strained_count + j, j % max(strained_count, 1) if strained_count else j, False, cfg) for j in range(controls)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".partial")
+    started = time.perf_counter()
+    params, photons = [None] * count, np.zeros(count)
+    with h5py.File(tmp, "w") as f:
+        chunk = (1, n, n, n)
+        data = {k: f.create_dataset(k, (count, n, n, n), np.float32, chunks=chunk) for k in ("intensity", "amplitude", "phase")}
+        with Pool(args.workers) if args.workers > 1 else _Serial() as pool:
+            for index, inten, amp, phase, par, ph in tqdm(pool.imap_unordered(one_crystal, jobs), total=count,
+                                                          desc="simulate", unit="crystal"):
+                data["intensity"][index], data["amplitude"][index], data["phase"][index] = inten, amp, phase
+                params[index], photons[index] = par, ph
+        group = f.create_group("params")
+        for key, column in crystals.params_table(params).items():
+            group.create_dataset(key, data=column)
+        group.create_dataset("photons", data=photons)
+        f.attrs.update({"count": count, "size": n, "seed": args.seed, "photons": json.dumps(list(args.photons)),
+                        "unstrained_fraction": args.unstrained_fraction, "max_strain": args.max_strain,
+                        "hkl": list(args.hkl), "generator": f"cdi-live {__version__}",
+                        "convention": "intensity = |fftshift(fftn(amplitude*exp(1j*phase)))|^2 (before noise)",
+                        "seconds": time.perf_counter() - started})
+    tmp.replace(args.out)
+    print(f"wrote {count} crystals ({controls} unstrained controls) of {n}³ to {args.out}")
+
+
+class _Serial:
+    """Stand-in for a process pool when --workers is 1 (no fork overhead)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap_unordered(func, jobs):
+        return map(func, jobs)

@@ -1,0 +1,143 @@
+"""Reading measured volumes and writing reconstructions (the only file I/O in shared/).
+
+Inputs: .npy, .npz, .h5/.hdf5/.cxi (a named dataset, or the first 3D/4D one),
+a .tif/.tiff stack or a folder of TIFF frames. A 4D array is a batch of scans.
+Outputs: HDF5 with root datasets amplitude, phase, support and attributes;
+CXI (entry_1/image_1/data complex, readable by PyNX and silx); VTK .vti.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 filters for reading compressed data)
+import numpy as np
+import tifffile
+
+from shared.errors import InputError
+
+READABLE = (".npy", ".npz", ".h5", ".hdf5", ".cxi", ".tif", ".tiff")
+
+
+def _first_volume_in_h5(handle: h5py.File) -> str | None:
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and not found:
+            found.append(name)
+
+    handle.visititems(visit)
+    return found[0] if found else None
+
+
+def _read_raw(path: Path, dataset: str | None) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        frames = sorted(list(path.glob("*.tif")) + list(path.glob("*.tiff")))
+        if not frames:
+            raise InputError(f"{path}: folder holds no .tif/.tiff frames")
+        return tifffile.imread([str(f) for f in frames])
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    if suffix not in READABLE:
+        raise InputError(f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(READABLE)}")
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                names = [dataset] if dataset else [k for k in archive.files if archive[k].ndim in (3, 4)]
+                if not names or names[0] not in archive.files:
+                    raise InputError(f"{path}: no {'dataset ' + dataset if dataset else '3D/4D array'} inside")
+                return archive[names[0]]
+        if suffix in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        with h5py.File(path, "r") as handle:
+            name = dataset or _first_volume_in_h5(handle)
+            if name is None or name not in handle:
+                raise InputError(f"{path}: no {'dataset ' + dataset if dataset else '3D/4D dataset'} inside")
+            return handle[name][()]
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt files surface as many exception types
+        raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def check_intensity(volume: np.ndarray, source: str = "input", min_size: int = 1) -> np.ndarray:
+    """Validate a measured intensity volume or batch; return it as float32 (B, n0, n1, n2)."""
+    volume = np.asarray(volume)
+    if volume.dtype.kind not in "uif":
+        raise InputError(f"{source}: dtype {volume.dtype} is not a real number type")
+    if volume.ndim not in (3, 4):
+        raise InputError(f"{source}: need a 3D volume or 4D batch, got {volume.ndim}D shape {volume.shape}")
+    if volume.size == 0:
+        raise InputError(f"{source}: array is empty")
+    volume = volume.astype(np.float32, copy=False)
+    if not np.isfinite(volume).all():
+        raise InputError(f"{source}: contains NaN or infinite values")
+    if (volume < 0).any():
+        raise InputError(f"{source}: contains negative counts")
+    batch = volume if volume.ndim == 4 else volume[None]
+    if min(batch.shape[1:]) < min_size:
+        raise InputError(f"{source}: each axis needs at least {min_size} samples, got {batch.shape[1:]}")
+    return batch
+
+
+def read_intensity(path: str | Path, dataset: str | None = None, min_size: int = 1):
+    """Read a measured intensity; returns (float32 batch (B, n0, n1, n2), was_batch)."""
+    path = Path(path)
+    raw = _read_raw(path, dataset)
+    return check_intensity(raw, str(path), min_size), np.asarray(raw).ndim == 4
+
+
+def write_result(path: str | Path, amplitude, phase, support, attrs: dict, fmt: str = "h5",
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write a reconstruction. ``fmt`` 'h5' (root datasets) or 'cxi' (CXI layout)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        if fmt == "cxi":
+            f.attrs["cxi_version"] = 150
+            entry = f.create_group("entry_1")
+            entry.attrs["NX_class"] = "NXentry"
+            image = entry.create_group("image_1")
+            image.attrs["NX_class"] = "NXdata"
+            image.create_dataset("data", data=(np.asarray(amplitude) * np.exp(1j * np.asarray(phase))).astype(np.complex64))
+            image.create_dataset("mask", data=np.asarray(support, np.uint8))
+            image["data_type"] = "electron density"
+            image["data_space"] = "real"
+            target = entry.create_group("process_1")
+        else:
+            f.create_dataset("amplitude", data=np.asarray(amplitude, np.float32), compression="gzip")
+            f.create_dataset("phase", data=np.asarray(phase, np.float32), compression="gzip")
+            f.create_dataset("support", data=np.asarray(support, bool), compression="gzip")
+            target = f
+        for key, value in (extra or {}).items():
+            target.create_dataset(key, data=value)
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str, np.ndarray)) else json.dumps(value)
+    tmp.replace(path)  # never leave a half-written result under the final name
+
+
+def write_vti(path: str | Path, arrays: dict[str, np.ndarray], spacing=(1.0, 1.0, 1.0)) -> None:
+    """VTK XML ImageData (ParaView) with base64 binary point data; axis 0 is x."""
+    shape = next(iter(arrays.values())).shape
+    extent = " ".join(f"0 {n - 1}" for n in shape)
+    parts = []
+    for name, values in arrays.items():
+        data = np.asarray(values, np.float32).ravel(order="F").tobytes()
+        blob = base64.b64encode(np.uint64(len(data)).tobytes() + data).decode()
+        parts.append(f'<DataArray type="Float32" Name="{name}" format="binary">{blob}</DataArray>')
+    xml = (
+        '<?xml version="1.0"?>\n<VTKFile type="ImageData" version="1.0" byte_order="LittleEndian" '
+        f'header_type="UInt64">\n<ImageData WholeExtent="{extent}" Origin="0 0 0" '
+        f'Spacing="{" ".join(str(float(s)) for s in spacing)}">\n<Piece Extent="{extent}">\n'
+        f'<PointData Scalars="{next(iter(arrays))}">\n' + "\n".join(parts) +
+        "\n</PointData>\n</Piece>\n</ImageData>\n</VTKFile>\n"
+    )
+    Path(path).write_text(xml)

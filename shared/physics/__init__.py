@@ -1,0 +1,1 @@
+"""Physics of Bragg CDI as pure functions on arrays."""

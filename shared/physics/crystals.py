@@ -1,0 +1,156 @@
+"""Simulated gold nanocrystals for training and testing, as in 3D-CDI-NN.
+
+Shape: a cube clipped by planes of the fcc high-symmetry families {100},
+{110} and {111}, each plane at its own random distance, randomly rotated and
+placed with a random sub-voxel offset; edges are anti-aliased by supersampling
+the voxels the surface crosses.
+
+Strain: a displacement field u (nm) from physical sources — misfitting
+spherical inclusions (Eshelby: uniform dilation inside, 1/r² outside),
+surface relaxation decaying from the facets, and bending — projected on the
+Bragg vector G: phase = G·u. The peak strain along G is capped at
+``max_strain`` and the phase is made canonical (zero mean inside the crystal,
+no linear ramp: a ramp only moves the Bragg peak, which cropping removes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+AU_LATTICE_NM = 0.40782
+FAMILIES = {
+    "100": [(1, 0, 0), (0, 1, 0), (0, 0, 1)],
+    "110": [(1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1), (0, 1, 1), (0, 1, -1)],
+    "111": [(1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)],
+}
+# Plane distance range per family, in units of the {100} half-size: {110} and
+# {111} planes cut edges and corners only when closer than √2 and √3.
+DISTANCE_RANGE = {"100": (0.85, 1.0), "110": (0.9, 1.45), "111": (0.95, 1.8)}
+
+
+@dataclass
+class CrystalParams:
+    """What was drawn for one crystal (stored beside it in the HDF5 file)."""
+
+    half_size: float  # voxels, {100} half-width before clipping
+    offset: tuple  # sub-voxel position of the centre
+    rotation: tuple  # quaternion (x, y, z, w)
+    strained: bool
+    voxel_nm: float
+    hkl: tuple
+    max_strain: float  # peak |strain| along G actually present
+
+
+def facet_normals(rotation: Rotation) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals of all planes (both signs) and their family index."""
+    normals, family = [], []
+    for k, (name, dirs) in enumerate(FAMILIES.items()):
+        for d in dirs:
+            v = np.array(d, float) / np.linalg.norm(d)
+            normals += [v, -v]
+            family += [k, k]
+    return rotation.apply(np.array(normals)), np.array(family)
+
+
+def signed_distance(points: np.ndarray, normals: np.ndarray, distances: np.ndarray):
+    """Convex polyhedron distance (max over planes) and the index of the nearest facet."""
+    d = points @ normals.T - distances
+    return d.max(axis=-1), d.argmax(axis=-1)
+
+
+def voxel_grid(n: int, offset) -> np.ndarray:
+    """Voxel-centre coordinates relative to the crystal centre, shape (n, n, n, 3)."""
+    axis = np.arange(n) - n // 2
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).astype(float)
+    return grid - np.asarray(offset, float)
+
+
+def shape_fill(points, normals, distances, supersample: int = 4) -> np.ndarray:
+    """Fraction of each voxel inside the crystal; boundary voxels are supersampled."""
+    dist, _ = signed_distance(points, normals, distances)
+    fill = (dist <= 0).astype(np.float32)
+    edge = np.abs(dist) < np.sqrt(3) / 2
+    if supersample > 1 and edge.any():
+        sub = (np.arange(supersample) + 0.5) / supersample - 0.5
+        sub = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
+        centres = points[edge]
+        inside = signed_distance(centres[:, None, :] + sub[None], normals, distances)[0] <= 0
+        fill[edge] = inside.mean(axis=1)
+    return fill
+
+
+def displacement(points, normals, distances, rng, voxel_nm: float) -> np.ndarray:
+    """Displacement field (nm) from inclusions, surface relaxation and bending."""
+    u = np.zeros(points.shape, float)
+    r_nm = points * voxel_nm
+    size_nm = distances.min() * voxel_nm
+    for _ in range(rng.integers(1, 4)):  # misfitting inclusions (Eshelby)
+        centre = rng.uniform(-0.6, 0.6, 3) * size_nm
+        radius = rng.uniform(0.1, 0.35) * size_nm
+        misfit = rng.uniform(-1, 1) * 3e-3
+        rel = r_nm - centre
+        r = np.linalg.norm(rel, axis=-1, keepdims=True)
+        u += misfit * rel * np.where(r < radius, 1.0, (radius / np.maximum(r, 1e-9)) ** 3)
+    dist, facet = signed_distance(points, normals, distances)  # surface relaxation
+    depth_nm = np.clip(-dist, 0, None) * voxel_nm
+    decay_nm = rng.uniform(0.05, 0.2) * size_nm
+    u += rng.uniform(-1, 1) * 2e-3 * decay_nm * np.exp(-depth_nm / decay_nm)[..., None] * normals[facet]
+    curvature = rng.uniform(-1, 1) * 2e-3 / size_nm  # bending about a random axis
+    axis = Rotation.random(random_state=rng.integers(2**31)).apply([0.0, 0.0, 1.0])
+    along = r_nm @ axis
+    u += 0.5 * curvature * (along**2)[..., None] * np.cross(axis, [1.0, 0.0, 0.0])
+    return u
+
+
+def canonical_phase(phase: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
+    """Remove the amplitude-weighted mean and linear ramp of the phase inside the crystal."""
+    w = amplitude.ravel().astype(float)
+    coords = np.indices(phase.shape).reshape(3, -1).T.astype(float)
+    design = np.column_stack([np.ones(len(w)), coords])
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], phase.ravel() * sw, rcond=None)
+    return (phase - (design @ coef).reshape(phase.shape)) * (amplitude > 0)
+
+
+def strain_along(phase: np.ndarray, g_voxel: np.ndarray, support: np.ndarray, g_norm: float):
+    """Strain along G̃ from the phase gradient (finite differences), masked."""
+    grads = np.gradient(phase)
+    directional = sum(g * d for g, d in zip(g_voxel, grads))
+    interior = support & np.roll(support, 1, 0) & np.roll(support, -1, 0)
+    return np.where(interior, directional / g_norm, 0.0)
+
+
+def random_crystal(n: int, rng: np.random.Generator, strained: bool = True, max_strain: float = 1e-3,
+                   hkl=(1, 1, 1), voxel_nm: float | None = None, supersample: int = 4):
+    """One crystal on an n³ grid: (amplitude, phase, CrystalParams)."""
+    rotation = Rotation.random(random_state=rng.integers(2**31))
+    normals, family = facet_normals(rotation)
+    half = rng.uniform(0.16, 0.30) * n  # full extent ≈ 0.3–0.6 n: oversampling ≈ 1.7–3.3
+    distances = np.array([half * rng.uniform(*DISTANCE_RANGE[list(FAMILIES)[f]]) for f in family])
+    offset = rng.uniform(-0.5, 0.5, 3)
+    points = voxel_grid(n, offset)
+    amplitude = shape_fill(points, normals, distances, supersample)
+    voxel_nm = float(voxel_nm or rng.uniform(5.0, 15.0))
+    phase = np.zeros_like(amplitude)
+    peak = 0.0
+    if strained:
+        g_dir = np.array(hkl, float) / np.linalg.norm(hkl)
+        g_norm = 2 * np.pi * np.linalg.norm(hkl) / AU_LATTICE_NM  # |G| in rad/nm
+        u = displacement(points, normals, distances, rng, voxel_nm)
+        raw = canonical_phase((u @ g_dir) * g_norm, amplitude)
+        strain = strain_along(raw, g_dir, amplitude > 0.5, g_norm * voxel_nm)
+        peak = float(np.abs(strain).max()) or 1e-12
+        scale = min(1.0, max_strain / peak, 0.9 * np.pi / max(np.abs(raw).max(), 1e-12))
+        phase, peak = (raw * scale).astype(np.float32), peak * scale
+    params = CrystalParams(float(half), tuple(offset), tuple(rotation.as_quat()), bool(strained),
+                           voxel_nm, tuple(hkl), float(peak))
+    return amplitude, phase, params
+
+
+def params_table(params: list[CrystalParams]) -> dict[str, np.ndarray]:
+    """Column arrays of the per-crystal parameters, for HDF5 storage."""
+    rows = [asdict(p) for p in params]
+    return {key: np.array([r[key] for r in rows]) for key in rows[0]}

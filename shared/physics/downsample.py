@@ -1,0 +1,120 @@
+"""Bring a measured rocking curve to the network's 32³ input, as in 3D-CDI-NN.
+
+1. Find the Bragg peak: centre of mass of intensity (robust to hot pixels
+   because the sum is dominated by the peak).
+2. Crop a cube around it, as large as the data allow (ideally the whole
+   measured extent, so no information is thrown away).
+3. DCT-downsample: forward DCT-II, keep the low-frequency ``size``³ block,
+   inverse DCT. The DCT is taken of the diffraction *magnitude*, so its
+   "frequencies" are real-space (autocorrelation) distances; dropping the high
+   ones discards autocorrelation lags beyond the new field of view.
+
+What it does to the geometry (checked in tests/test_downsample.py): going from
+m to n = ``size`` samples per axis keeps the reciprocal-space extent, so the
+real-space voxel size is unchanged, while the reciprocal step grows by m/n.
+The real-space field of view, and with it the oversampling ratio, shrink by
+m/n: a 64³ crop with oversampling 4 becomes a 32³ input with oversampling 2.
+The object must therefore fit inside n voxels (oversampling after ≥ 1, ≥ 2 for
+phase retrieval). New sample j sits at old coordinate (j + 0.5)·m/n − 0.5, so
+the Bragg peak lands half an old pixel off the centre — a tiny real-space
+phase ramp, one of BCDI's harmless ambiguities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.ndimage as ndi
+
+from shared.errors import InputError
+
+NETWORK_SIZE = 32
+
+
+def bragg_peak(volume: np.ndarray) -> tuple[int, int, int]:
+    """Integer voxel of the intensity's centre of mass (the Bragg peak)."""
+    weights = np.clip(np.nan_to_num(np.asarray(volume, np.float64)), 0, None)
+    if weights.sum() <= 0:
+        raise InputError("intensity is zero everywhere: no Bragg peak to centre on")
+    com = ndi.center_of_mass(weights)
+    return tuple(int(round(c)) for c in com)
+
+
+def crop_around(volume: np.ndarray, centre, shape) -> np.ndarray:
+    """Box of ``shape`` centred on ``centre``, shifted inward at the edges."""
+    if any(n < c for n, c in zip(volume.shape, shape)):
+        raise InputError(f"volume {volume.shape} is smaller than the crop {tuple(shape)}")
+    slices = []
+    for c, size, n in zip(centre, shape, volume.shape):
+        start = int(np.clip(c - size // 2, 0, n - size))
+        slices.append(slice(start, start + size))
+    return volume[tuple(slices)]
+
+
+def oversampling(intensity_volume: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """Oversampling ratio per axis, from the extent of the autocorrelation.
+
+    The autocorrelation |IFFT(I)| spans twice the object, so the object fills
+    extent/2 of the n-voxel field of view and the ratio is 2n/extent.
+    """
+    vol = np.clip(np.nan_to_num(np.asarray(intensity_volume, np.float32)), 0, None)
+    auto = np.abs(sfft.fftshift(sfft.ifftn(sfft.ifftshift(vol), workers=-1)))
+    mask = auto > threshold * auto.max()
+    ratios = []
+    for axis, n in enumerate(vol.shape):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        extent = occupied[-1] - occupied[0] + 1
+        ratios.append(2.0 * n / extent)
+    return np.array(ratios)
+
+
+def crop_shape(volume: np.ndarray, size: int = NETWORK_SIZE, target: float = 2.5) -> tuple:
+    """Per-axis crop that leaves an oversampling near ``target`` after downsampling.
+
+    Oversampling does not change with cropping (the reciprocal step is kept) and
+    DCT downsampling from c to ``size`` divides it by c/size, so the crop is
+    c = size·σ/target, clipped to [size, available] and made even.
+    """
+    sigma = oversampling(volume)
+    shape = []
+    for s, n in zip(sigma, volume.shape):
+        c = int(np.clip(round(size * s / target), size, n))
+        shape.append(c - c % 2 if c > size else c)
+    return tuple(shape)
+
+
+def dct_downsample(volume: np.ndarray, size: int = NETWORK_SIZE) -> np.ndarray:
+    """DCT → keep the low-frequency ``size``³ block → inverse DCT (float32).
+
+    Orthonormal transforms are used and the result is rescaled so that mean
+    values are preserved (a constant stays the same constant).
+    """
+    m = volume.shape
+    if any(s < size for s in m):
+        raise InputError(f"volume {m} is smaller than {size}³")
+    if all(s == size for s in m):
+        return np.asarray(volume, np.float32)
+    coeffs = sfft.dctn(np.asarray(volume, np.float64), norm="ortho", workers=-1)
+    low = coeffs[:size, :size, :size]
+    out = sfft.idctn(low, norm="ortho", workers=-1)
+    out *= np.sqrt(np.prod([size / s for s in m]))
+    return out.astype(np.float32)
+
+
+def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE) -> np.ndarray:
+    """Measured intensity → the network's input: magnitude, cropped, downsampled, max 1.
+
+    A volume already of the network's size passes through unchanged but for
+    the square root and normalisation.
+
+    The magnitude (sqrt of intensity) is downsampled, as in the paper's code.
+    Negative values from DCT ringing are clipped to zero.
+    """
+    vol = np.asarray(intensity_volume, np.float32)
+    if vol.ndim != 3 or min(vol.shape) < size:
+        raise InputError(f"need a 3D intensity of at least {size} per axis, got {vol.shape}")
+    crop = crop_around(vol, bragg_peak(vol), crop_shape(vol, size))
+    magnitude = np.sqrt(np.clip(crop, 0, None))
+    small = np.clip(dct_downsample(magnitude, size), 0, None)
+    peak = small.max()
+    return small / peak if peak > 0 else small

@@ -1,0 +1,159 @@
+"""Quality metrics that respect BCDI's ambiguities.
+
+|FFT(ρ)| does not change under
+- a global phase offset: ρ → ρ·e^{ic};
+- a translation, also sub-voxel: ρ(r) → ρ(r − t) (a phase ramp in reciprocal space);
+- the twin image: ρ(r) → conj(ρ(−r));
+and a linear phase ramp in real space only moves the Bragg peak, which the
+crop re-centres. Errors against a known truth are therefore taken after
+removing all four, choosing the better of the estimate and its twin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.ndimage as ndi
+
+AXES3 = (0, 1, 2)
+
+
+def chi(estimate: np.ndarray, measured_intensity: np.ndarray) -> float:
+    """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor."""
+    model = np.abs(sfft.fftshift(sfft.fftn(estimate, workers=-1)))
+    data = np.sqrt(np.clip(measured_intensity, 0, None))
+    scale = (model * data).sum() / max((model**2).sum(), 1e-30)
+    return float(np.linalg.norm(scale * model - data) / max(np.linalg.norm(data), 1e-30))
+
+
+def twin(obj: np.ndarray) -> np.ndarray:
+    """conj(ρ(−r)) of a 3D object, inverted about index n//2 of each axis: same |FFT|."""
+    return np.conj(np.roll(np.flip(obj), 1, axis=AXES3))
+
+
+def fourier_shift(obj: np.ndarray, shift) -> np.ndarray:
+    """Translate by a (sub-voxel) shift, as a phase ramp in reciprocal space."""
+    shifted = ndi.fourier_shift(sfft.fftn(obj, workers=-1), shift)
+    return sfft.ifftn(shifted, workers=-1).astype(np.complex64)
+
+
+def centre_object(obj: np.ndarray) -> np.ndarray:
+    """Roll the object so its amplitude's centre of mass sits at index n//2."""
+    amp = np.abs(obj)
+    # Circular centre of mass, so an object wrapped across the border is handled.
+    shift = []
+    for axis, n in enumerate(obj.shape):
+        profile = amp.sum(axis=tuple(a for a in range(3) if a != axis))
+        angle = np.angle((profile * np.exp(2j * np.pi * np.arange(n) / n)).sum())
+        shift.append(int(round(n // 2 - angle * n / (2 * np.pi))) % n)
+    return np.roll(obj, shift, axis=AXES3)
+
+
+def register_translation(reference: np.ndarray, moving: np.ndarray, upsample: int = 10) -> np.ndarray:
+    """Sub-voxel shift that best aligns ``moving`` on ``reference`` (cross-correlation peak).
+
+    Integer peak of the FFT cross-correlation of the amplitudes, then local
+    searches on 1/``upsample`` and 1/``upsample``² voxel grids, evaluating the
+    cross-correlation by direct DFT around the peak.
+    """
+    a, b = np.abs(reference), np.abs(moving)
+    fa, fb = sfft.fftn(a, workers=-1), sfft.fftn(b, workers=-1)
+    product = fa * np.conj(fb)
+    xcorr = np.abs(sfft.ifftn(product, workers=-1))
+    peak = np.array(np.unravel_index(np.argmax(xcorr), xcorr.shape), float)
+    shape = np.array(a.shape)
+    peak = np.where(peak > shape // 2, peak - shape, peak)
+    freqs = [sfft.fftfreq(n) for n in a.shape]
+    best = peak
+    for step in (1.0 / upsample, 1.0 / upsample**2):  # coarse, then fine
+        offsets = np.arange(-upsample, upsample + 1) * step
+        for axis in range(3):  # coordinate-wise search around the current best
+            values = []
+            for d in offsets:
+                trial = best.copy()
+                trial[axis] += d
+                values.append(_xcorr_at(product, freqs, trial))
+            best = best.copy()
+            best[axis] += offsets[int(np.argmax(values))]
+    return best
+
+
+def _xcorr_at(product: np.ndarray, freqs, shift) -> float:
+    """Cross-correlation value at a fractional shift, by direct DFT evaluation."""
+    ramp = np.ones((1, 1, 1), complex)
+    for axis, (f, s) in enumerate(zip(freqs, shift)):
+        shape = [1, 1, 1]
+        shape[axis] = len(f)
+        ramp = ramp * np.exp(2j * np.pi * f * s).reshape(shape)
+    return float(np.real((product * ramp).sum()))
+
+
+def remove_phase_ramp(obj: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Remove offset and linear phase ramp of ``obj`` relative to ``reference`` (weighted LSQ).
+
+    The ramp is found coarsely from the peak of the Fourier transform of the
+    phase difference, then refined by least squares on the wrapped residual.
+    """
+    ratio = obj * np.conj(reference) * weight
+    spectrum = np.abs(sfft.fftn(ratio, s=[2 * n for n in obj.shape], workers=-1))
+    k = np.array(np.unravel_index(np.argmax(spectrum), spectrum.shape), float)
+    big = 2 * np.array(obj.shape)
+    k = np.where(k > big // 2, k - big, k) / big  # cycles per voxel
+    coords = np.indices(obj.shape).astype(float)
+    ramp = 2 * np.pi * sum(k[i] * coords[i] for i in range(3))
+    corrected = obj * np.exp(-1j * ramp)
+    mask = weight > 0
+    for _ in range(2):
+        diff = np.angle(corrected * np.conj(reference))[mask]
+        offset = np.angle((corrected * np.conj(reference) * weight).sum())
+        diff = np.angle(np.exp(1j * (diff - offset)))
+        design = np.column_stack([np.ones(diff.size)] + [c[mask] for c in coords])
+        w = np.sqrt(weight[mask])
+        coef, *_ = np.linalg.lstsq(design * w[:, None], diff * w, rcond=None)
+        fit = coef[0] + offset + sum(coef[i + 1] * coords[i] for i in range(3))
+        corrected = corrected * np.exp(-1j * fit)
+    return corrected
+
+
+def align(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Remove translation, phase offset and phase ramp of ``estimate`` relative to ``truth``."""
+    shifted = fourier_shift(estimate, register_translation(truth, estimate))
+    return remove_phase_ramp(shifted, truth, np.abs(truth) > 0.5 * np.abs(truth).max())
+
+
+def errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Amplitude and phase error of ``estimate`` against ``truth``, ambiguities removed.
+
+    - ``amplitude``: ‖s·|ρ̂| − |ρ|‖ / ‖ρ‖ with the best scale s;
+    - ``phase``: RMS wrapped phase difference (rad) inside the true support
+      (amplitude above half its maximum).
+    Both the estimate and its twin are aligned; the better one counts.
+    """
+    support = np.abs(truth) > 0.5 * np.abs(truth).max()
+    best = None
+    for candidate in (estimate, twin(estimate)):
+        aligned = align(candidate, truth)
+        amp, amp_true = np.abs(aligned), np.abs(truth)
+        scale = (amp * amp_true).sum() / max((amp**2).sum(), 1e-30)
+        amp_err = float(np.linalg.norm(scale * amp - amp_true) / np.linalg.norm(amp_true))
+        dphi = np.angle(aligned * np.conj(truth))[support]
+        phase_err = float(np.sqrt(np.mean(dphi**2))) if dphi.size else 0.0
+        result = {"amplitude": amp_err, "phase": phase_err}
+        if best is None or amp_err + phase_err < best["amplitude"] + best["phase"]:
+            best = result
+    return best
+
+
+def canonical(obj: np.ndarray, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Present an estimate the same way every time: (amplitude max 1, phase, support).
+
+    Centred on the grid, amplitude scaled to a maximum of 1, and the phase offset
+    chosen so the amplitude-weighted mean phase inside the support is zero.
+    """
+    obj = centre_object(obj)
+    amp = np.abs(obj)
+    peak = amp.max()
+    support = amp > threshold * peak
+    offset = np.angle((obj * support).sum())
+    phase = np.angle(obj * np.exp(-1j * offset)) * support
+    return (amp / max(peak, 1e-30)).astype(np.float32), phase.astype(np.float32), support
