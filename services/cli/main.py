@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow start-up chatter off the terminal
 import sys
 
 from shared import __version__
 from shared.errors import InputError
 
-SUBCOMMANDS = ["simulate", "phase_retrieve"]
+SUBCOMMANDS = ["simulate", "phase_retrieve", "reconstruct", "train", "evaluate", "demo"]
 
 
 class OneLineParser(argparse.ArgumentParser):

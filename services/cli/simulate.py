@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from services.cli.options import fraction, photon_range, positive_int
 from shared import __version__
-from shared.physics import crystals, fourier
+from shared.physics import crystals
 
 
 def add_arguments(p):
@@ -35,16 +35,9 @@ def add_arguments(p):
 
 
 def one_crystal(job):
-    """Crystal ``index`` of the set: shape drawn from (seed, shape_index), so controls share it."""
     index, shape_index, strained, cfg = job
-    rng = np.random.default_rng([cfg["seed"], shape_index])
-    max_strain = float(np.exp(rng.uniform(np.log(3e-4), np.log(max(cfg["max_strain"], 3e-4)))))
-    amplitude, phase, params = crystals.random_crystal(cfg["size"], rng, strained, max_strain, cfg["hkl"])
-    ideal = fourier.intensity(fourier.make_object(amplitude, phase))
-    noise_rng = np.random.default_rng([cfg["seed"], index, 1])
-    low, high = cfg["photons"]
-    photons = 0.0 if high <= 0 else float(np.exp(noise_rng.uniform(np.log(low), np.log(high))))
-    return index, fourier.poisson_counts(ideal, photons, noise_rng), amplitude, phase, params, photons
+    return (index, *crystals.simulated_scan(cfg["size"], cfg["seed"], index, shape_index, strained,
+                                            cfg["photons"], cfg["max_strain"], cfg["hkl"]))
 
 
 def run(args):

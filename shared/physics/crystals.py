@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from shared.physics import fourier
+
 AU_LATTICE_NM = 0.40782
 FAMILIES = {
     "100": [(1, 0, 0), (0, 1, 0), (0, 0, 1)],
@@ -154,3 +156,22 @@ def params_table(params: list[CrystalParams]) -> dict[str, np.ndarray]:
     """Column arrays of the per-crystal parameters, for HDF5 storage."""
     rows = [asdict(p) for p in params]
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
+
+
+def simulated_scan(size: int, seed: int, index: int, shape_index: int, strained: bool = True,
+                   photons=(0.0, 0.0), max_strain: float = 5e-3, hkl=(1, 1, 1)):
+    """Crystal ``index`` of a data set: (intensity, amplitude, phase, params, photons).
+
+    The shape comes from the random stream (seed, shape_index), so an unstrained
+    control built with the same shape_index has exactly the strained crystal's
+    shape; the peak strain is log-uniform in [3e-4, max_strain] and the photon
+    count log-uniform in ``photons`` (0 = noiseless).
+    """
+    rng = np.random.default_rng([seed, shape_index])
+    peak = float(np.exp(rng.uniform(np.log(3e-4), np.log(max(max_strain, 3e-4)))))
+    amplitude, phase, params = random_crystal(size, rng, strained, peak, hkl)
+    ideal = fourier.intensity(fourier.make_object(amplitude, phase))
+    noise_rng = np.random.default_rng([seed, index, 1])
+    low, high = photons
+    count = 0.0 if high <= 0 else float(np.exp(noise_rng.uniform(np.log(low), np.log(high))))
+    return fourier.poisson_counts(ideal, count, noise_rng), amplitude, phase, params, count

@@ -68,17 +68,19 @@ def oversampling(intensity_volume: np.ndarray, threshold: float = 0.01) -> np.nd
     return np.array(ratios)
 
 
-def crop_shape(volume: np.ndarray, size: int = NETWORK_SIZE, target: float = 2.5) -> tuple:
+def crop_shape(volume: np.ndarray, centre, size: int = NETWORK_SIZE, target: float = 2.5) -> tuple:
     """Per-axis crop that leaves an oversampling near ``target`` after downsampling.
 
     Oversampling does not change with cropping (the reciprocal step is kept) and
     DCT downsampling from c to ``size`` divides it by c/size, so the crop is
-    c = size·σ/target, clipped to [size, available] and made even.
+    c = size·σ/target, clipped to [size, what fits symmetrically around the
+    peak] and made even.
     """
     sigma = oversampling(volume)
     shape = []
-    for s, n in zip(sigma, volume.shape):
-        c = int(np.clip(round(size * s / target), size, n))
+    for s, n, c0 in zip(sigma, volume.shape, centre):
+        room = max(size, 2 * min(c0, n - c0))
+        c = int(np.clip(round(size * s / target), size, min(n, room)))
         shape.append(c - c % 2 if c > size else c)
     return tuple(shape)
 
@@ -113,7 +115,8 @@ def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE) -> np.
     vol = np.asarray(intensity_volume, np.float32)
     if vol.ndim != 3 or min(vol.shape) < size:
         raise InputError(f"need a 3D intensity of at least {size} per axis, got {vol.shape}")
-    crop = crop_around(vol, bragg_peak(vol), crop_shape(vol, size))
+    centre = bragg_peak(vol)
+    crop = crop_around(vol, centre, crop_shape(vol, centre, size))
     magnitude = np.sqrt(np.clip(crop, 0, None))
     small = np.clip(dct_downsample(magnitude, size), 0, None)
     peak = small.max()

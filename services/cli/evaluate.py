@@ -1,0 +1,28 @@
+"""Evaluate the network on held-out simulated crystals and the real data: Markdown + PNG report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.cli.options import positive_int
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def add_arguments(p):
+    p.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="report folder")
+    p.add_argument("--count", type=positive_int, default=48, help="held-out crystals")
+    p.add_argument("--seed", type=int, default=9000, help="held-out seed (training used others)")
+    p.add_argument("--weights", type=Path, help="network weights (default: shipped)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real data sets")
+
+
+def run(args):
+    from shared.evaluation import evaluate
+    from shared.nn.inference import Predictor
+
+    summary = evaluate(Predictor(args.weights), args.out, args.count, args.seed,
+                       args.data if args.data.exists() else None)
+    print(json.dumps(summary["median"], indent=1))
+    print(f"report: {args.out / 'README.md'}")

@@ -1,0 +1,30 @@
+"""Differentiable 3D FFT magnitude in keras.ops, so the physics loss runs on every backend.
+
+keras.ops offers 1D and 2D FFTs; a 3D FFT is a 2D FFT over the last two axes
+followed by a 1D FFT over the first spatial axis (moved last and back).
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def fft3(real, imag):
+    """3D FFT over axes 1–3 of (batch, n, n, n) tensors given as real and imaginary parts."""
+    real, imag = ops.fft2((real, imag))
+    real, imag = ops.transpose(real, (0, 2, 3, 1)), ops.transpose(imag, (0, 2, 3, 1))
+    real, imag = ops.fft((real, imag))
+    return ops.transpose(real, (0, 3, 1, 2)), ops.transpose(imag, (0, 3, 1, 2))
+
+
+def fftshift3(x):
+    """fftshift over axes 1–3 (q = 0 to index n//2, matching measured data)."""
+    for axis in (1, 2, 3):
+        x = ops.roll(x, x.shape[axis] // 2, axis=axis)
+    return x
+
+
+def far_field_magnitude(amplitude, phase):
+    """|fftshift(fftn(amplitude·e^{i·phase}))| for (batch, n, n, n) float tensors."""
+    real, imag = fft3(amplitude * ops.cos(phase), amplitude * ops.sin(phase))
+    return fftshift3(ops.sqrt(real * real + imag * imag + 1e-12))

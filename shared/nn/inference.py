@@ -1,0 +1,130 @@
+"""Running the shipped 3D-CDI-NN on measured intensities (any size ≥ 32 per axis).
+
+Measured volume → crop + DCT-downsample (shared.physics.downsample) → network →
+amplitude and phase on the crop's real-space grid (same voxel size, 32-voxel
+field of view) → optionally resampled onto the input's own real-space grid.
+Weights ship inside the package and load offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import keras
+import numpy as np
+import scipy.ndimage as ndi
+
+from shared.errors import InputError
+from shared.nn import network
+from shared.physics import downsample, metrics
+
+WEIGHTS_DIR = resources.files("shared.nn") / "weights"
+WEIGHTS_FILE = "cdi_nn.weights.h5"
+
+
+def load_model(weights: str | Path | None = None) -> tuple[keras.Model, dict]:
+    """Build the network described by model.json beside the weights and load them."""
+    path = Path(weights) if weights else Path(str(WEIGHTS_DIR / WEIGHTS_FILE))
+    if not path.exists():
+        raise InputError(f"{path}: no such weights file")
+    card_path = path.with_name("model.json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {"width": 8, "dropout": 0.1}
+    model = network.build_model(card["width"], card.get("dropout", 0.1))
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # a wrong or damaged file
+        raise InputError(f"{path}: cannot load weights ({exc})") from None
+    return model, card
+
+
+def use_all_cores() -> None:
+    """TensorFlow on CPU: one intra-op pool over every core, few inter-op threads."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+            tf.config.threading.set_inter_op_parallelism_threads(2)
+        except RuntimeError:  # already initialised: keep what is there
+            pass
+
+
+@dataclass
+class Prediction:
+    amplitude: np.ndarray  # (B, …) float32, max 1
+    phase: np.ndarray
+    support: np.ndarray
+    chi: np.ndarray  # against the 32³ network input
+    seconds: float
+
+
+class Predictor:
+    """Loaded once, called many times (CLI, inference worker)."""
+
+    def __init__(self, weights: str | Path | None = None, batch_size: int = 64):
+        use_all_cores()
+        self.model, self.card = load_model(weights)
+        self.batch_size = batch_size
+
+    def predict_magnitudes(self, magnitudes: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw network outputs for (B, 32, 32, 32) magnitudes normalised to max 1."""
+        magnitudes = np.asarray(magnitudes, np.float32)
+        if magnitudes.ndim != 4 or magnitudes.shape[1:] != (network.SIZE,) * 3:
+            raise InputError(f"network input must be (B, 32, 32, 32), got {magnitudes.shape}")
+        amps, phases = [], []
+        for first in range(0, len(magnitudes), self.batch_size):
+            out = self.model.predict_on_batch(magnitudes[first:first + self.batch_size])
+            amps.append(np.asarray(out["amplitude"], np.float32))
+            phases.append(np.asarray(out["phase"], np.float32))
+            if progress:
+                progress(len(amps[-1]))
+        return np.concatenate(amps), np.concatenate(phases)
+
+    def reconstruct(self, intensity: np.ndarray, on_input_grid: bool = True, progress=None) -> Prediction:
+        """Measured intensities (B, n0, n1, n2) → canonical amplitude/phase per scan."""
+        started = time.perf_counter()
+        inputs, crops = [], []
+        for volume in intensity:
+            centre = downsample.bragg_peak(volume)
+            crop = downsample.crop_shape(volume, centre) if min(volume.shape) > network.SIZE else volume.shape
+            inputs.append(downsample.network_input(volume))
+            crops.append(crop)
+        magnitudes = np.stack(inputs)
+        amp, phase = self.predict_magnitudes(magnitudes, progress)
+        out_a, out_p, out_s, chis = [], [], [], []
+        for a, p, m, crop, volume in zip(amp, phase, magnitudes, crops, intensity):
+            obj = a * np.exp(1j * p)
+            chis.append(metrics.chi(obj, m**2))
+            a, p, s = metrics.canonical(obj)
+            if on_input_grid and volume.shape != a.shape:
+                a, p, s = to_input_grid(a, p, crop, volume.shape)
+            out_a.append(a), out_p.append(p), out_s.append(s)
+        return Prediction(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.array(chis),
+                          time.perf_counter() - started)
+
+
+def to_input_grid(amplitude, phase, crop_shape, input_shape, threshold: float = 0.1):
+    """Put a 32³ result (crop voxel size, 32-voxel view) onto the input's real-space grid.
+
+    The crop's real-space grid has c voxels of the same size, so the result is
+    centred in c voxels of zeros; the input's grid is finer by n/c per axis, so
+    the complex object is then interpolated (linear, real and imaginary parts).
+    """
+    obj = amplitude * np.exp(1j * phase)
+    padded = np.zeros(crop_shape, np.complex64)
+    starts = [(c - s) // 2 for c, s in zip(crop_shape, obj.shape)]
+    padded[tuple(slice(st, st + s) for st, s in zip(starts, obj.shape))] = obj[
+        tuple(slice(0, min(s, c)) for s, c in zip(obj.shape, crop_shape))]
+    zoom = [n / c for n, c in zip(input_shape, crop_shape)]
+    real = ndi.zoom(padded.real, zoom, order=1, grid_mode=True, mode="grid-constant")
+    imag = ndi.zoom(padded.imag, zoom, order=1, grid_mode=True, mode="grid-constant")
+    fine = (real + 1j * imag)[tuple(slice(0, n) for n in input_shape)]
+    amp = np.abs(fine)
+    amp /= max(amp.max(), 1e-30)
+    support = amp > threshold
+    return amp.astype(np.float32), (np.angle(fine) * support).astype(np.float32), support

@@ -1,0 +1,78 @@
+"""3D-CDI-NN (Chan, Cherukara et al.): one encoder, two decoders, 32³ in, shape and strain out.
+
+    magnitude 32³ ─ encoder (3×3×3 conv, max-pool 32→16→8→4, widths w, 2w, 4w)
+                    ├─ amplitude decoder (conv, up-sample 4→8→16→32) → sigmoid  → ρ ∈ [0, 1]
+                    └─ phase decoder     (same structure)                → π·tanh → φ ∈ (−π, π)
+
+Departures from the paper, each for a measured reason: the input is log-compressed
+inside the model (diffraction spans decades; the linear input made training collapse
+to zero output), and convolutions use BatchNorm + LeakyReLU instead of plain ReLU
+(dead units otherwise). Dropout 10% after each block, as in the paper.
+Written with keras.layers / keras.ops only, so it runs on TensorFlow, JAX or PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+SIZE = 32
+LOG_GAIN = 1000.0  # input x ∈ [0, 1] → log1p(1000 x) / log1p(1000)
+
+
+@keras.saving.register_keras_serializable(package="cdi_live")
+class LogCompress(layers.Layer):
+    """log1p(g·x)/log1p(g): lifts the weak high-q fringes that carry the shape's detail."""
+
+    def call(self, x):
+        return ops.log1p(LOG_GAIN * ops.maximum(x, 0.0)) / math.log1p(LOG_GAIN)
+
+
+@keras.saving.register_keras_serializable(package="cdi_live")
+class ScaledTanh(layers.Layer):
+    """π·tanh: phase in (−π, π) without wrapping."""
+
+    def call(self, x):
+        return math.pi * ops.tanh(x)
+
+
+def conv_block(x, filters, name, dropout, convs=2):
+    for i in range(convs):
+        x = layers.Conv3D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.LeakyReLU(0.1, name=f"{name}_act{i}")(x)
+    return layers.Dropout(dropout, name=f"{name}_drop")(x) if dropout else x
+
+
+def decoder(latent, widths, head, name, dropout):
+    x = latent
+    for level, filters in enumerate(reversed(widths)):
+        x = conv_block(x, filters, f"{name}{level}", dropout)
+        x = layers.UpSampling3D(2, name=f"{name}{level}_up")(x)
+    x = layers.Conv3D(1, 3, padding="same", name=f"{name}_out")(x)
+    return head(layers.Reshape((SIZE, SIZE, SIZE), name=f"{name}_squeeze")(x))
+
+
+def build_model(width: int = 16, dropout: float = 0.1) -> keras.Model:
+    """The network for ``width`` filters at the first level (2w, 4w deeper)."""
+    widths = (width, 2 * width, 4 * width)
+    magnitude = keras.Input((SIZE, SIZE, SIZE), name="magnitude")
+    x = layers.Reshape((SIZE, SIZE, SIZE, 1), name="channel")(magnitude)
+    x = LogCompress(name="log_compress")(x)
+    for level, filters in enumerate(widths):  # one conv at full 32³ resolution, where it costs most
+        x = conv_block(x, filters, f"enc{level}", dropout, convs=1 if level == 0 else 2)
+        x = layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
+    latent = conv_block(x, widths[-1], "latent", dropout)
+    amplitude = decoder(latent, widths, layers.Activation("sigmoid", name="amplitude"), "amp", dropout)
+    phase = decoder(latent, widths, ScaledTanh(name="phase"), "pha", dropout)
+    return keras.Model(magnitude, {"amplitude": amplitude, "phase": phase}, name=f"cdi_nn_w{width}")
+
+
+def encoder_layers(model):
+    return [l for l in model.layers if l.name.startswith(("enc", "latent"))]
+
+
+def decoder_layers(model, which: str):
+    return [l for l in model.layers if l.name.startswith(which)]

@@ -1,0 +1,76 @@
+"""DCT downsampling: keeps low frequencies, keeps the voxel size, halves oversampling."""
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from shared.errors import InputError
+from shared.physics import downsample, fourier
+
+
+def box(n, half):
+    x = np.indices((n,) * 3) - n // 2
+    return ((np.abs(x[0]) < half[0]) & (np.abs(x[1]) < half[1]) & (np.abs(x[2]) < half[2])).astype(np.complex64)
+
+
+def test_constant_and_low_frequencies_are_kept():
+    assert np.allclose(downsample.dct_downsample(np.full((64,) * 3, 3.0)), 3.0, atol=1e-5)
+    # A DCT-II basis function of low order is a low-frequency cosine: it survives unchanged in shape.
+    coeffs = np.zeros((64,) * 3)
+    coeffs[2, 1, 3] = 1.0
+    coarse = downsample.dct_downsample(sfft.idctn(coeffs, norm="ortho"))
+    back = sfft.dctn(coarse, norm="ortho")
+    assert np.argmax(np.abs(back)) == np.ravel_multi_index((2, 1, 3), (32,) * 3)
+    assert np.sum(back**2) - back[2, 1, 3] ** 2 < 1e-10
+
+
+def test_high_frequencies_are_removed():
+    coeffs = np.zeros((64,) * 3)
+    coeffs[40, 0, 0] = 1.0
+    assert np.abs(downsample.dct_downsample(sfft.idctn(coeffs, norm="ortho"))).max() < 1e-6
+
+
+def test_voxel_size_is_kept_and_oversampling_halved():
+    obj = box(64, (6, 8, 5))  # fits in 32 voxels: oversampling ≥ 4 on 64³
+    magnitude = np.abs(fourier.far_field(obj))
+    small = downsample.dct_downsample(magnitude)
+    small /= small.max()
+    # Same voxel size, half the field of view: the object on a 32³ grid, sampled at the
+    # DCT grid's positions (half an original pixel off centre).
+    ramp = np.exp(-1j * np.pi * np.indices(obj.shape).sum(0) / 64)
+    same_voxel = np.abs(fourier.far_field(obj * ramp))[::2, ::2, ::2]
+    same_voxel /= same_voxel.max()
+    # The alternative reading, a 2× binned object (voxel doubled), does not match.
+    binned = np.abs(fourier.far_field(obj.reshape(32, 2, 32, 2, 32, 2).mean((1, 3, 5))))
+    binned /= binned.max()
+    err_same = np.linalg.norm(small - same_voxel) / np.linalg.norm(same_voxel)
+    err_binned = np.linalg.norm(small - binned) / np.linalg.norm(binned)
+    assert err_same < 0.1 < err_binned
+    # Same voxel size in half the field of view: the oversampling ratio is halved.
+    ratio = downsample.oversampling(magnitude**2) / downsample.oversampling(same_voxel**2)
+    assert np.allclose(ratio, 2.0, rtol=0.1)
+
+
+def test_oversampling_estimate_matches_box():
+    obj = box(64, (6, 8, 5))  # extents 11, 15, 9 voxels
+    sigma = downsample.oversampling(fourier.intensity(obj))
+    assert np.allclose(sigma, 64 / np.array([11, 15, 9]), rtol=0.15)
+
+
+def test_network_input_centres_and_normalises():
+    obj = box(96, (6, 7, 5))
+    intensity = np.roll(fourier.intensity(obj), (5, -7, 3), axis=(0, 1, 2))
+    assert downsample.bragg_peak(intensity) == (53, 41, 51)
+    net_in = downsample.network_input(intensity)
+    assert net_in.shape == (32, 32, 32) and net_in.dtype == np.float32
+    assert net_in.max() == pytest.approx(1.0)
+    assert np.allclose(np.unravel_index(np.argmax(net_in), net_in.shape), 16, atol=1)
+
+
+def test_bad_volumes_are_rejected():
+    with pytest.raises(InputError):
+        downsample.network_input(np.zeros((40, 40, 40)))
+    with pytest.raises(InputError):
+        downsample.network_input(np.ones((20, 40, 40)))
+    with pytest.raises(InputError):
+        downsample.dct_downsample(np.ones((16, 16, 16)))

@@ -1,0 +1,113 @@
+"""3D-CDI-NN: shapes, the keras.ops FFT, the loss, save/load, training and resume."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from shared.nn import loss, network
+from shared.nn.data import ShardBatches, truncate_frames
+from shared.nn.fft import far_field_magnitude
+from shared.nn.training import PhysicsAwareTrainer, TrainConfig, train
+from shared.physics import crystals, fourier
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(21)
+    objs = [crystals.random_crystal(32, rng, max_strain=3e-3)[:2] for _ in range(4)]
+    amp = np.stack([a for a, _ in objs]).astype(np.float32)
+    phase = np.stack([p for _, p in objs]).astype(np.float32)
+    mag = np.sqrt(np.stack([fourier.intensity(fourier.make_object(a, p)) for a, p in objs]))
+    return amp, phase, (mag / mag.max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+
+
+def test_shapes_and_ranges():
+    model = network.build_model(width=4)
+    out = model.predict_on_batch(np.random.default_rng(0).random((2, 32, 32, 32)).astype(np.float32))
+    assert out["amplitude"].shape == out["phase"].shape == (2, 32, 32, 32)
+    assert 0 <= out["amplitude"].min() and out["amplitude"].max() <= 1
+    assert np.abs(out["phase"]).max() <= np.pi
+
+
+def test_keras_fft_matches_numpy(batch):
+    amp, phase, _ = batch
+    ours = np.asarray(far_field_magnitude(keras.ops.convert_to_tensor(amp), keras.ops.convert_to_tensor(phase)))
+    ref = np.abs(np.fft.fftshift(np.fft.fftn(amp * np.exp(1j * phase), axes=(1, 2, 3)), axes=(1, 2, 3)))
+    assert np.allclose(ours, ref, rtol=1e-3, atol=1e-3 * ref.max())
+
+
+def test_loss_is_zero_on_the_answer_and_twin_invariant(batch):
+    amp, phase, mag = batch
+    total, terms = loss.cdi_loss(amp, phase, amp, phase, mag)
+    assert float(total) < 1e-3 and float(terms["fourier"]) < 1e-3
+    twin_amp = np.asarray(loss.twin(amp))
+    twin_phase = np.asarray(loss.twin(phase, negate=True))
+    total_twin, _ = loss.cdi_loss(twin_amp, twin_phase, amp, phase, mag)
+    assert float(total_twin) == pytest.approx(float(total), abs=1e-3)
+    wrong, _ = loss.cdi_loss(amp, -phase, amp, phase, mag)  # not the twin: a real error
+    assert float(wrong) > float(total) + 1e-3
+
+
+def test_save_load_round_trip(tmp_path, batch):
+    model = network.build_model(width=4)
+    model.save_weights(tmp_path / "m.weights.h5")
+    clone = network.build_model(width=4)
+    clone.load_weights(tmp_path / "m.weights.h5")
+    x = batch[2]
+    a, b = model.predict_on_batch(x), clone.predict_on_batch(x)
+    assert np.array_equal(a["amplitude"], b["amplitude"]) and np.array_equal(a["phase"], b["phase"])
+
+
+def test_a_few_steps_lower_the_loss(batch):
+    amp, phase, mag = batch
+    keras.utils.set_random_seed(0)
+    trainer = PhysicsAwareTrainer(network.build_model(width=4, dropout=0.0), (1.0, 1.0, 1.0))
+    trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
+    y = {"amplitude": amp, "phase": phase, "magnitude": mag}
+    first = trainer.train_on_batch(mag, y, return_dict=True)["loss"]
+    for _ in range(15):
+        last = trainer.train_on_batch(mag, y, return_dict=True)["loss"]
+    assert last < 0.8 * first
+
+
+def test_partial_frames_are_zero_and_renormalised(batch):
+    _, _, mag = batch
+    cut = truncate_frames(mag, np.array([10, 32, 20, 16]))
+    assert not cut[0, 10:].any() and np.array_equal(cut[1], mag[1] / mag[1].max())
+    assert np.allclose(cut.max(axis=(1, 2, 3)), 1.0)
+
+
+def test_batches_are_deterministic(tmp_path):
+    data = {"intensity": np.random.default_rng(0).random((8, 32, 32, 32)).astype(np.float32),
+            "amplitude": np.random.default_rng(1).random((8, 32, 32, 32)).astype(np.float32),
+            "phase": np.zeros((8, 32, 32, 32), np.float32)}
+    a, b = ShardBatches(data, np.arange(8), 4, seed=3), ShardBatches(data, np.arange(8), 4, seed=3)
+    a.epoch = b.epoch = 2
+    assert np.array_equal(a[1][0], b[1][0])
+    b.epoch = 3
+    assert not np.array_equal(a[1][0], b[1][0])
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Interrupted after epoch 1 and resumed == uninterrupted, weight for weight."""
+    from services.cli.simulate import one_crystal  # noqa: F401  (same generator as the CLI)
+    import h5py
+
+    scans = [crystals.simulated_scan(32, 77, i, i, True, (1e5, 1e6)) for i in range(20)]
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        for k, j in (("intensity", 0), ("amplitude", 1), ("phase", 2)):
+            f[k] = np.stack([s[j] for s in scans])
+    common = dict(data=[str(tmp_path / "d.h5")], width=4, batch_size=4, steps_per_epoch=2, precision="float32")
+    train(TrainConfig(out=str(tmp_path / "full"), schedule="shape=1,joint=1", **common), progress=False)
+    train(TrainConfig(out=str(tmp_path / "cut"), schedule="shape=1", **common), progress=False)
+    train(TrainConfig(out=str(tmp_path / "cut"), schedule="shape=1,joint=1", **common), progress=False)
+    full = network.build_model(4)
+    full.load_weights(tmp_path / "full" / "final.weights.h5")
+    cut = network.build_model(4)
+    cut.load_weights(tmp_path / "cut" / "final.weights.h5")
+    for w1, w2 in zip(full.get_weights(), cut.get_weights()):
+        assert np.allclose(w1, w2, atol=1e-5)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["global_epoch"] == 2

@@ -1,0 +1,52 @@
+"""ER/HIO: schedule notation, recovery of a known crystal, parity with plain NumPy."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.errors import InputError
+from shared.physics import crystals, fourier, metrics, phasing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.naive_erhio import naive_phase_retrieve  # noqa: E402
+
+
+def test_paper_schedule_is_620_iterations():
+    steps = phasing.parse_schedule(phasing.PAPER_SCHEDULE)
+    assert sum(n for _, n in steps) == 620
+    assert steps[:2] == [("ER", 20), ("HIO", 180)] and steps[-1] == ("ER", 20)
+    assert phasing.parse_schedule("HIO**5 + 2*ER") == [("HIO", 5), ("ER", 2)]
+
+
+@pytest.mark.parametrize("bad", ["", "ER+", "3*FOO", "1.5*ER", "0*ER", "__import__('os')"])
+def test_bad_schedules_are_rejected(bad):
+    with pytest.raises(InputError):
+        phasing.parse_schedule(bad)
+
+
+def simulated(count, seed):
+    rng = np.random.default_rng(seed)
+    objs = [fourier.make_object(*crystals.random_crystal(32, rng, max_strain=2e-3)[:2]) for _ in range(count)]
+    return objs, np.stack([fourier.intensity(o) for o in objs])
+
+
+def test_recovers_crystals_at_least_as_well_as_plain_numpy():
+    objs, intensity = simulated(3, 11)
+    ours, _, chi = phasing.phase_retrieve(intensity, starts=2, seed=1)
+    our_err = [metrics.errors(metrics.centre_object(o), t) for o, t in zip(ours, objs)]
+    naive_err = [metrics.errors(metrics.centre_object(naive_phase_retrieve(i, seed=1)), t)
+                 for i, t in zip(intensity, objs)]
+    ours_median = np.median([e["amplitude"] + e["phase"] for e in our_err])
+    naive_median = np.median([e["amplitude"] + e["phase"] for e in naive_err])
+    assert np.median(chi) < 0.05
+    assert min(e["amplitude"] for e in our_err) < 0.1 and min(e["phase"] for e in our_err) < 0.1
+    assert ours_median <= naive_median * 1.05 + 0.01
+
+
+def test_starting_from_the_truth_stays_there():
+    objs, intensity = simulated(1, 5)
+    result, _, chi = phasing.phase_retrieve(intensity, "20*ER", start=np.stack(objs))
+    assert chi[0] < 0.02
+    assert metrics.errors(result[0], objs[0])["phase"] < 0.05
