@@ -34,3 +34,13 @@ def photon_range(text: str) -> tuple[float, float]:
     if len(parts) not in (1, 2) or any(p < 0 for p in parts) or (len(parts) == 2 and not 0 < parts[0] <= parts[1]):
         raise argparse.ArgumentTypeError(f"{text!r}: use 0, a positive count, or LOW:HIGH with 0 < LOW <= HIGH")
     return (parts[0], parts[-1])
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value

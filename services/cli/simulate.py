@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from services.cli.options import fraction, photon_range, positive_int
 from shared import __version__
+from shared.errors import InputError
 from shared.physics import crystals
 
 
@@ -28,7 +29,9 @@ def add_arguments(p):
                    help="total counts per pattern: 0 = noiseless, 1e6, or a log-uniform range 1e5:1e8")
     p.add_argument("--unstrained-fraction", type=fraction, default=0.0,
                    help="fraction of crystals that are unstrained copies of strained ones (control set)")
-    p.add_argument("--max-strain", type=float, default=5e-3, help="upper bound of the peak strain along G")
+    p.add_argument("--max-strain", type=float, default=1e-2, help="cap on the peak strain along G")
+    p.add_argument("--phase-range", type=float, nargs=2, default=(0.3, 2.5), metavar=("LOW", "HIGH"),
+                   help="largest |phase| per crystal, uniform in [LOW, HIGH] rad")
     p.add_argument("--hkl", type=int, nargs=3, default=(1, 1, 1), help="Bragg reflection")
     p.add_argument("--workers", type=positive_int, default=1, help="processes")
     p.add_argument("--out", type=Path, required=True, help="output .h5")
@@ -37,13 +40,16 @@ def add_arguments(p):
 def one_crystal(job):
     index, shape_index, strained, cfg = job
     return (index, *crystals.simulated_scan(cfg["size"], cfg["seed"], index, shape_index, strained,
-                                            cfg["photons"], cfg["max_strain"], cfg["hkl"]))
+                                            cfg["photons"], cfg["max_strain"], cfg["hkl"], cfg["phase_range"]))
 
 
 def run(args):
     n, count = args.size, args.count
     controls = int(round(count * args.unstrained_fraction))
-    cfg = {"seed": args.seed, "size": n, "photons": args.photons, "max_strain": args.max_strain, "hkl": tuple(args.hkl)}
+    if not 0 < args.phase_range[0] <= args.phase_range[1] or not args.max_strain > 0:
+        raise InputError("--phase-range needs 0 < LOW <= HIGH and --max-strain must be positive")
+    cfg = {"seed": args.seed, "size": n, "photons": args.photons, "max_strain": args.max_strain,
+           "hkl": tuple(args.hkl), "phase_range": tuple(args.phase_range)}
     # Strained crystals get shapes 0..S-1; controls reuse shapes 0..C-1 without strain.
     strained_count = count - controls
     jobs = [(i, i, True, cfg) for i in range(strained_count)]
@@ -66,7 +72,7 @@ def run(args):
         group.create_dataset("photons", data=photons)
         f.attrs.update({"count": count, "size": n, "seed": args.seed, "photons": json.dumps(list(args.photons)),
                         "unstrained_fraction": args.unstrained_fraction, "max_strain": args.max_strain,
-                        "hkl": list(args.hkl), "generator": f"cdi-live {__version__}",
+                        "phase_range": list(args.phase_range), "hkl": list(args.hkl), "generator": f"cdi-live {__version__}",
                         "convention": "intensity = |fftshift(fftn(amplitude*exp(1j*phase)))|^2 (before noise)",
                         "seconds": time.perf_counter() - started})
     tmp.replace(args.out)

@@ -126,8 +126,15 @@ def strain_along(phase: np.ndarray, g_voxel: np.ndarray, support: np.ndarray, g_
 
 
 def random_crystal(n: int, rng: np.random.Generator, strained: bool = True, max_strain: float = 1e-3,
-                   hkl=(1, 1, 1), voxel_nm: float | None = None, supersample: int = 4):
-    """One crystal on an n³ grid: (amplitude, phase, CrystalParams)."""
+                   hkl=(1, 1, 1), voxel_nm: float | None = None, supersample: int = 4,
+                   phase_range: float | None = None):
+    """One crystal on an n³ grid: (amplitude, phase, CrystalParams).
+
+    The strain field's strength is scaled so that the largest |phase| equals
+    ``phase_range`` (when given) without the peak strain along G exceeding
+    ``max_strain``; without ``phase_range`` the field keeps its drawn strength,
+    capped by ``max_strain`` and by 0.9π.
+    """
     rotation = Rotation.random(random_state=rng.integers(2**31))
     normals, family = facet_normals(rotation)
     half = rng.uniform(0.16, 0.30) * n  # full extent ≈ 0.3–0.6 n: oversampling ≈ 1.7–3.3
@@ -145,7 +152,9 @@ def random_crystal(n: int, rng: np.random.Generator, strained: bool = True, max_
         raw = canonical_phase((u @ g_dir) * g_norm, amplitude)
         strain = strain_along(raw, g_dir, amplitude > 0.5, g_norm * voxel_nm)
         peak = float(np.abs(strain).max()) or 1e-12
-        scale = min(1.0, max_strain / peak, 0.9 * np.pi / max(np.abs(raw).max(), 1e-12))
+        largest = max(np.abs(raw).max(), 1e-12)
+        target = phase_range / largest if phase_range else min(1.0, 0.9 * np.pi / largest)
+        scale = min(target, max_strain / peak)
         phase, peak = (raw * scale).astype(np.float32), peak * scale
     params = CrystalParams(float(half), tuple(offset), tuple(rotation.as_quat()), bool(strained),
                            voxel_nm, tuple(hkl), float(peak))
@@ -159,17 +168,18 @@ def params_table(params: list[CrystalParams]) -> dict[str, np.ndarray]:
 
 
 def simulated_scan(size: int, seed: int, index: int, shape_index: int, strained: bool = True,
-                   photons=(0.0, 0.0), max_strain: float = 5e-3, hkl=(1, 1, 1)):
+                   photons=(0.0, 0.0), max_strain: float = 1e-2, hkl=(1, 1, 1), phase_range=(0.3, 2.5)):
     """Crystal ``index`` of a data set: (intensity, amplitude, phase, params, photons).
 
     The shape comes from the random stream (seed, shape_index), so an unstrained
     control built with the same shape_index has exactly the strained crystal's
-    shape; the peak strain is log-uniform in [3e-4, max_strain] and the photon
-    count log-uniform in ``photons`` (0 = noiseless).
+    shape; the largest |phase| is uniform in ``phase_range`` (rad) with the peak
+    strain capped at ``max_strain``, and the photon count log-uniform in
+    ``photons`` (0 = noiseless).
     """
     rng = np.random.default_rng([seed, shape_index])
-    peak = float(np.exp(rng.uniform(np.log(3e-4), np.log(max(max_strain, 3e-4)))))
-    amplitude, phase, params = random_crystal(size, rng, strained, peak, hkl)
+    largest_phase = float(rng.uniform(*phase_range))
+    amplitude, phase, params = random_crystal(size, rng, strained, max_strain, hkl, phase_range=largest_phase)
     ideal = fourier.intensity(fourier.make_object(amplitude, phase))
     noise_rng = np.random.default_rng([seed, index, 1])
     low, high = photons

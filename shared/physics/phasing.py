@@ -13,6 +13,7 @@ The result is averaged over the last ``average_last`` iterations.
 from __future__ import annotations
 
 import ast
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,8 +133,11 @@ def random_start(support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def run_schedule(state: PhasingState, schedule: str = PAPER_SCHEDULE, average_last: int = 20,
-                 progress=None) -> np.ndarray:
-    """Run the schedule; return the estimate averaged over the last iterations."""
+                 progress=None, history: list | None = None) -> np.ndarray:
+    """Run the schedule; return the estimate averaged over the last iterations.
+
+    ``history``, if given, receives (perf_counter time, χ per scan) after every iteration.
+    """
     steps = parse_schedule(schedule)
     total = sum(n for _, n in steps)
     average_last = min(average_last, total)
@@ -149,12 +153,14 @@ def run_schedule(state: PhasingState, schedule: str = PAPER_SCHEDULE, average_la
                 mean += state.obj
             if progress is not None:
                 progress(1)
+            if history is not None:
+                history.append((time.perf_counter(), state.chi.copy()))
     return mean / average_last
 
 
 def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts: int = 1,
                    seed: int = 0, beta: float = 0.9, sigma: float = 1.0, threshold: float = 0.1,
-                   shrink_every: int = 1, start: np.ndarray | None = None, progress=None):
+                   shrink_every: int = 1, start: np.ndarray | None = None, progress=None, history=None):
     """ER/HIO on a batch of centred intensities (B, n, n, n) → (objects, supports, χ).
 
     With ``starts`` > 1 each scan is retrieved from several random starts at
@@ -178,7 +184,7 @@ def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts
         scale = np.sqrt((magnitude**2).sum(AXES) / np.maximum((amp**2).sum(AXES) * np.prod(amp.shape[1:]), 1e-30))
         obj *= scale.reshape(-1, 1, 1, 1).astype(np.float32)
     state = PhasingState(magnitude, obj, support, beta, sigma, threshold, shrink_every)
-    result = run_schedule(state, schedule, progress=progress)
+    result = run_schedule(state, schedule, progress=progress, history=history)
     final = project_chi(result, magnitude)
     pick = final.reshape(batch, starts).argmin(axis=1) + np.arange(batch) * starts
     return result[pick], state.support[pick], final[pick]
