@@ -42,7 +42,7 @@ def refinement_data(volume: np.ndarray, refine_size: int):
     grid = tuple(min(c, refine_size) for c in crop)
     if grid == tuple(crop):
         return cropped.astype(np.float32), crop
-    magnitude = np.clip(downsample.dct_downsample(np.sqrt(cropped), max(grid)), 0, None)
+    magnitude = np.clip(downsample.dct_downsample(np.sqrt(cropped), grid), 0, None)
     return (magnitude**2).astype(np.float32), crop
 
 

@@ -16,7 +16,8 @@ import sys
 from shared import __version__
 from shared.errors import InputError
 
-SUBCOMMANDS = ["simulate", "phase_retrieve", "reconstruct", "train", "evaluate", "demo"]
+SUBCOMMANDS = ["simulate", "phase_retrieve", "reconstruct", "train", "evaluate", "up", "ingest", "worker",
+               "gateway", "beamline_sim", "demo"]
 
 
 class OneLineParser(argparse.ArgumentParser):

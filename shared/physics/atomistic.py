@@ -5,7 +5,7 @@ As in the paper's data preparation: build an fcc gold block, clip it with the
 inclusion: the atoms inside dilated), relax with the EMT potential (asap3 when
 installed, else ASE's own), then voxelise — amplitude from the number of atoms
 per voxel, phase = G·u from the mean displacement of the atoms in each voxel.
-Needs the ``atomistic`` extra: ``pip install 'cdi-live[atomistic]'``.
+Needs the ``atomistic`` extra (ase); asap3, if installed, makes EMT faster.
 """
 
 from __future__ import annotations

@@ -85,29 +85,32 @@ def crop_shape(volume: np.ndarray, centre, size: int = NETWORK_SIZE, target: flo
     return tuple(shape)
 
 
-def dct_downsample(volume: np.ndarray, size: int = NETWORK_SIZE) -> np.ndarray:
-    """DCT → keep the low-frequency ``size``³ block → inverse DCT (float32).
+def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE) -> np.ndarray:
+    """DCT → keep the low-frequency block of ``size`` (an int or one per axis) → inverse DCT.
 
     Orthonormal transforms are used and the result is rescaled so that mean
     values are preserved (a constant stays the same constant).
     """
     m = volume.shape
-    if any(s < size for s in m):
-        raise InputError(f"volume {m} is smaller than {size}³")
-    if all(s == size for s in m):
+    sizes = (size,) * volume.ndim if np.isscalar(size) else tuple(size)
+    if any(s < t for s, t in zip(m, sizes)):
+        raise InputError(f"volume {m} is smaller than {sizes}")
+    if tuple(m) == sizes:
         return np.asarray(volume, np.float32)
     coeffs = sfft.dctn(np.asarray(volume, np.float64), norm="ortho", workers=-1)
-    low = coeffs[:size, :size, :size]
+    low = coeffs[tuple(slice(0, t) for t in sizes)]
     out = sfft.idctn(low, norm="ortho", workers=-1)
-    out *= np.sqrt(np.prod([size / s for s in m]))
+    out *= np.sqrt(np.prod([t / s for t, s in zip(sizes, m)]))
     return out.astype(np.float32)
 
 
-def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE) -> np.ndarray:
+def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre=None) -> np.ndarray:
     """Measured intensity → the network's input: magnitude, cropped, downsampled, max 1.
 
     A volume already of the network's size passes through unchanged but for
-    the square root and normalisation.
+    the square root and normalisation. ``centre`` overrides the peak search — a
+    scan still being acquired is centred on the middle of its rocking curve, so
+    missing frames stay at the end, as in training.
 
     The magnitude (sqrt of intensity) is downsampled, as in the paper's code.
     Negative values from DCT ringing are clipped to zero.
@@ -115,7 +118,7 @@ def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE) -> np.
     vol = np.asarray(intensity_volume, np.float32)
     if vol.ndim != 3 or min(vol.shape) < size:
         raise InputError(f"need a 3D intensity of at least {size} per axis, got {vol.shape}")
-    centre = bragg_peak(vol)
+    centre = bragg_peak(vol) if centre is None else tuple(int(c) for c in centre)
     crop = crop_around(vol, centre, crop_shape(vol, centre, size))
     magnitude = np.sqrt(np.clip(crop, 0, None))
     small = np.clip(dct_downsample(magnitude, size), 0, None)

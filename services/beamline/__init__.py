@@ -1,0 +1,1 @@
+"""A simulated beamline: plays scans to the ingest over the native protocol."""

@@ -1,0 +1,71 @@
+"""Push scans frame by frame to the ingest, as a beamline control system would.
+
+Sources: simulated crystals (``shared.physics.crystals``) or a recorded scan
+(.npz/.npy/.h5 volume, e.g. ../shared/data/aps-34idc-scan54/frames.npz).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lz4.block
+import numpy as np
+import zmq
+
+from shared.files import read_intensity
+from shared.physics import crystals
+
+GEOMETRY_34IDC = {"energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_step_deg": 0.005,
+                  "delta_deg": 32.174, "gamma_deg": 12.6346, "hkl": [1, 1, 1], "lattice_nm": 0.408}
+
+
+def simulated_volume(size: int, seed: int, index: int, photons: float) -> np.ndarray:
+    """A crystal's noisy rocking curve as uint32 detector counts."""
+    intensity = crystals.simulated_scan(size, seed, index, index, True, (photons, photons))[0]
+    return np.round(intensity).astype(np.uint32)
+
+
+def recorded_volume(path: Path) -> np.ndarray:
+    batch, _ = read_intensity(path)
+    return batch[0].astype(np.uint32)
+
+
+class Beamline:
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", hwm: int = 100000):
+        self.socket = zmq.Context.instance().socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.connect(endpoint)
+
+    def send(self, header: dict, payload: bytes | None = None) -> None:
+        parts = [json.dumps(header).encode()] + ([payload] if payload is not None else [])
+        self.socket.send_multipart(parts)
+
+    def play(self, scan: str, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "raw",
+             geometry: dict | None = None, order=None, end: bool = True, progress=None) -> None:
+        """Start, frames (in ``order``, default 0..N-1) at ``rate_hz`` (0 = as fast as possible), end."""
+        start = {"type": "start", "scan": scan, "frames": int(volume.shape[0]), "shape": list(volume.shape[1:]),
+                 "dtype": str(volume.dtype)}
+        if geometry:
+            start["geometry"] = geometry
+        self.send(start)
+        began = time.perf_counter()
+        for k, index in enumerate(range(volume.shape[0]) if order is None else order):
+            frame = np.ascontiguousarray(volume[index]).astype(volume.dtype.newbyteorder("<"), copy=False).tobytes()
+            header = {"type": "frame", "scan": scan, "index": int(index)}
+            if encoding == "lz4":
+                frame = lz4.block.compress(frame, store_size=False)
+                header["encoding"] = "lz4"
+            self.send(header, frame)
+            if progress:
+                progress(1)
+            if rate_hz:
+                delay = began + (k + 1) / rate_hz - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+        if end:
+            self.send({"type": "end", "scan": scan})
+
+    def close(self) -> None:
+        self.socket.close(linger=5000)

@@ -1,0 +1,29 @@
+"""Shared plumbing of the service commands: settings from options, logging, clean stop on signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from shared.settings import Settings
+
+
+def add_settings_arguments(p):
+    p.add_argument("--redis-url", help="default $REDIS_URL or redis://127.0.0.1:6379/0")
+    p.add_argument("--data-dir", help="raw frames folder (default $DATA_DIR or data/live)")
+
+
+def settings_from(args, **overrides) -> Settings:
+    values = {k: v for k, v in {"redis_url": getattr(args, "redis_url", None),
+                                "data_dir": getattr(args, "data_dir", None), **overrides}.items() if v is not None}
+    return Settings(**values)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT/SIGTERM, so loops finish their message and close files."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return stop

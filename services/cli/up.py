@@ -1,0 +1,94 @@
+"""Start the whole service on this machine: ingest, one inference and one refinement worker, gateway.
+
+If nothing answers at REDIS_URL, a private redis-server is started (embedded
+fallback), so a new user needs nothing else. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import redis
+
+from services.cli.services_common import add_settings_arguments, settings_from
+from shared.errors import InputError
+
+
+def add_arguments(p):
+    add_settings_arguments(p)
+    p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
+    p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
+
+
+def ensure_redis(url: str):
+    """Return a started redis-server process if one had to be started, else None."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return None
+    except redis.ConnectionError:
+        pass
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1") or not shutil.which("redis-server"):
+        raise InputError(f"no Redis answers at {url}, and none can be started here (install redis-server)")
+    process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(parsed.port or 6379),
+                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    for _ in range(50):
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+            print(f"started an embedded Redis at {url}")
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    process.terminate()
+    raise InputError(f"could not start redis-server for {url}")
+
+
+def start_services(settings, extra_env=None) -> list[subprocess.Popen]:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATA_DIR": str(settings.data_dir),
+           "INGEST_BIND": settings.ingest_bind, "GATEWAY_PORT": str(settings.gateway_port),
+           "GATEWAY_HOST": settings.gateway_host, **(extra_env or {})}
+    exe = [sys.executable, "-m", "services.cli.main"]
+    commands = [["ingest"], ["worker", "infer"], ["worker", "refine"], ["gateway"]]
+    return [subprocess.Popen(exe + c, env=env) for c in commands]
+
+
+def stop_all(processes, timeout: float = 10.0) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + timeout
+    for p in processes:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run(args):
+    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+    embedded = ensure_redis(settings.redis_url)
+    processes = start_services(settings)
+    print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
+          f"ingest {settings.ingest_bind}, Redis {settings.redis_url}. Ctrl-C stops it.")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping and all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_all(processes)
+        if embedded:
+            embedded.terminate()
+    failed = [p.args[-1] for p in processes if p.returncode not in (0, -2, -15, None, 130)]
+    if failed:
+        print(f"cdi-live: a service stopped unexpectedly: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Gateway: REST for scripts (and, later, the operators' live page)."""

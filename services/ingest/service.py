@@ -1,0 +1,207 @@
+"""The ingest loop: ZeroMQ PULL → validate → HDF5 per scan → Redis state + preview jobs.
+
+Every malformed or unexpected message is counted under ``rejected:<reason>``,
+logged once per reason, and dropped; nothing a sender does stops the loop or
+touches other scans. Accepted frames are on disk (HDF5, Bitshuffle-LZ4) before
+anything else happens with them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import lz4.block
+import numpy as np
+import pydantic
+import zmq
+
+from services.ingest.assembly import ScanAssembly
+from shared.messages import End, Frame, Start, parse_header
+from shared.settings import Settings
+from shared.store import Store
+
+log = logging.getLogger("cdi-live.ingest")
+
+
+class Rejected(Exception):
+    """A message that is dropped; its text is the counted reason."""
+
+
+def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> np.ndarray:
+    """Payload bytes → frame array of the start message's shape and dtype."""
+    dtype = np.dtype(start.dtype).newbyteorder("<")
+    expected = int(np.prod(start.shape)) * dtype.itemsize
+    if len(payload) > max_bytes:
+        raise Rejected("oversize payload")
+    if header.encoding == "lz4":
+        try:
+            payload = lz4.block.decompress(payload, uncompressed_size=expected)
+        except Exception:
+            raise Rejected("bad lz4 payload") from None
+    elif header.encoding == "bslz4":
+        raise Rejected("bslz4 encoding not supported by this ingest")
+    if len(payload) != expected:
+        raise Rejected("payload size does not match shape and dtype")
+    frame = np.frombuffer(payload, dtype).reshape(start.shape)
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        raise Rejected("non-finite values in frame")
+    return frame
+
+
+class OpenScan:
+    """A scan being acquired: its assembly and its HDF5 file."""
+
+    def __init__(self, start: Start, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start = start
+        self.path = folder / "frames.h5"
+        self.file = h5py.File(self.path, "w")
+        self.dataset = self.file.create_dataset(
+            "frames", (start.frames, *start.shape), start.dtype, chunks=(1, *start.shape), fillvalue=0,
+            **hdf5plugin.Bitshuffle(cname="lz4"))
+        self.file.create_dataset("received", (start.frames,), bool, fillvalue=False)
+        self.file.attrs["start"] = start.model_dump_json()
+        self.assembly = ScanAssembly(start)
+        self.seq = 0
+        self.since_preview = 0
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+        self.dataset[index] = frame
+        self.file["received"][index] = True
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Ingest:
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.store = store or Store(settings)
+        self.scans: dict[str, OpenScan] = {}
+        self.logged_reasons: set[str] = set()
+
+    # one message ------------------------------------------------------------
+    def handle(self, parts: list[bytes]) -> None:
+        try:
+            self._handle(parts)
+        except Rejected as reason:
+            self.reject(str(reason))
+
+    def reject(self, reason: str) -> None:
+        self.store.count(f"rejected:{reason}")
+        self.store.count("rejected")
+        if reason not in self.logged_reasons:
+            self.logged_reasons.add(reason)
+            log.warning("rejected a message: %s (further ones are only counted)", reason)
+
+    def _handle(self, parts: list[bytes]) -> None:
+        if not parts or len(parts[0]) > 65536:
+            raise Rejected("missing or oversize header")
+        try:
+            header = parse_header(parts[0])
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            raise Rejected(f"malformed header ({first['type']})") from None
+        if isinstance(header, Start):
+            self.on_start(header, parts)
+        elif isinstance(header, Frame):
+            self.on_frame(header, parts)
+        else:
+            self.on_end(header, parts)
+
+    def on_start(self, start: Start, parts) -> None:
+        if len(parts) != 1:
+            raise Rejected("start message with extra parts")
+        if start.scan in self.scans:
+            raise Rejected("start for a scan already acquiring")
+        if len(self.scans) >= self.settings.max_concurrent_scans:
+            raise Rejected("too many concurrent scans")
+        if int(np.prod(start.shape)) * np.dtype(start.dtype).itemsize > self.settings.max_frame_bytes:
+            raise Rejected("declared frame size over the limit")
+        existing = self.store.scan(start.scan)
+        if existing and existing.get("state") in ("acquiring", "complete"):
+            raise Rejected("scan id already used")
+        scan = OpenScan(start, self.settings.data_dir / start.scan)
+        self.scans[start.scan] = scan
+        self.store.create_scan(start.scan, {
+            "scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
+            "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
+            "geometry": start.geometry.model_dump() if start.geometry else None, "raw_file": str(scan.path),
+            "started": time.time()})
+        self.store.count("scans_started")
+        self.store.publish({"event": "start", "scan": start.scan, "frames_expected": start.frames})
+
+    def on_frame(self, header: Frame, parts) -> None:
+        scan = self.scans.get(header.scan)
+        if scan is None:
+            raise Rejected("frame for an unknown or finished scan")
+        if len(parts) != 2:
+            raise Rejected("frame message without exactly one data part")
+        if header.index >= scan.start.frames:
+            raise Rejected("frame index beyond the declared frame count")
+        frame = decode_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
+        if not scan.assembly.add(header.index, frame):
+            self.store.count("duplicates")
+            self.store.update_scan(header.scan, duplicates=scan.assembly.duplicates)
+            return
+        scan.write(header.index, frame)
+        self.store.count("frames_in")
+        scan.since_preview += 1
+        self.store.update_scan(header.scan, frames_received=scan.assembly.count,
+                               out_of_order=scan.assembly.out_of_order)
+        every = self.settings.preview_every or max(4, scan.start.frames // 8)
+        if scan.since_preview >= every and scan.assembly.count < scan.start.frames:
+            self.enqueue(scan, final=False)
+
+    def on_end(self, end: End, parts) -> None:
+        scan = self.scans.pop(end.scan, None)
+        if scan is None:
+            raise Rejected("end for an unknown or finished scan")
+        scan.close()
+        missing = scan.assembly.missing
+        self.store.update_scan(end.scan, state="complete", missing=missing, ended=time.time())
+        self.store.publish({"event": "complete", "scan": end.scan, "missing": missing})
+        if scan.assembly.count:
+            self.enqueue(scan, final=True)
+        else:
+            self.store.update_scan(end.scan, state="failed", reason="no frames received")
+
+    def enqueue(self, scan: OpenScan, final: bool) -> None:
+        net_in, crop = scan.assembly.network_input()
+        scan.seq += 1
+        scan.since_preview = 0
+        self.store.redis.xadd(self.store.keys.infer_jobs, {
+            "scan": scan.start.scan, "seq": scan.seq, "final": int(final), "frames_used": scan.assembly.count,
+            "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes(), "queued": time.time()},
+            maxlen=self.settings.stream_maxlen, approximate=True)
+        self.store.update_scan(scan.start.scan, latest_seq=scan.seq)
+
+    def close(self) -> None:
+        for scan in self.scans.values():
+            scan.close()
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run until ``stop`` is set (or Ctrl-C); files are closed cleanly either way."""
+    stop = stop or threading.Event()
+    ingest = Ingest(settings)
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.PULL)
+    socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)
+    socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + 65536)
+    socket.bind(settings.ingest_bind)
+    log.info("ingest listening on %s", settings.ingest_bind)
+    try:
+        while not stop.is_set():
+            if socket.poll(200):
+                ingest.handle(socket.recv_multipart())
+    finally:
+        ingest.close()
+        socket.close(linger=0)

@@ -1,0 +1,1 @@
+"""Workers: inference (3D-CDI-NN on partial and final scans) and refinement (AD), sharing queues."""

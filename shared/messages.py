@@ -1,0 +1,72 @@
+"""The one message model every service shares: the native ingest protocol and the job records.
+
+Native protocol (ZeroMQ PUSH → ingest PULL), names exact:
+    {"type":"start","scan":"<id>","frames":N,"shape":[H,W],"dtype":"uint32", "geometry":{…}?}
+    {"type":"frame","scan":"<id>","index":k, "encoding":"lz4"|"bslz4"?}  + one part of raw little-endian bytes
+    {"type":"end","scan":"<id>"}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
+MAX_FRAMES = 10_000
+MAX_SIDE = 4096
+
+
+class Geometry(BaseModel):
+    """Diffractometer geometry, used for voxel sizes and strain in physical units."""
+
+    model_config = ConfigDict(extra="forbid")
+    energy_kev: float = Field(gt=0, le=100)
+    distance_m: float = Field(gt=0, le=50)
+    pixel_m: float = Field(gt=0, le=0.01)
+    rocking_step_deg: float = Field(gt=0, le=10)
+    delta_deg: float = 0.0
+    gamma_deg: float = 0.0
+    hkl: tuple[int, int, int] = (1, 1, 1)
+    lattice_nm: float = Field(0.40782, gt=0, le=10)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scan: str
+
+    @field_validator("scan")
+    @classmethod
+    def _scan_id(cls, value: str) -> str:
+        if not SCAN_ID.match(value):
+            raise ValueError("scan id: 1–64 of letters, digits, '.', '_', '-', starting with a letter or digit")
+        return value
+
+
+class Start(_Message):
+    type: Literal["start"]
+    frames: int = Field(gt=0, le=MAX_FRAMES)
+    shape: tuple[Annotated[int, Field(gt=0, le=MAX_SIDE)], Annotated[int, Field(gt=0, le=MAX_SIDE)]]
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+    geometry: Geometry | None = None
+
+
+class Frame(_Message):
+    type: Literal["frame"]
+    index: int = Field(ge=0, lt=MAX_FRAMES)
+    encoding: Literal["raw", "lz4", "bslz4"] = "raw"
+
+
+class End(_Message):
+    type: Literal["end"]
+
+
+Message = Annotated[Union[Start, Frame, End], Field(discriminator="type")]
+MESSAGE = TypeAdapter(Message)
+
+
+def parse_header(raw: bytes) -> Start | Frame | End:
+    """Validate the JSON header part of a native message (raises pydantic.ValidationError)."""
+    return MESSAGE.validate_json(raw)

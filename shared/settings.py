@@ -1,0 +1,53 @@
+"""One settings model for every service (environment variables, prefix-free names as documented)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read from the environment (e.g. REDIS_URL) or a .env file; CLI options override."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding state, jobs and small arrays")
+    key_prefix: str = Field("cdi", description="prefix of every Redis key (lets several deployments share a Redis)")
+    data_dir: Path = Field(Path("data/live"), description="raw frames (HDF5 per scan) are written here")
+    ingest_bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PULL address of the ingest")
+    ingest_hwm: int = Field(10000, description="ZeroMQ receive high-water mark (messages)")
+    max_concurrent_scans: int = Field(16, description="scans acquiring at once; more are rejected")
+    max_frame_bytes: int = Field(64 * 2**20, description="largest frame payload accepted")
+    preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
+    stream_maxlen: int = Field(10000, description="approximate cap of each job stream (XADD MAXLEN ~)")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    infer_batch: int = Field(16, description="jobs per network call")
+    claim_idle_ms: int = Field(30000, description="pending jobs idle this long are claimed from dead workers")
+    refine_steps: int = 200
+    refine_time_budget: float = Field(10.0, description="seconds of refinement per scan at most")
+    refine_size: int = Field(64, description="largest refinement grid per axis")
+
+
+def keys(settings: Settings):
+    """Redis key names in one place."""
+    p = settings.key_prefix
+
+    class Keys:
+        infer_jobs = f"{p}:jobs:infer"
+        refine_jobs = f"{p}:jobs:refine"
+        updates = f"{p}:updates"
+        scans = f"{p}:scans"  # sorted set: scan id by start time
+        metrics = f"{p}:metrics"
+
+        @staticmethod
+        def scan(scan_id: str) -> str:
+            return f"{p}:scan:{scan_id}"
+
+        @staticmethod
+        def result(scan_id: str, stage: str) -> str:
+            return f"{p}:result:{scan_id}:{stage}"
+
+    return Keys

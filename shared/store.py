@@ -1,0 +1,72 @@
+"""Scan state, results and counters in Redis: the only module that knows the record layouts.
+
+Small arrays (32³–64³ float32) live in Redis; raw frames live in HDF5 files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import redis
+
+from shared.settings import Settings, keys
+
+
+class Store:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+        self.settings = settings
+        self.keys = keys(settings)
+        self.redis = client or redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                                    health_check_interval=30, retry_on_timeout=True)
+
+    # counters -------------------------------------------------------------
+    def count(self, name: str, amount: int = 1) -> None:
+        self.redis.hincrby(self.keys.metrics, name, amount)
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.metrics).items()}
+
+    # scans ----------------------------------------------------------------
+    def create_scan(self, scan: str, fields: dict) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        pipe.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
+        pipe.zadd(self.keys.scans, {scan: time.time()})
+        pipe.execute()
+
+    def update_scan(self, scan: str, **fields) -> None:
+        self.redis.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def scan(self, scan: str) -> dict | None:
+        raw = self.redis.hgetall(self.keys.scan(scan))
+        if not raw:
+            return None
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    # results --------------------------------------------------------------
+    def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict) -> bool:
+        """Store a stage's arrays unless a result from more frames is already there."""
+        key = self.keys.result(scan, stage)
+        existing = self.redis.hget(key, "info")
+        if existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
+            return False
+        self.redis.hset(key, mapping={"amplitude": np.asarray(amplitude, "<f4").tobytes(),
+                                      "phase": np.asarray(phase, "<f4").tobytes(),
+                                      "shape": json.dumps(list(amplitude.shape)), "info": json.dumps(info)})
+        summary = {k: info[k] for k in ("frames_used", "chi", "seconds") if k in info}
+        self.redis.hset(self.keys.scan(scan), f"result_{stage}", json.dumps(summary))
+        self.publish({"event": "result", "scan": scan, "stage": stage, **summary})
+        return True
+
+    def result(self, scan: str, stage: str):
+        raw = self.redis.hgetall(self.keys.result(scan, stage))
+        if not raw:
+            return None
+        shape = json.loads(raw[b"shape"])
+        return (np.frombuffer(raw[b"amplitude"], "<f4").reshape(shape),
+                np.frombuffer(raw[b"phase"], "<f4").reshape(shape), json.loads(raw[b"info"]))
+
+    def publish(self, event: dict) -> None:
+        self.redis.publish(self.keys.updates, json.dumps(event))

@@ -1,0 +1,192 @@
+"""End to end with real Redis, real ZeroMQ sockets and real uvicorn: push scans, watch results arrive."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+import requests
+
+from services.beamline.sim import Beamline
+from services.worker.queue import JobQueue
+from shared.physics import crystals, metrics
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS_URL} (.ci/run starts one)")
+    prefix = f"test{uuid.uuid4().hex[:8]}"
+    port, zport = free_port(), free_port()
+    env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": str(tmp_path_factory.mktemp("live")),
+           "REFINE_TIME_BUDGET": "5", "CLAIM_IDLE_MS": "5000"}
+    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
+                                "--bind", f"tcp://127.0.0.1:{zport}", "--redis-url", REDIS_URL], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if requests.get(f"{base}/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("gateway did not come up: " + process.stdout.read().decode()[-2000:])
+    client = redis.Redis.from_url(REDIS_URL)
+    yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client}
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def wait_for(predicate, timeout=180.0, every=0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def scan_state(service, scan):
+    response = requests.get(f"{service['base']}/api/scans/{scan}", timeout=5)
+    return response.json() if response.ok else None
+
+
+def simulated(index, photons=1e8):
+    intensity, amp, phase, _, _ = crystals.simulated_scan(32, 31337, index, index, True, (photons, photons))
+    return np.round(intensity).astype(np.uint32), (amp * np.exp(1j * phase)).astype(np.complex64)
+
+
+def test_scan_streams_to_refined_result(service):
+    volume, truth = simulated(0)
+    pubsub = service["redis"].pubsub()
+    pubsub.subscribe(f"{service['prefix']}:updates")
+    beamline = Beamline(service["zmq"])
+    scan = f"e2e-{uuid.uuid4().hex[:6]}"
+    beamline.play(scan, volume, rate_hz=8)
+    beamline.close()
+    state = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"] and s)
+    assert state["state"] == "complete" and state["frames_received"] == 32 and state["duplicates"] == 0
+    for stage in ("nn", "refined"):
+        assert set(state["results"][stage]) >= {"frames_used", "chi", "seconds"}
+    assert state["results"]["refined"]["chi"] < 0.5
+    events = []
+    while (message := pubsub.get_message(timeout=1.0)) is not None:
+        if message["type"] == "message":
+            events.append(json.loads(message["data"]))
+    mine = [e for e in events if e.get("scan") == scan]
+    complete_at = next(i for i, e in enumerate(mine) if e["event"] == "complete")
+    previews = [e for e in mine[:complete_at] if e["event"] == "result" and e["frames_used"] < 32]
+    assert previews, "a preview from a partial scan should arrive before the end"
+    response = requests.get(f"{service['base']}/api/scans/{scan}/reconstruction",
+                            params={"stage": "refined", "format": "npz"}, timeout=10)
+    assert response.ok
+    arrays = np.load(io.BytesIO(response.content))
+    assert arrays["amplitude"].dtype == np.float32 and arrays["amplitude"].ndim == 3
+    estimate = arrays["amplitude"] * np.exp(1j * arrays["phase"])
+    ours = metrics.errors(estimate, truth)
+    zero_phase = metrics.errors(np.abs(truth).astype(np.complex64), truth)
+    assert ours["phase"] < 0.5 * zero_phase["phase"]
+    assert ours["amplitude"] < 0.3
+
+
+def test_duplicates_out_of_order_missing_and_garbage(service):
+    volume, _ = simulated(1)
+    beamline = Beamline(service["zmq"])
+    scan = f"messy-{uuid.uuid4().hex[:6]}"
+    order = list(np.random.default_rng(0).permutation(32))
+    order.remove(7)  # missing
+    order += [3, 12]  # duplicates
+    before = int(service["redis"].hget(f"{service['prefix']}:metrics", "rejected") or 0)
+    beamline.play(scan, volume, order=order, end=False)
+    for garbage in ([b"{not json"], [b'{"type":"frame","scan":"nobody","index":0}', b"xx"],
+                    [json.dumps({"type": "frame", "scan": scan, "index": 5}).encode(), b"short"],
+                    [json.dumps({"type": "frame", "scan": scan, "index": 99}).encode(), b"\0" * 4096],
+                    [json.dumps({"type": "start", "scan": "../etc", "frames": 3, "shape": [2, 2],
+                                 "dtype": "uint32"}).encode()],
+                    [json.dumps({"type": "start", "scan": "x", "frames": 10**9, "shape": [2, 2],
+                                 "dtype": "uint32"}).encode()]):
+        beamline.socket.send_multipart(garbage)
+    beamline.send({"type": "end", "scan": scan})
+    beamline.close()
+    state = wait_for(lambda: (s := scan_state(service, scan)) and "nn" in s["results"] and s)
+    assert state["frames_received"] == 31 and state["duplicates"] == 2 and state["missing"] == 1
+    assert state["out_of_order"] > 0
+    rejected = wait_for(lambda: int(service["redis"].hget(f"{service['prefix']}:metrics", "rejected") or 0) - before >= 6)
+    assert rejected
+    frames = __import__("h5py").File(state_file(service, scan))["frames"][()]
+    expected = volume.copy()
+    expected[7] = 0
+    assert np.array_equal(frames, expected)  # accepted data is on disk, bit for bit
+
+
+def state_file(service, scan):
+    raw = service["redis"].hget(f"{service['prefix']}:scan:{scan}", "raw_file")
+    return json.loads(raw)
+
+
+def test_unknown_scan_and_missing_stage(service):
+    assert requests.get(f"{service['base']}/api/scans/nope", timeout=5).status_code == 404
+    assert requests.get(f"{service['base']}/api/scans/nope/reconstruction", timeout=5).status_code == 404
+    assert requests.get(f"{service['base']}/api/scans/..%2Fetc", timeout=5).status_code in (404, 422)
+    beamline = Beamline(service["zmq"])
+    scan = f"open-{uuid.uuid4().hex[:6]}"
+    beamline.send({"type": "start", "scan": scan, "frames": 32, "shape": [32, 32], "dtype": "uint32"})
+    beamline.close()
+    wait_for(lambda: scan_state(service, scan))
+    state = scan_state(service, scan)
+    assert state["state"] == "acquiring" and state["results"] == {}
+    response = requests.get(f"{service['base']}/api/scans/{scan}/reconstruction", params={"stage": "refined"})
+    assert response.status_code == 404
+
+
+def test_two_consumers_share_a_stream_once_each():
+    client = redis.Redis.from_url(REDIS_URL)
+    stream = f"test:{uuid.uuid4().hex}:jobs"
+    try:
+        a = JobQueue(client, stream, "g", claim_idle_ms=200, consumer="a")
+        b = JobQueue(client, stream, "g", claim_idle_ms=200, consumer="b")
+        ids = [client.xadd(stream, {"n": i}) for i in range(20)]
+        done = {"a": [], "b": []}
+        while sum(len(v) for v in done.values()) < 20:
+            for name, queue in (("a", a), ("b", b)):
+                jobs = queue.take(3, block_ms=50)
+                queue.done(*[j for j, _ in jobs])
+                done[name] += [j for j, _ in jobs]
+        assert sorted(done["a"] + done["b"]) == sorted(ids) and done["a"] and done["b"]
+        # A consumer that dies holding a job: another claims it after the idle time.
+        client.xadd(stream, {"n": "orphan"})
+        orphan = a.take(1, block_ms=50)
+        assert orphan
+        time.sleep(0.3)
+        claimed = b.take(1, block_ms=50)
+        assert [j for j, _ in claimed] == [j for j, _ in orphan]
+        b.done(*[j for j, _ in claimed])
+        assert client.xpending(stream, "g")["pending"] == 0
+    finally:
+        client.delete(stream)
