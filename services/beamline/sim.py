@@ -34,7 +34,8 @@ def recorded_volume(path: Path) -> np.ndarray:
 
 class Beamline:
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", hwm: int = 100000):
-        self.socket = zmq.Context.instance().socket(zmq.PUSH)
+        self.context = zmq.Context()  # its own, so close() can wait for delivery without touching others
+        self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.connect(endpoint)
 
@@ -67,5 +68,7 @@ class Beamline:
         if end:
             self.send({"type": "end", "scan": scan})
 
-    def close(self) -> None:
-        self.socket.close(linger=5000)
+    def close(self, linger_ms: int = 60000) -> None:
+        """Return once queued frames are delivered (up to ``linger_ms``: a missing ingest cannot hang us)."""
+        self.socket.close(linger=linger_ms)
+        self.context.term()

@@ -73,19 +73,54 @@ class OpenScan:
 
     def write(self, index: int, frame: np.ndarray) -> None:
         self.dataset[index] = frame
-        self.file["received"][index] = True
+
+    def sync(self) -> None:
+        """Record which frames are in and push HDF5's buffers to the OS."""
+        self.file["received"][...] = self.assembly.received
         self.file.flush()
 
     def close(self) -> None:
+        self.sync()
         self.file.close()
 
 
+SYNC_SECONDS = 0.05  # files flushed and Redis state sent at least this often while frames flow
+
+
 class Ingest:
+    """Per-frame work is in memory; files are flushed and Redis is updated in one
+    pipeline every ``SYNC_SECONDS`` (and at every start, end and preview), so a
+    fast detector costs neither a disk flush nor a Redis round trip per frame."""
+
     def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
         self.store = store or Store(settings)
         self.scans: dict[str, OpenScan] = {}
         self.logged_reasons: set[str] = set()
+        self.counters: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self.last_sync = time.monotonic()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def sync(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_sync < SYNC_SECONDS:
+            return
+        self.last_sync = time.monotonic()
+        pipe = self.store.redis.pipeline(transaction=False)
+        for name in list(self.dirty):
+            scan = self.scans.get(name)
+            if scan is not None:
+                scan.sync()
+                a = scan.assembly
+                fields = {"frames_received": a.count, "duplicates": a.duplicates, "out_of_order": a.out_of_order}
+                pipe.hset(self.store.keys.scan(name), mapping={k: json.dumps(v) for k, v in fields.items()})
+        for name, amount in self.counters.items():
+            pipe.hincrby(self.store.keys.metrics, name, amount)
+        pipe.execute()
+        self.dirty.clear()
+        self.counters.clear()
 
     # one message ------------------------------------------------------------
     def handle(self, parts: list[bytes]) -> None:
@@ -93,10 +128,11 @@ class Ingest:
             self._handle(parts)
         except Rejected as reason:
             self.reject(str(reason))
+        self.sync()
 
     def reject(self, reason: str) -> None:
-        self.store.count(f"rejected:{reason}")
-        self.store.count("rejected")
+        self.count(f"rejected:{reason}")
+        self.count("rejected")
         if reason not in self.logged_reasons:
             self.logged_reasons.add(reason)
             log.warning("rejected a message: %s (further ones are only counted)", reason)
@@ -135,7 +171,7 @@ class Ingest:
             "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
             "geometry": start.geometry.model_dump() if start.geometry else None, "raw_file": str(scan.path),
             "started": time.time()})
-        self.store.count("scans_started")
+        self.count("scans_started")
         self.store.publish({"event": "start", "scan": start.scan, "frames_expected": start.frames})
 
     def on_frame(self, header: Frame, parts) -> None:
@@ -147,23 +183,23 @@ class Ingest:
         if header.index >= scan.start.frames:
             raise Rejected("frame index beyond the declared frame count")
         frame = decode_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
+        self.dirty.add(header.scan)
         if not scan.assembly.add(header.index, frame):
-            self.store.count("duplicates")
-            self.store.update_scan(header.scan, duplicates=scan.assembly.duplicates)
+            self.count("duplicates")
             return
         scan.write(header.index, frame)
-        self.store.count("frames_in")
+        self.count("frames_in")
         scan.since_preview += 1
-        self.store.update_scan(header.scan, frames_received=scan.assembly.count,
-                               out_of_order=scan.assembly.out_of_order)
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
         if scan.since_preview >= every and scan.assembly.count < scan.start.frames:
             self.enqueue(scan, final=False)
 
     def on_end(self, end: End, parts) -> None:
-        scan = self.scans.pop(end.scan, None)
-        if scan is None:
+        if end.scan not in self.scans:
             raise Rejected("end for an unknown or finished scan")
+        self.dirty.add(end.scan)
+        self.sync(force=True)
+        scan = self.scans.pop(end.scan)
         scan.close()
         missing = scan.assembly.missing
         self.store.update_scan(end.scan, state="complete", missing=missing, ended=time.time())
@@ -174,6 +210,8 @@ class Ingest:
             self.store.update_scan(end.scan, state="failed", reason="no frames received")
 
     def enqueue(self, scan: OpenScan, final: bool) -> None:
+        if not final:
+            self.sync(force=True)  # the preview never runs ahead of the files and the state
         net_in, crop = scan.assembly.network_input()
         scan.seq += 1
         scan.since_preview = 0
@@ -184,6 +222,8 @@ class Ingest:
         self.store.update_scan(scan.start.scan, latest_seq=scan.seq)
 
     def close(self) -> None:
+        self.dirty.update(self.scans)
+        self.sync(force=True)
         for scan in self.scans.values():
             scan.close()
 
@@ -200,8 +240,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     log.info("ingest listening on %s", settings.ingest_bind)
     try:
         while not stop.is_set():
-            if socket.poll(200):
+            if socket.poll(50):
                 ingest.handle(socket.recv_multipart())
+            else:
+                ingest.sync()  # a quiet moment: bring files and Redis up to date
     finally:
         ingest.close()
         socket.close(linger=0)
