@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 def central_slices(columns: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "") -> None:
     """Rows: amplitude and phase of the three central slices; one column group per result."""
     names = list(columns)
+    span = max(0.3, max(float(np.abs(p[a > 0.1 * a.max()]).max(initial=0)) for a, p in columns.values()))
     fig, axes = plt.subplots(2, 3 * len(names), figsize=(2.1 * 3 * len(names), 4.6), squeeze=False)
     for g, name in enumerate(names):
         amp, phase = columns[name]
@@ -22,16 +23,16 @@ def central_slices(columns: dict[str, tuple[np.ndarray, np.ndarray]], path, titl
             a, p = amp[tuple(index)], phase[tuple(index)]
             ax_a, ax_p = axes[0, 3 * g + k], axes[1, 3 * g + k]
             ax_a.imshow(a, cmap="gray", vmin=0, vmax=max(amp.max(), 1e-9))
-            ax_p.imshow(np.where(a > 0.1 * amp.max(), p, np.nan), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+            shown = ax_p.imshow(np.where(a > 0.1 * amp.max(), p, np.nan), cmap="RdBu_r", vmin=-span, vmax=span)
             ax_a.set_title(f"{name}\naxis {k}" if k == 1 else f"axis {k}", fontsize=8)
             for ax in (ax_a, ax_p):
                 ax.set_xticks([]), ax.set_yticks([])
         axes[0, 3 * g].set_ylabel("amplitude", fontsize=8)
         axes[1, 3 * g].set_ylabel("phase (rad)", fontsize=8)
+    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="phase (rad)")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
