@@ -1,6 +1,6 @@
-"""One-command demo: simulate crystals, reconstruct them with ER/HIO and 3D-CDI-NN, plot.
+"""One-command demo: simulate crystals, reconstruct them with 3D-CDI-NN, NN + AD refinement and ER/HIO, plot.
 
-(The streaming demo with the live page replaces this once the gateway exists.)
+(The streaming demo with the live page replaces this once the gateway's page exists.)
 """
 
 from __future__ import annotations
@@ -24,24 +24,31 @@ def run(args):
     from shared.files import write_result
     from shared.nn.inference import Predictor
     from shared.physics import crystals, metrics, phasing
+    from shared.reconstruction import reconstruct
 
     args.out.mkdir(parents=True, exist_ok=True)
     scans = [crystals.simulated_scan(32, args.seed, i, i, True, (1e6, 1e7)) for i in range(args.count)]
     intensity = np.stack([s[0] for s in scans])
     truth = [s[1] * np.exp(1j * s[2]) for s in scans]
-    predictor = Predictor()
+    stages = reconstruct(intensity, Predictor(), refine_steps=300)
     started = time.perf_counter()
-    nn = predictor.reconstruct(intensity)
-    nn_time = time.perf_counter() - started
-    started = time.perf_counter()
-    erhio, _, chi = phasing.phase_retrieve(intensity)
+    erhio, _, _ = phasing.phase_retrieve(intensity)
     erhio_time = time.perf_counter() - started
-    write_result(args.out / "nn.h5", nn.amplitude, nn.phase, nn.support, {"chi": nn.chi, "method": "3D-CDI-NN"})
+    for name, stage in stages.items():
+        write_result(args.out / f"{name}.h5", stage.amplitude, stage.phase, stage.support,
+                     {"chi": stage.chi, "seconds": stage.seconds, "stage": name})
     for i in range(args.count):
-        e_nn, e_it = metrics.errors(nn.amplitude[i] * np.exp(1j * nn.phase[i]), truth[i]), metrics.errors(erhio[i], truth[i])
-        print(f"crystal {i}: NN amplitude/phase error {e_nn['amplitude']:.3f}/{e_nn['phase']:.3f} rad, "
-              f"ER/HIO {e_it['amplitude']:.3f}/{e_it['phase']:.3f} rad")
-        plots.central_slices({"truth": metrics.canonical(truth[i])[:2], "3D-CDI-NN": (nn.amplitude[i], nn.phase[i]),
-                              "ER/HIO": metrics.canonical(erhio[i])[:2]}, args.out / f"crystal_{i}.png")
-    print(f"3D-CDI-NN: {1000 * nn_time / args.count:.1f} ms per scan (incl. first-call set-up); "
-          f"ER/HIO: {erhio_time / args.count:.2f} s per scan → pictures in {args.out}/")
+        shown = {"truth": metrics.canonical(truth[i])[:2]}
+        line = f"crystal {i}:"
+        for name, label in (("nn", "3D-CDI-NN"), ("refined", "NN + AD")):
+            stage = stages[name]
+            e = metrics.errors(stage.amplitude[i] * np.exp(1j * stage.phase[i]), truth[i])
+            shown[label] = (stage.amplitude[i], stage.phase[i])
+            line += f" {label} {e['amplitude']:.3f}/{e['phase']:.3f}"
+        e = metrics.errors(erhio[i], truth[i])
+        shown["ER/HIO"] = metrics.canonical(erhio[i])[:2]
+        print(f"{line} ER/HIO {e['amplitude']:.3f}/{e['phase']:.3f}  (amplitude error / phase error, rad)")
+        plots.central_slices(shown, args.out / f"crystal_{i}.png", f"simulated crystal {i}")
+    print(f"per scan: 3D-CDI-NN {1000 * stages['nn'].seconds / args.count:.0f} ms (incl. first-call set-up), "
+          f"NN + AD {stages['refined'].seconds / args.count:.2f} s, ER/HIO {erhio_time / args.count:.2f} s "
+          f"→ pictures and HDF5 files in {args.out}/")
