@@ -10,10 +10,10 @@ import json
 import time
 from pathlib import Path
 
-import lz4.block
 import numpy as np
 import zmq
 
+from shared import codecs
 from shared.files import read_intensity
 from shared.physics import crystals
 
@@ -53,12 +53,11 @@ class Beamline:
         self.send(start)
         began = time.perf_counter()
         for k, index in enumerate(range(volume.shape[0]) if order is None else order):
-            frame = np.ascontiguousarray(volume[index]).astype(volume.dtype.newbyteorder("<"), copy=False).tobytes()
+            frame = np.ascontiguousarray(volume[index]).astype(volume.dtype.newbyteorder("<"), copy=False)
             header = {"type": "frame", "scan": scan, "index": int(index)}
-            if encoding == "lz4":
-                frame = lz4.block.compress(frame, store_size=False)
-                header["encoding"] = "lz4"
-            self.send(header, frame)
+            if encoding != "raw":
+                header["encoding"] = encoding
+            self.send(header, codecs.encode(frame, encoding))
             if progress:
                 progress(1)
             if rate_hz:

@@ -17,7 +17,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--file", type=Path, action="append", default=[], help="recorded scan(s) to push too")
     p.add_argument("--rate", type=float, default=100.0, help="frames per second (0 = as fast as possible)")
-    p.add_argument("--encoding", choices=["raw", "lz4"], default="raw")
+    p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default="raw")
     p.add_argument("--prefix", default="sim", help="scan id prefix")
 
 

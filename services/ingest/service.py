@@ -16,12 +16,12 @@ from pathlib import Path
 
 import h5py
 import hdf5plugin
-import lz4.block
 import numpy as np
 import pydantic
 import zmq
 
 from services.ingest.assembly import ScanAssembly
+from shared import codecs
 from shared.messages import End, Frame, Start, parse_header
 from shared.settings import Settings
 from shared.store import Store
@@ -35,20 +35,12 @@ class Rejected(Exception):
 
 def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> np.ndarray:
     """Payload bytes → frame array of the start message's shape and dtype."""
-    dtype = np.dtype(start.dtype).newbyteorder("<")
-    expected = int(np.prod(start.shape)) * dtype.itemsize
     if len(payload) > max_bytes:
         raise Rejected("oversize payload")
-    if header.encoding == "lz4":
-        try:
-            payload = lz4.block.decompress(payload, uncompressed_size=expected)
-        except Exception:
-            raise Rejected("bad lz4 payload") from None
-    elif header.encoding == "bslz4":
-        raise Rejected("bslz4 encoding not supported by this ingest")
-    if len(payload) != expected:
-        raise Rejected("payload size does not match shape and dtype")
-    frame = np.frombuffer(payload, dtype).reshape(start.shape)
+    try:
+        frame = codecs.decode(payload, header.encoding, start.shape, start.dtype)
+    except codecs.CodecError as exc:
+        raise Rejected(str(exc)) from None
     if frame.dtype.kind == "f" and not np.isfinite(frame).all():
         raise Rejected("non-finite values in frame")
     return frame

@@ -1,0 +1,52 @@
+"""Ingest building blocks without the network: codecs, message validation, assembly."""
+
+import json
+
+import numpy as np
+import pydantic
+import pytest
+
+from services.ingest.assembly import ScanAssembly
+from shared import codecs
+from shared.messages import Frame, Start, parse_header
+
+
+@pytest.mark.parametrize("encoding", ["raw", "lz4", "bslz4"])
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
+def test_codecs_round_trip(encoding, dtype):
+    frame = np.random.default_rng(0).poisson(4, (37, 64)).astype(dtype)
+    assert np.array_equal(codecs.decode(codecs.encode(frame, encoding), encoding, frame.shape, dtype), frame)
+
+
+@pytest.mark.parametrize("encoding, payload", [("raw", b"123"), ("lz4", b"\xff" * 40), ("bslz4", b"\0" * 5),
+                                               ("bslz4", b"\0" * 12 + b"junk"), ("zstd", b"")])
+def test_bad_payloads(encoding, payload):
+    with pytest.raises(codecs.CodecError):
+        codecs.decode(payload, encoding, (8, 8), "uint32")
+
+
+def test_messages():
+    start = parse_header(json.dumps({"type": "start", "scan": "s1", "frames": 4, "shape": [2, 3],
+                                     "dtype": "uint32", "geometry": {"energy_kev": 9, "distance_m": 0.5,
+                                     "pixel_m": 5.5e-5, "rocking_step_deg": 0.005}}).encode())
+    assert isinstance(start, Start) and start.geometry.hkl == (1, 1, 1)
+    assert isinstance(parse_header(b'{"type":"frame","scan":"s1","index":3}'), Frame)
+    for bad in [b"{", b'{"type":"start","scan":"../x","frames":4,"shape":[2,3],"dtype":"uint32"}',
+                b'{"type":"start","scan":"s","frames":4,"shape":[2,3],"dtype":"complex64"}',
+                b'{"type":"frame","scan":"s","index":-1}', b'{"type":"frame","scan":"s","index":1,"extra":1}',
+                b'{"type":"stop","scan":"s"}', b'[1,2]']:
+        with pytest.raises(pydantic.ValidationError):
+            parse_header(bad)
+
+
+def test_assembly_counts_and_partial_input():
+    start = Start(type="start", scan="a", frames=32, shape=(32, 32), dtype="uint32")
+    assembly = ScanAssembly(start)
+    frame = np.ones((32, 32))
+    for index in [0, 2, 1, 1, 5]:
+        assembly.add(index, frame * index)
+    assert assembly.count == 4 and assembly.duplicates == 1 and assembly.out_of_order == 1
+    assert assembly.missing == 28
+    net_in, crop = assembly.network_input()
+    assert net_in.shape == (32, 32, 32) and net_in.max() == pytest.approx(1.0)
+    assert not net_in[16 + 6:].any()  # frames not yet acquired stay zero at the end
