@@ -21,6 +21,7 @@ import pydantic
 import zmq
 
 from services.ingest.assembly import ScanAssembly
+from services.ingest.dectris import DectrisTranslator
 from shared import codecs
 from shared.messages import End, Frame, Start, parse_header
 from shared.settings import Settings
@@ -220,20 +221,35 @@ class Ingest:
             scan.close()
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run until ``stop`` is set (or Ctrl-C); files are closed cleanly either way."""
+def serve(settings: Settings, stop: threading.Event | None = None, dectris: str | None = None) -> None:
+    """Run until ``stop`` is set (or Ctrl-C); files are closed cleanly either way.
+
+    With ``dectris`` (a detector's stream address) the ingest connects to it and
+    translates DECTRIS stream v1 messages instead of binding the native socket.
+    """
     stop = stop or threading.Event()
     ingest = Ingest(settings)
     context = zmq.Context.instance()
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)
     socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + 65536)
-    socket.bind(settings.ingest_bind)
-    log.info("ingest listening on %s", settings.ingest_bind)
+    translator = DectrisTranslator() if dectris else None
+    if dectris:
+        socket.connect(dectris)
+    else:
+        socket.bind(settings.ingest_bind)
+    log.info("ingest %s %s", "connected to DECTRIS stream" if dectris else "listening on", dectris or settings.ingest_bind)
     try:
         while not stop.is_set():
             if socket.poll(50):
-                ingest.handle(socket.recv_multipart())
+                parts = socket.recv_multipart()
+                if translator is not None:
+                    try:
+                        parts = translator.translate(parts)
+                    except ValueError as exc:
+                        ingest.reject(str(exc))
+                        continue
+                ingest.handle(parts)
             else:
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
     finally:
