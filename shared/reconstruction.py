@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.nn.inference import Predictor, to_input_grid
+from shared.nn.inference import Predictor, network_crop, to_input_grid
 from shared.physics import downsample, metrics
 from shared.refinement import refine
 
@@ -36,9 +36,8 @@ def embed(obj: np.ndarray, shape) -> np.ndarray:
 
 def refinement_data(volume: np.ndarray, refine_size: int):
     """(intensity on the refinement grid, crop shape) for one measured volume."""
-    centre = downsample.bragg_peak(volume)
-    crop = downsample.crop_shape(volume, centre) if min(volume.shape) > downsample.NETWORK_SIZE else volume.shape
-    cropped = downsample.crop_around(volume, centre, crop)
+    crop = network_crop(volume)
+    cropped = downsample.crop_around(volume, downsample.bragg_peak(volume), crop)
     grid = tuple(min(c, refine_size) for c in crop)
     if grid == tuple(crop):
         return cropped.astype(np.float32), crop
@@ -63,17 +62,15 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine_steps: int =
             out_a.append(a), out_p.append(p), out_s.append(s)
         return Stage(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.asarray(chis), seconds)
 
-    data = [refinement_data(v, refine_size) if refine_steps else (None, downsample.crop_shape(v, downsample.bragg_peak(v))
-                                                                  if min(v.shape) > 32 else v.shape) for v in intensity]
-    crops = [c for _, c in data]
-    stages["nn"] = place(nn.amplitude, nn.phase, crops, nn.chi, nn.seconds)
+    stages["nn"] = place(nn.amplitude, nn.phase, nn.crops, nn.chi, nn.seconds)
     if refine_steps:
         started = time.perf_counter()
         amps, phases, chis = [], [], []
-        for (measured, crop), a, p in zip(data, nn.amplitude, nn.phase):  # grids may differ per scan
+        for volume, a, p in zip(intensity, nn.amplitude, nn.phase):  # grids may differ per scan
+            measured, _ = refinement_data(volume, refine_size)
             start = embed(a * np.exp(1j * p), measured.shape)
             result = refine(measured[None], start[None], refine_steps, loss=loss, time_budget=time_budget)
             ra, rp, _ = metrics.canonical(result.obj[0])
             amps.append(ra), phases.append(rp), chis.append(float(result.chi[0]))
-        stages["refined"] = place(amps, phases, crops, chis, time.perf_counter() - started)
+        stages["refined"] = place(amps, phases, nn.crops, chis, time.perf_counter() - started)
     return stages

@@ -61,6 +61,7 @@ class Prediction:
     support: np.ndarray
     chi: np.ndarray  # against the 32³ network input
     seconds: float
+    crops: list  # per scan: the crop (per-axis size) the network input came from
 
 
 class Predictor:
@@ -90,10 +91,8 @@ class Predictor:
         started = time.perf_counter()
         inputs, crops = [], []
         for volume in intensity:
-            centre = downsample.bragg_peak(volume)
-            crop = downsample.crop_shape(volume, centre) if min(volume.shape) > network.SIZE else volume.shape
             inputs.append(downsample.network_input(volume))
-            crops.append(crop)
+            crops.append(network_crop(volume))
         magnitudes = np.stack(inputs)
         amp, phase = self.predict_magnitudes(magnitudes, progress)
         out_a, out_p, out_s, chis = [], [], [], []
@@ -105,7 +104,12 @@ class Predictor:
                 a, p, s = to_input_grid(a, p, crop, volume.shape)
             out_a.append(a), out_p.append(p), out_s.append(s)
         return Prediction(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.array(chis),
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, crops)
+
+
+def network_crop(volume: np.ndarray) -> tuple:
+    """The crop ``downsample.network_input`` takes from a measured volume."""
+    return downsample.crop_shape(volume, downsample.bragg_peak(volume))
 
 
 def to_input_grid(amplitude, phase, crop_shape, input_shape, threshold: float = 0.1):
