@@ -61,6 +61,36 @@ def poisson_loss(params, magnitude, support):
 LOSSES = {"gaussian": gaussian_loss, "poisson": poisson_loss}
 
 
+class _Engine:
+    """Variables, Adam and the compiled step for one (shape, loss), kept between calls:
+    building the step's graph costs far more than a refinement of a 32³ scan."""
+
+    def __init__(self, shape, loss: str):
+        self.re = keras.Variable(np.zeros(shape, np.float32), name="re")
+        self.im = keras.Variable(np.zeros(shape, np.float32), name="im")
+        self.optimizer = keras.optimizers.Adam(1e-3)
+        self.optimizer.build([self.re, self.im])
+        self.step = descent_step(LOSSES[loss], self.optimizer, [self.re, self.im])
+
+    def start(self, obj: np.ndarray, learning_rate: float) -> None:
+        """A fresh run: the start object in the variables, Adam's moments and step count zero."""
+        self.re.assign(obj.real)
+        self.im.assign(obj.imag)
+        for variable in self.optimizer.variables:
+            variable.assign(keras.ops.zeros_like(variable))
+        self.optimizer.learning_rate = learning_rate
+
+
+_ENGINES: dict[tuple, _Engine] = {}
+
+
+def engine(shape, loss: str) -> _Engine:
+    key = (tuple(shape), loss)
+    if key not in _ENGINES:
+        _ENGINES[key] = _Engine(shape, loss)
+    return _ENGINES[key]
+
+
 def scale_to_data(start: np.ndarray, magnitude_unshifted: np.ndarray) -> np.ndarray:
     """Scale the start so Σ|F(ρ)|² equals Σ M² (Parseval: Σ|F|² = N Σ|ρ|²)."""
     power = (np.abs(start) ** 2).sum(AXES) * np.prod(start.shape[1:])
@@ -87,10 +117,9 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     amp = np.abs(obj)
     support = (amp > threshold * amp.max(axis=AXES, keepdims=True)).astype(np.float32)
     support = np.maximum(support, _blur_support(amp, sigma, threshold))
-    re, im = keras.Variable(obj.real), keras.Variable(obj.imag)
-    optimizer = keras.optimizers.Adam(learning_rate * float(amp.max()))
-    optimizer.build([re, im])
-    step = descent_step(LOSSES[loss], optimizer, [re, im])
+    run = engine(obj.shape, loss)
+    run.start(obj, learning_rate * float(amp.max()))
+    re, im, step = run.re, run.im, run.step
     chi_start = phasing.project_chi(obj * support, magnitude)
     best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
     best_support = support > 0
