@@ -92,7 +92,6 @@ def test_batches_are_deterministic(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     """Interrupted after epoch 1 and resumed == uninterrupted, weight for weight."""
-    from services.cli.simulate import one_crystal  # noqa: F401  (same generator as the CLI)
     import h5py
 
     scans = [crystals.simulated_scan(32, 77, i, i, True, (1e5, 1e6)) for i in range(20)]

@@ -1,13 +1,12 @@
 """`cdi-live reconstruct` with the shipped weights: a real check, not a hard-coded one."""
 
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 
 from shared.nn.inference import Predictor
-from shared.physics import crystals, downsample, metrics, phasing
+from shared.physics import crystals, downsample, metrics
 from tests.conftest import real_file
 from tests.test_cli import cli
 
@@ -62,9 +61,7 @@ def test_paper_example_gives_compact_support(predictor):
 
 
 def test_raw_aps_scan_goes_through(predictor):
-    import numpy as _np
-
-    with _np.load(real_file("aps-34idc-scan54/frames.npz")) as z:
+    with np.load(real_file("aps-34idc-scan54/frames.npz")) as z:
         frames = z["frames"]
     net_in = downsample.network_input(frames.astype(np.float32))
     assert net_in.shape == (32, 32, 32)
