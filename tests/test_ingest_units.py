@@ -52,20 +52,6 @@ def test_assembly_counts_and_partial_input():
     assert not net_in[16 + 6:].any()  # frames not yet acquired stay zero at the end
 
 
-def dectris_messages(series, volume, encoding="bs32-lz4<"):
-    frames, height, width = volume.shape
-    yield [json.dumps({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}).encode(),
-           json.dumps({"nimages": frames, "ntrigger": 1, "x_pixels_in_detector": width,
-                       "y_pixels_in_detector": height, "bit_depth_image": 32}).encode()]
-    for k, frame in enumerate(volume):
-        yield [json.dumps({"htype": "dimage-1.0", "series": series, "frame": k}).encode(),
-               json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": "uint32",
-                           "encoding": encoding}).encode(),
-               codecs.encode(frame, {"bs32-lz4<": "bslz4", "lz4<": "lz4", "<": "raw"}[encoding]),
-               json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 1, "real_time": 1}).encode()]
-    yield [json.dumps({"htype": "dseries_end-1.0", "series": series}).encode()]
-
-
 def test_dectris_stream_over_zeromq(tmp_path):
     """A simulated DECTRIS detector binds PUSH; the ingest connects and assembles the series."""
     import threading
@@ -73,7 +59,6 @@ def test_dectris_stream_over_zeromq(tmp_path):
 
     import h5py
     import redis
-    import zmq
 
     from services.ingest.service import serve
     from shared.settings import Settings
@@ -83,18 +68,20 @@ def test_dectris_stream_over_zeromq(tmp_path):
         redis.Redis().ping()
     except redis.ConnectionError:
         pytest.skip("no Redis at 127.0.0.1:6379")
+    from services.beamline.sim import DectrisDetector
+
     volume = np.random.default_rng(1).poisson(5, (6, 40, 48)).astype(np.uint32)
-    context = zmq.Context()
-    detector = context.socket(zmq.PUSH)
-    port = detector.bind_to_random_port("tcp://127.0.0.1")
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    detector = DectrisDetector(f"tcp://127.0.0.1:{port}")
     settings = Settings(key_prefix=f"t{uuid.uuid4().hex[:8]}", data_dir=tmp_path)
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, stop), kwargs={"dectris": f"tcp://127.0.0.1:{port}"})
     thread.start()
     try:
-        for parts in dectris_messages(7, volume):
-            detector.send_multipart(parts)
-        detector.send_multipart([b'{"htype":"dimage-1.0","series":7,"frame":0}'])  # malformed: no data
+        detector.play(7, volume)
+        detector.socket.send_multipart([b'{"htype":"dimage-1.0","series":7,"frame":0}'])  # malformed: no data
         store = Store(settings)
         for _ in range(200):
             state = store.scan("series-7")
@@ -107,7 +94,6 @@ def test_dectris_stream_over_zeromq(tmp_path):
     finally:
         stop.set()
         thread.join()
-        detector.close(linger=0)
-        context.term()
+        detector.close(linger_ms=0)
         for key in Store(settings).redis.scan_iter(f"{settings.key_prefix}:*"):
             Store(settings).redis.delete(key)

@@ -71,3 +71,48 @@ class Beamline:
         """Return once queued frames are delivered (up to ``linger_ms``: a missing ingest cannot hang us)."""
         self.socket.close(linger=linger_ms)
         self.context.term()
+
+
+DECTRIS_ENCODINGS = {"raw": "<", "lz4": "lz4<", "bslz4": "bs32-lz4<"}
+
+
+def dectris_messages(series, volume: np.ndarray, encoding: str = "bslz4"):
+    """The multipart messages of one DECTRIS stream-v1 series (header, images, end)."""
+    frames, height, width = volume.shape
+    bits = volume.dtype.itemsize * 8
+    yield [json.dumps({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}).encode(),
+           json.dumps({"nimages": frames, "ntrigger": 1, "x_pixels_in_detector": width,
+                       "y_pixels_in_detector": height, "bit_depth_image": bits}).encode()]
+    wire = DECTRIS_ENCODINGS[encoding].replace("32", str(bits))
+    for k, frame in enumerate(volume):
+        yield [json.dumps({"htype": "dimage-1.0", "series": series, "frame": k}).encode(),
+               json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": str(volume.dtype),
+                           "encoding": wire}).encode(),
+               codecs.encode(frame, encoding),
+               json.dumps({"htype": "dconfig-1.0", "start_time": k, "stop_time": k + 1, "real_time": 1}).encode()]
+    yield [json.dumps({"htype": "dseries_end-1.0", "series": series}).encode()]
+
+
+class DectrisDetector:
+    """A simulated DECTRIS detector: binds a PUSH socket that the ingest connects to (--dectris)."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:9999", hwm: int = 100000):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.bind(endpoint)
+
+    def play(self, series, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "bslz4", progress=None):
+        began = time.perf_counter()
+        for k, parts in enumerate(dectris_messages(series, volume, encoding)):
+            self.socket.send_multipart(parts)
+            if progress and 0 < k <= volume.shape[0]:
+                progress(1)
+            if rate_hz and 0 < k <= volume.shape[0]:
+                delay = began + k / rate_hz - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+
+    def close(self, linger_ms: int = 60000) -> None:
+        self.socket.close(linger=linger_ms)
+        self.context.term()

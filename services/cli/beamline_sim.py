@@ -10,23 +10,30 @@ from services.cli.options import positive_int
 
 
 def add_arguments(p):
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="ingest address")
+    p.add_argument("--endpoint", help="native: the ingest's address (default tcp://127.0.0.1:5555); "
+                                      "dectris: the address this detector binds (default tcp://127.0.0.1:9999)")
+    p.add_argument("--protocol", choices=["native", "dectris"], default="native",
+                   help="dectris: act as a DECTRIS detector (stream v1); run the ingest with --dectris ENDPOINT")
     p.add_argument("--scans", type=positive_int, default=3, help="simulated scans to push")
     p.add_argument("--size", type=positive_int, default=32, help="frames per scan and frame side (simulated)")
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--file", type=Path, action="append", default=[], help="recorded scan(s) to push too")
     p.add_argument("--rate", type=float, default=100.0, help="frames per second (0 = as fast as possible)")
-    p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default="raw")
+    p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default=None,
+                   help="frame encoding (default raw for native, bslz4 for dectris)")
     p.add_argument("--prefix", default="sim", help="scan id prefix")
 
 
 def run(args):
     import time
 
-    from services.beamline.sim import GEOMETRY_34IDC, Beamline, recorded_volume, simulated_volume
+    from services.beamline.sim import GEOMETRY_34IDC, Beamline, DectrisDetector, recorded_volume, simulated_volume
 
-    beamline = Beamline(args.endpoint)
+    dectris = args.protocol == "dectris"
+    endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
+    encoding = args.encoding or ("bslz4" if dectris else "raw")
+    beamline = DectrisDetector(endpoint) if dectris else Beamline(endpoint)
     stamp = time.strftime("%H%M%S")
     plays = [(f"{args.prefix}-{stamp}-{i}", lambda i=i: simulated_volume(args.size, args.seed, i, args.photons), None)
              for i in range(args.scans)]
@@ -35,7 +42,10 @@ def run(args):
         for scan, make, geometry in plays:
             volume = make()
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
-                beamline.play(scan, volume, args.rate, args.encoding, geometry, progress=bar.update)
+                if dectris:  # the DECTRIS stream carries no geometry; series ids are the scan names
+                    beamline.play(scan, volume, args.rate, encoding, progress=bar.update)
+                else:
+                    beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update)
     finally:
         beamline.close()
-    print(f"pushed {len(plays)} scan(s) to {args.endpoint}")
+    print(f"pushed {len(plays)} scan(s) {'from' if dectris else 'to'} {endpoint}")
