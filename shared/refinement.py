@@ -116,7 +116,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     obj = scale_to_data(start, magnitude)
     amp = np.abs(obj)
     support = (amp > threshold * amp.max(axis=AXES, keepdims=True)).astype(np.float32)
-    support = np.maximum(support, _blur_support(amp, sigma, threshold))
+    kernel = phasing.blur_kernel(amp.shape[1:], sigma)
+    support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
     run = engine(obj.shape, loss)
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step
@@ -139,7 +140,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
             progress(1)
         if shrink_every and taken % shrink_every == 0:
             current = np.abs(np.asarray(re.value) + 1j * np.asarray(im.value)) * support
-            support = _blur_support(current, sigma, threshold)
+            support = phasing.support_from(current, threshold, kernel).astype(np.float32)
         if time_budget and time.perf_counter() - began > time_budget:
             break
         if taken > patience and np.all(history[-patience - 1][1] - best_chi < tolerance * best_chi):
@@ -149,9 +150,3 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     improved = last_chi < best_chi
     best[improved], best_chi[improved], best_support[improved] = last[improved], last_chi[improved], support[improved] > 0
     return RefineResult(best, best_support, best_chi, chi_start, history, taken, time.perf_counter() - began)
-
-
-def _blur_support(amp: np.ndarray, sigma: float, threshold: float) -> np.ndarray:
-    state = phasing.PhasingState(np.empty(0), amp.astype(np.complex64), np.empty(0), sigma=sigma, threshold=threshold)
-    phasing.shrink_wrap(state)
-    return state.support.astype(np.float32)

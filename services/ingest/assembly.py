@@ -50,4 +50,4 @@ class ScanAssembly:
             pad = [(0, max(0, downsample.NETWORK_SIZE - s)) for s in volume.shape]
             volume = np.pad(volume, pad)
         crop = downsample.crop_shape(volume, centre)
-        return downsample.network_input(volume, centre=centre), crop
+        return downsample.network_input(volume, centre=centre, crop=crop), crop

@@ -35,24 +35,28 @@ class InferenceWorker:
         if not jobs:
             return 0
         self.queue.ensure_group()
-        latest: dict[str, dict] = {}
+        chosen: dict[str, dict] = {}  # per scan: its final job if taken, else its newest preview
         skipped = []
         for job_id, fields in jobs:
             job = {k.decode(): v for k, v in fields.items()}
-            scan, seq, final = job["scan"].decode(), int(job["seq"]), job["final"] == b"1"
-            state = self.store.scan(scan) or {}
-            newest = int(state.get("latest_seq", seq))
-            if not final and (seq < newest or (scan in latest and latest[scan]["seq"] > seq)):
+            entry = {"id": job_id, "seq": int(job["seq"]), "final": job["final"] == b"1", "job": job}
+            scan = job["scan"].decode()
+            best = chosen.get(scan)
+            if best is None or (entry["final"], entry["seq"]) > (best["final"], best["seq"]):
+                if best is not None:
+                    skipped.append(best["id"])
+                chosen[scan] = entry
+            else:
                 skipped.append(job_id)
-                continue
-            if scan in latest and not latest[scan]["final"]:
-                skipped.append(latest[scan]["id"])
-            if scan not in latest or seq > latest[scan]["seq"] or final:
-                latest[scan] = {"id": job_id, "seq": seq, "final": final, "job": job}
+        for scan, entry in list(chosen.items()):  # a preview older than the newest one queued is stale
+            newest = int((self.store.scan(scan) or {}).get("latest_seq", entry["seq"]))
+            if not entry["final"] and entry["seq"] < newest:
+                skipped.append(entry["id"])
+                del chosen[scan]
         if skipped:
             self.store.count("jobs_skipped_stale", len(skipped))
             self.queue.done(*skipped)
-        work = list(latest.values())
+        work = list(chosen.values())
         if work:
             self.run(work)
         return len(work)

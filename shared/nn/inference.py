@@ -90,9 +90,10 @@ class Predictor:
         """Measured intensities (B, n0, n1, n2) → canonical amplitude/phase per scan."""
         started = time.perf_counter()
         inputs, crops = [], []
-        for volume in intensity:
-            inputs.append(downsample.network_input(volume))
-            crops.append(network_crop(volume))
+        for volume in intensity:  # peak and crop found once, used for the input and the output grid
+            centre = downsample.bragg_peak(volume)
+            crops.append(downsample.crop_shape(volume, centre))
+            inputs.append(downsample.network_input(volume, centre=centre, crop=crops[-1]))
         magnitudes = np.stack(inputs)
         amp, phase = self.predict_magnitudes(magnitudes, progress)
         out_a, out_p, out_s, chis = [], [], [], []

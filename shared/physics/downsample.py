@@ -104,13 +104,14 @@ def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre=None) -> np.ndarray:
+def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre=None, crop=None) -> np.ndarray:
     """Measured intensity → the network's input: magnitude, cropped, downsampled, max 1.
 
     A volume already of the network's size passes through unchanged but for
     the square root and normalisation. ``centre`` overrides the peak search — a
     scan still being acquired is centred on the middle of its rocking curve, so
-    missing frames stay at the end, as in training.
+    missing frames stay at the end, as in training. ``crop`` passes a crop shape
+    already computed by :func:`crop_shape` for this volume and centre.
 
     The magnitude (sqrt of intensity) is downsampled, as in the paper's code.
     Negative values from DCT ringing are clipped to zero.
@@ -119,8 +120,8 @@ def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre
     if vol.ndim != 3 or min(vol.shape) < size:
         raise InputError(f"need a 3D intensity of at least {size} per axis, got {vol.shape}")
     centre = bragg_peak(vol) if centre is None else tuple(int(c) for c in centre)
-    crop = crop_around(vol, centre, crop_shape(vol, centre, size))
-    magnitude = np.sqrt(np.clip(crop, 0, None))
+    cropped = crop_around(vol, centre, crop or crop_shape(vol, centre, size))
+    magnitude = np.sqrt(np.clip(cropped, 0, None))
     small = np.clip(dct_downsample(magnitude, size), 0, None)
     peak = small.max()
     return small / peak if peak > 0 else small

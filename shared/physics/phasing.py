@@ -70,21 +70,25 @@ def hybrid_input_output(state: PhasingState) -> None:
     state.obj = np.where(state.support, projected, outside).astype(np.complex64, copy=False)
 
 
-def shrink_wrap(state: PhasingState) -> None:
-    """New support: Gaussian-blurred amplitude above ``threshold`` of its maximum.
+def blur_kernel(shape, sigma: float) -> np.ndarray:
+    """Fourier-space Gaussian (rfftn layout) that blurs a volume of ``shape`` by ``sigma`` voxels."""
+    freqs = np.meshgrid(*[sfft.fftfreq(n) for n in shape[:-1]], sfft.rfftfreq(shape[-1]), indexing="ij")
+    q2 = sum(f**2 for f in freqs)
+    return np.exp(-2 * np.pi**2 * sigma**2 * q2).astype(np.float32)
 
-    The blur is a product in Fourier space with a kernel computed once.
-    """
+
+def support_from(amplitude: np.ndarray, threshold: float, kernel: np.ndarray) -> np.ndarray:
+    """Shrink-wrap support of a batch: blurred amplitude above ``threshold`` of its maximum."""
+    blurred = sfft.irfftn(sfft.rfftn(amplitude, axes=AXES, workers=-1) * kernel,
+                          s=amplitude.shape[1:], axes=AXES, workers=-1)
+    return blurred > threshold * blurred.max(axis=AXES, keepdims=True)
+
+
+def shrink_wrap(state: PhasingState) -> None:
+    """New support from the current estimate; the blur kernel is computed once per run."""
     if state.blur_kernel is None:
-        shape = state.obj.shape[1:]
-        freqs = np.meshgrid(*[sfft.fftfreq(n) for n in shape[:-1]], sfft.rfftfreq(shape[-1]), indexing="ij")
-        q2 = sum(f**2 for f in freqs)
-        state.blur_kernel = np.exp(-2 * np.pi**2 * state.sigma**2 * q2).astype(np.float32)
-    amp = np.abs(state.obj)
-    blurred = sfft.irfftn(sfft.rfftn(amp, axes=AXES, workers=-1) * state.blur_kernel,
-                          s=amp.shape[1:], axes=AXES, workers=-1)
-    peak = blurred.max(axis=AXES, keepdims=True)
-    state.support = blurred > state.threshold * peak
+        state.blur_kernel = blur_kernel(state.obj.shape[1:], state.sigma)
+    state.support = support_from(np.abs(state.obj), state.threshold, state.blur_kernel)
 
 
 ALGORITHMS = {"ER": error_reduction, "HIO": hybrid_input_output}
