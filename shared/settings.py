@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     refine_steps: int = 200
     refine_time_budget: float = Field(10.0, description="seconds of refinement per scan at most")
     refine_size: int = Field(64, description="largest refinement grid per axis")
+    max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
+    api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>' on "
+                                          "routes that change anything (none set: those routes answer 401)")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty: CORS off)")
+    max_live_subscribers: int = Field(200, description="open Server-Sent-Event streams per gateway")
+    max_request_bytes: int = Field(65536, description="largest request body the gateway accepts")
+
+    def api_key_set(self) -> set[str]:
+        return {k.strip() for k in self.api_keys.split(",") if k.strip()}
 
 
 def keys(settings: Settings):
@@ -41,6 +50,11 @@ def keys(settings: Settings):
         updates = f"{p}:updates"
         scans = f"{p}:scans"  # sorted set: scan id by start time
         metrics = f"{p}:metrics"
+        dead_letters = f"{p}:jobs:dead"
+
+        @staticmethod
+        def worker(kind: str, consumer: str) -> str:
+            return f"{p}:worker:{kind}:{consumer}"
 
         @staticmethod
         def scan(scan_id: str) -> str:

@@ -25,8 +25,23 @@ class Store:
     def count(self, name: str, amount: int = 1) -> None:
         self.redis.hincrby(self.keys.metrics, name, amount)
 
-    def counters(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.metrics).items()}
+    def counters(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(self.keys.metrics).items()}
+
+    def record_latency(self, stage: str, seconds: float) -> None:
+        """Sum and count per stage: enough for a Prometheus summary of job latency."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrbyfloat(self.keys.metrics, f"latency_sum:{stage}", seconds)
+        pipe.hincrby(self.keys.metrics, f"latency_count:{stage}", 1)
+        pipe.execute()
+
+    # workers ----------------------------------------------------------------
+    def heartbeat(self, kind: str, consumer: str, ttl_s: int = 15) -> None:
+        self.redis.set(self.keys.worker(kind, consumer), time.time(), ex=ttl_s)
+
+    def live_workers(self, kind: str) -> list[str]:
+        prefix = self.keys.worker(kind, "")
+        return sorted(k.decode()[len(prefix):] for k in self.redis.scan_iter(f"{prefix}*", count=1000))
 
     # scans ----------------------------------------------------------------
     def create_scan(self, scan: str, fields: dict) -> None:
@@ -39,6 +54,24 @@ class Store:
     def update_scan(self, scan: str, **fields) -> None:
         self.redis.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
 
+    def list_scans(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
+        """Newest first; with ``state``, only scans in that state. Returns (page, total matching)."""
+        ids = [i.decode() for i in self.redis.zrevrange(self.keys.scans, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for scan in ids:
+            pipe.hgetall(self.keys.scan(scan))
+        records = [{k.decode(): json.loads(v) for k, v in raw.items()} for raw in pipe.execute() if raw]
+        if state:
+            records = [r for r in records if r.get("state") == state]
+        return records[offset:offset + limit], len(records)
+
+    def delete_scan(self, scan: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        pipe.zrem(self.keys.scans, scan)
+        pipe.execute()
+        self.publish({"event": "deleted", "scan": scan})
+
     def scan(self, scan: str) -> dict | None:
         raw = self.redis.hgetall(self.keys.scan(scan))
         if not raw:
@@ -46,11 +79,12 @@ class Store:
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     # results --------------------------------------------------------------
-    def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict) -> bool:
-        """Store a stage's arrays unless a result from more frames is already there."""
+    def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
+                   force: bool = False) -> bool:
+        """Store a stage's arrays unless a result from more frames is already there (``force``: a re-run)."""
         key = self.keys.result(scan, stage)
         existing = self.redis.hget(key, "info")
-        if existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
+        if not force and existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
             return False
         self.redis.hset(key, mapping={"amplitude": np.asarray(amplitude, "<f4").tobytes(),
                                       "phase": np.asarray(phase, "<f4").tobytes(),
@@ -67,6 +101,14 @@ class Store:
         shape = json.loads(raw[b"shape"])
         return (np.frombuffer(raw[b"amplitude"], "<f4").reshape(shape),
                 np.frombuffer(raw[b"phase"], "<f4").reshape(shape), json.loads(raw[b"info"]))
+
+    def fail_job(self, fields: dict, reason: str) -> None:
+        """A dead-lettered job: its scan is marked failed with the reason, visibly, not left stuck."""
+        scan = fields.get(b"scan", b"").decode()
+        if scan and self.scan(scan) is not None:
+            self.update_scan(scan, state="failed", reason=reason)
+            self.publish({"event": "failed", "scan": scan, "reason": reason})
+        self.count("jobs_dead_lettered")
 
     def publish(self, event: dict) -> None:
         self.redis.publish(self.keys.updates, json.dumps(event))

@@ -1,77 +1,81 @@
-"""FastAPI gateway: scan state and reconstructions over HTTP."""
+"""FastAPI gateway: REST for scripts, Server-Sent Events and the operators' live page.
+
+Routes (OpenAPI at /docs): /health, /ready, /metrics, /api/scans…, /api/events, and / (the page).
+"""
 
 from __future__ import annotations
 
-import io
-from typing import Literal
+from pathlib import Path
 
-import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query
-from fastapi.responses import Response
-from pydantic import BaseModel
+import plotly
+import redis
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
+from services.gateway import metrics
+from services.gateway.live import Subscribers
+from services.gateway.scans import ScanId, scans_router
+from services.gateway.security import BodyLimit
 from shared import __version__
-from shared.messages import SCAN_ID
-from shared.nn.inference import to_input_grid
 from shared.settings import Settings
 from shared.store import Store
 
-ScanId = Path(pattern=SCAN_ID.pattern, max_length=64)
-
-
-class StageSummary(BaseModel):
-    frames_used: int
-    chi: float
-    seconds: float
-
-
-class ScanView(BaseModel):
-    scan: str
-    state: Literal["acquiring", "complete", "failed"]
-    frames_expected: int
-    frames_received: int
-    duplicates: int
-    out_of_order: int = 0
-    missing: int | None = None
-    reason: str | None = None
-    results: dict[str, StageSummary]
+STATIC = Path(__file__).parent / "static"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # vendored by the plotly package
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings)
-    app = FastAPI(title="cdi-live", version=__version__, description="Real-time Bragg CDI reconstructions")
+    subscribers = Subscribers(settings.max_live_subscribers)
+    app = FastAPI(title="cdi-live", version=__version__,
+                  description="Real-time Bragg CDI: scan state, reconstructions, strain maps, live updates")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
+    app.include_router(scans_router(settings, store))
 
-    def load(scan: str) -> dict:
-        state = store.scan(scan)
-        if state is None:
-            raise HTTPException(404, f"unknown scan {scan!r}")
-        return state
-
-    @app.get("/health")
+    @app.get("/health", tags=["service"])
     def health():
+        """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/api/scans/{scan}", response_model=ScanView)
-    def scan_detail(scan: str = ScanId):
-        state = load(scan)
-        results = {stage: state[f"result_{stage}"] for stage in ("nn", "refined") if f"result_{stage}" in state}
-        return ScanView(**{k: state.get(k) for k in ScanView.model_fields if k in state}, results=results)
+    @app.get("/ready", tags=["service"])
+    def ready():
+        """Readiness: Redis answers and at least one inference and one refinement worker beat recently."""
+        try:
+            store.redis.ping()
+            workers = {kind: len(store.live_workers(kind)) for kind in ("infer", "refine")}
+        except redis.RedisError as exc:
+            return JSONResponse({"ready": False, "redis": f"unreachable: {type(exc).__name__}"}, status_code=503)
+        ok = all(workers.values())
+        return JSONResponse({"ready": ok, "redis": "ok", "workers": workers}, status_code=200 if ok else 503)
 
-    @app.get("/api/scans/{scan}/reconstruction")
-    def reconstruction(scan: str = ScanId, stage: Literal["nn", "refined"] = "nn",
-                       format: Literal["npz"] = Query("npz")):
-        load(scan)
-        result = store.result(scan, stage)
-        if result is None:
-            raise HTTPException(404, f"no {stage} result for scan {scan!r} yet")
-        amplitude, phase, info = result
-        crop = tuple(info.get("crop") or amplitude.shape)
-        if crop != amplitude.shape:  # onto the grid conjugate to the assembled, cropped volume
-            amplitude, phase, _ = to_input_grid(amplitude, phase, crop, crop)
-        buffer = io.BytesIO()
-        np.savez(buffer, amplitude=amplitude.astype(np.float32), phase=phase.astype(np.float32))
-        return Response(buffer.getvalue(), media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{scan}_{stage}.npz"'})
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    def prometheus_metrics():
+        return Response(metrics.render(store), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/events", tags=["live"])
+    def all_events(request: Request):
+        """Server-Sent Events for every scan (the page's scan list)."""
+        return subscribers.stream(request, settings)
+
+    @app.get("/api/scans/{scan}/events", tags=["live"])
+    def scan_events(request: Request, scan: str = ScanId):
+        """Server-Sent Events of one scan: progress, completion, each result as it lands."""
+        return subscribers.stream(request, settings, scan)
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js():
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
 
     return app

@@ -109,6 +109,8 @@ class Ingest:
                 a = scan.assembly
                 fields = {"frames_received": a.count, "duplicates": a.duplicates, "out_of_order": a.out_of_order}
                 pipe.hset(self.store.keys.scan(name), mapping={k: json.dumps(v) for k, v in fields.items()})
+                pipe.publish(self.store.keys.updates, json.dumps(
+                    {"event": "progress", "scan": name, "frames_expected": scan.start.frames, **fields}))
         for name, amount in self.counters.items():
             pipe.hincrby(self.store.keys.metrics, name, amount)
         pipe.execute()

@@ -26,7 +26,8 @@ class InferenceWorker:
     def __init__(self, settings: Settings, predictor: Predictor | None = None, consumer: str | None = None):
         self.settings = settings
         self.store = Store(settings)
-        self.queue = JobQueue(self.store.redis, self.store.keys.infer_jobs, "infer", settings.claim_idle_ms, consumer)
+        self.queue = JobQueue(self.store.redis, self.store.keys.infer_jobs, "infer", settings.claim_idle_ms, consumer,
+                              settings.max_deliveries, self.store.keys.dead_letters, self.store.fail_job)
         self.predictor = predictor or Predictor(batch_size=settings.infer_batch)
         self.predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # build the graph before jobs come
 
@@ -77,6 +78,7 @@ class InferenceWorker:
                     "latency": time.time() - float(job["queued"])}
             self.store.put_result(scan, "nn", ca, cp, info)
             self.store.count("results_nn")
+            self.store.record_latency("nn", info["latency"])
             if w["final"]:
                 self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()},
                                       maxlen=self.settings.stream_maxlen, approximate=True)
@@ -87,4 +89,4 @@ def serve(settings: Settings, stop: threading.Event | None = None, consumer: str
     stop = stop or threading.Event()
     worker = InferenceWorker(settings, consumer=consumer)
     log.info("inference worker %s ready", worker.queue.consumer)
-    run_forever(worker.step, stop, "infer")
+    run_forever(worker.step, stop, "infer", lambda: worker.store.heartbeat("infer", worker.queue.consumer))

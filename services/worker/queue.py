@@ -2,7 +2,9 @@
 
 New jobs come with XREADGROUP; jobs left pending by a dead worker for longer
 than ``claim_idle_ms`` are taken over with XAUTOCLAIM; a job is XACKed only
-after its result is stored, so a crash mid-job loses nothing.
+after its result is stored, so a crash mid-job loses nothing. A job claimed
+more than ``max_deliveries`` times (it keeps killing workers) is moved to the
+dead-letter stream and handed to ``on_dead`` instead of being run again.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ log = logging.getLogger("cdi-live.queue")
 
 class JobQueue:
     def __init__(self, client: redis.Redis, stream: str, group: str, claim_idle_ms: int = 30000,
-                 consumer: str | None = None):
+                 consumer: str | None = None, max_deliveries: int = 3, dead_letters: str | None = None,
+                 on_dead=None):
         self.redis, self.stream, self.group = client, stream, group
         self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries, self.dead_letters, self.on_dead = max_deliveries, dead_letters, on_dead
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ensure_group()
 
@@ -36,7 +40,13 @@ class JobQueue:
         """Up to ``count`` jobs: first any abandoned by dead workers, then new ones."""
         jobs = []
         claimed = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
-        jobs += [(job_id, fields) for job_id, fields in claimed[1] if fields]
+        for job_id, fields in claimed[1]:
+            if not fields:  # trimmed away by MAXLEN while pending
+                self.done(job_id)
+            elif self.deliveries(job_id) > self.max_deliveries:
+                self.bury(job_id, fields)
+            else:
+                jobs.append((job_id, fields))
         if len(jobs) < count:
             fresh = self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count - len(jobs),
                                           block=None if jobs else block_ms)
@@ -44,16 +54,35 @@ class JobQueue:
                 jobs += [(job_id, fields) for job_id, fields in entries]
         return jobs
 
+    def deliveries(self, job_id: bytes) -> int:
+        pending = self.redis.xpending_range(self.stream, self.group, min=job_id, max=job_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    def bury(self, job_id: bytes, fields: dict) -> None:
+        """Dead-letter a job that failed ``max_deliveries`` times, so it stops taking workers down."""
+        log.error("job %s of %s delivered more than %d times: dead-lettered", job_id, self.stream, self.max_deliveries)
+        if self.dead_letters:
+            self.redis.xadd(self.dead_letters, {**fields, b"stream": self.stream, b"job": job_id}, maxlen=10000)
+        if self.on_dead:
+            self.on_dead(fields, f"job crashed its worker {self.max_deliveries} times")
+        self.done(job_id)
+
     def done(self, *job_ids: bytes) -> None:
         if job_ids:
             self.redis.xack(self.stream, self.group, *job_ids)
 
 
-def run_forever(step, stop, name: str) -> None:
-    """Call ``step()`` until ``stop`` is set; Redis outages are waited out with backoff."""
-    delay = 0.5
+def run_forever(step, stop, name: str, heartbeat=None) -> None:
+    """Call ``step()`` until ``stop`` is set; Redis outages are waited out with backoff.
+
+    ``heartbeat()`` (at most every 2 s) tells the gateway's /ready this worker is alive.
+    """
+    delay, last_beat = 0.5, 0.0
     while not stop.is_set():
         try:
+            if heartbeat and time.monotonic() - last_beat > 2:
+                heartbeat()
+                last_beat = time.monotonic()
             step()
             delay = 0.5
         except (redis.ConnectionError, redis.TimeoutError) as exc:

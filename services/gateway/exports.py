@@ -1,0 +1,37 @@
+"""Reconstructions and strain maps as downloadable files (npz, HDF5, CXI, VTK .vti)."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from shared.files import write_result, write_vti
+
+MEDIA = {"npz": "application/octet-stream", "h5": "application/x-hdf5", "cxi": "application/x-hdf5",
+         "vti": "application/xml"}
+
+
+def support_of(amplitude: np.ndarray, threshold: float) -> np.ndarray:
+    peak = float(amplitude.max()) or 1.0
+    return amplitude > threshold * peak
+
+
+def encode(arrays: dict[str, np.ndarray], fmt: str, attrs: dict, spacing=(1.0, 1.0, 1.0)) -> bytes:
+    """Bytes of one file holding ``arrays`` (float32; 'amplitude' and 'phase' for h5/cxi)."""
+    arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    if fmt == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, voxel_nm=np.asarray(spacing, np.float32))
+        return buffer.getvalue()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"out.{fmt}"
+        if fmt == "vti":
+            write_vti(path, arrays, spacing)
+        else:
+            amplitude, phase = arrays.pop("amplitude"), arrays.pop("phase")
+            write_result(path, amplitude, phase, support_of(amplitude, 0.1), {**attrs, "voxel_nm": list(spacing)},
+                         fmt=fmt, extra=arrays)
+        return path.read_bytes()

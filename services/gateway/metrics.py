@@ -1,0 +1,63 @@
+"""Prometheus /metrics, read from Redis at scrape time, so every gateway replica reports the same figures."""
+
+from __future__ import annotations
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+from shared.store import Store
+
+COUNTERS = {  # Redis counter → (metric, help)
+    "frames_in": ("cdi_frames_in", "frames accepted by the ingest"),
+    "duplicates": ("cdi_duplicate_frames", "frames received twice (the first copy is kept)"),
+    "scans_started": ("cdi_scans_started", "scans started"),
+    "jobs_skipped_stale": ("cdi_jobs_skipped_stale", "preview jobs skipped because a newer one was queued"),
+    "jobs_failed": ("cdi_jobs_failed", "jobs that ended in an error"),
+    "jobs_dead_lettered": ("cdi_jobs_dead_lettered", "jobs moved to the dead-letter stream"),
+}
+
+
+class RedisCollector:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self):
+        keys = self.store.keys
+        counters = self.store.counters()
+        for name, (metric, text) in COUNTERS.items():
+            yield CounterMetricFamily(metric, text, value=counters.get(name, 0))
+        rejected = CounterMetricFamily("cdi_messages_rejected", "messages dropped by the ingest", labels=["reason"])
+        for name, value in counters.items():
+            if name.startswith("rejected:"):
+                rejected.add_metric([name.split(":", 1)[1]], value)
+        yield rejected
+        results = CounterMetricFamily("cdi_results", "results stored", labels=["stage"])
+        latency = SummaryMetricFamily("cdi_job_latency_seconds", "from job queued to result stored", labels=["stage"])
+        for stage in ("nn", "refined"):
+            results.add_metric([stage], counters.get(f"results_{stage}", 0))
+            latency.add_metric([stage], counters.get(f"latency_count:{stage}", 0), counters.get(f"latency_sum:{stage}", 0))
+        yield results
+        yield latency
+        depth = GaugeMetricFamily("cdi_queue_length", "entries in a job stream", labels=["queue"])
+        pending = GaugeMetricFamily("cdi_queue_pending", "jobs delivered to a worker, not yet acknowledged",
+                                    labels=["queue"])
+        for queue, stream in (("infer", keys.infer_jobs), ("refine", keys.refine_jobs), ("dead", keys.dead_letters)):
+            depth.add_metric([queue], self.store.redis.xlen(stream))
+            try:
+                pending.add_metric([queue], self.store.redis.xpending(stream, queue)["pending"])
+            except redis.ResponseError:  # no such group (yet)
+                pending.add_metric([queue], 0)
+        yield depth
+        yield pending
+        workers = GaugeMetricFamily("cdi_workers", "workers with a fresh heartbeat", labels=["kind"])
+        for kind in ("infer", "refine"):
+            workers.add_metric([kind], len(self.store.live_workers(kind)))
+        yield workers
+        yield GaugeMetricFamily("cdi_scans", "scans known", value=self.store.redis.zcard(keys.scans))
+
+
+def render(store: Store) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(store))
+    return generate_latest(registry)

@@ -1,0 +1,51 @@
+"""Response and request bodies of the gateway (they make the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+State = Literal["acquiring", "complete", "failed"]
+Stage = Literal["nn", "refined"]
+
+
+class StageSummary(BaseModel):
+    frames_used: int
+    chi: float
+    seconds: float
+
+
+class ScanView(BaseModel):
+    scan: str
+    state: State
+    frames_expected: int
+    frames_received: int
+    duplicates: int
+    out_of_order: int = 0
+    missing: int | None = None
+    reason: str | None = None
+    started: float | None = Field(None, description="Unix time of the start message")
+    ended: float | None = Field(None, description="Unix time of the end message")
+    geometry: dict | None = Field(None, description="the start message's geometry, if it had one")
+    results: dict[str, StageSummary]
+
+    @classmethod
+    def from_record(cls, record: dict) -> "ScanView":
+        results = {stage: record[f"result_{stage}"] for stage in ("nn", "refined") if f"result_{stage}" in record}
+        return cls(**{k: record[k] for k in cls.model_fields if k in record and k != "results"}, results=results)
+
+
+class ScanPage(BaseModel):
+    scans: list[ScanView]
+    total: int = Field(description="scans matching the filter")
+    limit: int
+    offset: int
+
+
+class RefineRequest(BaseModel):
+    """Parameters of a re-run of AD refinement (the worker's defaults where left out)."""
+
+    steps: int | None = Field(None, ge=1, le=5000)
+    time_budget: float | None = Field(None, gt=0, le=300, description="seconds at most")
+    loss: Literal["gaussian", "poisson"] = "gaussian"

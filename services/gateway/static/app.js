@@ -1,0 +1,200 @@
+// The operators' page: scan list and one scan's live view, fed by Server-Sent Events.
+"use strict";
+
+const state = { scans: new Map(), selected: null, stage: "nn", loading: false, reloadAgain: false };
+const $ = (id) => document.getElementById(id);
+const PLOT_LAYOUT = { paper_bgcolor: "#1a2029", plot_bgcolor: "#1a2029", font: { color: "#dfe6ee" },
+                      margin: { l: 0, r: 0, t: 0, b: 0 } };
+// Cyclic (twilight-like), so phases of ±π look alike.
+const PHASE_SCALE = [[0, "#2f1e4f"], [0.25, "#5b8fd0"], [0.5, "#e2d9e2"], [0.75, "#c8634e"], [1, "#2f1e4f"]];
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.json();
+}
+
+function fmtSeconds(s) { return s < 1 ? `${(1000 * s).toFixed(0)} ms` : `${s.toFixed(2)} s`; }
+
+// ---- scan list ---------------------------------------------------------
+async function loadScans() {
+  const page = await getJSON("/api/scans?limit=100");
+  state.scans = new Map(page.scans.map((s) => [s.scan, s]));
+  renderList();
+  if (!state.selected && page.scans.length) select(page.scans[0].scan);
+}
+
+function renderList() {
+  const list = $("scan-list");
+  list.replaceChildren();
+  $("no-scans").hidden = state.scans.size > 0;
+  for (const s of state.scans.values()) {
+    const li = document.createElement("li");
+    li.dataset.scan = s.scan;
+    li.className = s.scan === state.selected ? "selected" : "";
+    const pct = s.frames_expected ? (100 * s.frames_received) / s.frames_expected : 0;
+    li.innerHTML = `<div class="name"></div><span class="badge ${s.state}">${s.state}</span>
+      <span class="hint">${s.frames_received}/${s.frames_expected} frames</span>
+      <div class="mini"><div style="width:${pct.toFixed(1)}%"></div></div>`;
+    li.querySelector(".name").textContent = s.scan;
+    li.onclick = () => select(s.scan);
+    list.appendChild(li);
+  }
+}
+
+// ---- one scan ----------------------------------------------------------
+function select(scan) {
+  state.selected = scan;
+  $("detail").hidden = false;
+  $("waiting").hidden = false;
+  $("plot3d").dataset.framesUsed = "";
+  renderList();
+  refreshDetail();
+  loadView();
+}
+
+async function refreshDetail() {
+  if (!state.selected) return;
+  const s = await getJSON(`/api/scans/${state.selected}`);
+  state.scans.set(s.scan, s);
+  renderDetail(s);
+  renderList();
+}
+
+function renderDetail(s) {
+  $("scan-title").textContent = s.scan;
+  const badge = $("scan-state");
+  badge.textContent = s.state;
+  badge.className = `badge ${s.state}`;
+  $("scan-reason").textContent = s.reason || "";
+  const pct = s.frames_expected ? (100 * s.frames_received) / s.frames_expected : 0;
+  $("progress-bar").style.width = `${pct.toFixed(1)}%`;
+  let text = `${s.frames_received} / ${s.frames_expected} frames`;
+  if (s.duplicates) text += ` · ${s.duplicates} duplicates`;
+  if (s.missing) text += ` · ${s.missing} missing`;
+  $("progress-text").textContent = text;
+  const body = document.querySelector("#stages tbody");
+  body.replaceChildren();
+  for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "NN + AD"]]) {
+    const r = s.results[stage];
+    const row = document.createElement("tr");
+    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}</td><td>${fmtSeconds(r.seconds)}</td>`
+                      : `<td>${label}</td><td colspan="3" class="hint">${s.state === "failed" ? "—" : "pending"}</td>`;
+    body.appendChild(row);
+  }
+  for (const a of document.querySelectorAll(".downloads a")) {
+    const kind = a.dataset.kind;
+    const stage = kind === "frames" ? null : state.stage;
+    a.href = kind === "frames" ? `/api/scans/${s.scan}/frames`
+           : `/api/scans/${s.scan}/${kind}?stage=${stage}&format=${a.dataset.format}`;
+    const available = kind === "frames" ? s.state !== "acquiring"
+                    : Boolean(s.results[stage]) && (kind !== "strain" || Boolean(s.geometry));
+    a.classList.toggle("disabled", !available);
+  }
+}
+
+async function loadView() {
+  if (!state.selected) return;
+  if (state.loading) { state.reloadAgain = true; return; }  // coalesce bursts of results
+  state.loading = true;
+  const scan = state.selected;
+  try {
+    const view = await getJSON(`/api/scans/${scan}/view?stage=${state.stage}`);
+    if (scan === state.selected) drawView(view);
+  } catch (err) {
+    console.error(err);
+    if (scan === state.selected) $("waiting").hidden = false;
+  } finally {
+    state.loading = false;
+    if (state.reloadAgain) { state.reloadAgain = false; loadView(); }
+  }
+}
+
+function drawView(view) {
+  $("waiting").hidden = true;
+  const m = view.mesh;
+  Plotly.react("plot3d", [{
+    type: "mesh3d", x: m.x, y: m.y, z: m.z, i: m.i, j: m.j, k: m.k, intensity: m.phase,
+    colorscale: PHASE_SCALE, cmin: -Math.PI, cmax: Math.PI, flatshading: false,
+    colorbar: { title: { text: "phase" }, thickness: 12 },
+    lighting: { ambient: 0.6, diffuse: 0.6, specular: 0.2 },
+  }], { ...PLOT_LAYOUT, uirevision: view.scan,
+        scene: { aspectmode: "data", xaxis: { visible: false }, yaxis: { visible: false }, zaxis: { visible: false } } },
+  { displaylogo: false, responsive: true });
+  for (let a = 0; a < 3; a++) {
+    paintSlice(`amp-${a}`, view.amplitude[a], (v) => greys(v));
+    paintSlice(`phase-${a}`, view.phase[a], (v) => cyclic((v + Math.PI) / (2 * Math.PI)));
+  }
+  $("plot3d").dataset.framesUsed = String(view.frames_used);
+  $("plot3d").dataset.stage = view.stage;
+}
+
+// ---- slices: one pixel per voxel on a canvas, scaled up by CSS ----------
+function hexToRgb(h) { return [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)); }
+const PHASE_STOPS = PHASE_SCALE.map(([t, c]) => [t, hexToRgb(c)]);
+
+function greys(v) { const g = Math.round(255 * Math.min(1, Math.max(0, v))); return [g, g, g]; }
+
+function cyclic(t) {
+  t = Math.min(1, Math.max(0, t));
+  for (let n = 1; n < PHASE_STOPS.length; n++) {
+    const [t1, c1] = PHASE_STOPS[n];
+    const [t0, c0] = PHASE_STOPS[n - 1];
+    if (t <= t1) { const f = (t - t0) / (t1 - t0 || 1); return c0.map((c, i) => Math.round(c + f * (c1[i] - c))); }
+  }
+  return PHASE_STOPS[PHASE_STOPS.length - 1][1];
+}
+
+function paintSlice(id, rows, colour) {
+  const holder = $(id);
+  let canvas = holder.querySelector("canvas");
+  if (!canvas) { canvas = document.createElement("canvas"); holder.appendChild(canvas); }
+  canvas.width = rows[0].length;
+  canvas.height = rows.length;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(canvas.width, canvas.height);
+  rows.forEach((row, y) => row.forEach((v, x) => {
+    const p = 4 * (y * canvas.width + x);
+    if (v === null) { image.data[p + 3] = 0; return; }  // outside the crystal
+    const [r, g, b] = colour(v);
+    image.data.set([r, g, b, 255], p);
+  }));
+  ctx.putImageData(image, 0, 0);
+}
+
+// ---- live updates --------------------------------------------------------
+function onEvent(e) {
+  const ev = JSON.parse(e.data);
+  const known = state.scans.get(ev.scan);
+  if (ev.event === "start") {
+    loadScans().then(() => { if ($("follow").checked) select(ev.scan); });
+    return;
+  }
+  if (ev.event === "deleted") { state.scans.delete(ev.scan); renderList(); return; }
+  if (ev.event === "progress" && known) {
+    known.frames_received = ev.frames_received;
+    known.duplicates = ev.duplicates;
+    renderList();
+    if (ev.scan === state.selected) renderDetail(known);
+    return;
+  }
+  if (ev.scan === state.selected) {
+    refreshDetail();
+    if (ev.event === "result" && ev.stage === state.stage) loadView();
+  } else {
+    loadScans();
+  }
+}
+
+function connect() {
+  const source = new EventSource("/api/events");
+  source.onopen = () => { const c = $("connection"); c.textContent = "live"; c.className = "badge live"; };
+  source.onerror = () => { const c = $("connection"); c.textContent = "reconnecting"; c.className = "badge failed"; };
+  source.onmessage = onEvent;
+}
+
+for (const radio of document.querySelectorAll("input[name=stage]")) {
+  radio.onchange = () => { state.stage = radio.value; refreshDetail(); loadView(); };
+}
+connect();
+loadScans();

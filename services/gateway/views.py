@@ -1,0 +1,40 @@
+"""What the operators' page draws: an amplitude isosurface coloured by phase, and central slices."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import marching_cubes
+
+
+def isosurface(amplitude: np.ndarray, phase: np.ndarray, level: float) -> dict:
+    """Triangle mesh of amplitude = level·max, with the phase at each vertex (for plotly's mesh3d)."""
+    scaled = amplitude / (float(amplitude.max()) or 1.0)
+    if scaled.max() <= level or scaled.min() >= level:
+        return {"x": [], "y": [], "z": [], "i": [], "j": [], "k": [], "phase": []}
+    vertices, faces, _, _ = marching_cubes(scaled, level)
+    # Phase sampled through its complex exponential: interpolation must not cross a 2π wrap.
+    coords = vertices.T
+    re = ndimage.map_coordinates(np.cos(phase), coords, order=1)
+    im = ndimage.map_coordinates(np.sin(phase), coords, order=1)
+    x, y, z = (np.round(v.astype(float), 2).tolist() for v in vertices.T)
+    i, j, k = (f.tolist() for f in faces.T)
+    return {"x": x, "y": y, "z": z, "i": i, "j": j, "k": k, "phase": np.round(np.arctan2(im, re), 3).tolist()}
+
+
+def central_slices(volume: np.ndarray, centre) -> list[list[list[float]]]:
+    """The three orthogonal slices through ``centre``; NaN (outside the crystal) becomes null."""
+    c = [int(round(x)) for x in centre]
+    planes = (volume[c[0]], volume[:, c[1]], volume[:, :, c[2]])
+    return [np.where(np.isnan(p), None, np.round(p, 3)).tolist() for p in planes]
+
+
+def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5) -> dict:
+    amplitude = np.asarray(amplitude, np.float32)
+    phase = np.asarray(phase, np.float32)
+    mass = amplitude.sum()
+    centre = ndimage.center_of_mass(amplitude) if mass > 0 else [s // 2 for s in amplitude.shape]
+    inside = amplitude > 0.1 * (float(amplitude.max()) or 1.0)
+    return {"shape": list(amplitude.shape), "level": level, "mesh": isosurface(amplitude, phase, level),
+            "amplitude": central_slices(amplitude / (float(amplitude.max()) or 1.0), centre),
+            "phase": central_slices(np.where(inside, phase, np.nan), centre)}
