@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
+import requests
 
 from shared.physics import crystals, fourier
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", REPO.parent / "shared" / "data"))
+API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +36,64 @@ def real_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not found (set CDI_LIVE_DATA to the folder of ../shared/data)")
     return path
+
+
+# The whole service (`cdi-live up`: ingest, workers, gateway) on free ports against the real Redis,
+# under a private key prefix; one per test session, shared by the streaming, gateway and page tests.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS_URL} (.ci/run starts one)")
+    prefix = f"test{uuid.uuid4().hex[:8]}"
+    port, zport = free_port(), free_port()
+    env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": str(tmp_path_factory.mktemp("live")),
+           "REFINE_TIME_BUDGET": "5", "CLAIM_IDLE_MS": "5000", "API_KEYS": API_KEY}
+    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
+                                "--bind", f"tcp://127.0.0.1:{zport}", "--redis-url", REDIS_URL], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if requests.get(f"{base}/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("gateway did not come up: " + process.stdout.read().decode()[-2000:])
+    client = redis.Redis.from_url(REDIS_URL)
+    yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client,
+           "data_dir": env["DATA_DIR"]}
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def wait_for(predicate, timeout=180.0, every=0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def scan_state(service, scan):
+    response = requests.get(f"{service['base']}/api/scans/{scan}", timeout=5)
+    return response.json() if response.ok else None

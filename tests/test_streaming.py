@@ -2,79 +2,17 @@
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
-import pytest
 import redis
 import requests
 
 from services.beamline.sim import Beamline
 from services.worker.queue import JobQueue
 from shared.physics import crystals, metrics
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    try:
-        redis.Redis.from_url(REDIS_URL).ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL} (.ci/run starts one)")
-    prefix = f"test{uuid.uuid4().hex[:8]}"
-    port, zport = free_port(), free_port()
-    env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": str(tmp_path_factory.mktemp("live")),
-           "REFINE_TIME_BUDGET": "5", "CLAIM_IDLE_MS": "5000"}
-    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
-                                "--bind", f"tcp://127.0.0.1:{zport}", "--redis-url", REDIS_URL], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if requests.get(f"{base}/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("gateway did not come up: " + process.stdout.read().decode()[-2000:])
-    client = redis.Redis.from_url(REDIS_URL)
-    yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client}
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-
-
-def wait_for(predicate, timeout=180.0, every=0.25):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
-
-
-def scan_state(service, scan):
-    response = requests.get(f"{service['base']}/api/scans/{scan}", timeout=5)
-    return response.json() if response.ok else None
+from tests.conftest import REDIS_URL, scan_state, wait_for
 
 
 def simulated(index, photons=1e8):

@@ -1,54 +1,100 @@
-"""One-command demo: simulate crystals, reconstruct them with 3D-CDI-NN, NN + AD refinement and ER/HIO, plot.
+"""`make demo`: the whole pipeline on a simulated beamline, watched on the live page.
 
-(The streaming demo with the live page replaces this once the gateway's page exists.)
+Starts Redis if none answers (embedded fallback), the ingest, both workers and
+the gateway, prints the page's URL, then plays simulated crystals and the
+recorded APS 34-ID-C scan (from ../shared/data, when present) frame by frame.
+Runs until Ctrl-C, or ``--exit-after`` seconds after the last scan.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-import numpy as np
+from tqdm import tqdm
 
 from services.cli.options import positive_int
+from services.cli.services_common import add_settings_arguments, settings_from
+from services.cli.up import ensure_redis, start_services, stop_all
+from shared.errors import InputError
+
+REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+RECORDED = REAL_DATA / "aps-34idc-scan54" / "frames.npz"
 
 
 def add_arguments(p):
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--count", type=positive_int, default=4)
-    p.add_argument("--seed", type=int, default=123)
+    add_settings_arguments(p)
+    p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
+    p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
+    p.add_argument("--scans", type=int, default=3, help="simulated scans to play (default 3)")
+    p.add_argument("--size", type=positive_int, default=64, help="frames per simulated scan and frame side")
+    p.add_argument("--rate", type=float, default=20.0, help="frames per second of the simulated beamline")
+    p.add_argument("--recorded", type=Path, default=RECORDED,
+                   help="recorded scan to play after the simulated ones (default: the APS 34-ID-C scan)")
+    p.add_argument("--exit-after", type=float, default=None, help="stop this many seconds after the last scan")
+
+
+def wait_until_ready(base: str, processes, timeout: float = 300.0) -> None:
+    """The workers load TensorFlow and build their graphs first; /ready says when they are done."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise InputError("a service stopped while starting; see the log lines above")
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=2):
+                return  # 200: Redis and both workers answer
+        except (urllib.error.URLError, ConnectionError):
+            pass  # not up yet, or 503 while the workers load
+        time.sleep(0.5)
+    raise InputError(f"the services were not ready after {timeout:.0f} s")
+
+
+def play_scans(args, endpoint: str) -> None:
+    from services.beamline.sim import GEOMETRY_34IDC, Beamline, recorded_volume, simulated_volume
+
+    stamp = time.strftime("%H%M%S")
+    plays = [(f"sim-{stamp}-{i}", lambda i=i: simulated_volume(args.size, int(stamp), i, 1e8), args.rate)
+             for i in range(args.scans)]
+    if args.recorded and args.recorded.exists():
+        plays.append((f"aps-scan54-{stamp}", lambda: recorded_volume(args.recorded), 100.0))
+    elif args.recorded:
+        print(f"(recorded scan {args.recorded} not found: playing simulated scans only)")
+    beamline = Beamline(endpoint)
+    try:
+        for scan, make, rate in plays:
+            volume = make()
+            with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
+                beamline.play(scan, volume, rate, geometry=GEOMETRY_34IDC, progress=bar.update)
+    finally:
+        beamline.close()
 
 
 def run(args):
-    from shared import plots
-    from shared.files import write_result
-    from shared.nn.inference import Predictor
-    from shared.physics import crystals, metrics, phasing
-    from shared.reconstruction import reconstruct
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    scans = [crystals.simulated_scan(32, args.seed, i, i, True, (1e6, 1e7)) for i in range(args.count)]
-    intensity = np.stack([s[0] for s in scans])
-    truth = [s[1] * np.exp(1j * s[2]) for s in scans]
-    stages = reconstruct(intensity, Predictor(), refine_steps=300)
-    started = time.perf_counter()
-    erhio, _, _ = phasing.phase_retrieve(intensity)
-    erhio_time = time.perf_counter() - started
-    for name, stage in stages.items():
-        write_result(args.out / f"{name}.h5", stage.amplitude, stage.phase, stage.support,
-                     {"chi": stage.chi, "seconds": stage.seconds, "stage": name})
-    for i in range(args.count):
-        shown = {"truth": metrics.canonical(truth[i])[:2]}
-        line = f"crystal {i}:"
-        for name, label in (("nn", "3D-CDI-NN"), ("refined", "NN + AD")):
-            stage = stages[name]
-            e = metrics.errors(stage.amplitude[i] * np.exp(1j * stage.phase[i]), truth[i])
-            shown[label] = (stage.amplitude[i], stage.phase[i])
-            line += f" {label} {e['amplitude']:.3f}/{e['phase']:.3f}"
-        e = metrics.errors(erhio[i], truth[i])
-        shown["ER/HIO"] = metrics.canonical(erhio[i])[:2]
-        print(f"{line} ER/HIO {e['amplitude']:.3f}/{e['phase']:.3f}  (amplitude error / phase error, rad)")
-        plots.central_slices(shown, args.out / f"crystal_{i}.png", f"simulated crystal {i}")
-    print(f"per scan: 3D-CDI-NN {1000 * stages['nn'].seconds / args.count:.0f} ms (incl. first-call set-up), "
-          f"NN + AD {stages['refined'].seconds / args.count:.2f} s, ER/HIO {erhio_time / args.count:.2f} s "
-          f"→ pictures and HDF5 files in {args.out}/")
+    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+    embedded = ensure_redis(settings.redis_url)
+    processes = start_services(settings)
+    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        print("starting ingest, workers and gateway (the workers load the network first)…")
+        wait_until_ready(base, processes)
+        print(f"\n  live page: {base}/   (API docs: {base}/docs)\n")
+        play_scans(args, settings.ingest_bind)
+        print(f"all scans pushed; results keep landing on {base}/ . Ctrl-C stops the demo.")
+        finished = time.time()
+        while not stopping and all(p.poll() is None for p in processes):
+            if args.exit_after is not None and time.time() - finished > args.exit_after:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_all(processes)
+        if embedded:
+            embedded.terminate()
+    return 0

@@ -15,4 +15,5 @@ def run(args):
     from services.gateway.app import create_app
 
     settings = settings_from(args, gateway_host=args.host, gateway_port=args.port)
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level="info",
+                timeout_graceful_shutdown=3)  # open live-update streams must not hold up a shutdown

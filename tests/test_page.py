@@ -1,0 +1,58 @@
+"""The operators' page in headless Chromium (Debian's package, driven by Playwright): it follows a scan live."""
+
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.beamline.sim import GEOMETRY_34IDC, Beamline
+from shared.physics import crystals
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def test_page_follows_a_scan_live(service, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 860})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(service["base"] + "/")
+    page.wait_for_selector("#connection.live", timeout=20000)  # the event stream is open
+    intensity = crystals.simulated_scan(32, 777, 1, 1, True, (1e8, 1e8))[0]
+    scan = f"page-{uuid.uuid4().hex[:6]}"
+    beamline = Beamline(service["zmq"])
+    beamline.play(scan, np.round(intensity).astype(np.uint32), rate_hz=6, geometry=GEOMETRY_34IDC, end=False)
+    # While frames arrive: the page switched to the new scan and its progress grows.
+    page.wait_for_function(f"document.getElementById('scan-title').textContent === '{scan}'", timeout=20000)
+    page.wait_for_function("/^\\d+ \\/ 32 frames/.test(document.getElementById('progress-text').textContent)"
+                           " && parseInt(document.getElementById('progress-text').textContent) > 0")
+    # A preview from the partial scan is drawn in 3D before the scan ends.
+    page.wait_for_function("parseInt(document.getElementById('plot3d').dataset.framesUsed) > 0", timeout=60000)
+    partial = int(page.get_attribute("#plot3d", "data-frames-used"))
+    assert 0 < partial < 32
+    assert page.locator("#plot3d .main-svg").count() > 0 and page.locator("#amp-0 canvas").count() == 1
+    page.screenshot(path=str(tmp_path / "during-scan.png"))
+    beamline.send({"type": "end", "scan": scan})
+    beamline.close()
+    page.wait_for_function("document.getElementById('plot3d').dataset.framesUsed === '32'", timeout=60000)
+    page.wait_for_function("document.getElementById('scan-state').textContent === 'complete'")
+    page.check("input[name=stage][value=refined]")
+    page.wait_for_function("document.getElementById('plot3d').dataset.stage === 'refined'", timeout=90000)
+    assert page.get_attribute("a[data-kind=strain][data-format=npz]", "class") in ("needs-geometry", "needs-geometry ")
+    page.screenshot(path=str(tmp_path / "complete.png"))
+    assert Path(tmp_path / "complete.png").stat().st_size > 10000
+    assert not errors
