@@ -1,5 +1,6 @@
 """The operators' page in headless Chromium (Debian's package, driven by Playwright): it follows a scan live."""
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
     partial = int(page.get_attribute("#plot3d", "data-frames-used"))
     assert 0 < partial < 32
     assert page.locator("#plot3d .main-svg").count() > 0 and page.locator("#amp-0 canvas").count() == 1
-    page.screenshot(path=str(tmp_path / "during-scan.png"))
+    page.screenshot(path=os.environ.get("CDI_LIVE_SCREENSHOT", str(tmp_path / "during-scan.png")))
     beamline.send({"type": "end", "scan": scan})
     beamline.close()
     page.wait_for_function("document.getElementById('plot3d').dataset.framesUsed === '32'", timeout=60000)
