@@ -17,7 +17,7 @@ from shared import __version__
 from shared.errors import InputError
 
 SUBCOMMANDS = ["simulate", "phase_retrieve", "reconstruct", "train", "evaluate", "up", "ingest", "worker",
-               "gateway", "beamline_sim", "demo"]
+               "gateway", "beamline_sim", "demo", "health"]
 
 
 class OneLineParser(argparse.ArgumentParser):

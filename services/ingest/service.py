@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket as socketlib
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pydantic
+import redis
 import zmq
 
 from services.ingest.assembly import ScanAssembly
@@ -241,8 +244,15 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     else:
         socket.bind(settings.ingest_bind)
     log.info("ingest %s %s", "connected to DECTRIS stream" if dectris else "listening on", dectris or settings.ingest_bind)
+    name, last_beat = f"{socketlib.gethostname()}-{os.getpid()}", 0.0
     try:
         while not stop.is_set():
+            if time.monotonic() - last_beat > 2:  # for `cdi-live health ingest` and /metrics
+                try:
+                    ingest.store.heartbeat("ingest", name)
+                except redis.RedisError:
+                    pass  # frames keep going to disk while Redis is away
+                last_beat = time.monotonic()
             if socket.poll(50):
                 parts = socket.recv_multipart()
                 if translator is not None:

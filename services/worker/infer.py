@@ -60,6 +60,7 @@ class InferenceWorker:
         work = list(chosen.values())
         if work:
             self.run(work)
+            self.store.count(f"jobs_done:{self.queue.consumer}", len(work))  # who did what (scale-out check)
         return len(work)
 
     def run(self, work: list[dict]) -> None:
