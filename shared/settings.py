@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     max_concurrent_scans: int = Field(16, description="scans acquiring at once; more are rejected")
     max_frame_bytes: int = Field(64 * 2**20, description="largest frame payload accepted")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
-    stream_maxlen: int = Field(10000, description="approximate cap of each job stream (XADD MAXLEN ~)")
+    stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
+                                                  "are skipped; final jobs are never dropped")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     infer_batch: int = Field(16, description="jobs per network call")

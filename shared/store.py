@@ -44,15 +44,23 @@ class Store:
         return sorted(k.decode()[len(prefix):] for k in self.redis.scan_iter(f"{prefix}*", count=1000))
 
     # scans ----------------------------------------------------------------
-    def create_scan(self, scan: str, fields: dict) -> None:
-        pipe = self.redis.pipeline()
-        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
-        pipe.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
-        pipe.zadd(self.keys.scans, {scan: time.time()})
-        pipe.execute()
+    def create_scan(self, scan: str, fields: dict, pipe=None) -> None:
+        """A new scan's record (results of an earlier scan of that id are dropped).
 
-    def update_scan(self, scan: str, **fields) -> None:
-        self.redis.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
+        With ``pipe`` the commands are only queued on it (the ingest batches its writes)."""
+        p = pipe if pipe is not None else self.redis.pipeline()
+        p.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        self.write_scan(scan, fields, fields.get("started", time.time()), p)
+        if pipe is None:
+            p.execute()
+
+    def write_scan(self, scan: str, fields: dict, started: float, pipe) -> None:
+        """(Re)write a scan's record and list entry: idempotent, so it also heals a Redis that restarted empty."""
+        pipe.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
+        pipe.zadd(self.keys.scans, {scan: started})
+
+    def update_scan(self, scan: str, pipe=None, **fields) -> None:
+        (pipe or self.redis).hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
 
     def list_scans(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
         """Newest first; with ``state``, only scans in that state. Returns (page, total matching)."""
@@ -110,5 +118,5 @@ class Store:
             self.publish({"event": "failed", "scan": scan, "reason": reason})
         self.count("jobs_dead_lettered")
 
-    def publish(self, event: dict) -> None:
-        self.redis.publish(self.keys.updates, json.dumps(event))
+    def publish(self, event: dict, pipe=None) -> None:
+        (pipe or self.redis).publish(self.keys.updates, json.dumps(event))

@@ -125,8 +125,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         if store.result(scan, "nn") is None or load(scan).get("state") == "acquiring":
             raise HTTPException(409, "refinement needs the complete scan's NN result")
         store.redis.xadd(store.keys.refine_jobs, {"scan": scan, "queued": time.time(),
-                                                  "options": json.dumps(request.model_dump(exclude_none=True))},
-                         maxlen=settings.stream_maxlen, approximate=True)
+                                                  "options": json.dumps(request.model_dump(exclude_none=True))})
         return {"scan": scan, "queued": True, **request.model_dump(exclude_none=True)}
 
     @router.delete("/{scan}", status_code=204, dependencies=[guard])

@@ -14,16 +14,13 @@ import os
 import socket as socketlib
 import threading
 import time
-from pathlib import Path
 
-import h5py
-import hdf5plugin
 import numpy as np
 import pydantic
 import redis
 import zmq
 
-from services.ingest.assembly import ScanAssembly
+from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
 from shared import codecs
 from shared.messages import End, Frame, Start, parse_header
@@ -50,51 +47,30 @@ def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) ->
     return frame
 
 
-class OpenScan:
-    """A scan being acquired: its assembly and its HDF5 file."""
-
-    def __init__(self, start: Start, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.start = start
-        self.path = folder / "frames.h5"
-        self.file = h5py.File(self.path, "w")
-        self.dataset = self.file.create_dataset(
-            "frames", (start.frames, *start.shape), start.dtype, chunks=(1, *start.shape), fillvalue=0,
-            **hdf5plugin.Bitshuffle(cname="lz4"))
-        self.file.create_dataset("received", (start.frames,), bool, fillvalue=False)
-        self.file.attrs["start"] = start.model_dump_json()
-        self.assembly = ScanAssembly(start)
-        self.seq = 0
-        self.since_preview = 0
-
-    def write(self, index: int, frame: np.ndarray) -> None:
-        self.dataset[index] = frame
-
-    def sync(self) -> None:
-        """Record which frames are in and push HDF5's buffers to the OS."""
-        self.file["received"][...] = self.assembly.received
-        self.file.flush()
-
-    def close(self) -> None:
-        self.sync()
-        self.file.close()
-
-
 SYNC_SECONDS = 0.05  # files flushed and Redis state sent at least this often while frames flow
 
 
 class Ingest:
     """Per-frame work is in memory; files are flushed and Redis is updated in one
     pipeline every ``SYNC_SECONDS`` (and at every start, end and preview), so a
-    fast detector costs neither a disk flush nor a Redis round trip per frame."""
+    fast detector costs neither a disk flush nor a Redis round trip per frame.
 
-    def __init__(self, settings: Settings, store: Store | None = None):
+    Redis writes wait in an outbox until a pipeline succeeds: while Redis is away
+    frames keep going to disk, and state, ends and final jobs are sent when it is
+    back (previews are skipped meanwhile). Each sync rewrites the open scans' whole
+    records, so a Redis that restarted empty is healed.
+    """
+
+    def __init__(self, settings: Settings, store: Store | None = None, name: str | None = None):
         self.settings = settings
         self.store = store or Store(settings)
-        self.scans: dict[str, OpenScan] = {}
+        self.name = name or settings.ingest_bind  # scans this ingest owns (resumed after a restart)
+        self.scans: dict[str, ScanFile] = {}
         self.logged_reasons: set[str] = set()
         self.counters: dict[str, int] = {}
         self.dirty: set[str] = set()
+        self.outbox: list = []  # callables queuing Redis commands on a pipeline
+        self.redis_down = False
         self.last_sync = time.monotonic()
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -105,20 +81,55 @@ class Ingest:
             return
         self.last_sync = time.monotonic()
         pipe = self.store.redis.pipeline(transaction=False)
+        for op in self.outbox:
+            op(pipe)
         for name in list(self.dirty):
             scan = self.scans.get(name)
             if scan is not None:
-                scan.sync()
+                scan.sync()  # the file first: it does not depend on Redis
                 a = scan.assembly
-                fields = {"frames_received": a.count, "duplicates": a.duplicates, "out_of_order": a.out_of_order}
-                pipe.hset(self.store.keys.scan(name), mapping={k: json.dumps(v) for k, v in fields.items()})
-                pipe.publish(self.store.keys.updates, json.dumps(
-                    {"event": "progress", "scan": name, "frames_expected": scan.start.frames, **fields}))
+                scan.record.update(frames_received=a.count, duplicates=a.duplicates, out_of_order=a.out_of_order)
+                self.store.write_scan(name, scan.record, scan.record["started"], pipe)
+                self.store.publish({"event": "progress", "scan": name, "frames_expected": scan.start.frames,
+                                    "frames_received": a.count, "duplicates": a.duplicates}, pipe)
         for name, amount in self.counters.items():
             pipe.hincrby(self.store.keys.metrics, name, amount)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            if not self.redis_down:
+                log.warning("Redis unavailable (%s): frames keep going to disk, state follows when it is back", exc)
+            self.redis_down = True
+            return  # outbox, dirty scans and counters are kept for the next try
+        if self.redis_down:
+            log.info("Redis is back: state of %d open scan(s) rewritten", len(self.scans))
+        self.redis_down = False
+        self.outbox.clear()
         self.dirty.clear()
         self.counters.clear()
+
+    def resume(self) -> None:
+        """After a restart: continue this ingest's scans that were still acquiring, from their files."""
+        try:
+            records, _ = self.store.list_scans("acquiring", 10_000, 0)
+        except redis.RedisError as exc:
+            log.warning("cannot look for scans to resume (%s)", exc)
+            return
+        for record in records:
+            if record.get("ingest") != self.name or record["scan"] in self.scans:
+                continue
+            path = self.settings.data_dir / record["scan"] / "frames.h5"
+            try:
+                scan = ScanFile.reopen(path, record)
+            except Exception as exc:  # unreadable after a crash: say so rather than leave it acquiring
+                reason = f"raw file unreadable after an ingest restart ({type(exc).__name__})"
+                self.store.update_scan(record["scan"], state="failed", reason=reason)
+                log.error("scan %s: %s", record["scan"], reason)
+                continue
+            self.scans[record["scan"]] = scan
+            self.dirty.add(record["scan"])
+            log.info("resumed scan %s with %d of %d frames", record["scan"], scan.assembly.count, scan.start.frames)
+        self.sync(force=True)
 
     # one message ------------------------------------------------------------
     def handle(self, parts: list[bytes]) -> None:
@@ -159,18 +170,23 @@ class Ingest:
             raise Rejected("too many concurrent scans")
         if int(np.prod(start.shape)) * np.dtype(start.dtype).itemsize > self.settings.max_frame_bytes:
             raise Rejected("declared frame size over the limit")
-        existing = self.store.scan(start.scan)
+        try:
+            existing = self.store.scan(start.scan)
+        except redis.RedisError:
+            existing = None  # Redis away: the files are the record until it is back
         if existing and existing.get("state") in ("acquiring", "complete"):
             raise Rejected("scan id already used")
-        scan = OpenScan(start, self.settings.data_dir / start.scan)
+        record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
+                  "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
+                  "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
+                  "ingest": self.name}
+        scan = ScanFile.create(start, self.settings.data_dir / start.scan, record)
         self.scans[start.scan] = scan
-        self.store.create_scan(start.scan, {
-            "scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
-            "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
-            "geometry": start.geometry.model_dump() if start.geometry else None, "raw_file": str(scan.path),
-            "started": time.time()})
+        self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
+        self.outbox.append(lambda pipe: self.store.publish(
+            {"event": "start", "scan": start.scan, "frames_expected": start.frames}, pipe))
         self.count("scans_started")
-        self.store.publish({"event": "start", "scan": start.scan, "frames_expected": start.frames})
+        self.sync(force=True)
 
     def on_frame(self, header: Frame, parts) -> None:
         scan = self.scans.get(header.scan)
@@ -200,24 +216,47 @@ class Ingest:
         scan = self.scans.pop(end.scan)
         scan.close()
         missing = scan.assembly.missing
-        self.store.update_scan(end.scan, state="complete", missing=missing, ended=time.time())
-        self.store.publish({"event": "complete", "scan": end.scan, "missing": missing})
+        ended = time.time()
         if scan.assembly.count:
+            self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="complete", missing=missing,
+                                                                   ended=ended, frames_received=scan.assembly.count))
             self.enqueue(scan, final=True)
         else:
-            self.store.update_scan(end.scan, state="failed", reason="no frames received")
+            self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="failed", missing=missing,
+                                                                   ended=ended, reason="no frames received"))
+        self.outbox.append(lambda pipe: self.store.publish({"event": "complete", "scan": end.scan,
+                                                            "missing": missing}, pipe))
+        self.sync(force=True)
 
-    def enqueue(self, scan: OpenScan, final: bool) -> None:
+    def enqueue(self, scan: ScanFile, final: bool) -> None:
+        """Queue a job with the current (possibly partial) network input.
+
+        Previews are skipped while Redis is away or the inference backlog is deep
+        (back-pressure: they would be stale anyway); final jobs always go, and never
+        through MAXLEN trimming (the workers trim what they have acknowledged)."""
         if not final:
+            if self.redis_down or self.backlog() > self.settings.stream_maxlen // 2:
+                self.count("previews_skipped_backpressure")
+                scan.since_preview = 0
+                return
             self.sync(force=True)  # the preview never runs ahead of the files and the state
         net_in, crop = scan.assembly.network_input()
         scan.seq += 1
         scan.since_preview = 0
-        self.store.redis.xadd(self.store.keys.infer_jobs, {
-            "scan": scan.start.scan, "seq": scan.seq, "final": int(final), "frames_used": scan.assembly.count,
-            "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes(), "queued": time.time()},
-            maxlen=self.settings.stream_maxlen, approximate=True)
-        self.store.update_scan(scan.start.scan, latest_seq=scan.seq)
+        scan.record["latest_seq"] = scan.seq
+        job = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final), "frames_used": scan.assembly.count,
+               "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes(), "queued": time.time()}
+        name, seq = scan.start.scan, scan.seq
+        self.outbox.append(lambda pipe: pipe.xadd(self.store.keys.infer_jobs, job))
+        self.outbox.append(lambda pipe: self.store.update_scan(name, pipe, latest_seq=seq))
+
+    def backlog(self) -> int:
+        """Jobs of the inference stream not yet delivered to a worker."""
+        try:
+            groups = self.store.redis.xinfo_groups(self.store.keys.infer_jobs)
+        except redis.RedisError:
+            return 0
+        return max([int(g.get("lag") or 0) for g in groups if g["name"] in (b"infer", "infer")] or [0])
 
     def close(self) -> None:
         self.dirty.update(self.scans)
@@ -233,7 +272,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     translates DECTRIS stream v1 messages instead of binding the native socket.
     """
     stop = stop or threading.Event()
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, name=dectris or settings.ingest_bind)
+    ingest.resume()
     context = zmq.Context.instance()
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)

@@ -81,8 +81,7 @@ class InferenceWorker:
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
             if w["final"]:
-                self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()},
-                                      maxlen=self.settings.stream_maxlen, approximate=True)
+                self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()})
             self.queue.done(w["id"])
 
 

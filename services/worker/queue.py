@@ -26,6 +26,7 @@ class JobQueue:
         self.redis, self.stream, self.group = client, stream, group
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries, self.dead_letters, self.on_dead = max_deliveries, dead_letters, on_dead
+        self.last_trim = 0.0
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ensure_group()
 
@@ -38,6 +39,32 @@ class JobQueue:
 
     def take(self, count: int, block_ms: int = 500) -> list[tuple[bytes, dict]]:
         """Up to ``count`` jobs: first any abandoned by dead workers, then new ones."""
+        try:
+            return self._take(count, block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # Redis restarted empty: join again and carry on
+            return []
+
+    def trim_acknowledged(self) -> None:
+        """Drop entries every group has acknowledged; pending and undelivered ones stay.
+
+        Jobs are added without MAXLEN, so no job is ever trimmed before a worker has done it;
+        this keeps the stream's length to the backlog."""
+        floor = None
+        for group in self.redis.xinfo_groups(self.stream):
+            low = group["last-delivered-id"]
+            if group["pending"]:
+                low = min(low, self.redis.xpending(self.stream, group["name"])["min"], key=stream_id)
+            floor = low if floor is None else min(floor, low, key=stream_id)
+        if floor is not None:
+            self.redis.xtrim(self.stream, minid=floor)
+
+    def _take(self, count: int, block_ms: int) -> list[tuple[bytes, dict]]:
+        if time.monotonic() - self.last_trim > 5:
+            self.last_trim = time.monotonic()
+            self.trim_acknowledged()
         jobs = []
         claimed = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
         for job_id, fields in claimed[1]:
@@ -72,6 +99,12 @@ class JobQueue:
             self.redis.xack(self.stream, self.group, *job_ids)
 
 
+def stream_id(value) -> tuple[int, int]:
+    """'1700000000000-3' → (1700000000000, 3), for ordering stream entry ids."""
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else value).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def run_forever(step, stop, name: str, heartbeat=None) -> None:
     """Call ``step()`` until ``stop`` is set; Redis outages are waited out with backoff.
 
@@ -89,8 +122,3 @@ def run_forever(step, stop, name: str, heartbeat=None) -> None:
             log.warning("%s: Redis unavailable (%s); retrying in %.1f s", name, exc, delay)
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                time.sleep(0.1)  # Redis restarted empty: the caller's next take() recreates the group
-            else:
-                raise

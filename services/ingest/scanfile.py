@@ -1,0 +1,66 @@
+"""One scan's raw frames on disk: HDF5 (Bitshuffle-LZ4), written as frames arrive, reopened after a crash.
+
+Layout: ``frames`` (N, H, W) in the detector's dtype, ``received`` (N,) bool, and the
+start message as the ``start`` attribute. ``received`` and HDF5's buffers are pushed to
+the OS at every sync, so a killed ingest leaves a file that reopens with what it marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from services.ingest.assembly import ScanAssembly
+from shared.messages import Start
+
+
+class ScanFile:
+    """A scan being acquired: its in-memory assembly and its HDF5 file."""
+
+    def __init__(self, path: Path, handle: h5py.File, start: Start, assembly: ScanAssembly, record: dict):
+        self.path, self.file, self.start, self.assembly = path, handle, start, assembly
+        self.dataset = handle["frames"]
+        self.record = record  # the scan's Redis record, rewritten at every sync
+        self.seq = int(record.get("latest_seq", 0))
+        self.since_preview = 0
+
+    @classmethod
+    def create(cls, start: Start, folder: Path, record: dict) -> "ScanFile":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "frames.h5"
+        handle = h5py.File(path, "w")
+        handle.create_dataset("frames", (start.frames, *start.shape), start.dtype, chunks=(1, *start.shape),
+                              fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
+        handle.create_dataset("received", (start.frames,), bool, fillvalue=False)
+        handle.attrs["start"] = start.model_dump_json()
+        return cls(path, handle, start, ScanAssembly(start), {**record, "raw_file": str(path)})
+
+    @classmethod
+    def reopen(cls, path: Path, record: dict) -> "ScanFile":
+        """Continue a scan whose ingest stopped: the frames it had marked received are kept."""
+        handle = h5py.File(path, "r+")
+        try:
+            start = Start.model_validate_json(handle.attrs["start"])
+            assembly = ScanAssembly(start)
+            received = handle["received"][()]
+            for index in np.flatnonzero(received):
+                assembly.add(int(index), handle["frames"][index])
+        except Exception:
+            handle.close()
+            raise
+        return cls(path, handle, start, assembly, record)
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+        self.dataset[index] = frame
+
+    def sync(self) -> None:
+        """Record which frames are in and push HDF5's buffers to the OS."""
+        self.file["received"][...] = self.assembly.received
+        self.file.flush()
+
+    def close(self) -> None:
+        self.sync()
+        self.file.close()
