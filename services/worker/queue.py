@@ -27,6 +27,9 @@ class JobQueue:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries, self.dead_letters, self.on_dead = max_deliveries, dead_letters, on_dead
         self.last_trim = 0.0
+        # Fault-injection hook for the reliability tests: hold each taken job this long, so a
+        # test can kill the worker by its pid while the job is pending. Unset in production.
+        self.stall_s = float(os.environ.get("CDI_LIVE_TEST_STALL_S", "0"))
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ensure_group()
 
@@ -79,6 +82,8 @@ class JobQueue:
                                           block=None if jobs else block_ms)
             for _, entries in fresh or []:
                 jobs += [(job_id, fields) for job_id, fields in entries]
+        if jobs and self.stall_s:
+            time.sleep(self.stall_s)
         return jobs
 
     def deliveries(self, job_id: bytes) -> int:
