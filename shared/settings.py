@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     ingest_bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PULL address of the ingest")
     ingest_hwm: int = Field(10000, description="ZeroMQ receive high-water mark (messages)")
     max_concurrent_scans: int = Field(16, description="scans acquiring at once; more are rejected")
+    scan_idle_timeout_s: float = Field(600.0, description="an acquiring scan silent this long is closed as failed")
     max_frame_bytes: int = Field(64 * 2**20, description="largest frame payload accepted")
+    max_scan_bytes: int = Field(4 * 2**30, description="largest scan accepted (frames × pixels × 4 bytes in memory)")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
                                                   "are skipped; final jobs are never dropped")

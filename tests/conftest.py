@@ -59,9 +59,11 @@ def service(tmp_path_factory):
     port, zport = free_port(), free_port()
     env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": str(tmp_path_factory.mktemp("live")),
            "REFINE_TIME_BUDGET": "5", "CLAIM_IDLE_MS": "5000", "API_KEYS": API_KEY}
+    log_path = tmp_path_factory.mktemp("logs") / "up.log"  # a file, not a pipe: a full pipe would stall the services
+    log = log_path.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
                                 "--bind", f"tcp://127.0.0.1:{zport}", "--redis-url", REDIS_URL], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -71,7 +73,7 @@ def service(tmp_path_factory):
             time.sleep(0.5)
     else:
         process.kill()
-        pytest.fail("gateway did not come up: " + process.stdout.read().decode()[-2000:])
+        pytest.fail("gateway did not come up: " + log_path.read_text()[-2000:])
     client = redis.Redis.from_url(REDIS_URL)
     yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client,
            "data_dir": env["DATA_DIR"]}
@@ -97,3 +99,16 @@ def wait_for(predicate, timeout=180.0, every=0.25):
 def scan_state(service, scan):
     response = requests.get(f"{service['base']}/api/scans/{scan}", timeout=5)
     return response.json() if response.ok else None
+
+
+@pytest.fixture(scope="session")
+def finished_scan(service):
+    """One simulated scan pushed through the stack and refined; its id."""
+    from services.beamline.sim import Beamline, simulated_volume
+
+    scan = f"done-{uuid.uuid4().hex[:6]}"
+    beamline = Beamline(service["zmq"])
+    beamline.play(scan, simulated_volume(32, 11, 0, 1e8))
+    beamline.close()
+    wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"])
+    return scan

@@ -7,6 +7,7 @@ the OS at every sync, so a killed ingest leaves a file that reopens with what it
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -26,6 +27,7 @@ class ScanFile:
         self.record = record  # the scan's Redis record, rewritten at every sync
         self.seq = int(record.get("latest_seq", 0))
         self.since_preview = 0
+        self.last_activity = time.monotonic()
 
     @classmethod
     def create(cls, start: Start, folder: Path, record: dict) -> "ScanFile":

@@ -137,6 +137,9 @@ class Ingest:
             self._handle(parts)
         except Rejected as reason:
             self.reject(str(reason))
+        except Exception:  # a bug or a full disk must cost one message, never the ingest
+            log.exception("internal error on a message (dropped, counted)")
+            self.reject("internal error")
         self.sync()
 
     def reject(self, reason: str) -> None:
@@ -170,6 +173,8 @@ class Ingest:
             raise Rejected("too many concurrent scans")
         if int(np.prod(start.shape)) * np.dtype(start.dtype).itemsize > self.settings.max_frame_bytes:
             raise Rejected("declared frame size over the limit")
+        if start.frames * int(np.prod(start.shape)) * 4 > self.settings.max_scan_bytes:  # float32 in memory
+            raise Rejected("declared scan size over the limit")
         try:
             existing = self.store.scan(start.scan)
         except redis.RedisError:
@@ -198,6 +203,7 @@ class Ingest:
             raise Rejected("frame index beyond the declared frame count")
         frame = decode_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
         self.dirty.add(header.scan)
+        scan.last_activity = time.monotonic()
         if not scan.assembly.add(header.index, frame):
             self.count("duplicates")
             return
@@ -258,6 +264,23 @@ class Ingest:
             return 0
         return max([int(g.get("lag") or 0) for g in groups if g["name"] in (b"infer", "infer")] or [0])
 
+    def expire_idle(self) -> None:
+        """Close scans that have been silent too long (a sender that died, or never meant to end):
+        they must not hold a concurrent-scan slot forever. Frames stay on disk; the scan is failed."""
+        now = time.monotonic()
+        for name, scan in list(self.scans.items()):
+            if now - scan.last_activity > self.settings.scan_idle_timeout_s:
+                self.scans.pop(name).close()
+                reason = f"no message for {self.settings.scan_idle_timeout_s:g} s; closed with " \
+                         f"{scan.assembly.count} of {scan.start.frames} frames on disk"
+                self.outbox.append(lambda pipe, name=name, reason=reason: self.store.update_scan(
+                    name, pipe, state="failed", reason=reason, frames_received=scan.assembly.count))
+                self.outbox.append(lambda pipe, name=name, reason=reason: self.store.publish(
+                    {"event": "failed", "scan": name, "reason": reason}, pipe))
+                self.count("scans_expired")
+                log.warning("scan %s: %s", name, reason)
+                self.sync(force=True)
+
     def close(self) -> None:
         self.dirty.update(self.scans)
         self.sync(force=True)
@@ -284,7 +307,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     else:
         socket.bind(settings.ingest_bind)
     log.info("ingest %s %s", "connected to DECTRIS stream" if dectris else "listening on", dectris or settings.ingest_bind)
-    name, last_beat = f"{socketlib.gethostname()}-{os.getpid()}", 0.0
+    name, last_beat, last_expiry = f"{socketlib.gethostname()}-{os.getpid()}", 0.0, time.monotonic()
     try:
         while not stop.is_set():
             if time.monotonic() - last_beat > 2:  # for `cdi-live health ingest` and /metrics
@@ -304,6 +327,9 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 ingest.handle(parts)
             else:
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
+            if time.monotonic() - last_expiry > 1:
+                ingest.expire_idle()
+                last_expiry = time.monotonic()
     finally:
         ingest.close()
         socket.close(linger=0)

@@ -1,0 +1,126 @@
+"""Gateway under load: wrk on the read endpoints while SSE subscribers listen, loopback only.
+
+Starts `cdi-live gateway` against Redis under a private key prefix holding 50 scans
+with NN results (written through the Store, as the workers would), opens 50
+Server-Sent-Event subscribers that receive a published event every 100 ms, and runs
+wrk (Debian's `wrk`) for 10 s on each read endpoint: requests/s, p50/p99 latency,
+errors. The baseline in the same run is /health (no Redis, no work).
+    .venv/bin/python benchmarks/gateway_load.py [--seconds 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+
+from benchmarks.scale_out import free_port  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.store import Store  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True).stdout
+
+    def ms(label):
+        value, unit = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms(" 50"), "p99": ms(" 99"),
+            "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--subscribers", type=int, default=50)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    prefix, port = f"load{uuid.uuid4().hex[:6]}", free_port()
+    settings = Settings(redis_url=REDIS_URL, key_prefix=prefix)
+    store = Store(settings)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        scan = f"scan-{i:03d}"
+        store.create_scan(scan, {"scan": scan, "state": "complete", "frames_expected": 32, "frames_received": 32,
+                                 "duplicates": 0, "started": time.time() + i})
+        amp = rng.random((32, 32, 32)).astype(np.float32)
+        store.put_result(scan, "nn", amp, amp, {"frames_used": 32, "chi": 0.1, "seconds": 0.03, "crop": [32, 32, 32]})
+    env = {**os.environ, "KEY_PREFIX": prefix, "REDIS_URL": REDIS_URL, "GATEWAY_PORT": str(port)}
+    gateway = subprocess.Popen([sys.executable, "-m", "services.cli.main", "gateway"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    received, stop = [0] * args.subscribers, threading.Event()
+    try:
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+
+        def subscribe(k):
+            with requests.get(f"{base}/api/events", stream=True, timeout=60) as response:
+                for line in response.iter_lines():
+                    received[k] += line.startswith(b"data: ")
+                    if stop.is_set():
+                        return
+
+        threads = [threading.Thread(target=subscribe, args=(k,), daemon=True) for k in range(args.subscribers)]
+        for t in threads:
+            t.start()
+
+        def publisher():
+            while not stop.is_set():
+                store.publish({"event": "progress", "scan": "scan-000", "frames_received": 1})
+                time.sleep(0.1)
+
+        threading.Thread(target=publisher, daemon=True).start()
+        time.sleep(2)
+        print(f"gateway (1 uvicorn process), {os.cpu_count()} cores, wrk 2 threads × {args.connections} connections, "
+              f"{args.seconds} s each, {args.subscribers} SSE subscribers open")
+        print("| endpoint | requests/s | p50 ms | p99 ms | errors | vs /health |")
+        print("|---|---|---|---|---|---|")
+        base_rps = None
+        for path in ("/health", "/api/scans?limit=20", "/api/scans/scan-007", "/metrics",
+                     "/api/scans/scan-007/reconstruction?stage=nn&format=npz"):
+            r = wrk(base + path, args.seconds, args.connections)
+            base_rps = base_rps or r["rps"]
+            errors = f"{r['errors']}" + (f" ({r['socket_errors']})" if r["socket_errors"] else "")
+            print(f"| `{path}` | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {errors} | {r['rps'] / base_rps:.2f} |")
+        stop.set()
+        time.sleep(0.5)
+        print(f"SSE: every subscriber received events during the load: {min(received) > 0} "
+              f"(min {min(received)}, max {max(received)}); gateway peak RSS "
+              f"{int(Path(f'/proc/{gateway.pid}/status').read_text().split('VmHWM:')[1].split()[0]) / 1024:.0f} MB")
+    finally:
+        stop.set()
+        gateway.send_signal(signal.SIGINT)
+        gateway.wait(20)
+        for key in store.redis.scan_iter(f"{prefix}:*"):
+            store.redis.delete(key)
+
+
+if __name__ == "__main__":
+    main()
