@@ -81,11 +81,14 @@ def main():
                 time.sleep(0.2)
 
         def subscribe(k):
-            with requests.get(f"{base}/api/events", stream=True, timeout=60) as response:
-                for line in response.iter_lines():
-                    received[k] += line.startswith(b"data: ")
-                    if stop.is_set():
-                        return
+            try:
+                with requests.get(f"{base}/api/events", stream=True, timeout=60) as response:
+                    for line in response.iter_lines():
+                        received[k] += line.startswith(b"data: ")
+                        if stop.is_set():
+                            return
+            except requests.RequestException:
+                return  # the gateway stops at the end of the run
 
         threads = [threading.Thread(target=subscribe, args=(k,), daemon=True) for k in range(args.subscribers)]
         for t in threads:

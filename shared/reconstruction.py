@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.nn.inference import Predictor, network_crop, to_input_grid
+from shared.nn.inference import Predictor, network_crop
+from shared.physics.downsample import to_input_grid
 from shared.physics import downsample, metrics
 from shared.refinement import refine
 

@@ -63,15 +63,24 @@ class Store:
         (pipe or self.redis).hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
 
     def list_scans(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
-        """Newest first; with ``state``, only scans in that state. Returns (page, total matching)."""
-        ids = [i.decode() for i in self.redis.zrevrange(self.keys.scans, 0, -1)]
+        """Newest first; with ``state``, only scans in that state. Returns (page, total matching).
+
+        Without a filter only the page's records are read; with one, every record's state is."""
+        if state is None:
+            ids = self.redis.zrevrange(self.keys.scans, offset, offset + limit - 1)
+            total = self.redis.zcard(self.keys.scans)
+        else:
+            ids = self.redis.zrevrange(self.keys.scans, 0, -1)
+            pipe = self.redis.pipeline(transaction=False)
+            for scan in ids:
+                pipe.hget(self.keys.scan(scan.decode()), "state")
+            ids = [i for i, s in zip(ids, pipe.execute()) if s is not None and json.loads(s) == state]
+            total, ids = len(ids), ids[offset:offset + limit]
         pipe = self.redis.pipeline(transaction=False)
         for scan in ids:
-            pipe.hgetall(self.keys.scan(scan))
+            pipe.hgetall(self.keys.scan(scan.decode()))
         records = [{k.decode(): json.loads(v) for k, v in raw.items()} for raw in pipe.execute() if raw]
-        if state:
-            records = [r for r in records if r.get("state") == state]
-        return records[offset:offset + limit], len(records)
+        return records, total
 
     def delete_scan(self, scan: str) -> None:
         pipe = self.redis.pipeline()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import plotly
 import redis
 from fastapi import FastAPI, Request
@@ -38,8 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
     app.include_router(scans_router(settings, store))
 
+    @app.on_event("startup")
+    async def fewer_threads():
+        # Redis-backed routes run in anyio's thread pool; a few threads keep the GIL calm and the tail short.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
+
     @app.get("/health", tags=["service"])
-    def health():
+    async def health():
         """Liveness: the process answers."""
         return {"status": "ok"}
 

@@ -16,7 +16,7 @@ from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, St
 from services.gateway.security import api_key_guard
 from shared.errors import InputError
 from shared.messages import SCAN_ID
-from shared.nn.inference import to_input_grid
+from shared.physics.downsample import to_input_grid
 from shared.physics.strain import strain_map, voxel_size_nm
 from shared.settings import Settings
 from shared.store import Store

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.middleware.base import BaseHTTPMiddleware
 
 from shared.settings import Settings
 
@@ -27,17 +26,22 @@ def api_key_guard(settings: Settings):
     return check
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    """413 for a declared body over the limit, 411 for a body of undeclared length."""
+class BodyLimit:
+    """413 for a declared body over the limit, 411 for a body of undeclared length (pure ASGI: no per-request task)."""
 
     def __init__(self, app, max_bytes: int):
-        super().__init__(app)
-        self.max_bytes = max_bytes
+        self.app, self.max_bytes = app, max_bytes
 
-    async def dispatch(self, request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is None and request.headers.get("transfer-encoding"):
-            return JSONResponse({"detail": "request bodies must declare their length"}, status_code=411)
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
+            problem = None
+            if length is None and headers.get(b"transfer-encoding"):
+                problem = 411, "request bodies must declare their length"
+            elif length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                problem = 413, f"request body over {self.max_bytes} bytes"
+            if problem:
+                await JSONResponse({"detail": problem[1]}, status_code=problem[0])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

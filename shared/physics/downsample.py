@@ -125,3 +125,25 @@ def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre
     small = np.clip(dct_downsample(magnitude, size), 0, None)
     peak = small.max()
     return small / peak if peak > 0 else small
+
+
+def to_input_grid(amplitude, phase, crop_shape, input_shape, threshold: float = 0.1):
+    """Put a 32³ result (crop voxel size, 32-voxel view) onto the input's real-space grid.
+
+    The crop's real-space grid has c voxels of the same size, so the result is
+    centred in c voxels of zeros; the input's grid is finer by n/c per axis, so
+    the complex object is then interpolated (linear, real and imaginary parts).
+    """
+    obj = amplitude * np.exp(1j * phase)
+    padded = np.zeros(crop_shape, np.complex64)
+    starts = [(c - s) // 2 for c, s in zip(crop_shape, obj.shape)]
+    padded[tuple(slice(st, st + s) for st, s in zip(starts, obj.shape))] = obj[
+        tuple(slice(0, min(s, c)) for s, c in zip(obj.shape, crop_shape))]
+    zoom = [n / c for n, c in zip(input_shape, crop_shape)]
+    real = ndi.zoom(padded.real, zoom, order=1, grid_mode=True, mode="grid-constant")
+    imag = ndi.zoom(padded.imag, zoom, order=1, grid_mode=True, mode="grid-constant")
+    fine = (real + 1j * imag)[tuple(slice(0, n) for n in input_shape)]
+    amp = np.abs(fine)
+    amp /= max(amp.max(), 1e-30)
+    support = amp > threshold
+    return amp.astype(np.float32), (np.angle(fine) * support).astype(np.float32), support
