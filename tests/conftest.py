@@ -76,7 +76,7 @@ def service(tmp_path_factory):
         pytest.fail("gateway did not come up: " + log_path.read_text()[-2000:])
     client = redis.Redis.from_url(REDIS_URL)
     yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client,
-           "data_dir": env["DATA_DIR"]}
+           "data_dir": env["DATA_DIR"], "log": log_path}
     os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(30)

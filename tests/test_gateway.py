@@ -120,6 +120,7 @@ def test_mutations_need_an_api_key(service, finished):
     wait_for(lambda: scan_state(service, scan)["results"]["refined"] != old)
     assert requests.delete(f"{service['base']}/api/scans/{scan}", headers=auth).status_code == 204
     assert get(service, f"/api/scans/{scan}").status_code == 404
+    assert API_KEY not in service["log"].read_text()  # no secrets in the services' logs
 
 
 def test_health_ready_metrics_docs(service, finished):

@@ -97,3 +97,48 @@ def test_dectris_stream_over_zeromq(tmp_path):
         detector.close(linger_ms=0)
         for key in Store(settings).redis.scan_iter(f"{settings.key_prefix}:*"):
             Store(settings).redis.delete(key)
+
+
+def test_back_pressure_skips_previews_never_final_jobs(tmp_path):
+    """With a deep inference backlog, previews are skipped (counted) and the final job still goes out;
+    workers trim only jobs every group has acknowledged."""
+    import uuid
+
+    import redis
+
+    from services.ingest.service import Ingest
+    from services.worker.queue import JobQueue
+    from shared.settings import Settings
+
+    settings = Settings(key_prefix=f"bp{uuid.uuid4().hex[:6]}", data_dir=tmp_path, stream_maxlen=8, preview_every=2)
+    ingest = Ingest(settings)
+    client = ingest.store.redis
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis")
+    try:
+        queue = JobQueue(client, ingest.store.keys.infer_jobs, "infer")
+        for i in range(10):  # a backlog no worker has taken
+            client.xadd(ingest.store.keys.infer_jobs, {"scan": "old", "seq": i})
+        ingest.handle([json.dumps({"type": "start", "scan": "bp", "frames": 8, "shape": [4, 4],
+                                   "dtype": "uint16"}).encode()])
+        for k in range(8):
+            ingest.handle([json.dumps({"type": "frame", "scan": "bp", "index": k}).encode(),
+                           np.full((4, 4), k, "<u2").tobytes()])
+        ingest.handle([b'{"type":"end","scan":"bp"}'])
+        ingest.sync(force=True)
+        counters = ingest.store.counters()
+        assert counters["previews_skipped_backpressure"] >= 3
+        jobs = client.xrange(ingest.store.keys.infer_jobs)
+        mine = [fields for _, fields in jobs if fields[b"scan"] == b"bp"]
+        assert len(mine) == 1 and mine[0][b"final"] == b"1" and len(jobs) == 11  # nothing trimmed
+        taken = queue.take(5, block_ms=10)
+        queue.done(*[job_id for job_id, _ in taken[:3]])  # 3 done, 2 still pending
+        queue.trim_acknowledged()
+        remaining = [job_id for job_id, _ in client.xrange(ingest.store.keys.infer_jobs)]
+        assert remaining[0] == taken[3][0] and len(remaining) == 8  # the pending and the undelivered stay
+    finally:
+        ingest.close()
+        for key in client.scan_iter(f"{settings.key_prefix}:*"):
+            client.delete(key)

@@ -62,7 +62,7 @@ class JobQueue:
                 low = min(low, self.redis.xpending(self.stream, group["name"])["min"], key=stream_id)
             floor = low if floor is None else min(floor, low, key=stream_id)
         if floor is not None:
-            self.redis.xtrim(self.stream, minid=floor)
+            self.redis.xtrim(self.stream, minid=floor, approximate=False)
 
     def _take(self, count: int, block_ms: int) -> list[tuple[bytes, dict]]:
         if time.monotonic() - self.last_trim > 5:
