@@ -189,3 +189,22 @@ def test_ingest_killed_mid_scan_resumes_from_its_file(stack):
     assert wait_for(lambda: stack.result("crash"), timeout=120)["frames_used"] == 32
     frames, received = stack.raw("crash")
     assert received.all() and np.array_equal(frames, volume)
+
+
+def test_two_inference_workers_do_each_job_once(stack):
+    stack.start("ingest")
+    workers = [stack.start("worker", "infer") for _ in range(2)]
+    for w in workers:
+        stack.wait_worker("infer", w)
+    scans = [f"pair{i}" for i in range(6)]
+    for i, scan in enumerate(scans):
+        push(stack, scan, simulated_volume(32, 2, i, 1e8))
+    for scan in scans:
+        assert wait_for(lambda scan=scan: (r := stack.result(scan)) and r["final"], timeout=120)
+    stream = f"{stack.prefix}:jobs:infer"
+    wait_for(lambda: not pending_consumers(stack), timeout=30)
+    counters = {k.decode(): int(float(v)) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
+    done = sum(v for k, v in counters.items() if k.startswith("jobs_done:"))
+    # Each queued job was done or skipped as stale exactly once (workers trim only acknowledged jobs).
+    queued = stack.redis.client.xinfo_groups(stream)[0]["entries-read"]
+    assert done + counters.get("jobs_skipped_stale", 0) == queued == len(scans)

@@ -18,6 +18,7 @@ class ScanAssembly:
         self.duplicates = 0
         self.out_of_order = 0
         self.last_index = -1
+        self.crop, self.crop_count = None, 0  # the previews' crop and the frame count it was chosen at
 
     def add(self, index: int, frame: np.ndarray) -> bool:
         """Place a frame; False (and counted) if that index arrived before."""
@@ -39,9 +40,13 @@ class ScanAssembly:
     def missing(self) -> int:
         return int(self.start.frames - self.received.sum())
 
-    def network_input(self) -> tuple[np.ndarray, tuple]:
+    def network_input(self, reuse_crop: bool = False) -> tuple[np.ndarray, tuple]:
         """(32³ magnitude, crop shape): centred on the middle of the rocking curve and the
-        detector centre of mass, so frames not yet acquired stay zero at the end."""
+        detector centre of mass, so frames not yet acquired stay zero at the end.
+
+        Choosing the crop takes a 3D FFT of the whole volume (its oversampling), the
+        dominant cost for large frames; previews (``reuse_crop``) choose it again only
+        when the frame count has doubled since, the final input always afresh."""
         volume = self.frames
         n = volume.shape[0]
         detector = volume.sum(axis=0)
@@ -49,5 +54,9 @@ class ScanAssembly:
         if min(volume.shape) < downsample.NETWORK_SIZE:
             pad = [(0, max(0, downsample.NETWORK_SIZE - s)) for s in volume.shape]
             volume = np.pad(volume, pad)
-        crop = downsample.crop_shape(volume, centre)
+        if reuse_crop and self.crop is not None and self.count < 2 * self.crop_count:
+            crop = self.crop
+        else:
+            crop = self.crop = downsample.crop_shape(volume, centre)
+            self.crop_count = self.count
         return downsample.network_input(volume, centre=centre, crop=crop), crop

@@ -15,6 +15,7 @@ import hdf5plugin
 import numpy as np
 
 from services.ingest.assembly import ScanAssembly
+from shared import codecs
 from shared.messages import Start
 
 
@@ -55,8 +56,12 @@ class ScanFile:
             raise
         return cls(path, handle, start, assembly, record)
 
-    def write(self, index: int, frame: np.ndarray) -> None:
-        self.dataset[index] = frame
+    def write(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> None:
+        """Store one frame as one ready-compressed chunk (HDF5's bitshuffle-LZ4 chunk layout is the
+        DECTRIS bslz4 payload): a bslz4 frame goes to disk as received, with no recompression, and
+        any other is compressed once here, bypassing HDF5's slower filter pipeline."""
+        chunk = bslz4 if bslz4 is not None else codecs.encode(frame, "bslz4")
+        self.dataset.id.write_direct_chunk((index, *(0,) * (frame.ndim)), chunk)
 
     def sync(self) -> None:
         """Record which frames are in and push HDF5's buffers to the OS."""

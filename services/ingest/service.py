@@ -207,7 +207,7 @@ class Ingest:
         if not scan.assembly.add(header.index, frame):
             self.count("duplicates")
             return
-        scan.write(header.index, frame)
+        scan.write(header.index, frame, parts[1] if header.encoding == "bslz4" else None)
         self.count("frames_in")
         scan.since_preview += 1
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
@@ -246,7 +246,7 @@ class Ingest:
                 scan.since_preview = 0
                 return
             self.sync(force=True)  # the preview never runs ahead of the files and the state
-        net_in, crop = scan.assembly.network_input()
+        net_in, crop = scan.assembly.network_input(reuse_crop=not final)
         scan.seq += 1
         scan.since_preview = 0
         scan.record["latest_seq"] = scan.seq
