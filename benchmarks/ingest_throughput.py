@@ -26,17 +26,20 @@ mp = multiprocessing.get_context("spawn")  # a forked child must not inherit the
 import zmq  # noqa: E402
 
 from services.beamline.sim import Beamline  # noqa: E402
+from shared import codecs  # noqa: E402
 from services.ingest.service import serve  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 
 
-def pusher(endpoint, frames, scan):
+def pusher(endpoint, frames, scan, encoding="raw"):
     volume = np.random.default_rng(0).poisson(3, (64, 256, 256)).astype(np.uint32)
+    payloads = [codecs.encode(frame, encoding) for frame in volume]
+    extra = {} if encoding == "raw" else {"encoding": encoding}
     beamline = Beamline(endpoint)
     beamline.send({"type": "start", "scan": scan, "frames": frames, "shape": [256, 256], "dtype": "uint32"})
     for k in range(frames):
-        beamline.send({"type": "frame", "scan": scan, "index": k}, volume[k % 64].tobytes())
+        beamline.send({"type": "frame", "scan": scan, "index": k, **extra}, payloads[k % 64])
     beamline.send({"type": "end", "scan": scan})
     beamline.close()
 
@@ -57,7 +60,7 @@ def bare(endpoint, frames):
     return frames / elapsed
 
 
-def ingest(endpoint, frames):
+def ingest(endpoint, frames, encoding="raw"):
     scan = f"bench-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(ingest_bind=endpoint, data_dir=Path(folder), key_prefix=f"bench{uuid.uuid4().hex[:6]}",
@@ -68,7 +71,7 @@ def ingest(endpoint, frames):
         thread.start()
         time.sleep(0.5)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        process = mp.Process(target=pusher, args=(endpoint, frames, scan))
+        process = mp.Process(target=pusher, args=(endpoint, frames, scan, encoding))
         began = time.perf_counter()
         process.start()
         while (store.scan(scan) or {}).get("state") != "complete":
@@ -90,10 +93,11 @@ def main():
     parser.add_argument("--frames", type=int, default=5000)
     args = parser.parse_args()
     base = bare("tcp://127.0.0.1:5591", args.frames)
-    rate, cores, received = ingest("tcp://127.0.0.1:5592", args.frames)
-    print(f"bare pyzmq receive-and-discard: {base:8.0f} frames/s")
-    print(f"cdi-live ingest (HDF5 + Redis): {rate:8.0f} frames/s, {cores:.2f} cores, "
-          f"{received}/{args.frames} frames kept — {rate / base:.2f}× the bare loop")
+    print(f"bare pyzmq receive-and-discard (raw frames): {base:8.0f} frames/s")
+    for port, encoding in ((5592, "raw"), (5594, "bslz4")):
+        rate, cores, received = ingest(f"tcp://127.0.0.1:{port}", args.frames, encoding)
+        print(f"cdi-live ingest, {encoding:5s} frames (HDF5 + Redis): {rate:8.0f} frames/s, {cores:.2f} cores, "
+              f"{received}/{args.frames} frames kept — {rate / base:.2f}× the bare loop")
 
 
 if __name__ == "__main__":

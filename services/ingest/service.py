@@ -226,13 +226,15 @@ class Ingest:
         if scan.assembly.count:
             self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="complete", missing=missing,
                                                                    ended=ended, frames_received=scan.assembly.count))
-            self.enqueue(scan, final=True)
         else:
             self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="failed", missing=missing,
                                                                    ended=ended, reason="no frames received"))
         self.outbox.append(lambda pipe: self.store.publish({"event": "complete", "scan": end.scan,
                                                             "missing": missing}, pipe))
-        self.sync(force=True)
+        self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
+        if scan.assembly.count:
+            self.enqueue(scan, final=True)
+            self.sync(force=True)
 
     def enqueue(self, scan: ScanFile, final: bool) -> None:
         """Queue a job with the current (possibly partial) network input.
