@@ -32,7 +32,7 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import Beamline  # noqa: E402
-from tests.fuzzing import hostile_messages  # noqa: E402
+from tests.fuzzing import attack  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -60,35 +60,23 @@ def main():
         victims = {"u32": (32, (32, 32), "uint32"), "f32": (32, (32, 32), "float32")}
         volumes = {n: np.random.default_rng(i).poisson(50, (32, 32, 32)).astype(v[2])
                    for i, (n, v) in enumerate(victims.items())}
-        valid, hostile = Beamline(endpoint), Beamline(endpoint)
+        starter = Beamline(endpoint)
         for name, volume in volumes.items():
-            valid.send({"type": "start", "scan": name, "frames": 32, "shape": [32, 32], "dtype": str(volume.dtype)})
+            starter.send({"type": "start", "scan": name, "frames": 32, "shape": [32, 32], "dtype": str(volume.dtype)})
+        starter.close()
         time.sleep(0.5)
-        generator, expected, frame = hostile_messages(random.Random(7), victims), 0, 0
 
         def rejected_so_far() -> int:
             return int(float(client.hget(f"{prefix}:metrics", "rejected") or 0))
 
         started = time.perf_counter()
-        for sent in tqdm(range(1, args.messages + 1), desc="hostile messages", unit="msg", mininterval=1):
-            parts, rejects = next(generator)
-            hostile.socket.send_multipart(parts)
-            expected += rejects
-            if sent % (args.messages // 32) == 0 and frame < 32:
-                while rejected_so_far() < expected:  # keep the valid scans open through the whole attack
-                    time.sleep(0.02)
-                for name, volume in volumes.items():
-                    valid.send({"type": "frame", "scan": name, "index": frame}, volume[frame].tobytes())
-                frame += 1
-        while rejected_so_far() < expected:
-            time.sleep(0.02)
+        with tqdm(total=args.messages, desc="hostile messages", unit="msg", mininterval=1) as bar:
+            expected, valid = attack(endpoint, victims, volumes, args.messages, rejected_so_far, random.Random(7),
+                                     bar.update)
         still_open = [json.loads(client.hget(f"{prefix}:scan:{n}", "state")) for n in volumes]
-        for name, volume in volumes.items():
-            for k in range(frame, 32):
-                valid.send({"type": "frame", "scan": name, "index": k}, volume[k].tobytes())
+        for name in volumes:
             valid.send({"type": "end", "scan": name})
         valid.close()
-        hostile.close()
         while (rejected := rejected_so_far()) < expected and time.perf_counter() - started < 3600:
             time.sleep(0.2)
         seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 
 import lz4.block
@@ -87,3 +88,40 @@ def hostile_messages(rng: random.Random, victims: dict[str, tuple[int, tuple[int
             yield [b'{"type":"frame","scan":"' + b"x" * 70000 + b'"}'], 1
         else:  # end for an unknown scan
             yield [_j({"type": "end", "scan": f"nobody{rng.randrange(10**6)}"})], 1
+
+
+def attack(endpoint: str, victims: dict, volumes: dict, messages: int, rejected_so_far, rng: random.Random,
+           progress=None):
+    """Send ``messages`` hostile messages with the victims' frames in between; returns
+    (expected rejects, the valid sender) with every victim frame sent and no ``end`` yet.
+
+    Each batch of valid frames waits until the ingest has counted the attack so far
+    (``rejected_so_far()``), so the victims stay open through all of it.
+    """
+    from services.beamline.sim import Beamline
+
+    valid, hostile = Beamline(endpoint), Beamline(endpoint)
+    generator, expected, frame = hostile_messages(rng, victims), 0, 0
+    frames = min(v[0] for v in victims.values())
+
+    def settle():
+        while rejected_so_far() < expected:
+            time.sleep(0.02)
+
+    for sent in range(1, messages + 1):
+        parts, rejects = next(generator)
+        hostile.socket.send_multipart(parts)
+        expected += rejects
+        if progress:
+            progress(1)
+        if sent % max(1, messages // (frames + 1)) == 0 and frame < frames:
+            settle()
+            for name, volume in volumes.items():
+                valid.send({"type": "frame", "scan": name, "index": frame}, volume[frame].tobytes())
+            frame += 1
+    settle()
+    hostile.close()
+    for name, volume in volumes.items():
+        for k in range(frame, frames):
+            valid.send({"type": "frame", "scan": name, "index": k}, volume[k].tobytes())
+    return expected, valid

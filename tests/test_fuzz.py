@@ -16,7 +16,7 @@ from services.beamline.sim import Beamline
 from services.ingest.service import Rejected, decode_frame
 from shared.messages import Frame, Start, parse_header
 from tests.conftest import scan_state, wait_for
-from tests.fuzzing import hostile_messages
+from tests.fuzzing import attack
 
 MESSAGES = 3000
 
@@ -52,32 +52,18 @@ def test_fuzzing_the_live_ingest(service):
                f"fz-f32-{uuid.uuid4().hex[:6]}": (32, (32, 32), "float32")}
     volumes = {name: (np.random.default_rng(i).poisson(50, (32, 32, 32)).astype(dtype))
                for i, (name, (_, _, dtype)) in enumerate(victims.items())}
-    valid, hostile = Beamline(service["zmq"]), Beamline(service["zmq"])
+    starter = Beamline(service["zmq"])
     for name, volume in volumes.items():
-        valid.send({"type": "start", "scan": name, "frames": 32, "shape": [32, 32], "dtype": str(volume.dtype)})
+        starter.send({"type": "start", "scan": name, "frames": 32, "shape": [32, 32], "dtype": str(volume.dtype)})
+    starter.close()
     wait_for(lambda: all(scan_state(service, n) for n in victims), timeout=30)
     before = counters(service)
-    expected, sent, generator = 0, 0, hostile_messages(rng, victims)
-    next_frame = 0
-    while sent < MESSAGES:
-        parts, rejects = next(generator)
-        hostile.socket.send_multipart(parts)
-        expected, sent = expected + rejects, sent + 1
-        if sent % (MESSAGES // 33) == 0 and next_frame < 32:  # valid frames interleaved with the attack
-            # Wait until the ingest has taken the attack so far, so the valid scans stay open throughout.
-            wait_for(lambda: counters(service).get("rejected", 0) - before.get("rejected", 0) >= expected, every=0.05)
-            for name, volume in volumes.items():
-                valid.send({"type": "frame", "scan": name, "index": next_frame}, volume[next_frame].tobytes())
-            next_frame += 1
-    wait_for(lambda: counters(service).get("rejected", 0) - before.get("rejected", 0) >= expected, every=0.05)
-    assert all(name in json.dumps(scan_state(service, name)) and scan_state(service, name)["state"] == "acquiring"
-               for name in victims)  # the attack did not close them
-    for name, volume in volumes.items():
-        for k in range(next_frame, 32):
-            valid.send({"type": "frame", "scan": name, "index": k}, volume[k].tobytes())
+    expected, valid = attack(service["zmq"], victims, volumes, MESSAGES,
+                             lambda: counters(service).get("rejected", 0) - before.get("rejected", 0), rng)
+    assert all(scan_state(service, name)["state"] == "acquiring" for name in victims)  # the attack closed none
+    for name in victims:
         valid.send({"type": "end", "scan": name})
     valid.close()
-    hostile.close()
     for name in victims:
         state = wait_for(lambda name=name: (s := scan_state(service, name)) and s["state"] == "complete" and s)
         assert state["frames_received"] == 32 and state["missing"] == 0 and state["duplicates"] == 0

@@ -72,7 +72,8 @@ def test_duplicates_out_of_order_missing_and_garbage(service):
         beamline.socket.send_multipart(garbage)
     beamline.send({"type": "end", "scan": scan})
     beamline.close()
-    state = wait_for(lambda: (s := scan_state(service, scan)) and "nn" in s["results"] and s)
+    state = wait_for(lambda: (s := scan_state(service, scan)) and s["state"] == "complete"
+                     and s["results"].get("nn", {}).get("frames_used") == 31 and s)  # the final NN, not a preview
     assert state["frames_received"] == 31 and state["duplicates"] == 2 and state["missing"] == 1
     assert state["out_of_order"] > 0
     rejected = wait_for(lambda: int(service["redis"].hget(f"{service['prefix']}:metrics", "rejected") or 0) - before >= 6)

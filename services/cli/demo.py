@@ -9,7 +9,6 @@ Runs until Ctrl-C, or ``--exit-after`` seconds after the last scan.
 from __future__ import annotations
 
 import os
-import signal
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from services.cli.options import positive_int
 from services.cli.services_common import add_settings_arguments, settings_from
-from services.cli.up import ensure_redis, start_services, stop_all
+from services.cli.up import services_running, wait_while_running
 from shared.errors import InputError
 
 REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -75,26 +74,12 @@ def play_scans(args, endpoint: str) -> None:
 
 def run(args):
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
-    embedded = ensure_redis(settings.redis_url)
-    processes = start_services(settings)
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    try:
+    with services_running(settings) as (processes, stopping):
         print("starting ingest, workers and gateway (the workers load the network first)…")
         wait_until_ready(base, processes)
         print(f"\n  live page: {base}/   (API docs: {base}/docs)\n")
         play_scans(args, settings.ingest_bind)
         print(f"all scans pushed; results keep landing on {base}/ . Ctrl-C stops the demo.")
-        finished = time.time()
-        while not stopping and all(p.poll() is None for p in processes):
-            if args.exit_after is not None and time.time() - finished > args.exit_after:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_all(processes)
-        if embedded:
-            embedded.terminate()
+        wait_while_running(processes, stopping, args.exit_after)
     return 0

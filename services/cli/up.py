@@ -6,6 +6,7 @@ fallback), so a new user needs nothing else. Ctrl-C stops everything cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -70,23 +71,37 @@ def stop_all(processes, timeout: float = 10.0) -> None:
             p.kill()
 
 
-def run(args):
-    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+@contextlib.contextmanager
+def services_running(settings):
+    """Redis (embedded if none answers) and the four services, all stopped cleanly on leaving —
+    on Ctrl-C too. Yields (processes, stopping): ``stopping`` fills on SIGTERM."""
     embedded = ensure_redis(settings.redis_url)
     processes = start_services(settings)
-    print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
-          f"ingest {settings.ingest_bind}, Redis {settings.redis_url}. Ctrl-C stops it.")
-    stopping = []
+    stopping: list = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
-        while not stopping and all(p.poll() is None for p in processes):
-            time.sleep(0.5)
+        yield processes, stopping
     except KeyboardInterrupt:
         pass
     finally:
         stop_all(processes)
         if embedded:
             embedded.terminate()
+
+
+def wait_while_running(processes, stopping, seconds: float | None = None) -> None:
+    """Until SIGTERM, a service exits, or ``seconds`` pass (None: no limit)."""
+    deadline = None if seconds is None else time.time() + seconds
+    while not stopping and all(p.poll() is None for p in processes) and (deadline is None or time.time() < deadline):
+        time.sleep(0.5)
+
+
+def run(args):
+    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+    with services_running(settings) as (processes, stopping):
+        print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
+              f"ingest {settings.ingest_bind}, Redis {settings.redis_url}. Ctrl-C stops it.")
+        wait_while_running(processes, stopping)
     failed = [p.args[-1] for p in processes if p.returncode not in (0, -2, -15, None, 130)]
     if failed:
         print(f"cdi-live: a service stopped unexpectedly: {', '.join(failed)}", file=sys.stderr)
