@@ -27,6 +27,7 @@ class Settings(BaseSettings):
                                                   "are skipped; final jobs are never dropped")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    gateway_workers: int = Field(1, description="gateway processes (uvicorn workers) sharing the port")
     gateway_threads: int = Field(4, description="threads serving the gateway's Redis-backed routes")
     infer_batch: int = Field(16, description="jobs per network call")
     claim_idle_ms: int = Field(30000, description="pending jobs idle this long are claimed from dead workers")

@@ -10,10 +10,17 @@ def add_arguments(p):
 
 
 def run(args):
+    import os
+
     import uvicorn
 
     from services.gateway.app import create_app
 
     settings = settings_from(args, gateway_host=args.host, gateway_port=args.port)
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level="info",
-                timeout_graceful_shutdown=3)  # open live-update streams must not hold up a shutdown
+    common = {"host": settings.gateway_host, "port": settings.gateway_port, "log_level": "info",
+              "timeout_graceful_shutdown": 3}  # open live-update streams must not hold up a shutdown
+    if settings.gateway_workers > 1:  # worker processes build the app from the environment
+        os.environ.update(REDIS_URL=settings.redis_url, DATA_DIR=str(settings.data_dir))
+        uvicorn.run("services.gateway.app:create_app", factory=True, workers=settings.gateway_workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
