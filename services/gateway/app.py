@@ -5,6 +5,7 @@ Routes (OpenAPI at /docs): /health, /ready, /metrics, /api/scans…, /api/events
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import anyio
@@ -31,18 +32,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings)
     subscribers = Subscribers(settings.max_live_subscribers)
-    app = FastAPI(title="cdi-live", version=__version__,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # Redis-backed routes run in anyio's thread pool; a few threads keep the GIL calm and the tail short.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
+        yield
+
+    app = FastAPI(title="cdi-live", version=__version__, lifespan=lifespan,
                   description="Real-time Bragg CDI: scan state, reconstructions, strain maps, live updates")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
     app.include_router(scans_router(settings, store))
-
-    @app.on_event("startup")
-    async def fewer_threads():
-        # Redis-backed routes run in anyio's thread pool; a few threads keep the GIL calm and the tail short.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
 
     @app.get("/health", tags=["service"])
     async def health():
