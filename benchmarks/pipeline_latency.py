@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
-import requests  # noqa: E402
 
 from services.beamline.sim import GEOMETRY_34IDC, Beamline, simulated_volume  # noqa: E402
+from services.cli.up import wait_until_ready  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
 
@@ -64,13 +64,7 @@ def main():
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis()
     try:
-        for _ in range(240):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        time.sleep(5)  # workers build their graphs
+        wait_until_ready(f"http://127.0.0.1:{port}", [process])  # workers have built their graphs
         pubsub = client.pubsub()
         pubsub.subscribe(f"{prefix}:updates")
         beamline = Beamline(f"tcp://127.0.0.1:{zport}")

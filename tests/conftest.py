@@ -16,6 +16,8 @@ import pytest
 import redis
 import requests
 
+from services.cli.up import wait_until_ready
+from shared.errors import InputError
 from shared.physics import crystals, fourier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,15 +67,11 @@ def service(tmp_path_factory):
                                 "--bind", f"tcp://127.0.0.1:{zport}", "--redis-url", REDIS_URL], env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if requests.get(f"{base}/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
+    try:
+        wait_until_ready(base, [process], timeout=240)  # Redis, both workers (network loaded) and the gateway
+    except InputError as exc:
         process.kill()
-        pytest.fail("gateway did not come up: " + log_path.read_text()[-2000:])
+        pytest.fail(f"the services did not come up ({exc}): " + log_path.read_text()[-2000:])
     client = redis.Redis.from_url(REDIS_URL)
     yield {"base": base, "zmq": f"tcp://127.0.0.1:{zport}", "prefix": prefix, "redis": client,
            "data_dir": env["DATA_DIR"], "log": log_path}

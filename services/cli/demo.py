@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from services.cli.options import positive_int
 from services.cli.services_common import add_settings_arguments, settings_from
-from services.cli.up import services_running, wait_while_running
-from shared.errors import InputError
+from services.cli.up import services_running, wait_until_ready, wait_while_running
 
 REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 RECORDED = REAL_DATA / "aps-34idc-scan54" / "frames.npz"
@@ -35,21 +32,6 @@ def add_arguments(p):
     p.add_argument("--recorded", type=Path, default=RECORDED,
                    help="recorded scan to play after the simulated ones (default: the APS 34-ID-C scan)")
     p.add_argument("--exit-after", type=float, default=None, help="stop this many seconds after the last scan")
-
-
-def wait_until_ready(base: str, processes, timeout: float = 300.0) -> None:
-    """The workers load TensorFlow and build their graphs first; /ready says when they are done."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(p.poll() is not None for p in processes):
-            raise InputError("a service stopped while starting; see the log lines above")
-        try:
-            with urllib.request.urlopen(f"{base}/ready", timeout=2):
-                return  # 200: Redis and both workers answer
-        except (urllib.error.URLError, ConnectionError):
-            pass  # not up yet, or 503 while the workers load
-        time.sleep(0.5)
-    raise InputError(f"the services were not ready after {timeout:.0f} s")
 
 
 def play_scans(args, endpoint: str) -> None:

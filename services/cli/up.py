@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from urllib.parse import urlparse
 
 import redis
@@ -87,6 +89,21 @@ def services_running(settings):
         stop_all(processes)
         if embedded:
             embedded.terminate()
+
+
+def wait_until_ready(base: str, processes, timeout: float = 300.0) -> None:
+    """The workers load TensorFlow and build their graphs first; /ready says when they are done."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise InputError("a service stopped while starting; see the log lines above")
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=2):
+                return  # 200: Redis and both workers answer
+        except (urllib.error.URLError, ConnectionError):
+            pass  # not up yet, or 503 while the workers load
+        time.sleep(0.5)
+    raise InputError(f"the services were not ready after {timeout:.0f} s")
 
 
 def wait_while_running(processes, stopping, seconds: float | None = None) -> None:
