@@ -129,3 +129,18 @@ def test_two_consumers_share_a_stream_once_each():
         assert client.xpending(stream, "g")["pending"] == 0
     finally:
         client.delete(stream)
+
+
+def test_queue_survives_a_redis_that_came_back_empty():
+    """No stream and no group (Redis restarted without persistence): the worker rejoins, nothing raises."""
+    client = redis.Redis.from_url(REDIS_URL)
+    stream = f"test:{uuid.uuid4().hex}:jobs"
+    try:
+        queue = JobQueue(client, stream, "g", consumer="a")
+        client.delete(stream)  # what an empty restart looks like to a worker
+        queue.last_trim = 0.0  # the periodic trim runs first (XINFO on a missing key)
+        assert queue.take(1, block_ms=10) == []
+        client.xadd(stream, {"n": 1})
+        assert len(queue.take(1, block_ms=10)) == 1
+    finally:
+        client.delete(stream)

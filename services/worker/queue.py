@@ -45,9 +45,9 @@ class JobQueue:
         try:
             return self._take(count, block_ms)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
                 raise
-            self.ensure_group()  # Redis restarted empty: join again and carry on
+            self.ensure_group()  # Redis restarted empty (no stream, no group): join again and carry on
             return []
 
     def trim_acknowledged(self) -> None:
@@ -125,5 +125,9 @@ def run_forever(step, stop, name: str, heartbeat=None) -> None:
             delay = 0.5
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("%s: Redis unavailable (%s); retrying in %.1f s", name, exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+        except Exception:  # a bug must not end the worker: its job stays pending, is retried, then dead-lettered
+            log.exception("%s: unexpected error; retrying in %.1f s", name, delay)
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
