@@ -49,7 +49,7 @@ class Store:
 
         With ``pipe`` the commands are only queued on it (the ingest batches its writes)."""
         p = pipe if pipe is not None else self.redis.pipeline()
-        p.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        self._forget(scan, p)
         self.write_scan(scan, fields, fields.get("started", time.time()), p)
         if pipe is None:
             p.execute()
@@ -60,7 +60,8 @@ class Store:
         pipe.zadd(self.keys.scans, {scan: started})
 
     def update_scan(self, scan: str, pipe=None, **fields) -> None:
-        (pipe or self.redis).hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
+        target = self.redis if pipe is None else pipe
+        target.hset(self.keys.scan(scan), mapping={k: json.dumps(v) for k, v in fields.items()})
 
     def list_scans(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
         """Newest first; with ``state``, only scans in that state. Returns (page, total matching).
@@ -82,9 +83,12 @@ class Store:
         records = [{k.decode(): json.loads(v) for k, v in raw.items()} for raw in pipe.execute() if raw]
         return records, total
 
+    def _forget(self, scan: str, pipe) -> None:
+        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+
     def delete_scan(self, scan: str) -> None:
         pipe = self.redis.pipeline()
-        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        self._forget(scan, pipe)
         pipe.zrem(self.keys.scans, scan)
         pipe.execute()
         self.publish({"event": "deleted", "scan": scan})
@@ -128,4 +132,4 @@ class Store:
         self.count("jobs_dead_lettered")
 
     def publish(self, event: dict, pipe=None) -> None:
-        (pipe or self.redis).publish(self.keys.updates, json.dumps(event))
+        (self.redis if pipe is None else pipe).publish(self.keys.updates, json.dumps(event))

@@ -34,15 +34,15 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
             raise HTTPException(404, f"unknown scan {scan!r}")
         return record
 
-    def stage_arrays(scan: str, stage: str):
-        """The stage's arrays on the grid conjugate to the assembled, cropped volume."""
-        load(scan)
+    def stage_arrays(scan: str, stage: str, on_crop_grid: bool = True):
+        """A stage's (amplitude, phase, info) of a scan already loaded; with ``on_crop_grid``, on the grid
+        conjugate to the assembled, cropped volume (else as stored). 404 while the stage does not exist."""
         result = store.result(scan, stage)
         if result is None:
             raise HTTPException(404, f"no {stage} result for scan {scan!r} yet")
         amplitude, phase, info = result
         crop = tuple(info.get("crop") or amplitude.shape)
-        if crop != amplitude.shape:
+        if on_crop_grid and crop != amplitude.shape:
             amplitude, phase, _ = to_input_grid(amplitude, phase, crop, crop)
         return amplitude, phase, info
 
@@ -66,8 +66,8 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
     def reconstruction(scan: str = ScanId, stage: Stage = "nn",
                        format: Literal["npz", "h5", "cxi", "vti"] = "npz"):
         """float32 ``amplitude`` and ``phase`` on the real-space grid of the cropped volume."""
-        amplitude, phase, info = stage_arrays(scan, stage)
         geometry = load(scan).get("geometry")
+        amplitude, phase, info = stage_arrays(scan, stage)
         try:
             spacing = voxel_size_nm(geometry, amplitude.shape) if geometry else (1.0, 1.0, 1.0)
         except InputError:
@@ -111,18 +111,15 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
     def page_view(scan: str = ScanId, stage: Stage = "nn", level: float = Query(0.5, gt=0.05, lt=0.95)):
         """What the operators' page draws: isosurface mesh coloured by phase and central slices."""
         load(scan)
-        result = store.result(scan, stage)
-        if result is None:
-            raise HTTPException(404, f"no {stage} result for scan {scan!r} yet")
-        amplitude, phase, info = result
+        amplitude, phase, info = stage_arrays(scan, stage, on_crop_grid=False)
         return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
                 **views.page_view(amplitude, phase, level)}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):
         """Queue AD refinement again with these parameters (API key required)."""
-        load(scan)
-        if store.result(scan, "nn") is None or load(scan).get("state") == "acquiring":
+        record = load(scan)
+        if "result_nn" not in record or record.get("state") == "acquiring":
             raise HTTPException(409, "refinement needs the complete scan's NN result")
         store.redis.xadd(store.keys.refine_jobs, {"scan": scan, "queued": time.time(),
                                                   "options": json.dumps(request.model_dump(exclude_none=True))})

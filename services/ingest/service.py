@@ -108,6 +108,14 @@ class Ingest:
         self.dirty.clear()
         self.counters.clear()
 
+    def later(self, name: str, event: dict | None, **fields) -> None:
+        """Queue an update of scan ``name``'s record and an event about it for the next successful sync
+        (one call binds its own values: nothing is read later from a loop variable)."""
+        if fields:
+            self.outbox.append(lambda pipe: self.store.update_scan(name, pipe, **fields))
+        if event is not None:
+            self.outbox.append(lambda pipe: self.store.publish({**event, "scan": name}, pipe))
+
     def resume(self) -> None:
         """After a restart: continue this ingest's scans that were still acquiring, from their files."""
         try:
@@ -188,8 +196,7 @@ class Ingest:
         scan = ScanFile.create(start, self.settings.data_dir / start.scan, record)
         self.scans[start.scan] = scan
         self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
-        self.outbox.append(lambda pipe: self.store.publish(
-            {"event": "start", "scan": start.scan, "frames_expected": start.frames}, pipe))
+        self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
 
@@ -222,15 +229,9 @@ class Ingest:
         scan = self.scans.pop(end.scan)
         scan.close()
         missing = scan.assembly.missing
-        ended = time.time()
-        if scan.assembly.count:
-            self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="complete", missing=missing,
-                                                                   ended=ended, frames_received=scan.assembly.count))
-        else:
-            self.outbox.append(lambda pipe: self.store.update_scan(end.scan, pipe, state="failed", missing=missing,
-                                                                   ended=ended, reason="no frames received"))
-        self.outbox.append(lambda pipe: self.store.publish({"event": "complete", "scan": end.scan,
-                                                            "missing": missing}, pipe))
+        fields = {"state": "complete", "frames_received": scan.assembly.count} if scan.assembly.count else \
+            {"state": "failed", "reason": "no frames received"}
+        self.later(end.scan, {"event": "complete", "missing": missing}, missing=missing, ended=time.time(), **fields)
         self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
         if scan.assembly.count:
             self.enqueue(scan, final=True)
@@ -254,9 +255,8 @@ class Ingest:
         scan.record["latest_seq"] = scan.seq
         job = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final), "frames_used": scan.assembly.count,
                "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes(), "queued": time.time()}
-        name, seq = scan.start.scan, scan.seq
         self.outbox.append(lambda pipe: pipe.xadd(self.store.keys.infer_jobs, job))
-        self.outbox.append(lambda pipe: self.store.update_scan(name, pipe, latest_seq=seq))
+        self.later(scan.start.scan, None, latest_seq=scan.seq)
 
     def backlog(self) -> int:
         """Jobs of the inference stream not yet delivered to a worker."""
@@ -275,10 +275,8 @@ class Ingest:
                 self.scans.pop(name).close()
                 reason = f"no message for {self.settings.scan_idle_timeout_s:g} s; closed with " \
                          f"{scan.assembly.count} of {scan.start.frames} frames on disk"
-                self.outbox.append(lambda pipe, name=name, reason=reason: self.store.update_scan(
-                    name, pipe, state="failed", reason=reason, frames_received=scan.assembly.count))
-                self.outbox.append(lambda pipe, name=name, reason=reason: self.store.publish(
-                    {"event": "failed", "scan": name, "reason": reason}, pipe))
+                self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason,
+                           frames_received=scan.assembly.count)
                 self.count("scans_expired")
                 log.warning("scan %s: %s", name, reason)
                 self.sync(force=True)

@@ -35,7 +35,6 @@ class InferenceWorker:
         jobs = self.queue.take(self.settings.infer_batch)
         if not jobs:
             return 0
-        self.queue.ensure_group()
         chosen: dict[str, dict] = {}  # per scan: its final job if taken, else its newest preview
         skipped = []
         for job_id, fields in jobs:

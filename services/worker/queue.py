@@ -71,7 +71,7 @@ class JobQueue:
         jobs = []
         claimed = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
         for job_id, fields in claimed[1]:
-            if not fields:  # trimmed away by MAXLEN while pending
+            if not fields:  # the entry was deleted while pending: nothing left to do
                 self.done(job_id)
             elif self.deliveries(job_id) > self.max_deliveries:
                 self.bury(job_id, fields)
@@ -123,11 +123,11 @@ def run_forever(step, stop, name: str, heartbeat=None) -> None:
                 last_beat = time.monotonic()
             step()
             delay = 0.5
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("%s: Redis unavailable (%s); retrying in %.1f s", name, exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-        except Exception:  # a bug must not end the worker: its job stays pending, is retried, then dead-lettered
-            log.exception("%s: unexpected error; retrying in %.1f s", name, delay)
+        except Exception as exc:  # a bug must not end the worker either: its job stays pending, is retried,
+            # then dead-lettered
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                log.warning("%s: Redis unavailable (%s); retrying in %.1f s", name, exc, delay)
+            else:
+                log.exception("%s: unexpected error; retrying in %.1f s", name, delay)
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
