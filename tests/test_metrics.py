@@ -49,3 +49,15 @@ def test_canonical_presentation(crystal):
     assert amp.max() == np.float32(1.0)
     assert abs(np.angle((amp * np.exp(1j * phase) * support).sum())) < 1e-4
     assert metrics.errors(amp * np.exp(1j * phase), obj)["phase"] < 1e-3
+
+
+def test_empty_voxels_are_a_shape_error_not_a_phase_error(crystal):
+    """Voxels the estimate leaves empty have no phase: they count in the amplitude error only."""
+    obj, _ = crystal
+    holes = np.random.default_rng(5).random(obj.shape) < 0.1
+    holed = np.where(holes, 0, obj)
+    e = metrics.errors(holed, obj)
+    assert e["amplitude"] > 0.1
+    assert e["phase"] < 0.25 * e["phase_unweighted"]
+    wrong_inside = holed * np.exp(0.5j * (np.indices(obj.shape)[0] % 2))
+    assert metrics.errors(wrong_inside, obj)["phase"] > 0.1

@@ -31,6 +31,20 @@ def test_shapes_and_ranges():
     assert np.abs(out["phase"]).max() <= np.pi
 
 
+def test_friedel_difference_is_the_strain_signature(batch):
+    """Friedel's law: a strain-free crystal gives M(q) = M(−q), so the second channel is zero;
+    strain breaks it. Frames not yet acquired (zeros) give no difference."""
+    amp, phase, mag = batch
+    strain_free = np.abs(np.fft.fftshift(np.fft.fftn(amp, axes=(1, 2, 3)), axes=(1, 2, 3)))
+    channels = np.asarray(network.FriedelPairs()(strain_free / strain_free.max()))
+    assert channels.shape == (4, 32, 32, 32, 2)
+    assert np.abs(channels[..., 1]).max() < 1e-3 < channels[..., 0].max()
+    strained = np.asarray(network.FriedelPairs()(mag))
+    assert (np.abs(strained[..., 1]).max(axis=(1, 2, 3)) > 0.05).all()
+    partial = np.asarray(network.FriedelPairs()(truncate_frames(mag, np.array([12] * 4))))
+    assert not partial[:, 1:, ..., 1].any()  # frame 0 is its own mate along the rocking axis
+
+
 def test_keras_fft_matches_numpy(batch):
     amp, phase, _ = batch
     ours = np.asarray(far_field_magnitude(keras.ops.convert_to_tensor(amp), keras.ops.convert_to_tensor(phase)))

@@ -29,11 +29,11 @@ def median_errors(amplitude, phase, truth):
 
 def test_shipped_weights_learned_the_shape(predictor, held_out, tmp_path):
     """The shipped network's amplitude is far better than the same network untrained."""
-    from shared.nn import network
+    from shared.nn.inference import model_from_card
 
     intensity, truth = held_out
     trained = predictor.reconstruct(intensity)
-    untrained_model = network.build_model(predictor.card["width"])
+    untrained_model = model_from_card(predictor.card)
     untrained_model.save_weights(tmp_path / "untrained.weights.h5")
     (tmp_path / "model.json").write_text(__import__("json").dumps(predictor.card))
     untrained = Predictor(tmp_path / "untrained.weights.h5").reconstruct(intensity)
@@ -92,3 +92,18 @@ def test_bad_input(tmp_path, args, message):
     result = cli("reconstruct", *args, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_writes_a_report(tmp_path):
+    """`cdi-live evaluate`: Markdown with the comparison table, figures, partial scans and real data."""
+    from tests.conftest import REAL_DATA
+
+    result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA)
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report" / "README.md").read_text()
+    for row in ("| 3D-CDI-NN |", "| ER/HIO |", "| zero phase, true support |", "unweighted", "Partial scans"):
+        assert row in report
+    for figure in ("errors.png", "slices.png", "partial.png"):
+        assert (tmp_path / "report" / figure).stat().st_size > 1000
+    if REAL_DATA.exists():
+        assert "paper example" in report and (tmp_path / "report" / "real_0.png").exists()

@@ -24,6 +24,17 @@ def fftshift3(x):
     return x
 
 
+def point_inversion(x):
+    """x(−r) for (batch, n, n, n, …) tensors on an fftshift grid (centre at index n//2): flip, roll by one.
+
+    In real space it maps a crystal onto its twin's position; in reciprocal space it
+    pairs each q with its Friedel mate −q.
+    """
+    for axis in (1, 2, 3):
+        x = ops.roll(ops.flip(x, axis=axis), 1, axis=axis)
+    return x
+
+
 def far_field_magnitude(amplitude, phase):
     """|fftshift(fftn(amplitude·e^{i·phase}))| for (batch, n, n, n) float tensors."""
     real, imag = fft3(amplitude * ops.cos(phase), amplitude * ops.sin(phase))

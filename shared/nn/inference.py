@@ -34,12 +34,17 @@ def load_model(weights: str | Path | None = None) -> tuple[keras.Model, dict]:
         raise InputError(f"{path}: no such weights file")
     card_path = path.with_name("model.json")
     card = json.loads(card_path.read_text()) if card_path.exists() else {"width": 8, "dropout": 0.1}
-    model = network.build_model(card["width"], card.get("dropout", 0.1))
+    model = model_from_card(card)
     try:
         model.load_weights(path)
     except Exception as exc:  # a wrong or damaged file
         raise InputError(f"{path}: cannot load weights ({exc})") from None
     return model, card
+
+
+def model_from_card(card: dict) -> keras.Model:
+    """The (untrained) network a model.json describes; cards before w8f lack the Friedel input."""
+    return network.build_model(card["width"], card.get("dropout", 0.1), card.get("friedel", False))
 
 
 def use_all_cores() -> None:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 from keras import ops
 
-from shared.nn.fft import far_field_magnitude
+from shared.nn.fft import far_field_magnitude, point_inversion
 
 SPATIAL = (1, 2, 3)
 
 
 def twin(x, negate: bool = False):
-    """x(−r) on the fftshift grid (flip and roll by one), optionally negated (phase)."""
-    for axis in SPATIAL:
-        x = ops.roll(ops.flip(x, axis=axis), 1, axis=axis)
+    """x(−r) on the fftshift grid, optionally negated (the twin's phase is −φ(−r))."""
+    x = point_inversion(x)
     return -x if negate else x
 
 

@@ -1,12 +1,14 @@
 """3D-CDI-NN (Chan, Cherukara et al.): one encoder, two decoders, 32³ in, shape and strain out.
 
-    magnitude 32³ ─ encoder (3×3×3 conv, max-pool 32→16→8→4, widths w, 2w, 4w)
+    magnitude 32³ ─ Friedel pairs (log M(q), M(q) − M(−q)) ─ encoder (3×3×3 conv, max-pool 32→16→8→4, widths w, 2w, 4w)
                     ├─ amplitude decoder (conv, up-sample 4→8→16→32) → sigmoid  → ρ ∈ [0, 1]
                     └─ phase decoder     (same structure)                → π·tanh → φ ∈ (−π, π)
 
 Departures from the paper, each for a measured reason: the input is log-compressed
 inside the model (diffraction spans decades; the linear input made training collapse
-to zero output), and convolutions use GroupNorm + LeakyReLU instead of plain ReLU
+to zero output); the encoder also sees the Friedel difference M(q) − M(−q) (the
+only place the strain shows in the data, and out of reach of 3×3×3 convolutions,
+which never compare q with −q: without it the phase was not learned); and convolutions use GroupNorm + LeakyReLU instead of plain ReLU
 (dead units otherwise). GroupNorm, not BatchNorm: with BatchNorm the running
 statistics disagreed with the training-time ones (10× worse amplitude error at
 inference than in training); GroupNorm behaves the same in both. Dropout 10% after each block, as in the paper.
@@ -20,6 +22,8 @@ import math
 import keras
 from keras import layers, ops
 
+from shared.nn.fft import point_inversion
+
 SIZE = 32
 LOG_GAIN = 1000.0  # input x ∈ [0, 1] → log1p(1000 x) / log1p(1000)
 
@@ -29,7 +33,28 @@ class LogCompress(layers.Layer):
     """log1p(g·x)/log1p(g): lifts the weak high-q fringes that carry the shape's detail."""
 
     def call(self, x):
-        return ops.log1p(LOG_GAIN * ops.maximum(x, 0.0)) / math.log1p(LOG_GAIN)
+        return log_compress(ops.maximum(x, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="cdi_live")
+class FriedelPairs(layers.Layer):
+    """(B, n, n, n) magnitude → channels [log M(q), signed log of M(q) − M(−q)].
+
+    Friedel's law: a crystal without strain diffracts the same at q and −q, so the
+    difference of Friedel mates is the strain's signature. Voxels whose mate was not
+    measured (zero: frames not yet acquired in a partial scan) get no difference.
+    """
+
+    def call(self, x):
+        x = ops.maximum(x, 0.0)
+        mate = point_inversion(x)
+        measured = ops.cast((x > 0) & (mate > 0), x.dtype)
+        difference = (x - mate) * measured
+        return ops.stack([log_compress(x), ops.sign(difference) * log_compress(ops.abs(difference))], axis=-1)
+
+
+def log_compress(x):
+    return ops.log1p(LOG_GAIN * x) / math.log1p(LOG_GAIN)
 
 
 @keras.saving.register_keras_serializable(package="cdi_live")
@@ -57,12 +82,18 @@ def decoder(latent, widths, head, name, dropout):
     return head(layers.Reshape((SIZE, SIZE, SIZE), name=f"{name}_squeeze")(x))
 
 
-def build_model(width: int = 16, dropout: float = 0.1) -> keras.Model:
-    """The network for ``width`` filters at the first level (2w, 4w deeper)."""
+def build_model(width: int = 16, dropout: float = 0.1, friedel: bool = True) -> keras.Model:
+    """The network for ``width`` filters at the first level (2w, 4w deeper).
+
+    ``friedel=False`` builds the earlier single-channel input (weights up to w8-e14).
+    """
     widths = (width, 2 * width, 4 * width)
     magnitude = keras.Input((SIZE, SIZE, SIZE), name="magnitude")
-    x = layers.Reshape((SIZE, SIZE, SIZE, 1), name="channel")(magnitude)
-    x = LogCompress(name="log_compress")(x)
+    if friedel:
+        x = FriedelPairs(name="friedel_pairs")(magnitude)
+    else:
+        x = layers.Reshape((SIZE, SIZE, SIZE, 1), name="channel")(magnitude)
+        x = LogCompress(name="log_compress")(x)
     for level, filters in enumerate(widths):  # one conv at full 32³ resolution, where it costs most
         x = conv_block(x, filters, f"enc{level}", dropout, convs=1 if level == 0 else 2)
         x = layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)

@@ -68,7 +68,8 @@ class TrainConfig:
     validation_fraction: float = 0.05
     seed: int = 0
     partial_probability: float = 0.5
-    precision: str = "mixed_bfloat16"
+    precision: str = "float32"
+    friedel: bool = True  # Friedel-difference input channel (shared.nn.network)
     extra: dict = field(default_factory=dict)
 
 
@@ -168,7 +169,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     steps = min(config.steps_per_epoch, len(train_batches))
     stages = parse_schedule(config.schedule)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same config
-    net = network.build_model(config.width, config.dropout)
+    net = network.build_model(config.width, config.dropout, config.friedel)
     checkpoint = Checkpoint(out / "checkpoint")
     state = checkpoint.load_state()
     if state:

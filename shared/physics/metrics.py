@@ -125,8 +125,12 @@ def errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Amplitude and phase error of ``estimate`` against ``truth``, ambiguities removed.
 
     - ``amplitude``: ‖s·|ρ̂| − |ρ|‖ / ‖ρ‖ with the best scale s;
-    - ``phase``: RMS wrapped phase difference (rad) inside the true support
-      (amplitude above half its maximum).
+    - ``phase``: RMS wrapped phase difference (rad) inside the true support (amplitude
+      above half its maximum), each voxel weighted by the estimate's amplitude there
+      (relative to its maximum, at most 1). The phase of a voxel the estimate leaves
+      empty is undefined: after sub-voxel alignment it is ringing, often ±π, so an
+      unweighted RMS counts a shape error a second time, as a phase error;
+    - ``phase_unweighted``: the plain RMS over the true support, for comparison.
     Both the estimate and its twin are aligned; the better one counts.
     """
     support = np.abs(truth) > 0.5 * np.abs(truth).max()
@@ -137,9 +141,11 @@ def errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         scale = (amp * amp_true).sum() / max((amp**2).sum(), 1e-30)
         amp_err = float(np.linalg.norm(scale * amp - amp_true) / np.linalg.norm(amp_true))
         dphi = np.angle(aligned * np.conj(truth))[support]
-        phase_err = float(np.sqrt(np.mean(dphi**2))) if dphi.size else 0.0
-        result = {"amplitude": amp_err, "phase": phase_err}
-        if best is None or amp_err + phase_err < best["amplitude"] + best["phase"]:
+        weight = np.clip(amp[support] / max(amp.max(), 1e-30), 0, 1)
+        result = {"amplitude": amp_err,
+                  "phase": float(np.sqrt((weight * dphi**2).sum() / max(weight.sum(), 1e-30))) if dphi.size else 0.0,
+                  "phase_unweighted": float(np.sqrt(np.mean(dphi**2))) if dphi.size else 0.0}
+        if best is None or amp_err + result["phase"] < best["amplitude"] + best["phase"]:
             best = result
     return best
 
