@@ -61,3 +61,18 @@ def test_empty_voxels_are_a_shape_error_not_a_phase_error(crystal):
     assert e["phase"] < 0.25 * e["phase_unweighted"]
     wrong_inside = holed * np.exp(0.5j * (np.indices(obj.shape)[0] % 2))
     assert metrics.errors(wrong_inside, obj)["phase"] > 0.1
+
+
+def test_canonical_twin_picks_one_member_of_each_pair(crystal):
+    obj, intensity = crystal
+    amp, phase = np.abs(obj), np.angle(obj)
+    twin = metrics.twin(obj)
+    for a, p in [(amp, phase), (amp, np.zeros_like(phase))]:  # strained, and a strain-free control
+        t = metrics.twin(a * np.exp(1j * p))
+        first = metrics.canonical_twin(a, p)
+        second = metrics.canonical_twin(np.abs(t), np.angle(t) * (np.abs(t) > 0))
+        assert np.allclose(first[0], second[0], atol=1e-5) and np.allclose(first[1], second[1], atol=1e-4)
+        assert metrics.handedness(*first) >= 0
+    a, p = metrics.canonical_twin(np.abs(twin), np.angle(twin))
+    assert np.allclose(np.abs(np.fft.fftn(a * np.exp(1j * p))) ** 2, np.fft.ifftshift(intensity), rtol=1e-3,
+                       atol=1e-3 * intensity.max())

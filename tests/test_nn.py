@@ -104,6 +104,22 @@ def test_batches_are_deterministic(tmp_path):
     assert not np.array_equal(a[1][0], b[1][0])
 
 
+def test_targets_are_canonical_twins(batch):
+    """Both members of a twin pair become the same target: the network is shown one answer."""
+    from shared.physics import metrics
+
+    amp, phase, _ = batch
+    twins = [metrics.twin(a * np.exp(1j * p)) for a, p in zip(amp, phase)]
+    intensity = np.stack([fourier.intensity(fourier.make_object(a, p)) for a, p in zip(amp, phase)])
+    data = {"intensity": np.concatenate([intensity, intensity]),
+            "amplitude": np.concatenate([amp, np.abs(twins)]).astype(np.float32),
+            "phase": np.concatenate([phase, np.angle(twins)]).astype(np.float32)}
+    _, targets = ShardBatches(data, np.arange(8), 8, augment=False)[0]
+    assert np.allclose(targets["amplitude"][:4], targets["amplitude"][4:], atol=1e-5)
+    assert np.allclose(targets["phase"][:4], targets["phase"][4:], atol=1e-4)
+    assert all(metrics.handedness(a, p) >= 0 for a, p in zip(targets["amplitude"], targets["phase"]))
+
+
 def test_resume_continues_exactly(tmp_path):
     """Interrupted after epoch 1 and resumed == uninterrupted, weight for weight."""
     import h5py

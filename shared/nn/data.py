@@ -8,6 +8,9 @@ resumed run sees exactly the data an uninterrupted one would have. Augmentation:
   first k frames (axis 0) are kept, k from 30% to 100%, the rest zero — what the
   streaming service sees while a scan is running. The Fourier loss still
   compares against the full, noiseless magnitude.
+Twin image: with ``canonical_twin`` each target is replaced, when needed, by its
+twin so that its ``handedness`` is non-negative (shared.physics.metrics): both
+twins give the same input, so the network is shown one answer, not two.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from shared.errors import InputError
+from shared.physics.metrics import canonical_twin
 
 
 def load_shards(paths, size: int = 32) -> dict[str, np.ndarray]:
@@ -57,11 +61,12 @@ class ShardBatches(keras.utils.PyDataset):
     """Batches of (magnitude, {amplitude, phase, magnitude}) for the physics-aware loss."""
 
     def __init__(self, data, indices, batch_size=16, seed=0, augment=True, partial_probability=0.5,
-                 min_fraction=0.3):
+                 min_fraction=0.3, canonical=True):
         super().__init__(workers=1, use_multiprocessing=False)
         self.data, self.indices = data, np.asarray(indices)
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.partial_probability, self.min_fraction = partial_probability, min_fraction
+        self.canonical = canonical
         self.epoch = 0
 
     def __len__(self):
@@ -83,6 +88,9 @@ class ShardBatches(keras.utils.PyDataset):
             for axis in (1, 2, 3):
                 if rng.random() < 0.5:  # inversion of one axis maps the object and |F| alike
                     intensity, amplitude, phase = (invert(a, axis) for a in (intensity, amplitude, phase))
+        if self.canonical:
+            pairs = [canonical_twin(a, p) for a, p in zip(amplitude, phase)]
+            amplitude, phase = np.stack([a for a, _ in pairs]), np.stack([p for _, p in pairs])
         obj = amplitude * np.exp(1j * phase)
         clean = np.abs(sfft.fftshift(sfft.fftn(obj, axes=(1, 2, 3), workers=-1), axes=(1, 2, 3)))
         clean = (clean / clean.max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)

@@ -7,8 +7,12 @@
   object's far field against the full measured magnitude M (both max 1).
 - Twin image: ρ(r)e^{iφ(r)} and ρ(−r)e^{−iφ(−r)} give the same diffraction, so no
   network can tell them apart; averaging the two targets would blur the phase to
-  zero. The supervised terms are therefore taken per sample against the prediction
-  and against its twin, and the smaller counts (the Fourier term is twin-invariant).
+  zero. Two remedies: canonical targets (the data pipeline shows one member of each
+  pair, the default since w8f), or ``twin_invariant``: the supervised terms are taken
+  per sample against the prediction and against its twin, and the smaller counts
+  (the Fourier term is twin-invariant either way). The latter let the phase stall at
+  zero: early on the choice between the two follows the blurry amplitude, not the
+  phase, so the phase gradients of the two cancel.
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ def fourier_term(amp_pred, phase_pred, magnitude):
     return ops.mean(ops.abs(model - data), axis=SPATIAL)
 
 
-def cdi_loss(amp_pred, phase_pred, amp_true, phase_true, magnitude, weights=(1.0, 1.0, 1.0)):
-    """Mean over the batch of the twin-invariant physics-aware loss; also returns the terms."""
+def cdi_loss(amp_pred, phase_pred, amp_true, phase_true, magnitude, weights=(1.0, 1.0, 1.0),
+             twin_invariant: bool = True):
+    """Mean over the batch of the physics-aware loss; also returns the terms."""
     amp_pred = ops.cast(amp_pred, "float32")
     phase_pred = ops.cast(phase_pred, "float32")
     w_amp, w_phase, w_fourier = weights
     direct = supervised_terms(amp_pred, phase_pred, amp_true, phase_true)
-    mirrored = supervised_terms(twin(amp_pred), twin(phase_pred, negate=True), amp_true, phase_true)
+    mirrored = (supervised_terms(twin(amp_pred), twin(phase_pred, negate=True), amp_true, phase_true)
+                if twin_invariant else direct)
     total_direct = w_amp * direct[0] + w_phase * direct[1]
     total_twin = w_amp * mirrored[0] + w_phase * mirrored[1]
     use_twin = ops.cast(total_twin < total_direct, "float32")

@@ -70,15 +70,16 @@ class TrainConfig:
     partial_probability: float = 0.5
     precision: str = "float32"
     friedel: bool = True  # Friedel-difference input channel (shared.nn.network)
+    twin: str = "canonical"  # canonical targets, or "min": twin-invariant loss (shared.nn.loss)
     extra: dict = field(default_factory=dict)
 
 
 class PhysicsAwareTrainer(keras.Model):
     """Wraps the network; its loss needs targets and the measured magnitude together."""
 
-    def __init__(self, net, loss_weights, **kwargs):
+    def __init__(self, net, loss_weights, twin_invariant=False, **kwargs):
         super().__init__(**kwargs)
-        self.net, self.loss_weights_ = net, loss_weights
+        self.net, self.loss_weights_, self.twin_invariant = net, loss_weights, twin_invariant
         self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "amplitude", "phase", "fourier")}
 
     def call(self, x, training=False):
@@ -86,7 +87,7 @@ class PhysicsAwareTrainer(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total, terms = cdi_loss(y_pred["amplitude"], y_pred["phase"], y["amplitude"], y["phase"],
-                                y["magnitude"], self.loss_weights_)
+                                y["magnitude"], self.loss_weights_, self.twin_invariant)
         self.trackers["loss"].update_state(total)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
@@ -163,9 +164,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     order = np.random.default_rng(config.seed).permutation(count)
     n_val = max(1, int(count * config.validation_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    if config.twin not in ("canonical", "min"):
+        raise ValueError(f"twin must be 'canonical' or 'min', not {config.twin!r}")
+    canonical = config.twin == "canonical"
     train_batches = ShardBatches(data, train_idx, config.batch_size, config.seed,
-                                 partial_probability=config.partial_probability)
-    val_batches = ShardBatches(data, val_idx, config.batch_size, config.seed, augment=False)
+                                 partial_probability=config.partial_probability, canonical=canonical)
+    val_batches = ShardBatches(data, val_idx, config.batch_size, config.seed, augment=False, canonical=canonical)
     steps = min(config.steps_per_epoch, len(train_batches))
     stages = parse_schedule(config.schedule)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same config
@@ -183,7 +187,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         if stage_index < state["stage"]:
             continue
         set_trainable(net, stage.trainable)
-        trainer = PhysicsAwareTrainer(net, stage.weights)
+        trainer = PhysicsAwareTrainer(net, stage.weights, twin_invariant=not canonical)
         optimizer = keras.optimizers.Adam(stage.learning_rate)
         trainer.compile(optimizer=optimizer)
         if state["stage"] == stage_index and state["epoch"] > 0:  # resuming mid-stage

@@ -31,6 +31,29 @@ def twin(obj: np.ndarray) -> np.ndarray:
     return np.conj(np.roll(np.flip(obj), 1, axis=AXES3))
 
 
+def handedness(amplitude: np.ndarray, phase: np.ndarray) -> float:
+    """A number whose sign flips under the twin: Σρφ³, or the shape's third moment along (1,1,1)
+    when there is no strain (a twin maps φ(r) → −φ(−r) and ρ(r) → ρ(−r)).
+
+    It picks one member of each twin pair, so that a network can be trained towards a
+    single, canonical answer for a diffraction pattern both twins share.
+    """
+    if np.abs(phase[amplitude > 0.5 * amplitude.max()]).max(initial=0) > 1e-3:
+        return float((amplitude * phase**3).sum())
+    coords = np.indices(amplitude.shape).reshape(3, -1).astype(float)
+    weights = amplitude.ravel() / max(amplitude.sum(), 1e-30)
+    along = coords.sum(axis=0) - (coords.sum(axis=0) * weights).sum()
+    return float((weights * along**3).sum())
+
+
+def canonical_twin(amplitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ρ, φ) or its twin (ρ(−r), −φ(−r)), whichever has non-negative ``handedness``."""
+    if handedness(amplitude, phase) >= 0:
+        return amplitude, phase
+    inverted = [np.roll(np.flip(a), 1, axis=AXES3) for a in (amplitude, phase)]
+    return inverted[0], -inverted[1]
+
+
 def fourier_shift(obj: np.ndarray, shift) -> np.ndarray:
     """Translate by a (sub-voxel) shift, as a phase ramp in reciprocal space."""
     shifted = ndi.fourier_shift(sfft.fftn(obj, workers=-1), shift)
