@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from shared import plots
 from shared.nn import network
 from shared.nn.data import ShardBatches, load_shards
 from shared.nn.loss import cdi_loss
@@ -153,6 +154,16 @@ class BatchProgress(keras.callbacks.Callback):
             self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items()}, refresh=False)
 
 
+def plot_log(log_path: Path, png: Path) -> None:
+    """Validation loss terms against epoch (log scale), from log.csv."""
+    with log_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(r["global_epoch"]) for r in rows]
+    series = {name: [float(r.get(f"val_{name}") or 0) or float("nan") for r in rows]  # 0 = term not trained yet
+              for name in ("amplitude", "phase", "fourier")}
+    plots.curve(epochs, series, png, "epoch", "validation loss term", "3D-CDI-NN training", logy=True)
+
+
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) the schedule; returns the final validation metrics."""
     out = Path(config.out)
@@ -216,6 +227,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
                     writer.writeheader()
                 writer.writerow(row)
             checkpoint.save(net, optimizer, state)
+            plot_log(log_path, out / "curve.png")
             results = row
         state = {**state, "stage": stage_index + 1, "epoch": 0}
         checkpoint.save(net, optimizer, state)
