@@ -140,3 +140,6 @@ def test_resume_continues_exactly(tmp_path):
         assert np.allclose(w1, w2, atol=1e-5)
     state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
     assert state["global_epoch"] == 2
+    train(TrainConfig(out=str(tmp_path / "cut"), schedule="shape=1,joint=2", **common), progress=False)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["epoch"], state["global_epoch"]) == (1, 2, 3)  # a longer last stage continues

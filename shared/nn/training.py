@@ -229,8 +229,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             checkpoint.save(net, optimizer, state)
             plot_log(log_path, out / "curve.png")
             results = row
-        state = {**state, "stage": stage_index + 1, "epoch": 0}
-        checkpoint.save(net, optimizer, state)
+        if stage_index + 1 < len(stages):  # the last stage stays open: a longer schedule continues it
+            state = {**state, "stage": stage_index + 1, "epoch": 0}
+            checkpoint.save(net, optimizer, state)
     net.save_weights(out / "final.weights.h5")
     summary = {"config": asdict(config), "final": results, "train_seconds": state["seconds"],
                "samples": int(len(train_idx)), "backend": keras.backend.backend(),
