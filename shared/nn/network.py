@@ -1,17 +1,20 @@
 """3D-CDI-NN (Chan, Cherukara et al.): one encoder, two decoders, 32³ in, shape and strain out.
 
-    magnitude 32³ ─ Friedel pairs (log M(q), M(q) − M(−q)) ─ encoder (3×3×3 conv, max-pool 32→16→8→4, widths w, 2w, 4w)
+    magnitude 32³ ─ Friedel pairs [log M(q), M(q) − M(−q)]
+                  ─ encoder (3×3×3 conv, max-pool 32→16→8→4, widths w, 2w, 4w)
                     ├─ amplitude decoder (conv, up-sample 4→8→16→32) → sigmoid  → ρ ∈ [0, 1]
                     └─ phase decoder     (same structure)                → π·tanh → φ ∈ (−π, π)
 
-Departures from the paper, each for a measured reason: the input is log-compressed
-inside the model (diffraction spans decades; the linear input made training collapse
-to zero output); the encoder also sees the Friedel difference M(q) − M(−q) (the
-only place the strain shows in the data, and out of reach of 3×3×3 convolutions,
-which never compare q with −q: without it the phase was not learned); and convolutions use GroupNorm + LeakyReLU instead of plain ReLU
-(dead units otherwise). GroupNorm, not BatchNorm: with BatchNorm the running
-statistics disagreed with the training-time ones (10× worse amplitude error at
-inference than in training); GroupNorm behaves the same in both. Dropout 10% after each block, as in the paper.
+Departures from the paper, each for a measured reason:
+- the input is log-compressed inside the model (diffraction spans decades; the
+  linear input made training collapse to zero output);
+- the encoder also sees the Friedel difference M(q) − M(−q): the only place the
+  strain shows in the data, and out of reach of 3×3×3 convolutions, which never
+  compare q with −q (an earlier run without it did not learn the phase at all);
+- GroupNorm + LeakyReLU instead of plain ReLU (dead units otherwise). GroupNorm,
+  not BatchNorm: BatchNorm's running statistics disagreed with the training-time
+  ones (10× worse amplitude error at inference); GroupNorm behaves the same in both.
+Dropout 10% after each block, as in the paper.
 Written with keras.layers / keras.ops only, so it runs on TensorFlow, JAX or PyTorch.
 """
 
