@@ -53,7 +53,10 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
     page.wait_for_function("document.getElementById('scan-state').textContent === 'complete'")
     page.check("input[name=stage][value=refined]")
     page.wait_for_function("document.getElementById('plot3d').dataset.stage === 'refined'", timeout=90000)
-    assert page.get_attribute("a[data-kind=strain][data-format=npz]", "class") in ("needs-geometry", "needs-geometry ")
+    # The downloads follow the scan record, which may arrive just after the refined view: wait for it.
+    page.wait_for_function("!document.querySelector('a[data-kind=strain][data-format=npz]').classList"
+                           ".contains('disabled')", timeout=20000)
+    assert page.get_attribute("a[data-kind=strain][data-format=npz]", "class").split() == ["needs-geometry"]
     page.screenshot(path=str(tmp_path / "complete.png"))
     assert Path(tmp_path / "complete.png").stat().st_size > 10000
     assert not errors
