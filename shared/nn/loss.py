@@ -53,14 +53,13 @@ def cdi_loss(amp_pred, phase_pred, amp_true, phase_true, magnitude, weights=(1.0
     amp_pred = ops.cast(amp_pred, "float32")
     phase_pred = ops.cast(phase_pred, "float32")
     w_amp, w_phase, w_fourier = weights
-    direct = supervised_terms(amp_pred, phase_pred, amp_true, phase_true)
-    mirrored = (supervised_terms(twin(amp_pred), twin(phase_pred, negate=True), amp_true, phase_true)
-                if twin_invariant else direct)
-    total_direct = w_amp * direct[0] + w_phase * direct[1]
-    total_twin = w_amp * mirrored[0] + w_phase * mirrored[1]
-    use_twin = ops.cast(total_twin < total_direct, "float32")
-    amp_term = use_twin * mirrored[0] + (1 - use_twin) * direct[0]
-    phase_term = use_twin * mirrored[1] + (1 - use_twin) * direct[1]
+    amp_term, phase_term = supervised_terms(amp_pred, phase_pred, amp_true, phase_true)
+    if twin_invariant:  # per sample, the smaller of prediction-vs-truth and twin-vs-truth
+        amp_twin, phase_twin = supervised_terms(twin(amp_pred), twin(phase_pred, negate=True), amp_true, phase_true)
+        use_twin = ops.cast(w_amp * amp_twin + w_phase * phase_twin < w_amp * amp_term + w_phase * phase_term,
+                            "float32")
+        amp_term = use_twin * amp_twin + (1 - use_twin) * amp_term
+        phase_term = use_twin * phase_twin + (1 - use_twin) * phase_term
     terms = {"amplitude": ops.mean(amp_term), "phase": ops.mean(phase_term)}
     total = w_amp * terms["amplitude"] + w_phase * terms["phase"]
     if w_fourier:

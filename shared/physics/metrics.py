@@ -26,9 +26,14 @@ def chi(estimate: np.ndarray, measured_intensity: np.ndarray) -> float:
     return float(np.linalg.norm(scale * model - data) / max(np.linalg.norm(data), 1e-30))
 
 
+def point_inversion(x: np.ndarray) -> np.ndarray:
+    """x(−r) of a 3D array, inverted about index n//2 of each axis (the fftshift grid's centre)."""
+    return np.roll(np.flip(x), 1, axis=AXES3)
+
+
 def twin(obj: np.ndarray) -> np.ndarray:
-    """conj(ρ(−r)) of a 3D object, inverted about index n//2 of each axis: same |FFT|."""
-    return np.conj(np.roll(np.flip(obj), 1, axis=AXES3))
+    """conj(ρ(−r)) of a 3D object: same |FFT|."""
+    return np.conj(point_inversion(obj))
 
 
 def handedness(amplitude: np.ndarray, phase: np.ndarray) -> float:
@@ -42,7 +47,8 @@ def handedness(amplitude: np.ndarray, phase: np.ndarray) -> float:
         return float((amplitude * phase**3).sum())
     coords = np.indices(amplitude.shape).reshape(3, -1).astype(float)
     weights = amplitude.ravel() / max(amplitude.sum(), 1e-30)
-    along = coords.sum(axis=0) - (coords.sum(axis=0) * weights).sum()
+    diagonal = coords.sum(axis=0)  # position along (1,1,1)
+    along = diagonal - (diagonal * weights).sum()
     return float((weights * along**3).sum())
 
 
@@ -50,8 +56,7 @@ def canonical_twin(amplitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray
     """(ρ, φ) or its twin (ρ(−r), −φ(−r)), whichever has non-negative ``handedness``."""
     if handedness(amplitude, phase) >= 0:
         return amplitude, phase
-    inverted = [np.roll(np.flip(a), 1, axis=AXES3) for a in (amplitude, phase)]
-    return inverted[0], -inverted[1]
+    return point_inversion(amplitude), -point_inversion(phase)
 
 
 def fourier_shift(obj: np.ndarray, shift) -> np.ndarray:
