@@ -1,21 +1,28 @@
 """Measured volume → NN stage → optional refined stage, each on the input's real-space grid.
 
-The refinement runs on the full-resolution crop (DCT-downsampled only when the
-crop exceeds ``refine_size`` per axis) with the 32³ prediction placed at the
-centre of that grid: both share the crop's real-space voxel size.
+The refined stage uses all the measured data the user gave, on its own grid:
+
+1. the Bragg peak (centre of mass, whole voxels) is rolled to the grid centre;
+2. only an axis longer than ``refine_size`` is DCT-downsampled (same q-range,
+   same real-space voxel, smaller field of view), and the file says so;
+3. the network's prediction, put on that grid, seeds ``shared.pipeline.converge``;
+4. the result is zero-padded back to the input's field of view and the peak
+   offset is restored as a phase ramp, so |fftshift(fftn(ρe^{iφ}))|² is the
+   model of the input exactly as given (``phase_ramp`` = "kept").
+The χ reported is computed from the written arrays against the input.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.nn.inference import Predictor, network_crop
-from shared.physics.downsample import to_input_grid
+from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
-from shared.refinement import refine
+from shared.physics.downsample import to_input_grid
+from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Plan, converge
 
 
 @dataclass
@@ -25,6 +32,7 @@ class Stage:
     support: np.ndarray
     chi: np.ndarray
     seconds: float
+    info: dict = field(default_factory=dict)
 
 
 def embed(obj: np.ndarray, shape) -> np.ndarray:
@@ -35,43 +43,98 @@ def embed(obj: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-def refinement_data(volume: np.ndarray, refine_size: int):
-    """(intensity on the refinement grid, crop shape) for one measured volume."""
-    crop = network_crop(volume)
-    cropped = downsample.crop_around(volume, downsample.bragg_peak(volume), crop)
-    grid = tuple(min(c, refine_size) for c in crop)
-    if grid == tuple(crop):
-        return cropped.astype(np.float32), crop
-    magnitude = np.clip(downsample.dct_downsample(np.sqrt(cropped), grid), 0, None)
-    return (magnitude**2).astype(np.float32), crop
+def centre_crop(obj: np.ndarray, shape) -> np.ndarray:
+    """The central ``shape`` of a larger array (the inverse of :func:`embed`)."""
+    starts = [(o - s) // 2 for s, o in zip(shape, obj.shape)]
+    return obj[tuple(slice(st, st + s) for st, s in zip(starts, shape))]
 
 
-def reconstruct(intensity: np.ndarray, predictor: Predictor, refine_steps: int = 0, time_budget=None,
-                refine_size: int = 64, loss: str = "gaussian", on_input_grid: bool = True, progress=None):
-    """Returns {"nn": Stage, "refined": Stage (when refine_steps > 0)}."""
+def peak_offset(volume: np.ndarray) -> tuple[int, ...]:
+    """Whole-voxel offset of the Bragg peak from the grid centre (index n//2)."""
+    return tuple(int(p - n // 2) for p, n in zip(downsample.bragg_peak(volume), volume.shape))
+
+
+def phase_ramp(shape, offset) -> np.ndarray:
+    """exp(2πi k·r/n): multiplying an object by it moves its |FFT| by ``offset`` voxels."""
+    ramp = np.ones(shape, np.complex64)
+    for axis, (n, k) in enumerate(zip(shape, offset)):
+        if k:
+            along = np.exp(2j * np.pi * k * np.arange(n) / n).astype(np.complex64)
+            ramp = ramp * along.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+    return ramp
+
+
+def refinement_grid(shape, refine_size: int = REFINE_SIZE) -> tuple:
+    return tuple(min(n, refine_size) for n in shape)
+
+
+def to_grid(volume: np.ndarray, grid) -> np.ndarray:
+    """Intensity DCT-downsampled (as a magnitude) to ``grid``; unchanged when it already fits."""
+    if tuple(grid) == volume.shape:
+        return np.asarray(volume, np.float32)
+    return (np.clip(downsample.dct_downsample(np.sqrt(np.clip(volume, 0, None)), grid), 0, None) ** 2).astype(np.float32)
+
+
+def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
+    """A voxel of the coarser grid counts as measured when most of what it averages was."""
+    if tuple(grid) == measured.shape:
+        return measured.astype(bool)
+    return downsample.dct_downsample(measured.astype(np.float32), grid) > 0.5
+
+
+def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
+                  refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True) -> Stage:
+    """The refined stage for a batch of scans of one shape; NN results on the network grid.
+
+    ``on_input_grid`` False returns the result on the refinement grid, peak
+    centred (``phase_ramp`` "removed"; χ against the data on that grid).
+    """
+    started = time.perf_counter()
+    shape = intensity.shape[1:]
+    grid = refinement_grid(shape, refine_size)
+    offsets = [peak_offset(v) for v in intensity]
+    roll = lambda x, k: np.roll(x, [-c for c in k], axis=(0, 1, 2))  # noqa: E731  peak to the centre
+    data = np.stack([to_grid(roll(v, k), grid) for v, k in zip(intensity, offsets)])
+    mask = None
+    if measured is not None:
+        measured = np.broadcast_to(measured, intensity.shape)
+        mask = np.stack([mask_to_grid(roll(m, k), grid) for m, k in zip(measured, offsets)])
+    starts = []
+    for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
+        a, p, _ = to_input_grid(a, p, crop, shape) if a.shape != shape else (a, p, None)
+        starts.append(centre_crop(a * np.exp(1j * p), grid))
+    result = converge(data, np.stack(starts), mask, plan)
+    amps, phases, supports, chis = [], [], [], []
+    masks = mask if mask is not None else [None] * len(intensity)
+    for obj, volume, grid_data, k, m, m_grid in zip(result.obj, intensity, data, offsets,
+                                                    measured if measured is not None else masks, masks):
+        if on_input_grid:
+            obj, grid_data, m_grid = embed(obj, shape) * phase_ramp(shape, k), volume, m
+        a, p, s = metrics.canonical(obj, phase_outside=True)
+        amps.append(a), phases.append(p), supports.append(s)
+        chis.append(metrics.chi(a * np.exp(1j * p), grid_data, m_grid))
+    info = {"grid": list(grid), "downsampled": list(grid) != list(shape),
+            "phase_ramp": "kept" if on_input_grid else "removed",
+            "bragg_peak_offset": [list(k) for k in offsets], "plan": plan.describe(), "start": result.start,
+            "chi_refinement_grid": [float(c) for c in result.chi], "stage_seconds": result.seconds}
+    return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
+                 info)
+
+
+def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,
+                on_input_grid: bool = True, progress=None, measured: np.ndarray | None = None,
+                plan: Plan = REFINE_PLAN):
+    """Returns {"nn": Stage, "refined": Stage (when ``refine``)}."""
     nn = predictor.reconstruct(intensity, on_input_grid=False, progress=progress)
-    stages = {}
     shapes = [v.shape for v in intensity]
-
-    def place(amps, phases, crops, chis, seconds):
-        out_a, out_p, out_s = [], [], []
-        for a, p, crop, shape in zip(amps, phases, crops, shapes):
-            if on_input_grid and a.shape != shape:
-                a, p, s = to_input_grid(a, p, crop, shape)
-            else:
-                s = a > 0.1
-            out_a.append(a), out_p.append(p), out_s.append(s)
-        return Stage(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.asarray(chis), seconds)
-
-    stages["nn"] = place(nn.amplitude, nn.phase, nn.crops, nn.chi, nn.seconds)
-    if refine_steps:
-        started = time.perf_counter()
-        amps, phases, chis = [], [], []
-        for volume, a, p in zip(intensity, nn.amplitude, nn.phase):  # grids may differ per scan
-            measured, _ = refinement_data(volume, refine_size)
-            start = embed(a * np.exp(1j * p), measured.shape)
-            result = refine(measured[None], start[None], refine_steps, loss=loss, time_budget=time_budget)
-            ra, rp, _ = metrics.canonical(result.obj[0])
-            amps.append(ra), phases.append(rp), chis.append(float(result.chi[0]))
-        stages["refined"] = place(amps, phases, nn.crops, chis, time.perf_counter() - started)
+    out_a, out_p, out_s = [], [], []
+    for a, p, crop, shape in zip(nn.amplitude, nn.phase, nn.crops, shapes):
+        if on_input_grid and a.shape != shape:
+            a, p, s = to_input_grid(a, p, crop, shape)
+        else:
+            s = a > 0.1
+        out_a.append(a), out_p.append(p), out_s.append(s)
+    stages = {"nn": Stage(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.asarray(nn.chi), nn.seconds)}
+    if refine:
+        stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan)
     return stages

@@ -1,7 +1,9 @@
 """Refinement of a prediction by gradient descent through the forward model (AD), as in the paper.
 
-    minimise  L(ρ) = Σ (|F(ρ·S)| − M)² / Σ M²        (Gaussian; χ² )
-          or  L(ρ) = Σ (|F|² − I·log|F|²) / Σ I      (Poisson likelihood)
+    minimise  L(ρ) = Σ W·(|F(ρ·S)| − M)² / Σ M²        (Gaussian; χ² )
+          or  L(ρ) = Σ W·(|F|² − I·log|F|²) / Σ I      (Poisson likelihood)
+    W = 1 where measured, 0 where not (detector gaps, bad pixels, frames not
+    yet acquired): there the model is free instead of being pulled to zero.
     over ρ = re + i·im, with Adam, starting from the network's prediction,
     the support S shrink-wrapped every ``shrink_every`` steps,
     stopping at ``steps``, a χ plateau, or a time budget.
@@ -40,21 +42,22 @@ class RefineResult:
     seconds: float = 0.0
 
 
-def gaussian_loss(params, magnitude, support):
+def gaussian_loss(params, magnitude, support, measured):
     re, im = params
     fr, fi = fft3(re * support, im * support)
     modulus = ops.sqrt(fr * fr + fi * fi + 1e-20)
-    chi2 = ops.sum((modulus - magnitude) ** 2, axis=AXES) / ops.sum(magnitude**2, axis=AXES)
+    chi2 = ops.sum(measured * (modulus - magnitude) ** 2, axis=AXES) / ops.sum(magnitude**2, axis=AXES)
     return ops.sum(chi2), ops.sqrt(chi2)
 
 
-def poisson_loss(params, magnitude, support):
+def poisson_loss(params, magnitude, support, measured):
     re, im = params
     fr, fi = fft3(re * support, im * support)
     power = fr * fr + fi * fi
     counts = magnitude**2
-    nll = ops.sum(power - counts * ops.log(power + 1e-12), axis=AXES) / ops.sum(counts, axis=AXES)
-    chi = ops.sqrt(ops.sum((ops.sqrt(power + 1e-20) - magnitude) ** 2, axis=AXES) / ops.sum(counts, axis=AXES))
+    nll = ops.sum(measured * (power - counts * ops.log(power + 1e-12)), axis=AXES) / ops.sum(counts, axis=AXES)
+    misfit = measured * (ops.sqrt(power + 1e-20) - magnitude) ** 2
+    chi = ops.sqrt(ops.sum(misfit, axis=AXES) / ops.sum(counts, axis=AXES))
     return ops.sum(nll), chi
 
 
@@ -101,8 +104,13 @@ def scale_to_data(start: np.ndarray, magnitude_unshifted: np.ndarray) -> np.ndar
 def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_rate: float = 0.1,
            loss: str = "gaussian", shrink_every: int = 25, sigma: float = 1.0, threshold: float = 0.1,
            time_budget: float | None = None, patience: int = 30, tolerance: float = 1e-4,
-           progress=None) -> RefineResult:
-    """Refine ``start`` (B, n, n, n complex, centred) against ``intensity`` (B, n, n, n, centred)."""
+           progress=None, measured: np.ndarray | None = None) -> RefineResult:
+    """Refine ``start`` (B, n, n, n complex, centred) against ``intensity`` (B, n, n, n, centred).
+
+    ``measured`` (bool, centred like the intensity) marks the voxels that were
+    measured; the others do not enter the loss. ``shrink_every`` 0 keeps the
+    start's support (its amplitude above ``threshold``) fixed.
+    """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; use {' or '.join(LOSSES)}")
     if steps < 0 or learning_rate <= 0 or (time_budget is not None and time_budget <= 0):
@@ -113,22 +121,26 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
         raise InputError(f"intensity {intensity.shape} and start {start.shape} must both be (B, n, n, n)")
     began = time.perf_counter()
     magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity, 0, None)), axes=AXES).astype(np.float32)
+    weight = np.ones_like(magnitude) if measured is None else sfft.ifftshift(
+        np.broadcast_to(measured, intensity.shape), axes=AXES).astype(np.float32)
+    mask = None if measured is None else weight > 0
     obj = scale_to_data(start, magnitude)
     amp = np.abs(obj)
     support = (amp > threshold * amp.max(axis=AXES, keepdims=True)).astype(np.float32)
     kernel = phasing.blur_kernel(amp.shape[1:], sigma)
-    support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
+    if shrink_every:
+        support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
     run = engine(obj.shape, loss)
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step
-    chi_start = phasing.project_chi(obj * support, magnitude)
+    chi_start = phasing.project_chi(obj * support, magnitude, mask)
     best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
     best_support = support > 0
     history = [(time.perf_counter() - began, chi_start.copy())]
-    data_m = ops.convert_to_tensor(magnitude)
+    data_m, data_w = ops.convert_to_tensor(magnitude), ops.convert_to_tensor(weight)
     taken = 0
     for taken in range(1, steps + 1):
-        chi, before = step(data_m, ops.convert_to_tensor(support))
+        chi, before = step(data_m, ops.convert_to_tensor(support), data_w)
         chi = np.asarray(chi)  # χ of ``before``: the step evaluates, then updates
         improved = chi < best_chi
         if improved.any():
@@ -146,7 +158,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
         if taken > patience and np.all(history[-patience - 1][1] - best_chi < tolerance * best_chi):
             break
     last = (np.asarray(re.value) + 1j * np.asarray(im.value)) * support
-    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude)
+    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask)
     improved = last_chi < best_chi
     best[improved], best_chi[improved], best_support[improved] = last[improved], last_chi[improved], support[improved] > 0
     return RefineResult(best, best_support, best_chi, chi_start, history, taken, time.perf_counter() - began)

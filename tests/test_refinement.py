@@ -19,7 +19,7 @@ def test_gradient_matches_finite_differences(loss_fn):
     support = np.ones_like(re)
     params = [tf.Variable(re), tf.Variable(im)]
     with tf.GradientTape() as tape:
-        value, _ = loss_fn(params, tf.constant(magnitude), tf.constant(support))
+        value, _ = loss_fn(params, tf.constant(magnitude), tf.constant(support), tf.constant(support))
     grads = [g.numpy() for g in tape.gradient(value, params)]
     h = 1e-6
     for which, index in [(0, (0, 1, 2, 3)), (1, (0, 4, 0, 5)), (0, (0, 0, 0, 0))]:
@@ -27,7 +27,7 @@ def test_gradient_matches_finite_differences(loss_fn):
         minus = [re.copy(), im.copy()]
         plus[which][index] += h
         minus[which][index] -= h
-        fd = (float(loss_fn(plus, magnitude, support)[0]) - float(loss_fn(minus, magnitude, support)[0])) / (2 * h)
+        fd = (float(loss_fn(plus, magnitude, support, support)[0]) - float(loss_fn(minus, magnitude, support, support)[0])) / (2 * h)
         assert grads[which][index] == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 

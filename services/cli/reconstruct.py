@@ -1,12 +1,15 @@
-"""Reconstruct shape and strain with 3D-CDI-NN (milliseconds per scan).
+"""Reconstruct shape and strain with 3D-CDI-NN (milliseconds per scan), optionally refined.
 
 INPUT is a measured intensity (3D) or a batch (4D), any size ≥ 32 per axis;
-larger volumes are cropped around the Bragg peak and DCT-downsampled to 32³,
-and the result is returned on the input's real-space grid.
+the network sees a crop around the Bragg peak DCT-downsampled to 32³. With
+``--refine`` the prediction seeds the refined stage (``shared.pipeline``) on
+all of the input's data, so the file written reproduces the input: χ of
+|fftshift(fftn(amplitude·e^{i·phase}))| against √INPUT is the χ reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from services.cli.options import positive_float, positive_int
 from shared import __version__
 from shared.errors import InputError
 from shared.files import read_intensity, write_result, write_vti
+from shared.pipeline import REFINE_PLAN, REFINE_SIZE
 
 
 def add_arguments(p):
@@ -28,17 +32,28 @@ def add_arguments(p):
     p.add_argument("--network-grid", action="store_true", help="keep the 32³ network grid (no resampling)")
     p.add_argument("--format", choices=["h5", "cxi"], default="h5")
     p.add_argument("--vti", type=Path, help="also write the first scan as VTK .vti")
-    p.add_argument("--refine", action="store_true", help="refine the prediction by AD through the forward model")
-    p.add_argument("--refine-steps", type=positive_int, default=200, help="maximum refinement steps")
-    p.add_argument("--time-budget", type=positive_float, help="seconds of refinement per scan at most")
-    p.add_argument("--refine-loss", choices=["gaussian", "poisson"], default="gaussian")
-    p.add_argument("--refine-size", type=positive_int, default=64, help="largest refinement grid per axis")
+    p.add_argument("--refine", action="store_true",
+                   help="refined stage: network-seeded starts → ER/HIO → AD polish, on the input's grid")
+    p.add_argument("--refine-steps", type=positive_int, default=REFINE_PLAN.polish_steps, help="AD polish steps")
+    p.add_argument("--time-budget", type=positive_float, help="seconds of AD polish at most")
+    p.add_argument("--refine-loss", choices=["gaussian", "poisson"], default=REFINE_PLAN.polish_loss,
+                   help="likelihood of the AD polish")
+    p.add_argument("--refine-size", type=positive_int, default=REFINE_SIZE,
+                   help="largest refinement grid per axis; longer axes are DCT-downsampled (said in the file)")
+    p.add_argument("--mask", type=Path, help="array of INPUT's shape, non-zero where a voxel was NOT measured "
+                   "(detector gaps, bad pixels, missing frames): those voxels are left free")
 
 
 def run(args):
     intensity, was_batch = read_intensity(args.input, args.dataset, min_size=32)
     if args.refine_size < 32:
         raise InputError("--refine-size must be at least 32")
+    measured = None
+    if args.mask is not None:
+        mask, _ = read_intensity(args.mask, min_size=1)
+        if mask.shape[1:] != intensity.shape[1:]:
+            raise InputError(f"{args.mask}: mask shape {mask.shape[1:]} differs from the input's {intensity.shape[1:]}")
+        measured = mask == 0
     from shared.nn.inference import Predictor  # TensorFlow loads only when needed
     from shared.reconstruction import reconstruct
 
@@ -46,8 +61,10 @@ def run(args):
     predictor = Predictor(args.weights, args.batch)
     load_seconds = time.perf_counter() - started
     with tqdm(total=len(intensity), desc="3D-CDI-NN", unit="scan", disable=None if len(intensity) > 8 else True) as bar:
-        stages = reconstruct(intensity, predictor, args.refine_steps if args.refine else 0, args.time_budget,
-                             args.refine_size, args.refine_loss, not args.network_grid, bar.update)
+        plan = dataclasses.replace(REFINE_PLAN, polish_steps=args.refine_steps, polish_loss=args.refine_loss,
+                                   polish_time_budget=args.time_budget)
+        stages = reconstruct(intensity, predictor, args.refine, args.refine_size, not args.network_grid, bar.update,
+                             measured, plan)
     final_name = "refined" if args.refine else "nn"
     final = stages[final_name]
     pick = slice(None) if was_batch else 0
@@ -55,12 +72,27 @@ def run(args):
     for name, stage in stages.items():
         extra.update({f"{name}/amplitude": stage.amplitude[pick], f"{name}/phase": stage.phase[pick],
                       f"{name}/chi": stage.chi, f"{name}/seconds": np.float64(stage.seconds)})
+    refined = stages.get("refined")
+    grid_note = {}
+    if refined is not None:
+        info = refined.info
+        grid_note = {"refinement_grid": np.array(info["grid"]), "downsampled": int(info["downsampled"]),
+                     "phase_ramp": info["phase_ramp"], "plan": info["plan"],
+                     "bragg_peak_offset": np.array(info["bragg_peak_offset"][0] if not was_batch
+                                                   else info["bragg_peak_offset"]),
+                     "chi_definition": "||s·|fftshift(fftn(amplitude·exp(i·phase)))| − sqrt(input)|| / ||sqrt(input)||, "
+                                       "best scale s, over measured voxels",
+                     "start_kept": info["start"] if was_batch else info["start"][0]}
+        if info["downsampled"]:
+            grid_note["note"] = (f"the input {tuple(intensity.shape[1:])} was DCT-downsampled to {tuple(info['grid'])} "
+                                 f"for refinement (same q-range and voxel size, smaller field of view); "
+                                 f"the result is zero-padded back to the input's grid")
     write_result(args.out, final.amplitude[pick], final.phase[pick], final.support[pick],
-                 {"method": "3D-CDI-NN" + (" + AD refinement" if args.refine else ""), "stage": final_name,
+                 {"method": "3D-CDI-NN" + (" + refined stage (ER/HIO + AD)" if args.refine else ""), "stage": final_name,
                   "model_version": predictor.card.get("version", "unknown"), "chi": final.chi,
                   "chi_nn": stages["nn"].chi, "seconds_nn": stages["nn"].seconds,
                   "seconds": sum(s.seconds for s in stages.values()), "load_seconds": load_seconds,
-                  "version": __version__}, args.format, extra=extra if args.format == "h5" else None)
+                  "version": __version__, **grid_note}, args.format, extra=extra if args.format == "h5" else None)
     if args.vti:
         write_vti(args.vti, {"amplitude": final.amplitude[0], "phase": final.phase[0]})
     summary = ", ".join(f"{name}: median χ {np.median(s.chi):.4f} in {1000 * s.seconds / len(intensity):.0f} ms/scan"

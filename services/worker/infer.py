@@ -1,5 +1,10 @@
 """Inference worker: micro-batches preview and final jobs across scans through 3D-CDI-NN.
 
+The network's shape then seeds a short projection run on its own 32³ input
+(``shared.pipeline.PREVIEW_PLAN``: flat phase, ER/HIO, frames not yet taken
+left free), whose phase beats both the network's and a flat one; that is the
+``nn`` stage operators see.
+
 A partial job is skipped when a newer job for the same scan is already known
 (only the freshest preview is worth computing); final jobs are never skipped.
 """
@@ -15,7 +20,8 @@ import numpy as np
 
 from services.worker.queue import JobQueue, run_forever
 from shared.nn.inference import Predictor
-from shared.physics import metrics
+from shared.physics import downsample, metrics
+from shared.pipeline import PREVIEW_PLAN, converge
 from shared.settings import Settings
 from shared.store import Store
 
@@ -66,22 +72,33 @@ class InferenceWorker:
         inputs = np.stack([np.frombuffer(w["job"]["input"], "<f4").reshape(32, 32, 32) for w in work])
         started = time.perf_counter()
         amp, phase = self.predictor.predict_magnitudes(inputs)
+        network_seconds = (time.perf_counter() - started) / len(work)
+        measured = np.stack([self.measured(w["job"]) for w in work])
+        preview = converge(inputs**2, amp * np.exp(1j * phase), measured, PREVIEW_PLAN)
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m in zip(work, amp, phase, inputs):
+        for w, a, p, m, obj, mask in zip(work, amp, phase, inputs, preview.obj, measured):
             job = w["job"]
             scan = job["scan"].decode()
-            obj = a * np.exp(1j * p)
-            chi = metrics.chi(obj, m**2)
             ca, cp, _ = metrics.canonical(obj)
-            info = {"frames_used": int(job["frames_used"]), "chi": float(chi), "seconds": seconds, "seq": w["seq"],
-                    "final": w["final"], "crop": json.loads(job["crop"]),
-                    "latency": time.time() - float(job["queued"])}
+            info = {"frames_used": int(job["frames_used"]), "chi": metrics.chi(obj, m**2, mask),
+                    "chi_network": metrics.chi(a * np.exp(1j * p), m**2, mask), "seconds": seconds,
+                    "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
+                    "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"])}
             self.store.put_result(scan, "nn", ca, cp, info)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
             if w["final"]:
                 self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()})
             self.queue.done(w["id"])
+
+
+    def measured(self, job: dict) -> np.ndarray:
+        """The network-grid voxels resting on frames already taken (all, for a complete scan)."""
+        record = self.store.scan(job["scan"].decode()) or {}
+        total, used = int(record.get("frames_expected", 0) or 0), int(job["frames_used"])
+        crop_frames = json.loads(job["crop"])[0]
+        frames = np.ones(32, bool) if not total or used >= total else downsample.measured_frames(total, used, crop_frames)
+        return np.broadcast_to(frames[:, None, None], (32, 32, 32))
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, consumer: str | None = None) -> None:

@@ -1,7 +1,8 @@
-"""Refinement worker: AD refinement of the final NN result of each completed scan."""
+"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN result."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -13,9 +14,8 @@ import numpy as np
 
 from services.worker.queue import JobQueue, run_forever
 from shared.errors import InputError
-from shared.physics import metrics
-from shared.reconstruction import embed, refinement_data
-from shared.refinement import refine
+from shared.pipeline import REFINE_PLAN
+from shared.reconstruction import refined_stage
 from shared.settings import Settings
 from shared.store import Store
 
@@ -54,17 +54,21 @@ class RefinementWorker:
             volume = f["frames"][()].astype(np.float32)
         if min(volume.shape) < 32:
             volume = np.pad(volume, [(0, max(0, 32 - s)) for s in volume.shape])
-        measured, crop = refinement_data(volume, self.settings.refine_size)
         amp, phase, info = nn
-        start = embed(amp * np.exp(1j * phase), measured.shape)
+        plan = dataclasses.replace(REFINE_PLAN, polish_steps=steps or self.settings.refine_steps,
+                                   polish_loss=loss or REFINE_PLAN.polish_loss,
+                                   polish_time_budget=time_budget or self.settings.refine_time_budget)
+        crop = tuple(info.get("crop") or amp.shape)
         began = time.perf_counter()
-        result = refine(measured[None], start[None], steps or self.settings.refine_steps, loss=loss,
-                        time_budget=time_budget or self.settings.refine_time_budget)
-        ra, rp, _ = metrics.canonical(result.obj[0])
-        self.store.put_result(scan, "refined", ra, rp, {
-            "frames_used": info["frames_used"], "chi": float(result.chi[0]), "chi_start": float(result.chi_start[0]),
-            "seconds": time.perf_counter() - began, "steps": result.steps, "seq": info["seq"], "crop": list(crop),
-            "loss": loss}, force=True)
+        stage = refined_stage(volume[None], amp[None], phase[None], [crop], None, self.settings.refine_size, plan,
+                              on_input_grid=False)  # the refinement grid (≤ refine_size³): Redis holds it
+        extra = stage.info
+        self.store.put_result(scan, "refined", stage.amplitude[0], stage.phase[0], {
+            "frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": time.perf_counter() - began,
+            "seq": info["seq"], "crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
+            "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
+            "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]},
+            force=True)
         self.store.count("results_refined")
 
 

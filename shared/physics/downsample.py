@@ -147,3 +147,16 @@ def to_input_grid(amplitude, phase, crop_shape, input_shape, threshold: float = 
     amp /= max(amp.max(), 1e-30)
     support = amp > threshold
     return amp.astype(np.float32), (np.angle(fine) * support).astype(np.float32), support
+
+
+def measured_frames(frames_total: int, frames_used: int, crop_frames: int, size: int = NETWORK_SIZE) -> np.ndarray:
+    """Which of the ``size`` network-grid samples along the rocking axis rest on frames already taken.
+
+    The crop along the frames is centred on the middle of the whole rocking curve
+    (as ``services.ingest.assembly`` takes it) and frames arrive in order, so the
+    samples past the last frame taken are not measured yet: free, not zero.
+    """
+    total = max(frames_total, size)
+    first = int(np.clip(total // 2 - crop_frames // 2, 0, total - crop_frames))
+    old = (np.arange(size) + 0.5) * crop_frames / size - 0.5  # each sample's position in the crop
+    return old + first <= frames_used - 1

@@ -18,10 +18,13 @@ import scipy.ndimage as ndi
 AXES3 = (0, 1, 2)
 
 
-def chi(estimate: np.ndarray, measured_intensity: np.ndarray) -> float:
-    """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor."""
+def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarray | None = None) -> float:
+    """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor, with
+    |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None)."""
     model = np.abs(sfft.fftshift(sfft.fftn(estimate, workers=-1)))
     data = np.sqrt(np.clip(measured_intensity, 0, None))
+    if measured is not None:
+        model, data = model[measured], data[measured]
     scale = (model * data).sum() / max((model**2).sum(), 1e-30)
     return float(np.linalg.norm(scale * model - data) / max(np.linalg.norm(data), 1e-30))
 
@@ -178,16 +181,18 @@ def errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return best
 
 
-def canonical(obj: np.ndarray, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def canonical(obj: np.ndarray, threshold: float = 0.1, phase_outside: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Present an estimate the same way every time: (amplitude max 1, phase, support).
 
     Centred on the grid, amplitude scaled to a maximum of 1, and the phase offset
-    chosen so the amplitude-weighted mean phase inside the support is zero.
+    chosen so the amplitude-weighted mean phase inside the support is zero. The
+    phase is zeroed outside the support unless ``phase_outside`` (then
+    amplitude·e^{i·phase} is the estimate itself, up to a shift and a constant).
     """
     obj = centre_object(obj)
     amp = np.abs(obj)
     peak = amp.max()
     support = amp > threshold * peak
     offset = np.angle((obj * support).sum())
-    phase = np.angle(obj * np.exp(-1j * offset)) * support
+    phase = np.angle(obj * np.exp(-1j * offset)) * (amp > 0 if phase_outside else support)
     return (amp / max(peak, 1e-30)).astype(np.float32), phase.astype(np.float32), support

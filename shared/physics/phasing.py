@@ -32,6 +32,7 @@ class PhasingState:
     magnitude: np.ndarray  # measured |F|, unshifted FFT frame, float32 (B, n, n, n)
     obj: np.ndarray  # current estimate, complex64
     support: np.ndarray  # bool
+    measured: np.ndarray | None = None  # bool, unshifted frame; False = not measured (gap, frame not yet taken)
     beta: float = 0.9
     sigma: float = 1.0  # shrink-wrap Gaussian blur (voxels)
     threshold: float = 0.1  # shrink-wrap threshold, fraction of the blurred maximum
@@ -49,9 +50,14 @@ def project_magnitude(state: PhasingState) -> np.ndarray:
     field_ = sfft.fftn(state.obj, axes=AXES, workers=-1)
     modulus = np.abs(field_)
     diff = modulus - state.magnitude
+    if state.measured is not None:
+        diff *= state.measured
     state.chi = np.sqrt((diff * diff).sum(AXES) / (state.magnitude**2).sum(AXES))
     np.maximum(modulus, 1e-12, out=modulus)
-    np.divide(state.magnitude, modulus, out=modulus)
+    if state.measured is None:
+        np.divide(state.magnitude, modulus, out=modulus)
+    else:  # unmeasured voxels are free: the model keeps its own modulus there
+        modulus = np.where(state.measured, state.magnitude / modulus, np.float32(1))
     field_ *= modulus
     return sfft.ifftn(field_, axes=AXES, workers=-1, overwrite_x=True)
 
@@ -144,16 +150,18 @@ def run_schedule(state: PhasingState, schedule: str = PAPER_SCHEDULE, average_la
     """
     steps = parse_schedule(schedule)
     total = sum(n for _, n in steps)
-    average_last = min(average_last, total)
+    average_last = max(1, min(average_last, total))
     mean = np.zeros_like(state.obj)
+    done = 0  # iterations of this schedule (a state may run several schedules in turn)
     for name, count in steps:
         algorithm = ALGORITHMS[name]
         for _ in range(count):
             algorithm(state)
             state.iteration += 1
-            if state.shrink_every and state.iteration % state.shrink_every == 0 and state.iteration < total:
+            done += 1
+            if state.shrink_every and state.iteration % state.shrink_every == 0 and done < total:
                 shrink_wrap(state)
-            if state.iteration > total - average_last:
+            if done > total - average_last:
                 mean += state.obj
             if progress is not None:
                 progress(1)
@@ -187,14 +195,24 @@ def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts
         # Put the start's scale on the data's: |FFT| sum of squares equals the measured one.
         scale = np.sqrt((magnitude**2).sum(AXES) / np.maximum((amp**2).sum(AXES) * np.prod(amp.shape[1:]), 1e-30))
         obj *= scale.reshape(-1, 1, 1, 1).astype(np.float32)
-    state = PhasingState(magnitude, obj, support, beta, sigma, threshold, shrink_every)
+    state = PhasingState(magnitude, obj, support, None, beta, sigma, threshold, shrink_every)
     result = run_schedule(state, schedule, progress=progress, history=history)
     final = project_chi(result, magnitude)
     pick = final.reshape(batch, starts).argmin(axis=1) + np.arange(batch) * starts
     return result[pick], state.support[pick], final[pick]
 
 
-def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray) -> np.ndarray:
-    """χ of objects against unshifted magnitudes: ‖|FFT ρ| − M‖ / ‖M‖ per scan."""
-    modulus = np.abs(sfft.fftn(obj, axes=AXES, workers=-1))
-    return np.sqrt(((modulus - magnitude_unshifted) ** 2).sum(AXES) / (magnitude_unshifted**2).sum(AXES))
+def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
+    """χ of objects against unshifted magnitudes: ‖|FFT ρ| − M‖ / ‖M‖ per scan, over measured voxels."""
+    diff = np.abs(sfft.fftn(obj, axes=AXES, workers=-1)) - magnitude_unshifted
+    if measured is not None:
+        diff = diff * measured
+    return np.sqrt((diff**2).sum(AXES) / (magnitude_unshifted**2).sum(AXES))
+
+
+def select(state: PhasingState, index: np.ndarray) -> PhasingState:
+    """The runs ``index`` of a batch, to go on alone (dropping starts that lost)."""
+    pick = lambda a: None if a is None else a[index]  # noqa: E731
+    return PhasingState(state.magnitude[index], state.obj[index], state.support[index], pick(state.measured),
+                        state.beta, state.sigma, state.threshold, state.shrink_every, state.iteration,
+                        pick(state.chi), state.blur_kernel)

@@ -1,0 +1,108 @@
+"""The refined stage: from a network's prediction to a converged reconstruction.
+
+    starts    flat, NN, twin, flat twin          (from the network's shape and phase)
+    explore   ER**20 * HIO**20                   every start, all scans batched
+    keep      the start with the lowest χ per scan  (the others are dropped here, which is the speed)
+    converge  HIO**100 * ER**20
+    tighten   ER**20, support at 0.2 of the blurred maximum (noise stays out of the support's skirt)
+    polish    Adam on the Poisson likelihood by AD through the forward model, unmeasured voxels free
+    answer    the iterate with the lowest χ
+
+Shrink-wrap runs every 5 iterations (each costs about half an iteration).
+
+The network decides where projections start; projections find the basin,
+which gradient descent from the prediction does not (it stalls); AD does what
+projections cannot: the Poisson likelihood and masked voxels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from shared.physics import phasing
+from shared.physics.starts import candidate_starts
+
+AXES = (1, 2, 3)
+REFINE_SIZE = 128  # largest refinement grid per axis; a longer axis is DCT-downsampled
+
+
+@dataclass(frozen=True)
+class Plan:
+    starts: tuple = ("flat", "nn", "twin", "flat_twin")
+    explore: str = "20*ER+20*HIO"
+    converge: str = "100*HIO+20*ER"
+    tighten: str = "20*ER"
+    tight_threshold: float = 0.2
+    polish_steps: int = 40
+    polish_loss: str = "poisson"
+    polish_rate: float = 0.01
+    polish_time_budget: float | None = None  # seconds of AD polish at most
+    beta: float = 0.9
+    sigma: float = 1.0
+    threshold: float = 0.1
+    shrink_every: int = 5
+
+    def describe(self) -> str:
+        return (f"starts {'+'.join(self.starts)} → {self.explore} → keep best → {self.converge} → "
+                f"{self.tighten} (threshold {self.tight_threshold}) → {self.polish_steps} Adam steps, "
+                f"{self.polish_loss} likelihood")
+
+
+REFINE_PLAN = Plan()
+# The live preview: the network's shape, a flat phase, one short projection run (≤ 0.3 s at 32³).
+PREVIEW_PLAN = Plan(starts=("flat",), explore="", converge="10*ER+40*HIO+10*ER", tighten="", polish_steps=0)
+
+
+@dataclass
+class Converged:
+    obj: np.ndarray  # (B, …) complex64, centred like the intensity
+    support: np.ndarray
+    chi: np.ndarray  # over the measured voxels
+    start: list  # name of the start kept, per scan
+    seconds: dict = field(default_factory=dict)  # per stage, whole batch
+
+
+def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
+             plan: Plan = REFINE_PLAN, seed: int = 0) -> Converged:
+    """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid."""
+    from shared.refinement import refine, scale_to_data  # Keras loads only when the stage runs
+
+    intensity = np.asarray(intensity, np.float32)
+    batch, count = len(intensity), len(plan.starts)
+    timings, clock = {}, time.perf_counter()
+    magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity, 0, None)), axes=AXES).astype(np.float32)
+    mask = None if measured is None else sfft.ifftshift(np.broadcast_to(measured, intensity.shape), axes=AXES)
+    starts = scale_to_data(candidate_starts(prediction, plan.starts, seed), np.repeat(magnitude, count, axis=0))
+    amp = np.abs(starts)
+    state = phasing.PhasingState(np.repeat(magnitude, count, axis=0), starts,
+                                 amp > plan.threshold * amp.max(axis=AXES, keepdims=True),
+                                 None if mask is None else np.repeat(mask, count, axis=0),
+                                 plan.beta, plan.sigma, plan.threshold, plan.shrink_every)
+    if plan.explore:
+        phasing.run_schedule(state, plan.explore, average_last=1)
+    chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured).reshape(batch, count)
+    best = chi.argmin(axis=1)
+    state = phasing.select(state, best + np.arange(batch) * count)
+    timings["explore"] = time.perf_counter() - clock
+    obj = phasing.run_schedule(state, plan.converge, average_last=10) if plan.converge else state.obj
+    timings["converge"] = time.perf_counter() - clock - sum(timings.values())
+    if plan.tighten:
+        state.obj, state.threshold = obj, plan.tight_threshold
+        phasing.shrink_wrap(state)
+        obj = phasing.run_schedule(state, plan.tighten, average_last=10)
+    obj = obj * state.support
+    timings["tighten"] = time.perf_counter() - clock - sum(timings.values())
+    if plan.polish_steps:
+        result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0, threshold=1e-3,
+                        measured=measured, patience=plan.polish_steps,
+                        time_budget=plan.polish_time_budget)
+        obj, support, chi = result.obj, result.support, result.chi
+    else:
+        support = state.support
+        chi = phasing.project_chi(obj, magnitude, mask)
+    timings["polish"] = time.perf_counter() - clock - sum(timings.values())
+    return Converged(obj.astype(np.complex64), support, chi, [plan.starts[i] for i in best], timings)
