@@ -98,10 +98,10 @@ def test_evaluate_writes_a_report(tmp_path):
     """`cdi-live evaluate`: Markdown with the comparison table, figures, partial scans and real data."""
     from tests.conftest import REAL_DATA
 
-    result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA)
+    result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA, "--real-size", 64)
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "report" / "README.md").read_text()
-    for row in ("| 3D-CDI-NN |", "| ER/HIO |", "| zero phase, true support |", "unweighted", "Partial scans"):
+    for row in ("| 3D-CDI-NN |", "| ER/HIO, 4 random starts |", "| refined stage", "| zero phase, true support |", "plain phase", "Partial scans"):
         assert row in report
     for figure in ("errors.png", "slices.png", "partial.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000

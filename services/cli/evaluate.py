@@ -1,4 +1,4 @@
-"""Evaluate the network on held-out simulated crystals and the real data: Markdown + PNG report."""
+"""Evaluate the refined stage and the network on held-out simulated crystals and the real data: Markdown + PNG report."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=9000, help="held-out seed (training used others)")
     p.add_argument("--weights", type=Path, help="network weights (default: shipped)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real data sets")
+    p.add_argument("--real-size", type=positive_int, default=128,
+                   help="the APS scan is DCT-downsampled to this size per axis for both tools")
 
 
 def run(args):
@@ -23,6 +25,6 @@ def run(args):
     from shared.nn.inference import Predictor
 
     summary = evaluate(Predictor(args.weights), args.out, args.count, args.seed,
-                       args.data if args.data.exists() else None)
+                       args.data if args.data.exists() else None, args.real_size)
     print(json.dumps(summary["median"], indent=1))
     print(f"report: {args.out / 'README.md'}")
