@@ -1,12 +1,17 @@
 """The refined stage: from a network's prediction to a converged reconstruction.
 
     starts    flat, NN, twin, flat twin          (from the network's shape and phase)
-    explore   ER**20 * HIO**20                   every start, all scans batched
-    keep      the start with the lowest χ per scan  (the others are dropped here, which is the speed)
+    explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**20 → keep the best 1
+              (successive halving on χ, all scans batched: dropping losing starts early is the speed)
     converge  HIO**100 * ER**20
-    tighten   ER**20, support at 0.2 of the blurred maximum (noise stays out of the support's skirt)
-    polish    Adam on the Poisson likelihood by AD through the forward model, unmeasured voxels free
+    tighten   ER**40, support at 0.2 of the blurred maximum (noise stays out of the support's skirt)
+    polish    20 Adam steps by AD through the forward model, unmeasured voxels free
     answer    the iterate with the lowest χ
+
+The polish minimises the Gaussian (amplitude) misfit by default: at this step
+budget it beat the Poisson likelihood on the tuning set (18 against 16 of 24
+crystals below 0.1 rad; the Poisson steps did not lower χ within 20 steps);
+``polish_loss="poisson"`` selects the likelihood for photon-starved data.
 
 Shrink-wrap runs every 5 iterations (each costs about half an iteration).
 
@@ -33,12 +38,12 @@ REFINE_SIZE = 128  # largest refinement grid per axis; a longer axis is DCT-down
 @dataclass(frozen=True)
 class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
-    explore: str = "20*ER+20*HIO"
+    explore: tuple = (("10*ER+10*HIO", 2), ("20*HIO", 1))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "100*HIO+20*ER"
-    tighten: str = "20*ER"
+    tighten: str = "40*ER"
     tight_threshold: float = 0.2
-    polish_steps: int = 40
-    polish_loss: str = "poisson"
+    polish_steps: int = 20
+    polish_loss: str = "gaussian"
     polish_rate: float = 0.01
     polish_time_budget: float | None = None  # seconds of AD polish at most
     beta: float = 0.9
@@ -47,14 +52,17 @@ class Plan:
     shrink_every: int = 5
 
     def describe(self) -> str:
-        return (f"starts {'+'.join(self.starts)} → {self.explore} → keep best → {self.converge} → "
-                f"{self.tighten} (threshold {self.tight_threshold}) → {self.polish_steps} Adam steps, "
-                f"{self.polish_loss} likelihood")
+        steps = [f"starts {'+'.join(self.starts)}"]
+        steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
+        steps += [self.converge] if self.converge else []
+        steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
+        steps += [f"{self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
+        return " → ".join(steps)
 
 
 REFINE_PLAN = Plan()
 # The live preview: the network's shape, a flat phase, one short projection run (≤ 0.3 s at 32³).
-PREVIEW_PLAN = Plan(starts=("flat",), explore="", converge="10*ER+40*HIO+10*ER", tighten="", polish_steps=0)
+PREVIEW_PLAN = Plan(starts=("flat",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", polish_steps=0)
 
 
 @dataclass
@@ -82,11 +90,15 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                                  amp > plan.threshold * amp.max(axis=AXES, keepdims=True),
                                  None if mask is None else np.repeat(mask, count, axis=0),
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every)
-    if plan.explore:
-        phasing.run_schedule(state, plan.explore, average_last=1)
-    chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured).reshape(batch, count)
-    best = chi.argmin(axis=1)
-    state = phasing.select(state, best + np.arange(batch) * count)
+    names = np.array(plan.starts * batch).reshape(batch, count)
+    for schedule, keep in plan.explore or (("", 1),):  # successive halving: losing starts stop early
+        if schedule:
+            phasing.run_schedule(state, schedule, average_last=1)
+        chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured)
+        ranked = np.argsort(chi.reshape(batch, -1), axis=1)[:, :keep]
+        alive = names.shape[1]
+        names = np.take_along_axis(names, ranked, axis=1)
+        state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
     timings["explore"] = time.perf_counter() - clock
     obj = phasing.run_schedule(state, plan.converge, average_last=10) if plan.converge else state.obj
     timings["converge"] = time.perf_counter() - clock - sum(timings.values())
@@ -105,4 +117,4 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         support = state.support
         chi = phasing.project_chi(obj, magnitude, mask)
     timings["polish"] = time.perf_counter() - clock - sum(timings.values())
-    return Converged(obj.astype(np.complex64), support, chi, [plan.starts[i] for i in best], timings)
+    return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings)

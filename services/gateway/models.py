@@ -48,4 +48,4 @@ class RefineRequest(BaseModel):
 
     steps: int | None = Field(None, ge=1, le=5000)
     time_budget: float | None = Field(None, gt=0, le=300, description="seconds at most")
-    loss: Literal["gaussian", "poisson"] = "poisson"
+    loss: Literal["gaussian", "poisson"] = "gaussian"

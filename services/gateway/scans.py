@@ -46,6 +46,11 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
             amplitude, phase, _ = to_input_grid(amplitude, phase, crop, crop)
         return amplitude, phase, info
 
+    def voxel_grid(info: dict, amplitude: np.ndarray) -> tuple:
+        """The measured grid whose real-space voxel the arrays share: the refined stage keeps the input's
+        voxel on a smaller field of view (``voxel_grid``), the NN stage that of its crop."""
+        return tuple(info.get("voxel_grid") or amplitude.shape)
+
     def download(content: bytes, fmt: str, name: str) -> Response:
         return Response(content, media_type=exports.MEDIA[fmt],
                         headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
@@ -69,7 +74,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         geometry = load(scan).get("geometry")
         amplitude, phase, info = stage_arrays(scan, stage)
         try:
-            spacing = voxel_size_nm(geometry, amplitude.shape) if geometry else (1.0, 1.0, 1.0)
+            spacing = voxel_size_nm(geometry, voxel_grid(info, amplitude)) if geometry else (1.0, 1.0, 1.0)
         except InputError:
             spacing = (1.0, 1.0, 1.0)
         attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
@@ -85,9 +90,9 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         geometry = load(scan).get("geometry")
         if not geometry:
             raise HTTPException(409, "this scan's start message carried no geometry: strain needs it")
-        amplitude, phase, _ = stage_arrays(scan, stage)
+        amplitude, phase, info = stage_arrays(scan, stage)
         try:
-            voxel = voxel_size_nm(geometry, amplitude.shape)
+            voxel = voxel_size_nm(geometry, voxel_grid(info, amplitude))
             support = exports.support_of(amplitude, threshold)
             displacement, strain_g = strain_map(phase, support, geometry.get("hkl", (1, 1, 1)),
                                                 geometry.get("lattice_nm", 0.40782), voxel)

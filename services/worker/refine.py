@@ -65,7 +65,8 @@ class RefinementWorker:
         extra = stage.info
         self.store.put_result(scan, "refined", stage.amplitude[0], stage.phase[0], {
             "frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": time.perf_counter() - began,
-            "seq": info["seq"], "crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
+            "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
+            "loss": plan.polish_loss, "grid": extra["grid"],
             "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
             "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]},
             force=True)
