@@ -96,8 +96,9 @@ def read_intensity(path: str | Path, dataset: str | None = None, min_size: int =
 
 
 def write_result(path: str | Path, amplitude, phase, support, attrs: dict, fmt: str = "h5",
-                 extra: dict[str, np.ndarray] | None = None) -> None:
-    """Write a reconstruction. ``fmt`` 'h5' (root datasets) or 'cxi' (CXI layout)."""
+                 extra: dict[str, np.ndarray] | None = None, group_attrs: dict[str, dict] | None = None) -> None:
+    """Write a reconstruction. ``fmt`` 'h5' (root datasets) or 'cxi' (CXI layout); ``extra`` datasets
+    ('group/name' paths allowed) and ``group_attrs`` (group → attributes) go beside them."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w") as f:
@@ -119,6 +120,10 @@ def write_result(path: str | Path, amplitude, phase, support, attrs: dict, fmt: 
             target = f
         for key, value in (extra or {}).items():
             target.create_dataset(key, data=value)
+        for group, values in (group_attrs or {}).items():
+            node = target.require_group(group)
+            for key, value in values.items():
+                node.attrs[key] = value
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, (int, float, str, np.ndarray)) else json.dumps(value)
     tmp.replace(path)  # never leave a half-written result under the final name
@@ -141,3 +146,44 @@ def write_vti(path: str | Path, arrays: dict[str, np.ndarray], spacing=(1.0, 1.0
         "\n</PointData>\n</Piece>\n</ImageData>\n</VTKFile>\n"
     )
     Path(path).write_text(xml)
+
+
+DETECTOR_PIXEL_M = {"34idcTIM1": 55e-6, "34idcTIM2": 55e-6}  # areaDetector prefix → pixel size (Timepix)
+
+
+def geometry_from_spec(path: str | Path, scan: int) -> dict:
+    """The geometry of a rocking scan as APS 34-ID-C writes it in SPEC (read with silx): the scan
+    command (rocking motor, θ₀, step), motor positions Delta, Gamma, camdist (mm), Energy (keV), and
+    the detector's pixel from #UIMDET. One clear error names what is missing."""
+    from silx.io.specfile import SpecFile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such SPEC file")
+    try:
+        spec = SpecFile(str(path))
+        entry = spec[f"{scan}.1"]
+    except Exception:  # silx raises several kinds for a missing scan or a non-SPEC file
+        raise InputError(f"{path}: no scan {scan} in this SPEC file") from None
+    command = entry.scan_header_dict.get("S", "").split()
+    if len(command) < 6 or command[1] not in ("ascan", "dscan", "lup"):
+        raise InputError(f"{path}: scan {scan} is not a rocking scan (#S {' '.join(command[1:])})")
+    motor, first, last, intervals = command[2], float(command[3]), float(command[4]), int(command[5])
+    if intervals <= 0 or last == first:
+        raise InputError(f"{path}: scan {scan} does not move {motor}")
+
+    def motor_value(name: str, field: str) -> float:
+        try:
+            return float(entry.motor_position_by_name(name))
+        except Exception:
+            raise InputError(f"{path}: scan {scan} has no motor {name!r} (needed for {field})") from None
+
+    detector = entry.scan_header_dict.get("UIMDET", "").strip().rstrip(":")
+    if detector not in DETECTOR_PIXEL_M:
+        raise InputError(f"{path}: scan {scan}: unknown detector {detector or '(no #UIMDET line)'!r} "
+                         f"(needed for pixel_m; known: {', '.join(DETECTOR_PIXEL_M)})")
+    return {"beamline": "34idc", "energy_kev": motor_value("Energy", "energy_kev"),
+            "distance_m": motor_value("camdist", "distance_m") / 1000.0, "pixel_m": DETECTOR_PIXEL_M[detector],
+            "rocking_step_deg": abs(last - first) / intervals, "delta_deg": motor_value("Delta", "delta_deg"),
+            "gamma_deg": motor_value("Gamma", "gamma_deg"), "rocking_motor": motor, "theta0_deg": first,
+            "frames": intervals + 1}

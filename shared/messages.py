@@ -31,6 +31,14 @@ class Geometry(BaseModel):
     gamma_deg: float = 0.0
     hkl: tuple[int, int, int] = (1, 1, 1)
     lattice_nm: float = Field(0.40782, gt=0, le=10)
+    beamline: Literal["34idc"] = Field("34idc", description="diffractometer circles (shared.physics.geometry)")
+    rocking_motor: str = Field("th", max_length=32, description="the motor that rocks (the outermost sample circle)")
+    theta0_deg: float | None = Field(None, description="rocking angle of the first frame")
+    detector_roi: tuple[int, int] | None = Field(None, description="(row, column) of the frames' first pixel "
+                                                                   "on the whole detector, if they are a crop")
+    detector_shape: tuple[int, int] | None = Field(None, description="(rows, columns) of the whole detector")
+    beam_center_px: tuple[float, float] | None = Field(None, description="pixel on the detector arm's axis "
+                                                                         "(default: the detector's centre)")
 
 
 class _Message(BaseModel):

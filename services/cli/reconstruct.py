@@ -40,6 +40,10 @@ def add_arguments(p):
                    help="likelihood of the AD polish")
     p.add_argument("--refine-size", type=positive_int, default=REFINE_SIZE,
                    help="largest refinement grid per axis; longer axes are DCT-downsampled (said in the file)")
+    p.add_argument("--geometry", type=Path, help="GEOMETRY.json (the start message's geometry fields): also write "
+                   "the group 'lab', maps on an orthonormal lab grid with strain along G")
+    p.add_argument("--spec", type=Path, help="SPEC file to read the geometry from (with --scan)")
+    p.add_argument("--scan", type=int, help="scan number in --spec")
     p.add_argument("--mask", type=Path, help="array of INPUT's shape, non-zero where a voxel was NOT measured "
                    "(detector gaps, bad pixels, missing frames): those voxels are left free")
 
@@ -48,6 +52,9 @@ def run(args):
     intensity, was_batch = read_intensity(args.input, args.dataset, min_size=32)
     if args.refine_size < 32:
         raise InputError("--refine-size must be at least 32")
+    geometry = read_geometry(args)
+    if geometry is not None and (len(intensity) > 1 or args.network_grid):
+        raise InputError("--geometry/--spec take one scan on its own grid (no batch, no --network-grid)")
     measured = None
     if args.mask is not None:
         mask, _ = read_intensity(args.mask, min_size=1)
@@ -87,14 +94,67 @@ def run(args):
             grid_note["note"] = (f"the input {tuple(intensity.shape[1:])} was DCT-downsampled to {tuple(info['grid'])} "
                                  f"for refinement (same q-range and voxel size, smaller field of view); "
                                  f"the result is zero-padded back to the input's grid")
+    attrs = {"method": "3D-CDI-NN" + (" + refined stage (ER/HIO + AD)" if args.refine else ""), "stage": final_name,
+             "model_version": predictor.card.get("version", "unknown"), "chi": final.chi,
+             "chi_nn": stages["nn"].chi, "seconds_nn": stages["nn"].seconds,
+             "seconds": sum(s.seconds for s in stages.values()), "load_seconds": load_seconds,
+             "version": __version__, **grid_note}
+    lab = lab_group(intensity[0], final, geometry, refined) if geometry is not None else None
     write_result(args.out, final.amplitude[pick], final.phase[pick], final.support[pick],
-                 {"method": "3D-CDI-NN" + (" + refined stage (ER/HIO + AD)" if args.refine else ""), "stage": final_name,
-                  "model_version": predictor.card.get("version", "unknown"), "chi": final.chi,
-                  "chi_nn": stages["nn"].chi, "seconds_nn": stages["nn"].seconds,
-                  "seconds": sum(s.seconds for s in stages.values()), "load_seconds": load_seconds,
-                  "version": __version__, **grid_note}, args.format, extra=extra if args.format == "h5" else None)
+                 attrs, args.format, extra={**(extra if args.format == "h5" else {}), **(lab or {}).get("data", {})},
+                 group_attrs={"lab": lab["attrs"]} if lab else None)
     if args.vti:
-        write_vti(args.vti, {"amplitude": final.amplitude[0], "phase": final.phase[0]})
+        arrays = ({"amplitude": lab["data"]["lab/amplitude"], "phase": lab["data"]["lab/phase"],
+                   "strain": lab["data"]["lab/strain"]} if lab else {"amplitude": final.amplitude[0], "phase": final.phase[0]})
+        write_vti(args.vti, arrays, lab["attrs"]["voxel_nm"] if lab else (1.0, 1.0, 1.0))
     summary = ", ".join(f"{name}: median χ {np.median(s.chi):.4f} in {1000 * s.seconds / len(intensity):.0f} ms/scan"
                         for name, s in stages.items())
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
+
+
+def read_geometry(args) -> dict | None:
+    """--geometry JSON or --spec/--scan → a checked geometry dict (None if neither is given)."""
+    import json
+
+    from shared.physics.geometry import check
+
+    if args.geometry is not None and args.spec is not None:
+        raise InputError("give --geometry or --spec, not both")
+    if args.spec is not None:
+        if args.scan is None:
+            raise InputError("--spec needs --scan N")
+        from shared.files import geometry_from_spec
+
+        return check(geometry_from_spec(args.spec, args.scan))
+    if args.geometry is None:
+        return None
+    try:
+        geometry = json.loads(args.geometry.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{args.geometry}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{args.geometry}: not JSON ({exc})") from None
+    if not isinstance(geometry, dict):
+        raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
+    return check(geometry)
+
+
+def lab_group(volume, final, geometry: dict, refined) -> dict:
+    """The final stage's maps on the orthonormal lab grid, datasets and attributes of the group 'lab'."""
+    import h5py
+
+    from shared.physics import downsample
+    from shared.physics.strain import lab_maps
+    from shared.reconstruction import phase_ramp
+
+    obj = final.amplitude[0] * np.exp(1j * final.phase[0])
+    offset = tuple(refined.info["bragg_peak_offset"][0]) if refined is not None else (0, 0, 0)
+    obj = obj * np.conj(phase_ramp(obj.shape, offset))  # the peak's ramp is a reference, not strain
+    maps = lab_maps(obj, geometry, downsample.bragg_peak(volume))
+    data = {f"lab/{name}": maps[name] for name in ("amplitude", "phase", "displacement", "strain")}
+    attrs = {"voxel_nm": np.asarray(maps["voxel_nm"], float), "axes": np.array(maps["axes"], dtype=h5py.string_dtype()),
+             "bragg_direction": np.asarray(maps["bragg_direction"], float),
+             "voxel_vectors_nm": np.asarray(maps["voxel_vectors_nm"], float),
+             "units": "displacement nm, strain dimensionless (along G), phase rad",
+             "frame": "lab: z along the beam, y up, x = y × z (APS 34-ID-C convention)"}
+    return {"data": data, "attrs": attrs}

@@ -40,13 +40,21 @@ def phase_gradient(phase: np.ndarray, support: np.ndarray, voxel_nm) -> np.ndarr
 def strain_map(phase: np.ndarray, support: np.ndarray, hkl, lattice_nm: float, voxel_nm):
     """(displacement along G in nm, strain along G) on the phase's grid, zero outside the support.
 
-    The grid axes are taken as the crystal's axes (an orthonormal lab frame).
+    The grid axes are taken as the crystal's axes (an orthonormal frame with G along hkl);
+    for a real detector use :func:`lab_maps`.
     """
+    direction, g_norm = bragg_vector(hkl, lattice_nm)
+    return strain_along(phase, support, direction, g_norm, voxel_nm)
+
+
+def strain_along(phase: np.ndarray, support: np.ndarray, direction, g_norm: float, voxel_nm):
+    """(displacement along G in nm, strain along G) for a phase on an orthonormal grid whose axes
+    ``direction`` (unit Ĝ) is expressed in."""
     phase = np.asarray(phase, float)
     support = np.asarray(support, bool)
     if phase.shape != support.shape or phase.ndim != 3:
         raise InputError(f"phase {phase.shape} and support {support.shape} must be the same 3D shape")
-    direction, g_norm = bragg_vector(hkl, lattice_nm)
+    direction = np.asarray(direction, float)
     masked = np.ma.masked_array(phase, mask=~support)
     unwrapped = np.asarray(unwrap_phase(masked).filled(0.0)) if support.any() else np.zeros_like(phase)
     displacement = np.where(support, unwrapped / g_norm, 0.0)
@@ -75,3 +83,31 @@ def voxel_size_nm(geometry: dict, crop) -> np.ndarray:
     rocking = wavelength_nm / (2 * crop[0] * sin_theta * np.deg2rad(float(geometry["rocking_step_deg"])))
     detector = wavelength_nm * float(geometry["distance_m"]) / (float(geometry["pixel_m"]) * crop[1:])
     return np.array([rocking, *detector])
+
+
+def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3, measured_shape=None,
+             voxel_shape=None) -> dict:
+    """A reconstruction on a scan's detector-conjugate grid → amplitude, phase, displacement (nm) and
+    strain along G on an orthonormal lab grid (x, y, z), with the grid's attributes.
+
+    ``obj`` must be free of the phase ramp of a Bragg peak off the grid centre. The steps are taken
+    at voxel ``peak`` of the measured scan of ``measured_shape`` (default: ``obj``'s shape and
+    centre); ``voxel_shape`` is the grid whose real-space voxel ``obj`` has (a crop's, or the
+    measured one when ``obj`` only has a smaller field of view; default ``obj``'s shape).
+    """
+    from shared.physics import geometry as geo
+
+    steps, q_peak = geo.reciprocal_steps(geometry, measured_shape or obj.shape, peak)
+    voxels = geo.voxel_matrix(steps, voxel_shape or obj.shape)
+    lab = geo.to_lab(obj, voxels)
+    field = lab.arrays["object"]
+    amplitude = np.abs(field)
+    amplitude /= max(float(amplitude.max()), 1e-30)
+    support = amplitude > threshold
+    offset = np.angle((field * support).sum())
+    phase = (np.angle(field * np.exp(-1j * offset)) * support).astype(np.float32)
+    direction, g_norm = geo.bragg_direction(q_peak)
+    displacement, strain = strain_along(phase, support, direction, g_norm, lab.voxel_nm)
+    return {"amplitude": amplitude.astype(np.float32), "phase": phase, "displacement": displacement,
+            "strain": strain, "voxel_nm": np.array(lab.voxel_nm), "axes": list(lab.axes),
+            "bragg_direction": direction, "voxel_vectors_nm": voxels, "g_norm": g_norm}
