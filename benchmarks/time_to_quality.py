@@ -107,7 +107,16 @@ def main():
         amp, phase = predictor.predict_magnitudes(magnitudes)
         return converge(intensity, (amp * np.exp(1j * phase)).astype(np.complex64)).obj
 
+    def without_network():
+        """The same refined stage seeded by the autocorrelation's support (what ER/HIO starts from): how much
+        of the refined stage's success is the network's shape."""
+        import scipy.fft as sfft
+
+        support = phasing.initial_support(sfft.ifftshift(np.sqrt(intensity), axes=(1, 2, 3)))
+        return converge(intensity, support.astype(np.complex64)).obj  # centred already
+
     methods = {"refined stage (NN → ER/HIO → AD)": refined,
+               "refined stage seeded without the network": without_network,
                "ER/HIO, 1 random start": lambda: phasing.phase_retrieve(intensity, starts=1, seed=1)[0],
                "ER/HIO, 4 random starts": lambda: phasing.phase_retrieve(intensity, starts=4, seed=1)[0]}
     if cohere_available():

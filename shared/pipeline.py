@@ -1,10 +1,11 @@
 """The refined stage: from a network's prediction to a converged reconstruction.
 
     starts    flat, NN, twin, flat twin          (from the network's shape and phase)
-    explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**20 → keep the best 1
+    explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep the best 1
               (successive halving on χ, all scans batched: dropping losing starts early is the speed)
-    converge  HIO**100 * ER**20
-    tighten   ER**40, support at 0.2 of the blurred maximum (noise stays out of the support's skirt)
+    converge  HIO**80 * ER**20
+    tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
+              kept per scan only where χ rises by less than 10 % (a real crystal's faint rim is not noise)
     polish    20 Adam steps by AD through the forward model, unmeasured voxels free
     answer    the iterate with the lowest χ
 
@@ -38,10 +39,11 @@ REFINE_SIZE = 128  # largest refinement grid per axis; a longer axis is DCT-down
 @dataclass(frozen=True)
 class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
-    explore: tuple = (("10*ER+10*HIO", 2), ("20*HIO", 1))  # rounds: (schedule, starts kept per scan after it)
-    converge: str = "100*HIO+20*ER"
-    tighten: str = "40*ER"
+    explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 1))  # rounds: (schedule, starts kept per scan after it)
+    converge: str = "80*HIO+20*ER"
+    tighten: str = "30*ER"
     tight_threshold: float = 0.2
+    tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
     polish_steps: int = 20
     polish_loss: str = "gaussian"
     polish_rate: float = 0.01
@@ -102,11 +104,16 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     timings["explore"] = time.perf_counter() - clock
     obj = phasing.run_schedule(state, plan.converge, average_last=10) if plan.converge else state.obj
     timings["converge"] = time.perf_counter() - clock - sum(timings.values())
-    if plan.tighten:
+    obj = obj * state.support
+    if plan.tighten:  # noise fitted in the support's faint skirt goes; a real crystal's faint rim stays
+        loose, loose_support = obj, state.support
         state.obj, state.threshold = obj, plan.tight_threshold
         phasing.shrink_wrap(state)
-        obj = phasing.run_schedule(state, plan.tighten, average_last=10)
-    obj = obj * state.support
+        tight = phasing.run_schedule(state, plan.tighten, average_last=10) * state.support
+        keep = (phasing.project_chi(tight, magnitude, mask)
+                < (1 + plan.tight_tolerance) * phasing.project_chi(loose, magnitude, mask))
+        obj = np.where(keep[:, None, None, None], tight, loose)
+        state.support = np.where(keep[:, None, None, None], state.support, loose_support)
     timings["tighten"] = time.perf_counter() - clock - sum(timings.values())
     if plan.polish_steps:
         result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0, threshold=1e-3,

@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--file", type=Path, action="append", default=[], help="recorded scan(s) to push too")
+    p.add_argument("--spec", type=Path, help="SPEC file of the recorded scan(s): their geometry is read from it")
+    p.add_argument("--scan", type=int, help="scan number in --spec (e.g. 54)")
     p.add_argument("--rate", type=float, default=100.0, help="frames per second (0 = as fast as possible)")
     p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default=None,
                    help="frame encoding (default raw for native, bslz4 for dectris)")
@@ -28,16 +30,21 @@ def add_arguments(p):
 def run(args):
     import time
 
-    from services.beamline.sim import GEOMETRY_34IDC, Beamline, DectrisDetector, recorded_volume, simulated_volume
+    from services.beamline.sim import (GEOMETRY_34IDC, Beamline, DectrisDetector, recorded_volume, simulated_volume,
+                                       spec_geometry)
+    from shared.errors import InputError
 
     dectris = args.protocol == "dectris"
     endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
     encoding = args.encoding or ("bslz4" if dectris else "raw")
+    if args.spec is not None and args.scan is None:
+        raise InputError("--spec needs --scan N")
+    recorded_geometry = spec_geometry(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
     beamline = DectrisDetector(endpoint) if dectris else Beamline(endpoint)
     stamp = time.strftime("%H%M%S")
     plays = [(f"{args.prefix}-{stamp}-{i}", lambda i=i: simulated_volume(args.size, args.seed, i, args.photons), None)
              for i in range(args.scans)]
-    plays += [(f"{path.stem}-{stamp}", lambda path=path: recorded_volume(path), GEOMETRY_34IDC) for path in args.file]
+    plays += [(f"{path.stem}-{stamp}", lambda path=path: recorded_volume(path), recorded_geometry) for path in args.file]
     try:
         for scan, make, geometry in plays:
             volume = make()

@@ -35,21 +35,23 @@ def add_arguments(p):
 
 
 def play_scans(args, endpoint: str) -> None:
-    from services.beamline.sim import GEOMETRY_34IDC, Beamline, recorded_volume, simulated_volume
+    from services.beamline.sim import GEOMETRY_34IDC, Beamline, recorded_volume, simulated_volume, spec_geometry
 
     stamp = time.strftime("%H%M%S")
-    plays = [(f"sim-{stamp}-{i}", lambda i=i: simulated_volume(args.size, int(stamp), i, 1e8), args.rate)
+    plays = [(f"sim-{stamp}-{i}", lambda i=i: simulated_volume(args.size, int(stamp), i, 1e8), args.rate, GEOMETRY_34IDC)
              for i in range(args.scans)]
     if args.recorded and args.recorded.exists():
-        plays.append((f"aps-scan54-{stamp}", lambda: recorded_volume(args.recorded), 100.0))
+        spec = args.recorded.with_name("scan54.spec")  # the geometry as the beamline wrote it, when beside the frames
+        geometry = spec_geometry(spec, 54) if spec.exists() else GEOMETRY_34IDC
+        plays.append((f"aps-scan54-{stamp}", lambda: recorded_volume(args.recorded), 100.0, geometry))
     elif args.recorded:
         print(f"(recorded scan {args.recorded} not found: playing simulated scans only)")
     beamline = Beamline(endpoint)
     try:
-        for scan, make, rate in plays:
+        for scan, make, rate, geometry in plays:
             volume = make()
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
-                beamline.play(scan, volume, rate, geometry=GEOMETRY_34IDC, progress=bar.update)
+                beamline.play(scan, volume, rate, geometry=geometry, progress=bar.update)
     finally:
         beamline.close()
 

@@ -17,7 +17,7 @@ from services.gateway.security import api_key_guard
 from shared.errors import InputError
 from shared.messages import SCAN_ID
 from shared.physics.downsample import to_input_grid
-from shared.physics.strain import strain_map, voxel_size_nm
+from shared.physics.strain import lab_maps
 from shared.settings import Settings
 from shared.store import Store
 
@@ -46,10 +46,18 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
             amplitude, phase, _ = to_input_grid(amplitude, phase, crop, crop)
         return amplitude, phase, info
 
-    def voxel_grid(info: dict, amplitude: np.ndarray) -> tuple:
-        """The measured grid whose real-space voxel the arrays share: the refined stage keeps the input's
-        voxel on a smaller field of view (``voxel_grid``), the NN stage that of its crop."""
-        return tuple(info.get("voxel_grid") or amplitude.shape)
+    def in_lab(record: dict, stage: str, threshold: float = 0.3) -> dict:
+        """A stage's maps on the orthonormal lab grid of the scan's geometry (shared.physics.geometry):
+        amplitude, phase, displacement and strain along G, with the grid's spacing and axes."""
+        amplitude, phase, info = stage_arrays(record["scan"], stage)
+        measured = (int(record.get("frames_expected") or amplitude.shape[0]), *record.get("shape", amplitude.shape[1:]))
+        voxel = tuple(info.get("voxel_grid") or amplitude.shape)  # the refined stage keeps the input's voxel
+        offset = info.get("bragg_peak_offset")
+        peak = tuple(n // 2 + k for n, k in zip(measured, offset)) if offset else None
+        try:
+            return lab_maps(amplitude * np.exp(1j * phase), record["geometry"], peak, threshold, measured, voxel)
+        except (InputError, np.linalg.LinAlgError) as exc:
+            raise HTTPException(422, f"geometry: {exc}") from None
 
     def download(content: bytes, fmt: str, name: str) -> Response:
         return Response(content, media_type=exports.MEDIA[fmt],
@@ -70,37 +78,39 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
                 responses={200: {"content": {"application/octet-stream": {}}}})
     def reconstruction(scan: str = ScanId, stage: Stage = "nn",
                        format: Literal["npz", "h5", "cxi", "vti"] = "npz"):
-        """float32 ``amplitude`` and ``phase`` on the real-space grid of the cropped volume."""
-        geometry = load(scan).get("geometry")
-        amplitude, phase, info = stage_arrays(scan, stage)
-        try:
-            spacing = voxel_size_nm(geometry, voxel_grid(info, amplitude)) if geometry else (1.0, 1.0, 1.0)
-        except InputError:
-            spacing = (1.0, 1.0, 1.0)
-        attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
-                 "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0)}
-        content = exports.encode({"amplitude": amplitude, "phase": phase}, format, attrs, tuple(spacing))
-        return download(content, format, f"{scan}_{stage}")
+        """float32 ``amplitude`` and ``phase``: on an orthonormal lab grid (x, y, z; nm) when the scan has a
+        geometry, else on the real-space grid of the measured volume (voxel 1)."""
+        record = load(scan)
+        attrs = {"scan": scan, "stage": stage}
+        if record.get("geometry"):
+            maps = in_lab(record, stage)
+            arrays, spacing = {"amplitude": maps["amplitude"], "phase": maps["phase"]}, maps["voxel_nm"]
+            attrs.update(frame="lab", axes=json.dumps(maps["axes"]), bragg_direction=maps["bragg_direction"])
+        else:
+            amplitude, phase, _ = stage_arrays(scan, stage)
+            arrays, spacing = {"amplitude": amplitude, "phase": phase}, (1.0, 1.0, 1.0)
+            attrs.update(frame="detector-conjugate grid (no geometry: voxel units)")
+        _, _, info = store.result(scan, stage)
+        attrs.update(chi=info.get("chi", float("nan")), frames_used=info.get("frames_used", 0),
+                     seconds=info.get("seconds", 0.0))
+        return download(exports.encode(arrays, format, attrs, tuple(spacing)), format, f"{scan}_{stage}")
 
     @router.get("/{scan}/strain", response_class=Response, responses={
         409: {"description": "the scan has no geometry"}, 422: {"description": "the geometry gives no reflection"}})
     def strain(scan: str = ScanId, stage: Stage = "refined", format: Literal["npz", "vti"] = "npz",
                threshold: float = Query(0.3, gt=0.0, lt=1.0, description="support: amplitude above this × max")):
-        """Displacement (nm) and strain along the Bragg vector, from the scan's geometry."""
-        geometry = load(scan).get("geometry")
-        if not geometry:
+        """Displacement (nm) and strain along the Bragg vector on an orthonormal lab grid (x, y, z), from the
+        scan's geometry (detector shear and the measured Bragg direction included)."""
+        record = load(scan)
+        if not record.get("geometry"):
             raise HTTPException(409, "this scan's start message carried no geometry: strain needs it")
-        amplitude, phase, info = stage_arrays(scan, stage)
-        try:
-            voxel = voxel_size_nm(geometry, voxel_grid(info, amplitude))
-            support = exports.support_of(amplitude, threshold)
-            displacement, strain_g = strain_map(phase, support, geometry.get("hkl", (1, 1, 1)),
-                                                geometry.get("lattice_nm", 0.40782), voxel)
-        except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
-        arrays = {"displacement_nm": displacement, "strain": strain_g, "amplitude": amplitude,
+        maps = in_lab(record, stage, threshold)
+        support = maps["amplitude"] > threshold
+        arrays = {"displacement_nm": maps["displacement"], "strain": maps["strain"], "amplitude": maps["amplitude"],
                   "support": support.astype(np.float32)}
-        return download(exports.encode(arrays, format, {}, tuple(voxel)), format, f"{scan}_{stage}_strain")
+        if format == "npz":
+            arrays["bragg_direction"] = maps["bragg_direction"]
+        return download(exports.encode(arrays, format, {}, tuple(maps["voxel_nm"])), format, f"{scan}_{stage}_strain")
 
     @router.get("/{scan}/frames", response_class=FileResponse, responses={409: {"description": "still acquiring"}})
     def raw_frames(scan: str = ScanId):
@@ -114,11 +124,18 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
 
     @router.get("/{scan}/view")
     def page_view(scan: str = ScanId, stage: Stage = "nn", level: float = Query(0.5, gt=0.05, lt=0.95)):
-        """What the operators' page draws: isosurface mesh coloured by phase and central slices."""
-        load(scan)
+        """What the operators' page draws: isosurface mesh coloured by phase and central slices; with a
+        geometry, in the lab frame (true shape, nm) with the strain along G (units of 10⁻⁴)."""
+        record = load(scan)
         amplitude, phase, info = stage_arrays(scan, stage, on_crop_grid=False)
-        return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
-                **views.page_view(amplitude, phase, level)}
+        drawn = views.page_view(amplitude, phase, level)
+        if record.get("geometry"):
+            try:
+                maps = in_lab(record, stage)
+                drawn = views.page_view(maps["amplitude"], maps["phase"], level, maps["strain"], maps["voxel_nm"])
+            except HTTPException:  # a geometry that gives no lab frame: the detector-grid view still shows
+                pass
+        return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"), **drawn}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):

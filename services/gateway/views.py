@@ -29,12 +29,22 @@ def central_slices(volume: np.ndarray, centre) -> list[list[list[float]]]:
     return [np.where(np.isnan(p), None, np.round(p, 3)).tolist() for p in planes]
 
 
-def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5) -> dict:
+def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5, strain: np.ndarray | None = None,
+              voxel_nm=None) -> dict:
+    """Mesh and central slices; with ``strain`` (lab grid) also its slices, a symmetric range for the
+    colour bar (the 99th percentile of |ε| inside the crystal) and the voxel size for a nm scale."""
     amplitude = np.asarray(amplitude, np.float32)
     phase = np.asarray(phase, np.float32)
     mass = amplitude.sum()
     centre = ndimage.center_of_mass(amplitude) if mass > 0 else [s // 2 for s in amplitude.shape]
     inside = amplitude > 0.1 * (float(amplitude.max()) or 1.0)
-    return {"shape": list(amplitude.shape), "level": level, "mesh": isosurface(amplitude, phase, level),
+    view = {"shape": list(amplitude.shape), "level": level, "mesh": isosurface(amplitude, phase, level),
             "amplitude": central_slices(amplitude / (float(amplitude.max()) or 1.0), centre),
             "phase": central_slices(np.where(inside, phase, np.nan), centre)}
+    if strain is not None:
+        crystal = amplitude > 0.3 * (float(amplitude.max()) or 1.0)
+        values = np.abs(strain[crystal])
+        span = float(np.percentile(values, 99)) if values.size else 0.0
+        view.update(strain=central_slices(np.where(crystal, strain * 1e4, np.nan), centre),
+                    strain_range=round(max(span * 1e4, 0.1), 2), voxel_nm=float(np.asarray(voxel_nm).ravel()[0]))
+    return view

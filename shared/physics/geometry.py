@@ -52,6 +52,8 @@ def check(geometry: dict) -> dict:
     for name in ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg"):
         if not float(geometry[name]) > 0:
             raise InputError(f"geometry: {name} must be positive, got {geometry[name]}")
+    if float(geometry["delta_deg"]) == 0 and float(geometry["gamma_deg"]) == 0:
+        raise InputError("geometry: delta_deg and gamma_deg are both 0, the detector on the direct beam: no Bragg peak")
     beamline = geometry.get("beamline", "34idc")
     if beamline not in DIFFRACTOMETERS:
         raise InputError(f"geometry: unknown beamline {beamline!r}; known: {', '.join(DIFFRACTOMETERS)}")

@@ -63,28 +63,6 @@ def strain_along(phase: np.ndarray, support: np.ndarray, direction, g_norm: floa
     return displacement.astype(np.float32), strain.astype(np.float32)
 
 
-def voxel_size_nm(geometry: dict, crop) -> np.ndarray:
-    """Real-space voxel (nm) per axis of a reconstruction on the grid conjugate to a crop of
-    (frames, rows, columns) pixels: λ/(2·N·sinθ·Δω) along the rocking axis, λ·D/(N·p) on the detector.
-
-    θ follows from Bragg's law for the geometry's hkl and lattice constant. The small
-    shear between the detector frame and an orthonormal lab frame is neglected (a
-    beamline scientist gets true lab-frame voxels from a full geometry transform).
-    """
-    for name in ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg"):
-        if not geometry or not geometry.get(name):
-            raise InputError(f"geometry lacks {name}")
-    wavelength_nm = 1.239841984 / float(geometry["energy_kev"])
-    _, g_norm = bragg_vector(geometry.get("hkl", (1, 1, 1)), float(geometry.get("lattice_nm", 0.40782)))
-    sin_theta = wavelength_nm * g_norm / (4 * np.pi)
-    if not 0 < sin_theta < 1:
-        raise InputError(f"no Bragg reflection {tuple(geometry.get('hkl', (1, 1, 1)))} at {geometry['energy_kev']} keV")
-    crop = np.asarray(crop, float)
-    rocking = wavelength_nm / (2 * crop[0] * sin_theta * np.deg2rad(float(geometry["rocking_step_deg"])))
-    detector = wavelength_nm * float(geometry["distance_m"]) / (float(geometry["pixel_m"]) * crop[1:])
-    return np.array([rocking, *detector])
-
-
 def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3, measured_shape=None,
              voxel_shape=None) -> dict:
     """A reconstruction on a scan's detector-conjugate grid → amplitude, phase, displacement (nm) and

@@ -75,7 +75,7 @@ function renderDetail(s) {
   $("progress-text").textContent = text;
   const body = document.querySelector("#stages tbody");
   body.replaceChildren();
-  for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "NN + AD"]]) {
+  for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "refined"]]) {
     const r = s.results[stage];
     const row = document.createElement("tr");
     row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}</td><td>${fmtSeconds(r.seconds)}</td>`
@@ -125,8 +125,39 @@ function drawView(view) {
     paintSlice(`amp-${a}`, view.amplitude[a], (v) => greys(v));
     paintSlice(`phase-${a}`, view.phase[a], (v) => cyclic((v + Math.PI) / (2 * Math.PI)));
   }
+  drawStrain(view);
   $("plot3d").dataset.framesUsed = String(view.frames_used);
   $("plot3d").dataset.stage = view.stage;
+}
+
+// Strain along G in the lab frame: diverging scale, symmetric about zero, auto range; nm scale bar.
+const STRAIN_STOPS = [[0, "#2166ac"], [0.5, "#f7f7f7"], [1, "#b2182b"]].map(([t, c]) => [t, hexToRgb(c)]);
+
+function drawStrain(view) {
+  const has = Array.isArray(view.strain);
+  for (const id of ["strain-row", "strain-bar", "scale-note"]) $(id).hidden = !has;
+  if (!has) return;
+  const span = view.strain_range;
+  const colour = (v) => ramp(STRAIN_STOPS, (v / span + 1) / 2);
+  const bar = Math.max(1, Math.round(niceLength(8 * view.voxel_nm) / view.voxel_nm));
+  for (let a = 0; a < 3; a++) paintSlice(`strain-${a}`, view.strain[a], colour, bar);
+  $("strain-min").textContent = `−${span}`;
+  $("strain-max").textContent = `+${span}`;
+  const scale = $("strain-scale").getContext("2d");
+  for (let x = 0; x < 128; x++) { const [r, g, b] = ramp(STRAIN_STOPS, x / 127); scale.fillStyle = `rgb(${r},${g},${b})`; scale.fillRect(x, 0, 1, 1); }
+  $("scale-note").textContent = `lab frame (x, y, z), ${view.voxel_nm.toFixed(1)} nm voxels; white bar = ${niceLength(8 * view.voxel_nm)} nm`;
+}
+
+function niceLength(nm) { const p = 10 ** Math.floor(Math.log10(nm)); return [1, 2, 5, 10].map((m) => m * p).find((v) => v >= nm); }
+
+function ramp(stops, t) {
+  t = Math.min(1, Math.max(0, t));
+  for (let n = 1; n < stops.length; n++) {
+    const [t1, c1] = stops[n];
+    const [t0, c0] = stops[n - 1];
+    if (t <= t1) { const f = (t - t0) / (t1 - t0 || 1); return c0.map((c, i) => Math.round(c + f * (c1[i] - c))); }
+  }
+  return stops[stops.length - 1][1];
 }
 
 // ---- slices: one pixel per voxel on a canvas, scaled up by CSS ----------
@@ -135,17 +166,9 @@ const PHASE_STOPS = PHASE_SCALE.map(([t, c]) => [t, hexToRgb(c)]);
 
 function greys(v) { const g = Math.round(255 * Math.min(1, Math.max(0, v))); return [g, g, g]; }
 
-function cyclic(t) {
-  t = Math.min(1, Math.max(0, t));
-  for (let n = 1; n < PHASE_STOPS.length; n++) {
-    const [t1, c1] = PHASE_STOPS[n];
-    const [t0, c0] = PHASE_STOPS[n - 1];
-    if (t <= t1) { const f = (t - t0) / (t1 - t0 || 1); return c0.map((c, i) => Math.round(c + f * (c1[i] - c))); }
-  }
-  return PHASE_STOPS[PHASE_STOPS.length - 1][1];
-}
+function cyclic(t) { return ramp(PHASE_STOPS, t); }
 
-function paintSlice(id, rows, colour) {
+function paintSlice(id, rows, colour, scaleBar = 0) {
   const holder = $(id);
   let canvas = holder.querySelector("canvas");
   if (!canvas) { canvas = document.createElement("canvas"); holder.appendChild(canvas); }
@@ -159,6 +182,9 @@ function paintSlice(id, rows, colour) {
     const [r, g, b] = colour(v);
     image.data.set([r, g, b, 255], p);
   }));
+  for (let x = 1; x <= Math.min(scaleBar, canvas.width - 2); x++) {  // a scale bar along the bottom edge
+    image.data.set([255, 255, 255, 255], 4 * ((canvas.height - 2) * canvas.width + x));
+  }
   ctx.putImageData(image, 0, 0);
 }
 
