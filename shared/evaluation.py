@@ -145,7 +145,7 @@ def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE
         refined, nn = stages["refined"], stages["nn"]
         ours = refined.amplitude[0] * np.exp(1j * refined.phase[0])
         (objects, _, _), erhio_s = timed(lambda: phasing.phase_retrieve(intensity[None], starts=4, seed=k))
-        ea, ep, _ = metrics.canonical(objects[0])
+        ea, ep, _ = metrics.canonical(objects[0], phase_outside=True)  # as phase-retrieve writes it
         erhio = ea * np.exp(1j * ep)
         summary[name] = {"shape": list(intensity.shape), "nn_chi": float(nn.chi[0]),
                          "refined_chi": metrics.chi(ours, intensity), "refined_chi_reported": float(refined.chi[0]),

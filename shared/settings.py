@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     gateway_threads: int = Field(4, description="threads serving the gateway's Redis-backed routes")
     infer_batch: int = Field(16, description="jobs per network call")
     claim_idle_ms: int = Field(30000, description="pending jobs idle this long are claimed from dead workers")
-    refine_steps: int = Field(20, description="AD polish steps of the refined stage")
+    refine_steps: int = Field(50, description="AD polish steps of the refined stage (at most)")
     refine_time_budget: float = Field(10.0, description="seconds of AD polish per scan at most")
     refine_size: int = Field(128, description="largest refinement grid per axis (longer axes are DCT-downsampled)")
     max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
