@@ -30,7 +30,7 @@ from shared import plots  # noqa: E402
 from shared.evaluation import SUCCESS, held_out_set, real_sets  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
-from shared.physics import metrics, phasing  # noqa: E402
+from shared.physics import crystals, metrics, phasing  # noqa: E402
 from shared.pipeline import REFINE_PLAN, converge  # noqa: E402
 from shared.reconstruction import reconstruct  # noqa: E402
 from shared.refinement import refine  # noqa: E402

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared import plots
 from shared.nn.data import magnitude_of, truncate_frames
-from shared.physics import crystals, downsample, metrics, phasing
+from shared.physics import crystals, metrics, phasing
 from shared.pipeline import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
 
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
