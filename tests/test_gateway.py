@@ -159,3 +159,28 @@ def test_live_events_of_one_scan(service):
     assert "progress" in kinds and "complete" in kinds and kinds[-1] == "result"
     assert all(e["scan"] == scan for e in events)
     assert kinds.index("progress") < kinds.index("complete")
+
+
+def test_beamline_sim_sends_the_spec_geometry_and_downloads_are_in_the_lab(service, tmp_path):
+    """`beamline-sim --spec scan54.spec --scan 54` puts the SPEC file's geometry in the start message;
+    the reconstruction download is then on the orthonormal lab grid and says so."""
+    from tests.conftest import real_file
+    from tests.test_cli import cli
+
+    spec = real_file("aps-34idc-scan54/scan54.spec")
+    intensity = crystals.simulated_scan(32, 4242, 5, 5, True, (1e8, 1e8))[0]
+    np.savez(tmp_path / "recorded.npz", frames=np.round(intensity).astype(np.uint32))
+    result = cli("beamline-sim", "--scans", "0", "--file", tmp_path / "recorded.npz", "--spec", spec, "--scan", "54",
+                 "--endpoint", service["zmq"], "--rate", "0")
+    assert result.returncode == 0, result.stderr
+    scan = wait_for(lambda: next((s["scan"] for s in requests.get(f"{service['base']}/api/scans", timeout=5).json()
+                                  ["scans"] if s["scan"].startswith("recorded-")), None))
+    record = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"] and s)
+    assert record["geometry"]["delta_deg"] == pytest.approx(32.174) and record["geometry"]["rocking_motor"] == "th"
+    response = get(service, f"/api/scans/{scan}/reconstruction", stage="refined", format="h5")
+    with h5py.File(io.BytesIO(response.content)) as f:
+        assert f.attrs["frame"] == "lab" and json.loads(f.attrs["axes"]) == ["x", "y", "z"]
+        assert np.allclose(f.attrs["voxel_nm"], f.attrs["voxel_nm"][0])  # orthonormal
+        assert np.linalg.norm(f.attrs["bragg_direction"]) == pytest.approx(1.0)
+    view = get(service, f"/api/scans/{scan}/view", stage="refined").json()
+    assert len(view["strain"]) == 3 and view["strain_range"] > 0 and view["voxel_nm"] > 1

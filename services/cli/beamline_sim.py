@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.cli.options import positive_int
+from services.cli.options import positive_int, whole_number
 
 
 def add_arguments(p):
@@ -14,7 +14,7 @@ def add_arguments(p):
                                       "dectris: the address this detector binds (default tcp://127.0.0.1:9999)")
     p.add_argument("--protocol", choices=["native", "dectris"], default="native",
                    help="dectris: act as a DECTRIS detector (stream v1); run the ingest with --dectris ENDPOINT")
-    p.add_argument("--scans", type=positive_int, default=3, help="simulated scans to push")
+    p.add_argument("--scans", type=whole_number, default=3, help="simulated scans to push (0: only --file ones)")
     p.add_argument("--size", type=positive_int, default=32, help="frames per scan and frame side (simulated)")
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
     p.add_argument("--seed", type=int, default=0)
