@@ -127,7 +127,7 @@ def test_back_pressure_skips_previews_never_final_jobs(tmp_path):
             ingest.handle([json.dumps({"type": "frame", "scan": "bp", "index": k}).encode(),
                            np.full((4, 4), k, "<u2").tobytes()])
         ingest.handle([b'{"type":"end","scan":"bp"}'])
-        ingest.sync(force=True)
+        ingest.drain()  # the final input is computed beside the loop
         counters = ingest.store.counters()
         assert counters["previews_skipped_backpressure"] >= 3
         jobs = client.xrange(ingest.store.keys.infer_jobs)
@@ -142,3 +142,47 @@ def test_back_pressure_skips_previews_never_final_jobs(tmp_path):
         ingest.close()
         for key in client.scan_iter(f"{settings.key_prefix}:*"):
             client.delete(key)
+
+
+def test_frames_keep_arriving_while_a_final_input_is_computed(tmp_path):
+    """A large scan's final network input (peak search, crop, DCT over 96 frames of 512²) is computed
+    beside the receive loop: another scan's frames are received and counted meanwhile."""
+    import time
+    import uuid
+
+    import redis
+
+    from services.ingest.service import Ingest
+    from shared.settings import Settings
+
+    settings = Settings(key_prefix=f"slow{uuid.uuid4().hex[:6]}", data_dir=tmp_path, preview_every=1000)
+    ingest = Ingest(settings)
+    try:
+        ingest.store.redis.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis")
+    start = lambda name, frames, side: [json.dumps({"type": "start", "scan": name, "frames": frames,  # noqa: E731
+                                                    "shape": [side, side], "dtype": "uint16"}).encode()]
+    frame = lambda name, k, data: [json.dumps({"type": "frame", "scan": name, "index": k}).encode(), data]  # noqa: E731
+    try:
+        rng = np.random.default_rng(0)
+        ingest.handle(start("big", 96, 512))
+        for k in range(96):
+            ingest.handle(frame("big", k, rng.poisson(2.0, (512, 512)).astype("<u2").tobytes()))
+        ingest.handle([b'{"type":"end","scan":"big"}'])
+        big_final = ingest.computing[-1][2]
+        ingest.handle(start("next", 40, 16))
+        began = time.perf_counter()
+        for k in range(40):
+            ingest.handle(frame("next", k, np.full((16, 16), k, "<u2").tobytes()))
+        received = time.perf_counter() - began
+        assert ingest.scans["next"].assembly.count == 40
+        assert not big_final.done(), f"the final input was already done ({received:.3f} s of receiving)"
+        ingest.drain()
+        jobs = ingest.store.redis.xrange(ingest.store.keys.infer_jobs)
+        finals = [f for _, f in jobs if f[b"scan"] == b"big" and f[b"final"] == b"1"]
+        assert len(finals) == 1 and len(finals[0][b"input"]) == 4 * 32**3
+    finally:
+        ingest.close()
+        for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
+            ingest.store.redis.delete(key)

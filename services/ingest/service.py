@@ -4,6 +4,12 @@ Every malformed or unexpected message is counted under ``rejected:<reason>``,
 logged once per reason, and dropped; nothing a sender does stops the loop or
 touches other scans. Accepted frames are on disk (HDF5, Bitshuffle-LZ4) before
 anything else happens with them.
+
+Receiving never waits for computing: a network input (peak search, crop, DCT)
+is computed by one assembler thread beside the loop (NumPy and SciPy release
+the GIL), and its job is queued when it is ready. A preview asked for while
+one of the same scan is still being computed is skipped as stale (counted);
+final inputs always go.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import socket as socketlib
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pydantic
@@ -72,11 +79,14 @@ class Ingest:
         self.outbox: list = []  # callables queuing Redis commands on a pipeline
         self.redis_down = False
         self.last_sync = time.monotonic()
+        self.assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
+        self.computing: list[tuple[ScanFile, bool, Future]] = []  # network inputs in the assembler, in order
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 
     def sync(self, force: bool = False) -> None:
+        force = self.collect() or force  # a final input that became ready goes out now
         if not force and time.monotonic() - self.last_sync < SYNC_SECONDS:
             return
         self.last_sync = time.monotonic()
@@ -238,25 +248,56 @@ class Ingest:
             self.sync(force=True)
 
     def enqueue(self, scan: ScanFile, final: bool) -> None:
-        """Queue a job with the current (possibly partial) network input.
+        """Ask the assembler for the current (possibly partial) network input; its job is queued by
+        :meth:`collect` when it is ready.
 
-        Previews are skipped while Redis is away or the inference backlog is deep
-        (back-pressure: they would be stale anyway); final jobs always go, and never
-        through MAXLEN trimming (the workers trim what they have acknowledged)."""
+        Previews are skipped while Redis is away, the inference backlog is deep, or a preview
+        of the same scan is still being computed (back-pressure: they would be stale anyway);
+        final jobs always go, and never through MAXLEN trimming (the workers trim what they have
+        acknowledged)."""
+        scan.since_preview = 0
         if not final:
-            if self.redis_down or self.backlog() > self.settings.stream_maxlen // 2:
-                self.count("previews_skipped_backpressure")
-                scan.since_preview = 0
+            busy = any(s is scan and not f.done() for s, _, f in self.computing)
+            if busy or self.redis_down or self.backlog() > self.settings.stream_maxlen // 2:
+                self.count("previews_skipped_busy" if busy else "previews_skipped_backpressure")
                 return
             self.sync(force=True)  # the preview never runs ahead of the files and the state
-        net_in, crop = scan.assembly.network_input(reuse_crop=not final)
         scan.seq += 1
-        scan.since_preview = 0
         scan.record["latest_seq"] = scan.seq
-        job = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final), "frames_used": scan.assembly.count,
-               "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes(), "queued": time.time()}
-        self.outbox.append(lambda pipe: pipe.xadd(self.store.keys.infer_jobs, job))
-        self.later(scan.start.scan, None, latest_seq=scan.seq)
+        snapshot = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final),
+                    "frames_used": scan.assembly.count, "queued": time.time()}
+        future = self.assembler.submit(scan.assembly.network_input, not final)
+        future.snapshot = snapshot
+        self.computing.append((scan, final, future))
+
+    def collect(self) -> bool:
+        """Queue the jobs of network inputs the assembler has finished, in the order asked; True if a
+        final one was among them (it is worth a sync at once)."""
+        finals = False
+        while self.computing and self.computing[0][2].done():
+            scan, final, future = self.computing.pop(0)
+            name = scan.start.scan
+            try:
+                net_in, crop = future.result()
+            except Exception as exc:  # a bug must cost one input, never the ingest; a final one fails its scan
+                log.exception("network input of scan %s failed", name)
+                self.count("inputs_failed")
+                if final:
+                    reason = f"network input failed ({type(exc).__name__})"
+                    self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason)
+                    finals = True
+                continue
+            job = {**future.snapshot, "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes()}
+            self.outbox.append(lambda pipe, job=job: pipe.xadd(self.store.keys.infer_jobs, job))
+            self.later(name, None, latest_seq=job["seq"])
+            finals = finals or final
+        return finals
+
+    def drain(self) -> None:
+        """Wait for every network input asked for, then queue their jobs (a stop, a test)."""
+        for _, _, future in list(self.computing):
+            future.exception()  # waits; a failure is handled by collect
+        self.sync(force=True)
 
     def backlog(self) -> int:
         """Jobs of the inference stream not yet delivered to a worker."""
@@ -282,6 +323,8 @@ class Ingest:
                 self.sync(force=True)
 
     def close(self) -> None:
+        self.assembler.shutdown(wait=True)  # final inputs already asked for are not lost
+        self.collect()
         self.dirty.update(self.scans)
         self.sync(force=True)
         for scan in self.scans.values():
