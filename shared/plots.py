@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -61,6 +62,7 @@ def curve(x, series: dict[str, list[float]], path, xlabel: str, ylabel: str, tit
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
