@@ -32,6 +32,6 @@ def encode(arrays: dict[str, np.ndarray], fmt: str, attrs: dict, spacing=(1.0, 1
             write_vti(path, arrays, spacing)
         else:
             amplitude, phase = arrays.pop("amplitude"), arrays.pop("phase")
-            write_result(path, amplitude, phase, support_of(amplitude, 0.1), {**attrs, "voxel_nm": list(spacing)},
+            write_result(path, amplitude, phase, support_of(amplitude, 0.1), {**attrs, "voxel_nm": np.asarray(spacing, float)},
                          fmt=fmt, extra=arrays)
         return path.read_bytes()
