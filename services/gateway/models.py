@@ -44,7 +44,7 @@ class ScanPage(BaseModel):
 
 
 class RefineRequest(BaseModel):
-    """Parameters of a re-run of AD refinement (the worker's defaults where left out)."""
+    """Parameters of a re-run of the refined stage's AD polish (the worker's defaults where left out)."""
 
     steps: int | None = Field(None, ge=1, le=5000)
     time_budget: float | None = Field(None, gt=0, le=300, description="seconds at most")

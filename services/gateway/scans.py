@@ -139,7 +139,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):
-        """Queue AD refinement again with these parameters (API key required)."""
+        """Queue the refined stage again with these AD-polish parameters (API key required)."""
         record = load(scan)
         if "result_nn" not in record or record.get("state") == "acquiring":
             raise HTTPException(409, "refinement needs the complete scan's NN result")
