@@ -145,8 +145,8 @@ def test_back_pressure_skips_previews_never_final_jobs(tmp_path):
 
 
 def test_frames_keep_arriving_while_a_final_input_is_computed(tmp_path):
-    """A large scan's final network input (peak search, crop, DCT over 96 frames of 512²) is computed
-    beside the receive loop: another scan's frames are received and counted meanwhile."""
+    """While the assembler is busy (a slow input ahead of a scan's final one), another scan's frames are
+    received and counted; the final input is computed afterwards, never dropped."""
     import time
     import uuid
 
@@ -166,18 +166,16 @@ def test_frames_keep_arriving_while_a_final_input_is_computed(tmp_path):
     frame = lambda name, k, data: [json.dumps({"type": "frame", "scan": name, "index": k}).encode(), data]  # noqa: E731
     try:
         rng = np.random.default_rng(0)
-        ingest.handle(start("big", 96, 512))
-        for k in range(96):
-            ingest.handle(frame("big", k, rng.poisson(2.0, (512, 512)).astype("<u2").tobytes()))
+        ingest.handle(start("big", 48, 256))
+        for k in range(48):
+            ingest.handle(frame("big", k, rng.poisson(2.0, (256, 256)).astype("<u2").tobytes()))
+        busy = ingest.assembler.submit(time.sleep, 1.5)  # a slow input computing ahead of this scan's final one
         ingest.handle([b'{"type":"end","scan":"big"}'])
         big_final = ingest.computing[-1][2]
         ingest.handle(start("next", 40, 16))
-        began = time.perf_counter()
         for k in range(40):
             ingest.handle(frame("next", k, np.full((16, 16), k, "<u2").tobytes()))
-        received = time.perf_counter() - began
-        assert ingest.scans["next"].assembly.count == 40
-        assert not big_final.done(), f"the final input was already done ({received:.3f} s of receiving)"
+        assert ingest.scans["next"].assembly.count == 40 and not busy.done() and not big_final.done()
         ingest.drain()
         jobs = ingest.store.redis.xrange(ingest.store.keys.infer_jobs)
         finals = [f for _, f in jobs if f[b"scan"] == b"big" and f[b"final"] == b"1"]
