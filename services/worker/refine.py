@@ -52,16 +52,20 @@ class RefinementWorker:
             raise KeyError("scan or its NN result is gone")
         with h5py.File(state["raw_file"], "r") as f:
             volume = f["frames"][()].astype(np.float32)
-        if min(volume.shape) < 32:
-            volume = np.pad(volume, [(0, max(0, 32 - s)) for s in volume.shape])
+            received = f["received"][()] if "received" in f else np.ones(len(volume), bool)
+        rows = volume.shape
+        volume = np.pad(volume, [(0, max(0, 32 - n)) for n in rows])
+        measured = np.zeros(volume.shape, bool)  # frames that never arrived and padding are free, not zeros
+        measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None]
+        measured = None if measured.all() else measured
         amp, phase, info = nn
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=steps or self.settings.refine_steps,
                                    polish_loss=loss or REFINE_PLAN.polish_loss,
                                    polish_time_budget=time_budget or self.settings.refine_time_budget)
         crop = tuple(info.get("crop") or amp.shape)
         began = time.perf_counter()
-        stage = refined_stage(volume[None], amp[None], phase[None], [crop], None, self.settings.refine_size, plan,
-                              on_input_grid=False)  # the refinement grid (≤ refine_size³): Redis holds it
+        stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
+                              self.settings.refine_size, plan, on_input_grid=False)  # ≤ refine_size³: Redis holds it
         extra = stage.info
         self.store.put_result(scan, "refined", stage.amplitude[0], stage.phase[0], {
             "frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": time.perf_counter() - began,
