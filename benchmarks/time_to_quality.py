@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.cohere_yardstick import available as cohere_available, cohere_phase  # noqa: E402
 from shared import plots  # noqa: E402
-from shared.evaluation import SUCCESS, held_out_set, real_sets  # noqa: E402
+from shared.evaluation import SUCCESS, held_out_set, real_sets, timed  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import crystals, metrics, phasing  # noqa: E402
@@ -36,12 +35,6 @@ from shared.reconstruction import reconstruct  # noqa: E402
 from shared.refinement import refine  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
-
-
-def timed(fn):
-    began = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - began
 
 
 def best_of_cohere(intensity, starts):

@@ -124,12 +124,11 @@ def real_sets(data: Path, real_size: int) -> dict[str, np.ndarray]:
         sets["paper example (Au, ft_crop_64², 64³)"] = np.load(paper).astype(np.float32) ** 2
     scan = data / "aps-34idc-scan54" / "frames.npz"
     if scan.exists():
-        from shared.reconstruction import peak_offset, to_grid
+        from shared.reconstruction import peak_offset, peak_to_centre, to_grid
 
         with np.load(scan) as z:
             frames = z["frames"].astype(np.float32)
-        k = peak_offset(frames)
-        centred = np.roll(frames, [-c for c in k], axis=(0, 1, 2))
+        centred = peak_to_centre(frames, peak_offset(frames))
         grid = tuple(min(n, real_size) for n in frames.shape)
         sets[f"APS 34-ID-C scan 54 (201×256×256, DCT to {'×'.join(map(str, grid))})"] = to_grid(centred, grid)
     return sets

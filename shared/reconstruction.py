@@ -54,6 +54,11 @@ def peak_offset(volume: np.ndarray) -> tuple[int, ...]:
     return tuple(int(p - n // 2) for p, n in zip(downsample.bragg_peak(volume), volume.shape))
 
 
+def peak_to_centre(volume: np.ndarray, offset) -> np.ndarray:
+    """The volume rolled by −``offset`` (whole voxels), so its Bragg peak sits at the grid centre."""
+    return np.roll(volume, [-k for k in offset], axis=tuple(range(volume.ndim)))
+
+
 def phase_ramp(shape, offset) -> np.ndarray:
     """exp(2πi k·r/n): multiplying an object by it moves its |FFT| by ``offset`` voxels."""
     ramp = np.ones(shape, np.complex64)
@@ -93,12 +98,11 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     shape = intensity.shape[1:]
     grid = refinement_grid(shape, refine_size)
     offsets = [peak_offset(v) for v in intensity]
-    roll = lambda x, k: np.roll(x, [-c for c in k], axis=(0, 1, 2))  # noqa: E731  peak to the centre
-    data = np.stack([to_grid(roll(v, k), grid) for v, k in zip(intensity, offsets)])
+    data = np.stack([to_grid(peak_to_centre(v, k), grid) for v, k in zip(intensity, offsets)])
     mask = None
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
-        mask = np.stack([mask_to_grid(roll(m, k), grid) for m, k in zip(measured, offsets)])
+        mask = np.stack([mask_to_grid(peak_to_centre(m, k), grid) for m, k in zip(measured, offsets)])
     starts = []
     for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
         a, p, _ = to_input_grid(a, p, crop, shape) if a.shape != shape else (a, p, None)

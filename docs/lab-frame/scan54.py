@@ -27,7 +27,7 @@ from shared.files import geometry_from_spec  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import downsample, metrics, phasing  # noqa: E402
 from shared.physics.strain import lab_maps  # noqa: E402
-from shared.reconstruction import embed, peak_offset, phase_ramp, reconstruct, to_grid  # noqa: E402
+from shared.reconstruction import embed, peak_offset, peak_to_centre, phase_ramp, reconstruct, to_grid  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data")) / "aps-34idc-scan54"
 
@@ -66,7 +66,7 @@ def main():
     peak = downsample.bragg_peak(frames)
     ours_lab = lab_maps(ours, geometry, peak)
 
-    centred = np.roll(frames, [-k for k in peak_offset(frames)], axis=(0, 1, 2))
+    centred = peak_to_centre(frames, peak_offset(frames))
     grid = tuple(refined.info["grid"])
     began = time.perf_counter()
     objects, _, _ = phasing.phase_retrieve(to_grid(centred, grid)[None], starts=4, seed=0)

@@ -41,15 +41,17 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         if result is None:
             raise HTTPException(404, f"no {stage} result for scan {scan!r} yet")
         amplitude, phase, info = result
-        crop = tuple(info.get("crop") or amplitude.shape)
-        if on_crop_grid and crop != amplitude.shape:
-            amplitude, phase, _ = to_input_grid(amplitude, phase, crop, crop)
-        return amplitude, phase, info
+        return (*crop_grid(amplitude, phase, info), info) if on_crop_grid else (amplitude, phase, info)
 
-    def in_lab(record: dict, stage: str, threshold: float = 0.3) -> dict:
-        """A stage's maps on the orthonormal lab grid of the scan's geometry (shared.physics.geometry):
-        amplitude, phase, displacement and strain along G, with the grid's spacing and axes."""
-        amplitude, phase, info = stage_arrays(record["scan"], stage)
+    def crop_grid(amplitude: np.ndarray, phase: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Stored arrays on the grid conjugate to the assembled, cropped volume (the NN's 32³ is resampled)."""
+        crop = tuple(info.get("crop") or amplitude.shape)
+        return to_input_grid(amplitude, phase, crop, crop)[:2] if crop != amplitude.shape else (amplitude, phase)
+
+    def in_lab(record: dict, amplitude: np.ndarray, phase: np.ndarray, info: dict, threshold: float = 0.3) -> dict:
+        """A stage's maps (as ``stage_arrays`` gives them) on the orthonormal lab grid of the scan's geometry
+        (shared.physics.geometry): amplitude, phase, displacement and strain along G, with the grid's spacing
+        and axes."""
         measured = (int(record.get("frames_expected") or amplitude.shape[0]), *record.get("shape", amplitude.shape[1:]))
         voxel = tuple(info.get("voxel_grid") or amplitude.shape)  # the refined stage keeps the input's voxel
         offset = info.get("bragg_peak_offset")
@@ -81,18 +83,16 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         """float32 ``amplitude`` and ``phase``: on an orthonormal lab grid (x, y, z; nm) when the scan has a
         geometry, else on the real-space grid of the measured volume (voxel 1)."""
         record = load(scan)
-        attrs = {"scan": scan, "stage": stage}
+        amplitude, phase, info = stage_arrays(scan, stage)
+        attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
+                 "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0)}
         if record.get("geometry"):
-            maps = in_lab(record, stage)
+            maps = in_lab(record, amplitude, phase, info)
             arrays, spacing = {"amplitude": maps["amplitude"], "phase": maps["phase"]}, maps["voxel_nm"]
             attrs.update(frame="lab", axes=json.dumps(maps["axes"]), bragg_direction=maps["bragg_direction"])
         else:
-            amplitude, phase, _ = stage_arrays(scan, stage)
             arrays, spacing = {"amplitude": amplitude, "phase": phase}, (1.0, 1.0, 1.0)
             attrs.update(frame="detector-conjugate grid (no geometry: voxel units)")
-        _, _, info = store.result(scan, stage)
-        attrs.update(chi=info.get("chi", float("nan")), frames_used=info.get("frames_used", 0),
-                     seconds=info.get("seconds", 0.0))
         return download(exports.encode(arrays, format, attrs, tuple(spacing)), format, f"{scan}_{stage}")
 
     @router.get("/{scan}/strain", response_class=Response, responses={
@@ -104,7 +104,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         record = load(scan)
         if not record.get("geometry"):
             raise HTTPException(409, "this scan's start message carried no geometry: strain needs it")
-        maps = in_lab(record, stage, threshold)
+        maps = in_lab(record, *stage_arrays(scan, stage), threshold)
         support = maps["amplitude"] > threshold
         arrays = {"displacement_nm": maps["displacement"], "strain": maps["strain"], "amplitude": maps["amplitude"],
                   "support": support.astype(np.float32)}
@@ -128,13 +128,14 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         geometry, in the lab frame (true shape, nm) with the strain along G (units of 10⁻⁴)."""
         record = load(scan)
         amplitude, phase, info = stage_arrays(scan, stage, on_crop_grid=False)
-        drawn = views.page_view(amplitude, phase, level)
+        drawn = None
         if record.get("geometry"):
             try:
-                maps = in_lab(record, stage)
+                maps = in_lab(record, *crop_grid(amplitude, phase, info), info)
                 drawn = views.page_view(maps["amplitude"], maps["phase"], level, maps["strain"], maps["voxel_nm"])
             except HTTPException:  # a geometry that gives no lab frame: the detector-grid view still shows
                 pass
+        drawn = drawn or views.page_view(amplitude, phase, level)
         return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"), **drawn}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])

@@ -80,7 +80,7 @@ class Ingest:
         self.redis_down = False
         self.last_sync = time.monotonic()
         self.assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
-        self.computing: list[tuple[ScanFile, bool, Future]] = []  # network inputs in the assembler, in order
+        self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
@@ -266,17 +266,15 @@ class Ingest:
         scan.record["latest_seq"] = scan.seq
         snapshot = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final),
                     "frames_used": scan.assembly.count, "queued": time.time()}
-        future = self.assembler.submit(scan.assembly.network_input, not final)
-        future.snapshot = snapshot
-        self.computing.append((scan, final, future))
+        self.computing.append((scan, snapshot, self.assembler.submit(scan.assembly.network_input, not final)))
 
     def collect(self) -> bool:
         """Queue the jobs of network inputs the assembler has finished, in the order asked; True if a
         final one was among them (it is worth a sync at once)."""
         finals = False
         while self.computing and self.computing[0][2].done():
-            scan, final, future = self.computing.pop(0)
-            name = scan.start.scan
+            scan, snapshot, future = self.computing.pop(0)
+            name, final = scan.start.scan, bool(snapshot["final"])
             try:
                 net_in, crop = future.result()
             except Exception as exc:  # a bug must cost one input, never the ingest; a final one fails its scan
@@ -287,7 +285,7 @@ class Ingest:
                     self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason)
                     finals = True
                 continue
-            job = {**future.snapshot, "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes()}
+            job = {**snapshot, "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes()}
             self.outbox.append(lambda pipe, job=job: pipe.xadd(self.store.keys.infer_jobs, job))
             self.later(name, None, latest_seq=job["seq"])
             finals = finals or final
