@@ -56,3 +56,41 @@ def decode(payload: bytes, encoding: str, shape, dtype) -> np.ndarray:
     if len(payload) != expected:
         raise CodecError("payload size does not match shape and dtype")
     return np.frombuffer(payload, dtype).reshape(shape)
+
+
+def decode_lz4_hdf5(payload: bytes) -> bytes:
+    """LZ4 in the HDF5 LZ4 filter's framing (DECTRIS stream v2 ``lz4``): 8-byte big-endian total size,
+    4-byte block size, then per block a 4-byte compressed size and the block (stored as is when
+    compression would not shrink it)."""
+    if len(payload) < 12:
+        raise CodecError("lz4 (HDF5 framing) payload shorter than its header")
+    total, block = struct.unpack(">QI", payload[:12])
+    if block == 0 and total:
+        raise CodecError("lz4 (HDF5 framing) with a zero block size")
+    out, offset = bytearray(), 12
+    try:
+        while len(out) < total:
+            (size,) = struct.unpack(">I", payload[offset:offset + 4])
+            want = min(block, total - len(out))
+            chunk = payload[offset + 4:offset + 4 + size]
+            out += chunk if size == want else lz4.block.decompress(chunk, uncompressed_size=want)
+            offset += 4 + size
+    except (struct.error, lz4.block.LZ4BlockError):
+        raise CodecError("bad lz4 (HDF5 framing) payload") from None
+    return bytes(out)
+
+
+def encode_lz4_hdf5(frame: np.ndarray, block: int = 1 << 20) -> bytes:
+    """The inverse of :func:`decode_lz4_hdf5` (a simulated DECTRIS stream v2 detector)."""
+    raw = np.ascontiguousarray(frame).tobytes()
+    parts = [struct.pack(">QI", len(raw), block)]
+    for start in range(0, len(raw), block):
+        body = lz4.block.compress(raw[start:start + block], store_size=False)
+        body = body if len(body) < len(raw[start:start + block]) else raw[start:start + block]
+        parts += [struct.pack(">I", len(body)), body]
+    return b"".join(parts)
+
+
+def to_little_endian(payload: bytes, dtype: str) -> bytes:
+    """Big-endian pixels → the native protocol's little-endian bytes."""
+    return np.frombuffer(payload, dtype).astype(np.dtype(dtype).newbyteorder("<")).tobytes()

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     max_concurrent_scans: int = Field(16, description="scans acquiring at once; more are rejected")
     scan_idle_timeout_s: float = Field(600.0, description="an acquiring scan silent this long is closed as failed")
     max_frame_bytes: int = Field(64 * 2**20, description="largest frame payload accepted")
-    max_scan_bytes: int = Field(4 * 2**30, description="largest scan accepted (frames × pixels × 4 bytes in memory)")
+    max_scan_bytes: int = Field(4 * 2**30, description="largest scan accepted (frames × ROI pixels × 4 bytes in memory)")
+    ingest_roi_px: int = Field(128, ge=0, description="detector pixels per axis kept in memory around the Bragg "
+                               "peak for the network input (0: the whole detector); raw files keep whole frames")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
                                                   "are skipped; final jobs are never dropped")

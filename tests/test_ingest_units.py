@@ -39,17 +39,51 @@ def test_messages():
             parse_header(bad)
 
 
-def test_assembly_counts_and_partial_input():
+def test_assembly_counts_and_partial_input(tmp_path):
+    from services.ingest.assembly import network_input
+
     start = Start(type="start", scan="a", frames=32, shape=(32, 32), dtype="uint32")
-    assembly = ScanAssembly(start)
+    assembly = ScanAssembly(start, scratch=tmp_path)
     frame = np.ones((32, 32))
     for index in [0, 2, 1, 1, 5]:
         assembly.add(index, frame * index)
     assert assembly.count == 4 and assembly.duplicates == 1 and assembly.out_of_order == 1
     assert assembly.missing == 28
-    net_in, crop = assembly.network_input()
+    net_in, crop = network_input(*assembly.input_request(final=False))
     assert net_in.shape == (32, 32, 32) and net_in.max() == pytest.approx(1.0)
     assert not net_in[16 + 6:].any()  # frames not yet acquired stay zero at the end
+    assembly.release()
+    assert not list(tmp_path.iterdir())
+
+
+def test_memory_is_bounded_by_the_roi_and_gives_the_full_detector_input(tmp_path):
+    """A 256² detector keeps only 128² per frame in memory, placed once the Bragg peak is clear (the frames
+    before it are read back from the file), and the network input is the whole-detector path's."""
+    import uuid
+
+    from services.ingest.assembly import network_input, network_input_of
+    from services.ingest.scanfile import ScanFile
+
+    rng = np.random.default_rng(3)
+    frames, side = 40, 256
+    rows, cols = np.ogrid[:side, :side]
+    spot = np.exp(-((rows - 150) ** 2 + (cols - 90) ** 2) / (2 * 2.5**2))
+    volume = np.stack([np.round(3e3 * np.exp(-((k - 20) / 6) ** 2) * spot * (1 + 0.3 * np.sin(rows / 3 + k)))
+                       for k in range(frames)]).astype(np.uint32)
+    start = Start(type="start", scan=f"roi{uuid.uuid4().hex[:4]}", frames=frames, shape=(side, side), dtype="uint32")
+    scan = ScanFile.create(start, tmp_path / "scan", {"scan": start.scan}, roi_px=128, scratch=tmp_path)
+    for k in range(frames):
+        scan.add(k, volume[k])
+        if k == 2:
+            assert not scan.assembly.placed  # a few faint frames: only summed, kept on disk
+        if k == 12:
+            assert scan.assembly.placed and scan.assembly.detector is None  # the peak is clear: ROI placed
+    assert scan.assembly.volume.shape == (frames, 128, 128)
+    net_in, crop = network_input(*scan.assembly.input_request(final=True))
+    whole_in, whole_crop = network_input_of(volume.astype(np.float32))
+    assert crop == whole_crop and np.array_equal(net_in, whole_in)
+    scan.close()
+    scan.assembly.release()
 
 
 def test_dectris_stream_over_zeromq(tmp_path):
@@ -97,6 +131,84 @@ def test_dectris_stream_over_zeromq(tmp_path):
         detector.close(linger_ms=0)
         for key in Store(settings).redis.scan_iter(f"{settings.key_prefix}:*"):
             Store(settings).redis.delete(key)
+
+
+def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_path):
+    """The same scan sent as DECTRIS stream v2 (CBOR, bslz4; the ingest tells the version itself) and natively
+    (bslz4) gives the same HDF5 chunks, byte for byte; v2's lz4 and uncompressed images give the same frames;
+    the geometry rides in the start's user_data; a malformed CBOR message is counted, not fatal."""
+    import threading
+    import uuid
+
+    import h5py
+    import redis
+
+    from services.beamline.sim import GEOMETRY_34IDC, Beamline, DectrisDetector
+    from services.ingest.service import serve
+    from shared.settings import Settings
+    from shared.store import Store
+
+    try:
+        redis.Redis().ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+
+    def free_port():
+        with __import__("socket").socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    volume = np.random.default_rng(2).poisson(40, (12, 48, 40)).astype(np.uint32)
+    native_at, detector_at = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    detector = DectrisDetector(detector_at, version=2)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(key_prefix=prefix, data_dir=tmp_path / "v2")
+    native_settings = Settings(key_prefix=prefix, data_dir=tmp_path / "native", ingest_bind=native_at)
+    stop = threading.Event()
+    threads = [threading.Thread(target=serve, args=(settings, stop), kwargs={"dectris": detector_at}),
+               threading.Thread(target=serve, args=(native_settings, stop))]
+    for thread in threads:
+        thread.start()
+    store = Store(settings)
+
+    def finished(scan):
+        for _ in range(300):
+            state = store.scan(scan)
+            if state and state["state"] in ("complete", "failed"):
+                return state
+            threading.Event().wait(0.05)
+        raise AssertionError(f"{scan} did not finish")
+
+    try:
+        detector.play(7, volume, encoding="bslz4", geometry=GEOMETRY_34IDC)
+        detector.play(8, volume, encoding="lz4")
+        detector.play(9, volume, encoding="raw")
+        detector.socket.send(b"\xa1\x64type\x65image")  # a CBOR map without series_id
+        beamline = Beamline(native_at)
+        beamline.play("native-7", volume, encoding="bslz4")
+        beamline.close()
+        v2, native = finished("series-7"), finished("native-7")
+        assert v2["frames_received"] == 12 and v2["geometry"]["delta_deg"] == GEOMETRY_34IDC["delta_deg"]
+        with h5py.File(v2["raw_file"]) as a, h5py.File(native["raw_file"]) as b:
+            assert a["frames"].dtype == b["frames"].dtype == np.uint32
+            for k in range(12):
+                assert a["frames"].id.read_direct_chunk((k, 0, 0)) == b["frames"].id.read_direct_chunk((k, 0, 0))
+            assert np.array_equal(a["frames"][()], volume)
+        for series in (8, 9):
+            with h5py.File(finished(f"series-{series}")["raw_file"]) as f:
+                assert np.array_equal(f["frames"][()], volume)
+        for _ in range(100):
+            if int(store.counters().get("rejected", 0)) >= 1:
+                break
+            threading.Event().wait(0.05)
+        assert "rejected:DECTRIS stream v2 message that is not a CBOR map with type and series_id" in store.counters()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        detector.close(linger_ms=0)
+        for key in store.redis.scan_iter(f"{prefix}:*"):
+            store.redis.delete(key)
 
 
 def test_back_pressure_skips_previews_never_final_jobs(tmp_path):

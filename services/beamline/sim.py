@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import cbor2
 import numpy as np
 import zmq
 
@@ -102,19 +103,54 @@ def dectris_messages(series, volume: np.ndarray, encoding: str = "bslz4"):
     yield [json.dumps({"htype": "dseries_end-1.0", "series": series}).encode()]
 
 
-class DectrisDetector:
-    """A simulated DECTRIS detector: binds a PUSH socket that the ingest connects to (--dectris)."""
+TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70}  # RFC 8746, little-endian
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:9999", hwm: int = 100000):
+
+def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geometry: dict | None = None):
+    """The CBOR messages of one DECTRIS stream-v2 series (start, images, end); the geometry, if any,
+    rides in the start's ``user_data`` (SIMPLON's header_appendix)."""
+    frames, height, width = volume.shape
+    start = {"type": "start", "series_id": series, "series_unique_id": f"sim-{series}", "number_of_images": frames,
+             "image_size_x": width, "image_size_y": height, "channels": ["threshold_1"],
+             "arm_date": cbor2.CBORTag(0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))}
+    if geometry:
+        start["user_data"] = {"geometry": geometry}
+    yield cbor2.dumps(start)
+    tag = TYPED_ARRAY_TAGS[str(volume.dtype)]
+    for k, frame in enumerate(volume):
+        frame = np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("<"), copy=False)
+        if encoding == "bslz4":
+            content = cbor2.CBORTag(56500, ["bslz4", frame.itemsize, codecs.encode(frame, "bslz4")])
+        elif encoding == "lz4":
+            content = cbor2.CBORTag(56500, ["lz4", 0, codecs.encode_lz4_hdf5(frame)])
+        else:
+            content = frame.tobytes()
+        image = cbor2.CBORTag(40, [[height, width], cbor2.CBORTag(tag, content)])
+        yield cbor2.dumps({"type": "image", "series_id": series, "series_unique_id": f"sim-{series}", "image_id": k,
+                           "start_time": [k, 1000], "stop_time": [k + 1, 1000], "real_time": [1000, 1000],
+                           "data": {"threshold_1": image}})
+    yield cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": f"sim-{series}"})
+
+
+class DectrisDetector:
+    """A simulated DECTRIS detector: binds a PUSH socket that the ingest connects to (--dectris);
+    ``version`` 1 (multipart JSON, legacy) or 2 (CBOR, SIMPLON 1.8+)."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:9999", hwm: int = 100000, version: int = 1):
+        self.version = version
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.bind(endpoint)
 
-    def play(self, series, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "bslz4", progress=None):
+    def play(self, series, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "bslz4", progress=None,
+             geometry: dict | None = None):
+        """One series; stream v1 carries no geometry, v2 carries it in the start's user_data."""
         began = time.perf_counter()
-        for k, parts in enumerate(dectris_messages(series, volume, encoding)):
-            self.socket.send_multipart(parts)
+        messages = dectris2_messages(series, volume, encoding, geometry) if self.version == 2 else \
+            (parts for parts in dectris_messages(series, volume, encoding))
+        for k, parts in enumerate(messages):
+            self.socket.send_multipart([parts] if isinstance(parts, bytes) else parts)
             if progress and 0 < k <= volume.shape[0]:
                 progress(1)
             if rate_hz and 0 < k <= volume.shape[0]:

@@ -12,8 +12,9 @@ from services.cli.options import positive_int, whole_number
 def add_arguments(p):
     p.add_argument("--endpoint", help="native: the ingest's address (default tcp://127.0.0.1:5555); "
                                       "dectris: the address this detector binds (default tcp://127.0.0.1:9999)")
-    p.add_argument("--protocol", choices=["native", "dectris"], default="native",
-                   help="dectris: act as a DECTRIS detector (stream v1); run the ingest with --dectris ENDPOINT")
+    p.add_argument("--protocol", choices=["native", "dectris", "dectris2"], default="native",
+                   help="dectris / dectris2: act as a DECTRIS detector, stream v1 (JSON) / v2 (CBOR); "
+                        "run the ingest with --dectris ENDPOINT")
     p.add_argument("--scans", type=whole_number, default=3, help="simulated scans to push (0: only --file ones)")
     p.add_argument("--size", type=positive_int, default=32, help="frames per scan and frame side (simulated)")
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
@@ -34,13 +35,14 @@ def run(args):
                                        spec_geometry)
     from shared.errors import InputError
 
-    dectris = args.protocol == "dectris"
+    dectris = args.protocol.startswith("dectris")
     endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
     encoding = args.encoding or ("bslz4" if dectris else "raw")
     if args.spec is not None and args.scan is None:
         raise InputError("--spec needs --scan N")
     recorded_geometry = spec_geometry(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
-    beamline = DectrisDetector(endpoint) if dectris else Beamline(endpoint)
+    beamline = DectrisDetector(endpoint, version=2 if args.protocol == "dectris2" else 1) if dectris else \
+        Beamline(endpoint)
     stamp = time.strftime("%H%M%S")
     plays = [(f"{args.prefix}-{stamp}-{i}", lambda i=i: simulated_volume(args.size, args.seed, i, args.photons), None)
              for i in range(args.scans)]
@@ -49,8 +51,8 @@ def run(args):
         for scan, make, geometry in plays:
             volume = make()
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
-                if dectris:  # the DECTRIS stream carries no geometry; series ids are the scan names
-                    beamline.play(scan, volume, args.rate, encoding, progress=bar.update)
+                if dectris:  # series ids are the scan names; only stream v2 carries the geometry (user_data)
+                    beamline.play(scan, volume, args.rate, encoding, progress=bar.update, geometry=geometry)
                 else:
                     beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update)
     finally:

@@ -6,11 +6,15 @@ from services.cli.services_common import add_settings_arguments, settings_from, 
 def add_arguments(p):
     add_settings_arguments(p)
     p.add_argument("--bind", help="ZeroMQ PULL address (default $INGEST_BIND or tcp://127.0.0.1:5555)")
-    p.add_argument("--dectris", metavar="ENDPOINT", help="connect to a DECTRIS stream (v1) instead, e.g. tcp://det:9999")
+    p.add_argument("--dectris", metavar="ENDPOINT",
+                   help="connect to a DECTRIS detector's stream instead, e.g. tcp://det:31001 (v2) or tcp://det:9999 (v1)")
+    p.add_argument("--dectris-version", choices=["auto", "1", "2"], default="auto",
+                   help="DECTRIS stream interface: 1 (JSON, legacy), 2 (CBOR) or auto (told apart per message)")
 
 
 def run(args):
     from services.ingest.service import serve
 
     stop = stop_on_signals()
-    serve(settings_from(args, ingest_bind=args.bind), stop, dectris=args.dectris)
+    version = None if args.dectris_version == "auto" else int(args.dectris_version)
+    serve(settings_from(args, ingest_bind=args.bind), stop, dectris=args.dectris, dectris_version=version)

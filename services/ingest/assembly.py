@@ -1,25 +1,69 @@
-"""Frames of one scan → its 3D rocking curve and the network input (no I/O)."""
+"""Frames of one scan → its rocking curve in a region of interest → the network input.
+
+Memory per open scan is bounded by the region of interest (ROI), not by frames ×
+full detector: the receive path keeps only each frame's ROI, in a memory-mapped
+file that the assembler process reads (no copy through a pipe, no GIL shared).
+Until the Bragg peak is clear, frames are only summed (one detector image) and
+kept on disk; once it is, the ROI is placed around it and filled from the file.
+"""
 
 from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from shared.messages import Start
 from shared.physics import downsample
 
+ROI_PEAK_CONTRAST = 10.0  # the summed detector's brightest pixel, in units of its mean, that makes a peak clear
+ROI_PEAK_MIN_COUNTS = 50.0
+
+
+def scratch_dir(fallback: Path) -> Path:
+    """Where ROI volumes live: shared memory if the system has it, else beside the data."""
+    shm = Path("/dev/shm")
+    folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback / ".assembly"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def remove_stale(folder: Path) -> None:
+    """ROI volumes left by an ingest that died (its pid is gone)."""
+    for path in folder.glob("cdi-live-roi-*.f32"):
+        try:
+            pid = int(path.name.split("-")[3])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
 
 class ScanAssembly:
-    """In-memory rocking curve of a scan being acquired; counts duplicates and gaps."""
+    """The rocking curve of a scan being acquired, in its ROI; counts duplicates and gaps."""
 
-    def __init__(self, start: Start):
+    def __init__(self, start: Start, roi_px: int = 128, scratch: Path | None = None):
         self.start = start
-        self.frames = np.zeros((start.frames, *start.shape), np.float32)
         self.received = np.zeros(start.frames, bool)
         self.duplicates = 0
         self.out_of_order = 0
         self.last_index = -1
         self.crop, self.crop_count = None, 0  # the previews' crop and the frame count it was chosen at
+        height, width = start.shape
+        self.roi_px = (min(height, roi_px or height), min(width, roi_px or width))
+        self.scratch = scratch or scratch_dir(Path("."))
+        self.path: Path | None = None
+        self.volume: np.ndarray | None = None
+        self.roi: tuple[int, int] | None = None  # the ROI's first row and column
+        self.detector = np.zeros(start.shape, np.float64)  # summed frames, until the ROI is placed
+        if self.roi_px == (height, width):
+            self.place((0, 0))
 
+    # receiving -----------------------------------------------------------
     def add(self, index: int, frame: np.ndarray) -> bool:
         """Place a frame; False (and counted) if that index arrived before."""
         if self.received[index]:
@@ -28,9 +72,49 @@ class ScanAssembly:
         if index < self.last_index:
             self.out_of_order += 1
         self.last_index = max(self.last_index, index)
-        self.frames[index] = frame
         self.received[index] = True
+        if self.volume is not None:
+            r, c = self.roi
+            self.volume[index] = frame[r:r + self.roi_px[0], c:c + self.roi_px[1]]
+        else:
+            self.detector += frame
         return True
+
+    @property
+    def placed(self) -> bool:
+        return self.volume is not None
+
+    def peak_is_clear(self) -> bool:
+        """True once the summed frames show a Bragg peak well above their mean (or a quarter of the scan is in)."""
+        if self.placed or self.count % 4:  # looked at every 4th frame: a cheap receive path
+            return False
+        top = self.detector.max()
+        return (top >= ROI_PEAK_MIN_COUNTS and top >= ROI_PEAK_CONTRAST * self.detector.mean()) or \
+            self.count >= max(1, self.start.frames // 4)
+
+    def place_around_peak(self, read: Callable[[int, slice, slice], np.ndarray]) -> None:
+        """Put the ROI around the summed frames' peak and fill it with the frames so far (``read`` from disk)."""
+        if self.detector.sum() > 0:
+            peak = downsample.bragg_peak(self.detector[None])[1:]
+        else:
+            peak = (self.start.shape[0] // 2, self.start.shape[1] // 2)
+        corner = tuple(int(np.clip(p - s // 2, 0, n - s)) for p, s, n in zip(peak, self.roi_px, self.start.shape))
+        self.place(corner)
+        rows, cols = slice(corner[0], corner[0] + self.roi_px[0]), slice(corner[1], corner[1] + self.roi_px[1])
+        for index in np.flatnonzero(self.received):
+            self.volume[index] = read(int(index), rows, cols)
+
+    def place(self, corner: tuple[int, int]) -> None:
+        self.roi = corner
+        self.path = self.scratch / f"cdi-live-roi-{os.getpid()}-{uuid.uuid4().hex[:12]}.f32"
+        self.volume = np.memmap(self.path, np.float32, "w+", shape=(self.start.frames, *self.roi_px))
+        self.detector = None
+
+    def release(self) -> None:
+        """Free the ROI volume (its assembler jobs are done or were never asked)."""
+        self.volume = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     @property
     def count(self) -> int:
@@ -40,23 +124,32 @@ class ScanAssembly:
     def missing(self) -> int:
         return int(self.start.frames - self.received.sum())
 
-    def network_input(self, reuse_crop: bool = False) -> tuple[np.ndarray, tuple]:
-        """(32³ magnitude, crop shape): centred on the middle of the rocking curve and the
-        detector centre of mass, so frames not yet acquired stay zero at the end.
+    # computing (in the assembler) ------------------------------------------
+    def input_request(self, final: bool) -> tuple[str, tuple, tuple | None]:
+        """What the assembler needs: the ROI volume's file, its shape, and the crop to reuse (previews
+        choose it again only when the frame count has doubled since; the final input always afresh)."""
+        self.volume.flush()
+        reuse = not final and self.crop is not None and self.count < 2 * self.crop_count
+        return str(self.path), self.volume.shape, self.crop if reuse else None
 
-        Choosing the crop takes a 3D FFT of the whole volume (its oversampling), the
-        dominant cost for large frames; previews (``reuse_crop``) choose it again only
-        when the frame count has doubled since, the final input always afresh."""
-        volume = self.frames
-        n = volume.shape[0]
-        detector = volume.sum(axis=0)
-        centre = (n // 2, *downsample.bragg_peak(np.broadcast_to(detector, (1, *detector.shape)))[1:])
-        if min(volume.shape) < downsample.NETWORK_SIZE:
-            pad = [(0, max(0, downsample.NETWORK_SIZE - s)) for s in volume.shape]
-            volume = np.pad(volume, pad)
-        if reuse_crop and self.crop is not None and self.count < 2 * self.crop_count:
-            crop = self.crop
-        else:
-            crop = self.crop = downsample.crop_shape(volume, centre)
-            self.crop_count = self.count
-        return downsample.network_input(volume, centre=centre, crop=crop), crop
+    def input_done(self, crop: tuple, frames_used: int) -> None:
+        if crop != self.crop:
+            self.crop, self.crop_count = crop, frames_used
+
+
+def network_input(path: str, shape: tuple, crop: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """(32³ magnitude, crop shape) of a (possibly partial) ROI volume: centred on the middle of the
+    rocking curve and the ROI's centre of mass, so frames not yet acquired stay zero at the end.
+    Runs in the assembler process; the oversampling is measured on at most 128³ around the peak."""
+    volume = np.memmap(path, np.float32, "r", shape=tuple(shape))
+    return network_input_of(np.asarray(volume), crop)
+
+
+def network_input_of(volume: np.ndarray, crop: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    n = volume.shape[0]
+    detector = volume.sum(axis=0)
+    centre = (n // 2, *downsample.bragg_peak(detector[None])[1:])
+    if min(volume.shape) < downsample.NETWORK_SIZE:
+        volume = np.pad(volume, [(0, max(0, downsample.NETWORK_SIZE - s)) for s in volume.shape])
+    crop = crop or downsample.crop_shape(volume, centre)
+    return downsample.network_input(volume, centre=centre, crop=crop), crop

@@ -31,7 +31,8 @@ class ScanFile:
         self.last_activity = time.monotonic()
 
     @classmethod
-    def create(cls, start: Start, folder: Path, record: dict) -> "ScanFile":
+    def create(cls, start: Start, folder: Path, record: dict, roi_px: int = 128,
+               scratch: Path | None = None) -> "ScanFile":
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "frames.h5"
         handle = h5py.File(path, "w")
@@ -39,22 +40,35 @@ class ScanFile:
                               fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
         handle.create_dataset("received", (start.frames,), bool, fillvalue=False)
         handle.attrs["start"] = start.model_dump_json()
-        return cls(path, handle, start, ScanAssembly(start), {**record, "raw_file": str(path)})
+        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch), {**record, "raw_file": str(path)})
 
     @classmethod
-    def reopen(cls, path: Path, record: dict) -> "ScanFile":
+    def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None) -> "ScanFile":
         """Continue a scan whose ingest stopped: the frames it had marked received are kept."""
         handle = h5py.File(path, "r+")
         try:
             start = Start.model_validate_json(handle.attrs["start"])
-            assembly = ScanAssembly(start)
-            received = handle["received"][()]
-            for index in np.flatnonzero(received):
-                assembly.add(int(index), handle["frames"][index])
+            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch), record)
+            for index in np.flatnonzero(handle["received"][()]):
+                scan.assembly.add(int(index), handle["frames"][index])
+            scan.place_roi_if_clear()
         except Exception:
             handle.close()
             raise
-        return cls(path, handle, start, assembly, record)
+        return scan
+
+    def add(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> bool:
+        """Keep a new frame (on disk whole, in memory its ROI); False for a duplicate."""
+        if not self.assembly.add(index, frame):
+            return False
+        self.write(index, frame, bslz4)
+        self.place_roi_if_clear()
+        return True
+
+    def place_roi_if_clear(self, now: bool = False) -> None:
+        """Place the region of interest once the Bragg peak is clear (or ``now``: a network input is asked)."""
+        if not self.assembly.placed and (now or self.assembly.peak_is_clear()):
+            self.assembly.place_around_peak(lambda index, rows, cols: self.dataset[index, rows, cols])
 
     def write(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> None:
         """Store one frame as one ready-compressed chunk (HDF5's bitshuffle-LZ4 chunk layout is the
@@ -69,5 +83,6 @@ class ScanFile:
         self.file.flush()
 
     def close(self) -> None:
+        """Close the file; the ROI volume stays until its network inputs are computed (``assembly.release``)."""
         self.sync()
         self.file.close()

@@ -5,28 +5,33 @@ logged once per reason, and dropped; nothing a sender does stops the loop or
 touches other scans. Accepted frames are on disk (HDF5, Bitshuffle-LZ4) before
 anything else happens with them.
 
-Receiving never waits for computing: a network input (peak search, crop, DCT)
-is computed by one assembler thread beside the loop (NumPy and SciPy release
-the GIL), and its job is queued when it is ready. A preview asked for while
-one of the same scan is still being computed is skipped as stale (counted);
-final inputs always go.
+Receiving never waits for computing: the loop only validates, writes the frame
+and keeps its region of interest (``assembly``); a network input (peak search,
+crop, DCT) is computed by an assembler process beside it, reading the ROI volume
+from shared memory, and its job is queued when it is ready. A preview asked for
+while one of the same scan is still being computed is skipped as stale
+(counted); final inputs always go.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import socket as socketlib
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
 import pydantic
 import redis
 import zmq
+from threadpoolctl import threadpool_limits
 
+from services.ingest import assembly
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
 from shared import codecs
@@ -79,7 +84,14 @@ class Ingest:
         self.outbox: list = []  # callables queuing Redis commands on a pipeline
         self.redis_down = False
         self.last_sync = time.monotonic()
-        self.assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
+        # OpenMP's thread count is per thread: the loop that receives must be the one that constructs us.
+        # One thread per frame's (de)compression: more only fought the assembler for the cores.
+        threadpool_limits(1, user_api="openmp")
+        self.scratch = assembly.scratch_dir(settings.data_dir)
+        assembly.remove_stale(self.scratch)
+        self.assembler = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+        self.assembler.submit(int)  # start it now: its imports are not paid by the first scan
         self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -138,7 +150,7 @@ class Ingest:
                 continue
             path = self.settings.data_dir / record["scan"] / "frames.h5"
             try:
-                scan = ScanFile.reopen(path, record)
+                scan = ScanFile.reopen(path, record, self.settings.ingest_roi_px, self.scratch)
             except Exception as exc:  # unreadable after a crash: say so rather than leave it acquiring
                 reason = f"raw file unreadable after an ingest restart ({type(exc).__name__})"
                 self.store.update_scan(record["scan"], state="failed", reason=reason)
@@ -191,7 +203,8 @@ class Ingest:
             raise Rejected("too many concurrent scans")
         if int(np.prod(start.shape)) * np.dtype(start.dtype).itemsize > self.settings.max_frame_bytes:
             raise Rejected("declared frame size over the limit")
-        if start.frames * int(np.prod(start.shape)) * 4 > self.settings.max_scan_bytes:  # float32 in memory
+        roi = [min(n, self.settings.ingest_roi_px or n) for n in start.shape]
+        if start.frames * int(np.prod(roi)) * 4 > self.settings.max_scan_bytes:  # float32 ROI in memory
             raise Rejected("declared scan size over the limit")
         try:
             existing = self.store.scan(start.scan)
@@ -203,7 +216,8 @@ class Ingest:
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
                   "ingest": self.name}
-        scan = ScanFile.create(start, self.settings.data_dir / start.scan, record)
+        scan = ScanFile.create(start, self.settings.data_dir / start.scan, record, self.settings.ingest_roi_px,
+                               self.scratch)
         self.scans[start.scan] = scan
         self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
@@ -221,10 +235,9 @@ class Ingest:
         frame = decode_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
         self.dirty.add(header.scan)
         scan.last_activity = time.monotonic()
-        if not scan.assembly.add(header.index, frame):
+        if not scan.add(header.index, frame, parts[1] if header.encoding == "bslz4" else None):
             self.count("duplicates")
             return
-        scan.write(header.index, frame, parts[1] if header.encoding == "bslz4" else None)
         self.count("frames_in")
         scan.since_preview += 1
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
@@ -246,6 +259,7 @@ class Ingest:
         if scan.assembly.count:
             self.enqueue(scan, final=True)
             self.sync(force=True)
+        self.release_if_idle(scan)
 
     def enqueue(self, scan: ScanFile, final: bool) -> None:
         """Ask the assembler for the current (possibly partial) network input; its job is queued by
@@ -266,7 +280,9 @@ class Ingest:
         scan.record["latest_seq"] = scan.seq
         snapshot = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final),
                     "frames_used": scan.assembly.count, "queued": time.time()}
-        self.computing.append((scan, snapshot, self.assembler.submit(scan.assembly.network_input, not final)))
+        scan.place_roi_if_clear(now=True)
+        request = scan.assembly.input_request(final)
+        self.computing.append((scan, snapshot, self.assembler.submit(assembly.network_input, *request)))
 
     def collect(self) -> bool:
         """Queue the jobs of network inputs the assembler has finished, in the order asked; True if a
@@ -278,18 +294,26 @@ class Ingest:
             try:
                 net_in, crop = future.result()
             except Exception as exc:  # a bug must cost one input, never the ingest; a final one fails its scan
-                log.exception("network input of scan %s failed", name)
+                log.error("network input of scan %s failed: %s: %s", name, type(exc).__name__, exc)
                 self.count("inputs_failed")
                 if final:
                     reason = f"network input failed ({type(exc).__name__})"
                     self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason)
                     finals = True
+                self.release_if_idle(scan)
                 continue
+            scan.assembly.input_done(crop, snapshot["frames_used"])
+            self.release_if_idle(scan)
             job = {**snapshot, "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes()}
             self.outbox.append(lambda pipe, job=job: pipe.xadd(self.store.keys.infer_jobs, job))
             self.later(name, None, latest_seq=job["seq"])
             finals = finals or final
         return finals
+
+    def release_if_idle(self, scan: ScanFile) -> None:
+        """Free a closed scan's ROI volume once no network input of it is being computed."""
+        if self.scans.get(scan.start.scan) is not scan and not any(s is scan for s, _, _ in self.computing):
+            scan.assembly.release()
 
     def drain(self) -> None:
         """Wait for every network input asked for, then queue their jobs (a stop, a test)."""
@@ -312,6 +336,7 @@ class Ingest:
         for name, scan in list(self.scans.items()):
             if now - scan.last_activity > self.settings.scan_idle_timeout_s:
                 self.scans.pop(name).close()
+                self.release_if_idle(scan)
                 reason = f"no message for {self.settings.scan_idle_timeout_s:g} s; closed with " \
                          f"{scan.assembly.count} of {scan.start.frames} frames on disk"
                 self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason,
@@ -327,13 +352,27 @@ class Ingest:
         self.sync(force=True)
         for scan in self.scans.values():
             scan.close()
+            scan.assembly.release()  # a restarted ingest rebuilds it from the file
 
 
-def serve(settings: Settings, stop: threading.Event | None = None, dectris: str | None = None) -> None:
+def native_messages(parts: list[bytes], translator: DectrisTranslator | None, ingest: Ingest) -> list[list[bytes]]:
+    """A received message as native messages: itself, or a DECTRIS message translated (a bad one is counted)."""
+    if translator is None:
+        return [parts]
+    try:
+        return translator.translate(parts)
+    except ValueError as exc:
+        ingest.reject(str(exc))
+        return []
+
+
+def serve(settings: Settings, stop: threading.Event | None = None, dectris: str | None = None,
+          dectris_version: int | None = None) -> None:
     """Run until ``stop`` is set (or Ctrl-C); files are closed cleanly either way.
 
     With ``dectris`` (a detector's stream address) the ingest connects to it and
-    translates DECTRIS stream v1 messages instead of binding the native socket.
+    translates DECTRIS stream messages (v1 or v2: ``dectris_version``, None to tell
+    them apart per message) instead of binding the native socket.
     """
     stop = stop or threading.Event()
     ingest = Ingest(settings, name=dectris or settings.ingest_bind)
@@ -342,7 +381,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)
     socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + 65536)
-    translator = DectrisTranslator() if dectris else None
+    translator = DectrisTranslator(version=dectris_version) if dectris else None
     if dectris:
         socket.connect(dectris)
     else:
@@ -358,14 +397,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                     pass  # frames keep going to disk while Redis is away
                 last_beat = time.monotonic()
             if socket.poll(50):
-                parts = socket.recv_multipart()
-                if translator is not None:
-                    try:
-                        parts = translator.translate(parts)
-                    except ValueError as exc:
-                        ingest.reject(str(exc))
-                        continue
-                ingest.handle(parts)
+                for message in native_messages(socket.recv_multipart(), translator, ingest):
+                    ingest.handle(message)
             else:
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
             if time.monotonic() - last_expiry > 1:
