@@ -56,12 +56,13 @@ def keys(settings: Settings):
         refine_jobs = f"{p}:jobs:refine"
         updates = f"{p}:updates"
         scans = f"{p}:scans"  # sorted set: scan id by start time
+        scans_version = f"{p}:scans:version"  # counts writes to any scan record (readers cache pages on it)
         metrics = f"{p}:metrics"
         dead_letters = f"{p}:jobs:dead"
 
         @staticmethod
-        def worker(kind: str, consumer: str) -> str:
-            return f"{p}:worker:{kind}:{consumer}"
+        def workers(kind: str) -> str:  # sorted set: consumer by time of its last heartbeat
+            return f"{p}:workers:{kind}"
 
         @staticmethod
         def scan(scan_id: str) -> str:

@@ -73,7 +73,8 @@ def stack(tmp_path):
         @staticmethod
         def wait_worker(kind, process):
             wait_for(lambda: any(k.endswith(f"-{process.pid}".encode())
-                                 for k in server.client.scan_iter(f"{env['KEY_PREFIX']}:worker:{kind}:*")), timeout=120)
+                                 for k in server.client.zrange(f"{env['KEY_PREFIX']}:workers:{kind}", 0, -1)),
+                     timeout=120)
 
         @staticmethod
         def scan(name):

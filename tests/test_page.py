@@ -51,8 +51,17 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
     beamline.close()
     page.wait_for_function("document.getElementById('plot3d').dataset.framesUsed === '32'", timeout=60000)
     page.wait_for_function("document.getElementById('scan-state').textContent === 'complete'")
-    page.check("input[name=stage][value=refined]")
+    # By default the page shows the best finished stage: the refined one once it exists, without a click.
     page.wait_for_function("document.getElementById('plot3d').dataset.stage === 'refined'", timeout=90000)
+    # Phase colours: symmetric about zero over the crystal's own range; the toggle fixes ±π.
+    auto_span = float(page.get_attribute("#plot3d", "data-phase-span"))
+    assert 0 < auto_span <= 3.142
+    page.check("#phase-fixed")
+    page.wait_for_function("document.getElementById('plot3d').dataset.phaseSpan === '3.142'")
+    page.check("input[name=stage][value=nn]")
+    page.wait_for_function("document.getElementById('plot3d').dataset.stage === 'nn'", timeout=30000)
+    page.check("input[name=stage][value=refined]")
+    page.wait_for_function("document.getElementById('plot3d').dataset.stage === 'refined'", timeout=30000)
     # The downloads follow the scan record, which may arrive just after the refined view: wait for it.
     page.wait_for_function("!document.querySelector('a[data-kind=strain][data-format=npz]').classList"
                            ".contains('disabled')", timeout=20000)

@@ -59,10 +59,13 @@ def play_scans(args, endpoint: str) -> None:
 def run(args):
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    with services_running(settings) as (processes, stopping):
-        print("starting ingest, workers and gateway (the workers load the network first)…")
-        wait_until_ready(base, processes)
-        print(f"\n  live page: {base}/   (API docs: {base}/docs)\n")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.data_dir / "services.log"  # their logs and the access log: the terminal shows progress
+    with log_path.open("ab") as log, services_running(settings, log=log) as (processes, stopping):
+        print(f"starting ingest, workers and gateway (the workers load the network first; log: {log_path})…",
+              flush=True)
+        wait_until_ready(base, processes, progress=lambda line: print(line, flush=True), where=str(log_path))
+        print(f"\n  live page: {base}/   (API docs: {base}/docs)\n", flush=True)
         play_scans(args, settings.ingest_bind)
         print(f"all scans pushed; results keep landing on {base}/ . Ctrl-C stops the demo.")
         wait_while_running(processes, stopping, args.exit_after)

@@ -7,6 +7,7 @@ fallback), so a new user needs nothing else. Ctrl-C stops everything cleanly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -52,13 +53,16 @@ def ensure_redis(url: str):
     raise InputError(f"could not start redis-server for {url}")
 
 
-def start_services(settings, extra_env=None) -> list[subprocess.Popen]:
+def start_services(settings, extra_env=None, log=None) -> list[subprocess.Popen]:
+    """The four services as children in our process group (a terminal's Ctrl-C reaches each; each
+    stops cleanly on it). ``log``: an open file for their output (default: ours)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATA_DIR": str(settings.data_dir),
            "INGEST_BIND": settings.ingest_bind, "GATEWAY_PORT": str(settings.gateway_port),
            "GATEWAY_HOST": settings.gateway_host, **(extra_env or {})}
     exe = [sys.executable, "-m", "services.cli.main"]
     commands = [["ingest"], ["worker", "infer"], ["worker", "refine"], ["gateway"]]
-    return [subprocess.Popen(exe + c, env=env) for c in commands]
+    return [subprocess.Popen(exe + c, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+            for c in commands]
 
 
 def stop_all(processes, timeout: float = 10.0) -> None:
@@ -74,11 +78,11 @@ def stop_all(processes, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def services_running(settings):
+def services_running(settings, log=None):
     """Redis (embedded if none answers) and the four services, all stopped cleanly on leaving —
     on Ctrl-C too. Yields (processes, stopping): ``stopping`` fills on SIGTERM."""
     embedded = ensure_redis(settings.redis_url)
-    processes = start_services(settings)
+    processes = start_services(settings, log=log)
     stopping: list = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
@@ -91,17 +95,34 @@ def services_running(settings):
             embedded.terminate()
 
 
-def wait_until_ready(base: str, processes, timeout: float = 300.0) -> None:
-    """The workers load TensorFlow and build their graphs first; /ready says when they are done."""
-    deadline = time.time() + timeout
+def wait_until_ready(base: str, processes, timeout: float = 300.0, progress=None, where: str = "the log lines above"):
+    """The workers load TensorFlow and build their graphs first; /ready says when they are done.
+    ``progress`` (e.g. print) is told each step as it happens."""
+    deadline, said = time.time() + timeout, set()
+
+    def tell(step: str) -> None:
+        if progress and step not in said:
+            said.add(step)
+            progress(f"  {step}")
+
     while time.time() < deadline:
         if any(p.poll() is not None for p in processes):
-            raise InputError("a service stopped while starting; see the log lines above")
+            raise InputError(f"a service stopped while starting; see {where}")
         try:
             with urllib.request.urlopen(f"{base}/ready", timeout=2):
+                tell("inference and refinement workers ready")
                 return  # 200: Redis and both workers answer
+        except urllib.error.HTTPError as exc:  # 503 while the workers load
+            tell("gateway answering")
+            try:
+                workers = json.loads(exc.read()).get("workers", {})
+            except ValueError:
+                workers = {}
+            for kind, alive in workers.items():
+                if alive:
+                    tell(f"{'inference' if kind == 'infer' else 'refinement'} worker ready")
         except (urllib.error.URLError, ConnectionError):
-            pass  # not up yet, or 503 while the workers load
+            pass  # not up yet
         time.sleep(0.5)
     raise InputError(f"the services were not ready after {timeout:.0f} s")
 

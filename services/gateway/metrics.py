@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
-from shared.store import Store
 
 COUNTERS = {  # Redis counter → (metric, help)
     "frames_in": ("cdi_frames_in", "frames accepted by the ingest"),
@@ -18,13 +16,13 @@ COUNTERS = {  # Redis counter → (metric, help)
 }
 
 
-class RedisCollector:
-    def __init__(self, store: Store):
-        self.store = store
+class SnapshotCollector:
+    def __init__(self, snapshot: dict):
+        self.snapshot = snapshot
 
     def collect(self):
-        keys = self.store.keys
-        counters = self.store.counters()
+        snapshot = self.snapshot
+        counters = snapshot["counters"]
         for name, (metric, text) in COUNTERS.items():
             yield CounterMetricFamily(metric, text, value=counters.get(name, 0))
         rejected = CounterMetricFamily("cdi_messages_rejected", "messages dropped by the ingest", labels=["reason"])
@@ -42,22 +40,20 @@ class RedisCollector:
         depth = GaugeMetricFamily("cdi_queue_length", "entries in a job stream", labels=["queue"])
         pending = GaugeMetricFamily("cdi_queue_pending", "jobs delivered to a worker, not yet acknowledged",
                                     labels=["queue"])
-        for queue, stream in (("infer", keys.infer_jobs), ("refine", keys.refine_jobs), ("dead", keys.dead_letters)):
-            depth.add_metric([queue], self.store.redis.xlen(stream))
-            try:
-                pending.add_metric([queue], self.store.redis.xpending(stream, queue)["pending"])
-            except redis.ResponseError:  # no such group (yet)
-                pending.add_metric([queue], 0)
+        for queue in ("infer", "refine", "dead"):
+            depth.add_metric([queue], snapshot["length"][queue])
+            pending.add_metric([queue], snapshot["pending"][queue])
         yield depth
         yield pending
         workers = GaugeMetricFamily("cdi_workers", "workers with a fresh heartbeat", labels=["kind"])
-        for kind in ("infer", "refine"):
-            workers.add_metric([kind], len(self.store.live_workers(kind)))
+        for kind, alive in snapshot["workers"].items():
+            workers.add_metric([kind], alive)
         yield workers
-        yield GaugeMetricFamily("cdi_scans", "scans known", value=self.store.redis.zcard(keys.scans))
+        yield GaugeMetricFamily("cdi_scans", "scans known", value=snapshot["scans"])
 
 
-def render(store: Store) -> bytes:
+def render(snapshot: dict) -> bytes:
+    """Prometheus text of a ``Store.service_snapshot`` (read in one Redis round trip per scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(store))
+    registry.register(SnapshotCollector(snapshot))
     return generate_latest(registry)

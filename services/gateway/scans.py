@@ -65,12 +65,22 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         return Response(content, media_type=exports.MEDIA[fmt],
                         headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 
+    pages: dict[tuple, tuple[int, bytes]] = {}  # (state, limit, offset) → (records' version, serialized page)
+
     @router.get("", response_model=ScanPage)
     def list_scans(state: State | None = None, limit: int = Query(20, ge=1, le=100),
                    offset: int = Query(0, ge=0, le=1_000_000)):
-        """Scans, newest first."""
-        records, total = store.list_scans(state, limit, offset)
-        return ScanPage(scans=[ScanView.from_record(r) for r in records], total=total, limit=limit, offset=offset)
+        """Scans, newest first. A page is rebuilt only when some scan record changed since it was built
+        (one Redis GET otherwise): operators' pages and scripts poll this."""
+        query, version = (state, limit, offset), store.scans_version()
+        cached = pages.get(query)
+        if cached is None or cached[0] != version:
+            records, total = store.list_scans(state, limit, offset)
+            page = ScanPage(scans=[ScanView.from_record(r) for r in records], total=total, limit=limit, offset=offset)
+            if len(pages) > 256:
+                pages.clear()
+            cached = pages[query] = (version, page.model_dump_json().encode())
+        return Response(cached[1], media_type="application/json")
 
     @router.get("/{scan}", response_model=ScanView)
     def scan_detail(scan: str = ScanId):

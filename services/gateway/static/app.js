@@ -1,7 +1,8 @@
 // The operators' page: scan list and one scan's live view, fed by Server-Sent Events.
 "use strict";
 
-const state = { scans: new Map(), selected: null, stage: "nn", loading: false, reloadAgain: false };
+// stage "best": the refined result of a scan once it exists, the network's until then.
+const state = { scans: new Map(), selected: null, stage: "best", loading: false, reloadAgain: false, view: null };
 const $ = (id) => document.getElementById(id);
 const PLOT_LAYOUT = { paper_bgcolor: "#1a2029", plot_bgcolor: "#1a2029", font: { color: "#dfe6ee" },
                       margin: { l: 0, r: 0, t: 0, b: 0 } };
@@ -53,6 +54,12 @@ function select(scan) {
   loadView();
 }
 
+// The stage to show for scan record s: "best" picks the best finished one.
+function shownStage(s) {
+  if (state.stage !== "best") return state.stage;
+  return s && s.results && s.results.refined ? "refined" : "nn";
+}
+
 async function refreshDetail() {
   if (!state.selected) return;
   const s = await getJSON(`/api/scans/${state.selected}`);
@@ -84,7 +91,7 @@ function renderDetail(s) {
   }
   for (const a of document.querySelectorAll(".downloads a")) {
     const kind = a.dataset.kind;
-    const stage = kind === "frames" ? null : state.stage;
+    const stage = kind === "frames" ? null : shownStage(s);
     a.href = kind === "frames" ? `/api/scans/${s.scan}/frames`
            : `/api/scans/${s.scan}/${kind}?stage=${stage}&format=${a.dataset.format}`;
     const available = kind === "frames" ? s.state !== "acquiring"
@@ -99,7 +106,7 @@ async function loadView() {
   state.loading = true;
   const scan = state.selected;
   try {
-    const view = await getJSON(`/api/scans/${scan}/view?stage=${state.stage}`);
+    const view = await getJSON(`/api/scans/${scan}/view?stage=${shownStage(state.scans.get(scan))}`);
     if (scan === state.selected) drawView(view);
   } catch (err) {
     console.error(err);
@@ -110,12 +117,27 @@ async function loadView() {
   }
 }
 
+// Phase colours: by default symmetric about zero over the range the crystal spans (diverging), so a
+// weakly strained crystal is not one flat colour; "phase ±π" fixes the cyclic ±π scale.
+const PHASE_AUTO_STOPS = [[0, "#2166ac"], [0.5, "#f7f7f7"], [1, "#b2182b"]];
+
+function phaseScale(view) {
+  if ($("phase-fixed").checked) return { span: Math.PI, scale: PHASE_SCALE };
+  let top = 0;
+  for (const v of view.mesh.phase) top = Math.max(top, Math.abs(v));
+  for (const rows of view.phase) for (const row of rows) for (const v of row) if (v !== null) top = Math.max(top, Math.abs(v));
+  return { span: Math.min(Math.PI, Math.max(0.05, Number(top.toPrecision(2)))), scale: PHASE_AUTO_STOPS };
+}
+
 function drawView(view) {
+  state.view = view;
   $("waiting").hidden = true;
   const m = view.mesh;
+  const { span, scale } = phaseScale(view);
+  const stops = scale.map(([t, c]) => [t, hexToRgb(c)]);
   Plotly.react("plot3d", [{
     type: "mesh3d", x: m.x, y: m.y, z: m.z, i: m.i, j: m.j, k: m.k, intensity: m.phase,
-    colorscale: PHASE_SCALE, cmin: -Math.PI, cmax: Math.PI, flatshading: false,
+    colorscale: scale, cmin: -span, cmax: span, flatshading: false,
     colorbar: { title: { text: "phase" }, thickness: 12 },
     lighting: { ambient: 0.6, diffuse: 0.6, specular: 0.2 },
   }], { ...PLOT_LAYOUT, uirevision: view.scan,
@@ -123,8 +145,13 @@ function drawView(view) {
   { displaylogo: false, responsive: true });
   for (let a = 0; a < 3; a++) {
     paintSlice(`amp-${a}`, view.amplitude[a], (v) => greys(v));
-    paintSlice(`phase-${a}`, view.phase[a], (v) => cyclic((v + Math.PI) / (2 * Math.PI)));
+    paintSlice(`phase-${a}`, view.phase[a], (v) => ramp(stops, (v / span + 1) / 2));
   }
+  $("phase-min").textContent = `−${span.toFixed(2)}`;
+  $("phase-max").textContent = `+${span.toFixed(2)} rad`;
+  const bar = $("phase-scale").getContext("2d");
+  for (let x = 0; x < 128; x++) { const [r, g, b] = ramp(stops, x / 127); bar.fillStyle = `rgb(${r},${g},${b})`; bar.fillRect(x, 0, 1, 1); }
+  $("plot3d").dataset.phaseSpan = span.toFixed(3);
   drawStrain(view);
   $("plot3d").dataset.framesUsed = String(view.frames_used);
   $("plot3d").dataset.stage = view.stage;
@@ -162,11 +189,8 @@ function ramp(stops, t) {
 
 // ---- slices: one pixel per voxel on a canvas, scaled up by CSS ----------
 function hexToRgb(h) { return [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)); }
-const PHASE_STOPS = PHASE_SCALE.map(([t, c]) => [t, hexToRgb(c)]);
 
 function greys(v) { const g = Math.round(255 * Math.min(1, Math.max(0, v))); return [g, g, g]; }
-
-function cyclic(t) { return ramp(PHASE_STOPS, t); }
 
 function paintSlice(id, rows, colour, scaleBar = 0) {
   const holder = $(id);
@@ -206,7 +230,7 @@ function onEvent(e) {
   }
   if (ev.scan === state.selected) {
     refreshDetail();
-    if (ev.event === "result" && ev.stage === state.stage) loadView();
+    if (ev.event === "result" && (ev.stage === state.stage || state.stage === "best")) loadView();
   } else {
     loadScans();
   }
@@ -222,5 +246,6 @@ function connect() {
 for (const radio of document.querySelectorAll("input[name=stage]")) {
   radio.onchange = () => { state.stage = radio.value; refreshDetail(); loadView(); };
 }
+$("phase-fixed").onchange = () => { if (state.view) drawView(state.view); };
 connect();
 loadScans();
