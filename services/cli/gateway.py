@@ -16,7 +16,13 @@ def run(args):
 
     from services.gateway.app import create_app
 
+    import signal
+
     settings = settings_from(args, gateway_host=args.host, gateway_port=args.port)
+    # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found: make that one
+    # quiet, so Ctrl-C ends the gateway cleanly instead of with a KeyboardInterrupt traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     common = {"host": settings.gateway_host, "port": settings.gateway_port, "log_level": "info",
               "timeout_graceful_shutdown": 3}  # open live-update streams must not hold up a shutdown
     if settings.gateway_workers > 1:  # worker processes build the app from the environment

@@ -65,7 +65,14 @@ def start_services(settings, extra_env=None, log=None) -> list[subprocess.Popen]
             for c in commands]
 
 
-def stop_all(processes, timeout: float = 10.0) -> None:
+def stop_all(processes, timeout: float = 10.0, interrupted: bool = False) -> None:
+    """SIGINT each service still running, then wait (kill after ``timeout``). After a terminal's Ctrl-C
+    (``interrupted``) each already has its SIGINT: a second one would make uvicorn abort its shutdown,
+    so they are first given a few seconds to stop on the first."""
+    if interrupted:
+        deadline = time.time() + 5
+        while any(p.poll() is None for p in processes) and time.time() < deadline:
+            time.sleep(0.1)
     for p in processes:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
@@ -85,12 +92,13 @@ def services_running(settings, log=None):
     processes = start_services(settings, log=log)
     stopping: list = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    interrupted = False
     try:
         yield processes, stopping
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        stop_all(processes)
+        stop_all(processes, interrupted=interrupted)
         if embedded:
             embedded.terminate()
 
