@@ -69,6 +69,8 @@ class Frame(_Message):
 
 class End(_Message):
     type: Literal["end"]
+    aborted: str | None = Field(None, max_length=500, description="the acquisition was stopped by a fault: why "
+                                "(the scan ends failed; its frames are kept)")
 
 
 Message = Annotated[Union[Start, Frame, End], Field(discriminator="type")]

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_scan_bytes: int = Field(4 * 2**30, description="largest scan accepted (frames × ROI pixels × 4 bytes in memory)")
     ingest_roi_px: int = Field(128, ge=0, description="detector pixels per axis kept in memory around the Bragg "
                                "peak for the network input (0: the whole detector); raw files keep whole frames")
+    convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
+                                           "this fraction of its rocking curve's intensity is estimated to be still to "
+                                           "come (shared.convergence; 0.001: no false stop measured, fewer frames saved)")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
                                                   "are skipped; final jobs are never dropped")

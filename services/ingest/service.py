@@ -254,9 +254,14 @@ class Ingest:
         missing = scan.assembly.missing
         fields = {"state": "complete", "frames_received": scan.assembly.count} if scan.assembly.count else \
             {"state": "failed", "reason": "no frames received"}
-        self.later(end.scan, {"event": "complete", "missing": missing}, missing=missing, ended=time.time(), **fields)
+        if end.aborted:  # the control system stopped it: failed, frames kept, no final input
+            fields = {"state": "failed", "reason": f"acquisition aborted: {end.aborted}",
+                      "frames_received": scan.assembly.count}
+        event = {"event": "complete", "missing": missing} if fields["state"] == "complete" else \
+            {"event": "failed", "reason": fields["reason"]}
+        self.later(end.scan, event, missing=missing, ended=time.time(), **fields)
         self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
-        if scan.assembly.count:
+        if scan.assembly.count and not end.aborted:
             self.enqueue(scan, final=True)
             self.sync(force=True)
         self.release_if_idle(scan)

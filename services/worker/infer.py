@@ -11,6 +11,7 @@ A partial job is skipped when a newer job for the same scan is already known
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ import time
 import numpy as np
 
 from services.worker.queue import JobQueue, run_forever
+from shared import convergence
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.pipeline import PREVIEW_PLAN, converge
@@ -84,6 +86,8 @@ class InferenceWorker:
                     "chi_network": metrics.chi(a * np.exp(1j * p), m**2, mask), "seconds": seconds,
                     "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
                     "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"])}
+            if not w["final"]:
+                info["convergence"] = self.convergence(scan, m**2, mask[:, 0, 0], obj, info["frames_used"])
             self.store.put_result(scan, "nn", ca, cp, info)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
@@ -91,6 +95,27 @@ class InferenceWorker:
                 self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()})
             self.queue.done(w["id"])
 
+
+    def convergence(self, scan: str, intensity: np.ndarray, measured_samples: np.ndarray, preview: np.ndarray,
+                    frames_used: int) -> dict:
+        """Ask ``shared.convergence`` whether more frames would change this scan's answer; the first time it
+        says no, mark the record (``converged_at_frames``) and publish a ``converged`` event."""
+        previous = self.store.result(scan, "nn")
+        earlier = None
+        if previous is not None and previous[2].get("frames_used", frames_used) < frames_used:
+            earlier = previous[0] * np.exp(1j * previous[1])
+        criterion = dataclasses.replace(convergence.CRITERION, signal_left=self.settings.convergence_signal_left)
+        verdict = convergence.decide(intensity, measured_samples, preview, earlier, criterion)
+        record = self.store.scan(scan) or {}
+        self.store.update_scan(scan, convergence={"frames": frames_used, **verdict})  # the latest verdict, for operators
+        if verdict["converged"] and record.get("converged_at_frames") is None and record.get("state") == "acquiring":
+            self.store.update_scan(scan, converged_at_frames=frames_used)
+            self.store.publish({"event": "converged", "scan": scan, "frames": frames_used,
+                                "frames_expected": record.get("frames_expected"), **verdict})
+            self.store.count("scans_converged_early")
+            log.info("scan %s converged at %d of %s frames (signal left %.4f)", scan, frames_used,
+                     record.get("frames_expected"), verdict["signal_left"])
+        return verdict
 
     def measured(self, job: dict) -> np.ndarray:
         """The network-grid voxels resting on frames already taken (all, for a complete scan)."""
