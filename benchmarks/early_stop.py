@@ -139,7 +139,7 @@ def main():
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps({"seed": args.seed, "count": args.count, "easy": easy,
                                                            "hard": hard}, default=float, indent=1))
-        (args.out / "table.md").write_text(text + "\n")
+        (args.out / "table.md").write_text(text + "\n")  # pasted into README.md
 
 
 if __name__ == "__main__":

@@ -296,3 +296,37 @@ def test_frames_keep_arriving_while_a_final_input_is_computed(tmp_path):
         ingest.close()
         for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
             ingest.store.redis.delete(key)
+
+
+def test_a_large_detector_scan_that_ends_before_its_peak_is_clear_still_gets_its_final_input(tmp_path):
+    """The ROI is placed from the file before it closes: a short, faint scan on a 256² detector (ROI never
+    placed while frames came) ends with its final job, not an internal error."""
+    import uuid
+
+    import redis
+
+    from services.ingest.service import Ingest
+    from shared.settings import Settings
+
+    settings = Settings(key_prefix=f"faint{uuid.uuid4().hex[:6]}", data_dir=tmp_path, preview_every=1000)
+    ingest = Ingest(settings)
+    try:
+        ingest.store.redis.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis")
+    try:
+        ingest.handle([json.dumps({"type": "start", "scan": "faint", "frames": 40, "shape": [256, 256],
+                                   "dtype": "uint16"}).encode()])
+        rng = np.random.default_rng(5)
+        for k in range(5):
+            ingest.handle([json.dumps({"type": "frame", "scan": "faint", "index": k}).encode(),
+                           rng.poisson(0.1, (256, 256)).astype("<u2").tobytes()])
+        assert not ingest.scans["faint"].assembly.placed
+        ingest.handle([b'{"type":"end","scan":"faint"}'])
+        ingest.drain()
+        jobs = [f for _, f in ingest.store.redis.xrange(ingest.store.keys.infer_jobs) if f[b"scan"] == b"faint"]
+        assert len(jobs) == 1 and jobs[0][b"final"] == b"1" and "internal error" not in ingest.store.counters()
+    finally:
+        ingest.close()
+        for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
+            ingest.store.redis.delete(key)

@@ -24,6 +24,7 @@ import socket as socketlib
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pydantic
@@ -89,10 +90,27 @@ class Ingest:
         threadpool_limits(1, user_api="openmp")
         self.scratch = assembly.scratch_dir(settings.data_dir)
         assembly.remove_stale(self.scratch)
-        self.assembler = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-        self.assembler.submit(int)  # start it now: its imports are not paid by the first scan
+        self.assembler = self.start_assembler()
         self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
+
+    @staticmethod
+    def start_assembler() -> ProcessPoolExecutor:
+        """One process beside the loop (Ctrl-C is ours to handle, not its), started now: its imports are
+        not paid by the first scan."""
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+        pool.submit(int)
+        return pool
+
+    def assemble(self, *request) -> Future:
+        """Submit a network input; an assembler process that died (killed, out of memory) is replaced."""
+        try:
+            return self.assembler.submit(assembly.network_input, *request)
+        except BrokenProcessPool:
+            log.error("the assembler process died; starting another")
+            self.count("assembler_restarts")
+            self.assembler = self.start_assembler()
+            return self.assembler.submit(assembly.network_input, *request)
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
@@ -250,6 +268,7 @@ class Ingest:
         self.dirty.add(end.scan)
         self.sync(force=True)
         scan = self.scans.pop(end.scan)
+        scan.place_roi_if_clear(now=True)  # from the file, while it is open: the final input needs the ROI
         scan.close()
         missing = scan.assembly.missing
         fields = {"state": "complete", "frames_received": scan.assembly.count} if scan.assembly.count else \
@@ -285,9 +304,8 @@ class Ingest:
         scan.record["latest_seq"] = scan.seq
         snapshot = {"scan": scan.start.scan, "seq": scan.seq, "final": int(final),
                     "frames_used": scan.assembly.count, "queued": time.time()}
-        scan.place_roi_if_clear(now=True)
-        request = scan.assembly.input_request(final)
-        self.computing.append((scan, snapshot, self.assembler.submit(assembly.network_input, *request)))
+        scan.place_roi_if_clear(now=True)  # (open scans: a final's was placed before its file closed)
+        self.computing.append((scan, snapshot, self.assemble(*scan.assembly.input_request(final))))
 
     def collect(self) -> bool:
         """Queue the jobs of network inputs the assembler has finished, in the order asked; True if a
