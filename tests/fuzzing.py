@@ -48,9 +48,12 @@ def hostile_messages(rng: random.Random, victims: dict[str, tuple[int, tuple[int
                               {"scan": "x" * 100}, {"scan": "é"}, {"geometry": {"energy_kev": -1}}])
             yield [_j({"type": "start", "scan": f"f{uuid.uuid4().hex[:8]}", "frames": 4, "shape": [4, 4],
                        "dtype": "uint32", **bad})], 1
-        elif kind == 4:  # huge declared sizes
-            yield [_j({"type": "start", "scan": f"f{uuid.uuid4().hex[:8]}", "frames": 10000,
-                       "shape": [4096, 4096], "dtype": rng.choice(["float32", "uint32"])})], 1
+        elif kind == 4:  # a huge declared scan is accepted (memory is bounded by the ROI), ended, then a frame after
+            huge = f"huge{uuid.uuid4().hex[:8]}"
+            yield [_j({"type": "start", "scan": huge, "frames": 10000, "shape": [4096, 4096],
+                       "dtype": rng.choice(["float32", "uint32"])})], 0
+            yield [_j({"type": "end", "scan": huge})], 0
+            yield [_j({"type": "frame", "scan": huge, "index": 0}), b"\0" * 4], 1
         elif kind == 5:  # start again for a scan that is acquiring, or with extra parts
             yield ([_j({"type": "start", "scan": victim, "frames": frames, "shape": list(shape), "dtype": dtype})]
                    + ([b"extra"] if rng.random() < 0.5 else [])), 1

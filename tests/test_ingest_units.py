@@ -330,3 +330,4 @@ def test_a_large_detector_scan_that_ends_before_its_peak_is_clear_still_gets_its
         ingest.close()
         for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
             ingest.store.redis.delete(key)
+

@@ -279,10 +279,11 @@ class Ingest:
         event = {"event": "complete", "missing": missing} if fields["state"] == "complete" else \
             {"event": "failed", "reason": fields["reason"]}
         self.later(end.scan, event, missing=missing, ended=time.time(), **fields)
-        self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
         if scan.assembly.count and not end.aborted:
+            # asked before any sync: a sync collects finished previews and frees the ROI of a closed scan
+            # with nothing left computing. Its job goes out after the state, which is already in the outbox.
             self.enqueue(scan, final=True)
-            self.sync(force=True)
+        self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
         self.release_if_idle(scan)
 
     def enqueue(self, scan: ScanFile, final: bool) -> None:
