@@ -229,8 +229,10 @@ function onEvent(e) {
     return;
   }
   if (ev.scan === state.selected) {
-    refreshDetail();
-    if (ev.event === "result" && (ev.stage === state.stage || state.stage === "best")) loadView();
+    // the record first: "best finished" picks its stage from the results the record lists
+    refreshDetail().then(() => {
+      if (ev.event === "result" && (ev.stage === state.stage || state.stage === "best")) loadView();
+    });
   } else {
     loadScans();
   }
