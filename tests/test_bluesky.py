@@ -51,21 +51,17 @@ def engine(service):
 def test_run_engine_rocking_scan_comes_back_refined_with_its_convergence(service, engine):
     motor, image = rocking_devices(counts(7100, 0))
     scan = f"bs-{uuid.uuid4().hex[:6]}"
-    plan = bp.scan([image], motor, START, STOP, POINTS, md={"cdi_live_scan": scan})
-    engine(paced(plan, 0.2))
+    engine(bp.scan([image], motor, START, STOP, POINTS, md={"cdi_live_scan": scan}, per_step=paced_step))
     state = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"] and s, timeout=240)
     assert state["state"] == "complete" and state["frames_received"] == POINTS and state["missing"] == 0
     assert state["geometry"]["delta_deg"] == GEOMETRY_34IDC["delta_deg"]
     assert state["converged_at_frames"] is not None and state["converged_at_frames"] < POINTS, state["convergence"]
 
 
-def paced(plan, seconds):
-    """The plan with a pause after each reading: frames arrive at a detector's pace, so previews keep up."""
-    for msg in plan:
-        response = yield msg
-        if msg.command == "save":
-            yield from bps.sleep(seconds)
-        del response
+def paced_step(detectors, step, pos_cache):
+    """bluesky's own step, then a pause: frames arrive at a detector's pace, so previews keep up."""
+    yield from bps.one_nd_step(detectors, step, pos_cache)
+    yield from bps.sleep(0.2)
 
 
 def test_an_aborted_run_ends_its_scan_as_failed(service, engine):
