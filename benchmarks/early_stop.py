@@ -51,22 +51,19 @@ def preview_inputs(volumes: np.ndarray, taken: int):
     return np.stack(inputs), np.stack(masks)
 
 
-def stream(predictor, volumes: np.ndarray, criterion=CRITERION) -> list[dict]:
-    """Per scan: the frame count where the signal fired (None: never) and each preview's verdict."""
+def stream(predictor, volumes: np.ndarray) -> list[list[dict]]:
+    """Per scan, each preview's verdict (``decide`` with the default criterion, the previews as the
+    service makes them); ``fired`` reads where a criterion would have stopped from them."""
     previous = [None] * len(volumes)
-    fired: list[int | None] = [None] * len(volumes)
-    trail = [[] for _ in volumes]
+    trails = [[] for _ in volumes]
     for taken in range(EVERY, FRAMES, EVERY):
         inputs, masks = preview_inputs(volumes, taken)
         amp, phase = predictor.predict_magnitudes(inputs)
         preview = converge(inputs**2, amp * np.exp(1j * phase), masks, PREVIEW_PLAN).obj
         for k in range(len(volumes)):
-            verdict = decide(inputs[k]**2, masks[k][:, 0, 0], preview[k], previous[k], criterion)
-            trail[k].append({"frames": taken, **verdict})
-            if verdict["converged"] and fired[k] is None:
-                fired[k] = taken
+            trails[k].append({"frames": taken, **decide(inputs[k]**2, masks[k][:, 0, 0], preview[k], previous[k])})
             previous[k] = preview[k]
-    return [{"fired_at": f, "trail": t} for f, t in zip(fired, trail)]
+    return trails
 
 
 def refine(predictor, volumes: np.ndarray, taken: list[int]) -> np.ndarray:
@@ -91,7 +88,7 @@ def fired(trail: list[dict], criterion) -> int | None:
 
 def measure(predictor, volumes, truth, thresholds) -> dict:
     """The default criterion and variants of its signal-left threshold, on the same streamed previews."""
-    trails = [s["trail"] for s in stream(predictor, volumes)]
+    trails = stream(predictor, volumes)
     whole = [metrics.errors(o, t)["phase_unweighted"] for o, t in zip(refine(predictor, volumes, [FRAMES] * len(volumes)), truth)]
     rows = {}
     for threshold in thresholds:

@@ -11,6 +11,34 @@ from shared import codecs
 from shared.messages import Frame, Start, parse_header
 
 
+@pytest.fixture
+def local_ingest(tmp_path):
+    """An ``Ingest`` driven message by message in this thread (real Redis, private key prefix); closed,
+    and its keys removed, afterwards. Call it with Settings fields."""
+    import uuid
+
+    import redis
+
+    from services.ingest.service import Ingest
+    from shared.settings import Settings
+
+    made = []
+
+    def make(**fields):
+        try:
+            redis.Redis().ping()
+        except redis.ConnectionError:
+            pytest.skip("no Redis")
+        made.append(Ingest(Settings(key_prefix=f"u{uuid.uuid4().hex[:8]}", data_dir=tmp_path, **fields)))
+        return made[-1]
+
+    yield make
+    for ingest in made:
+        ingest.close()
+        for key in ingest.store.redis.scan_iter(f"{ingest.settings.key_prefix}:*"):
+            ingest.store.redis.delete(key)
+
+
 @pytest.mark.parametrize("encoding", ["raw", "lz4", "bslz4"])
 @pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
 def test_codecs_round_trip(encoding, dtype):
@@ -225,123 +253,73 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
             store.redis.delete(key)
 
 
-def test_back_pressure_skips_previews_never_final_jobs(tmp_path):
+def test_back_pressure_skips_previews_never_final_jobs(local_ingest):
     """With a deep inference backlog, previews are skipped (counted) and the final job still goes out;
     workers trim only jobs every group has acknowledged."""
-    import uuid
-
-    import redis
-
-    from services.ingest.service import Ingest
     from services.worker.queue import JobQueue
-    from shared.settings import Settings
 
-    settings = Settings(key_prefix=f"bp{uuid.uuid4().hex[:6]}", data_dir=tmp_path, stream_maxlen=8, preview_every=2)
-    ingest = Ingest(settings)
+    ingest = local_ingest(stream_maxlen=8, preview_every=2)
     client = ingest.store.redis
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis")
-    try:
-        queue = JobQueue(client, ingest.store.keys.infer_jobs, "infer")
-        for i in range(10):  # a backlog no worker has taken
-            client.xadd(ingest.store.keys.infer_jobs, {"scan": "old", "seq": i})
-        ingest.handle([json.dumps({"type": "start", "scan": "bp", "frames": 8, "shape": [4, 4],
-                                   "dtype": "uint16"}).encode()])
-        for k in range(8):
-            ingest.handle([json.dumps({"type": "frame", "scan": "bp", "index": k}).encode(),
-                           np.full((4, 4), k, "<u2").tobytes()])
-        ingest.handle([b'{"type":"end","scan":"bp"}'])
-        ingest.drain()  # the final input is computed beside the loop
-        counters = ingest.store.counters()
-        assert counters["previews_skipped_backpressure"] >= 3
-        jobs = client.xrange(ingest.store.keys.infer_jobs)
-        mine = [fields for _, fields in jobs if fields[b"scan"] == b"bp"]
-        assert len(mine) == 1 and mine[0][b"final"] == b"1" and len(jobs) == 11  # nothing trimmed
-        taken = queue.take(5, block_ms=10)
-        queue.done(*[job_id for job_id, _ in taken[:3]])  # 3 done, 2 still pending
-        queue.trim_acknowledged()
-        remaining = [job_id for job_id, _ in client.xrange(ingest.store.keys.infer_jobs)]
-        assert remaining[0] == taken[3][0] and len(remaining) == 8  # the pending and the undelivered stay
-    finally:
-        ingest.close()
-        for key in client.scan_iter(f"{settings.key_prefix}:*"):
-            client.delete(key)
+    queue = JobQueue(client, ingest.store.keys.infer_jobs, "infer")
+    for i in range(10):  # a backlog no worker has taken
+        client.xadd(ingest.store.keys.infer_jobs, {"scan": "old", "seq": i})
+    ingest.handle([json.dumps({"type": "start", "scan": "bp", "frames": 8, "shape": [4, 4],
+                               "dtype": "uint16"}).encode()])
+    for k in range(8):
+        ingest.handle([json.dumps({"type": "frame", "scan": "bp", "index": k}).encode(),
+                       np.full((4, 4), k, "<u2").tobytes()])
+    ingest.handle([b'{"type":"end","scan":"bp"}'])
+    ingest.drain()  # the final input is computed beside the loop
+    counters = ingest.store.counters()
+    assert counters["previews_skipped_backpressure"] >= 3
+    jobs = client.xrange(ingest.store.keys.infer_jobs)
+    mine = [fields for _, fields in jobs if fields[b"scan"] == b"bp"]
+    assert len(mine) == 1 and mine[0][b"final"] == b"1" and len(jobs) == 11  # nothing trimmed
+    taken = queue.take(5, block_ms=10)
+    queue.done(*[job_id for job_id, _ in taken[:3]])  # 3 done, 2 still pending
+    queue.trim_acknowledged()
+    remaining = [job_id for job_id, _ in client.xrange(ingest.store.keys.infer_jobs)]
+    assert remaining[0] == taken[3][0] and len(remaining) == 8  # the pending and the undelivered stay
 
 
-def test_frames_keep_arriving_while_a_final_input_is_computed(tmp_path):
+def test_frames_keep_arriving_while_a_final_input_is_computed(local_ingest):
     """While the assembler is busy (a slow input ahead of a scan's final one), another scan's frames are
     received and counted; the final input is computed afterwards, never dropped."""
     import time
-    import uuid
 
-    import redis
-
-    from services.ingest.service import Ingest
-    from shared.settings import Settings
-
-    settings = Settings(key_prefix=f"slow{uuid.uuid4().hex[:6]}", data_dir=tmp_path, preview_every=1000)
-    ingest = Ingest(settings)
-    try:
-        ingest.store.redis.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis")
+    ingest = local_ingest(preview_every=1000)
     start = lambda name, frames, side: [json.dumps({"type": "start", "scan": name, "frames": frames,  # noqa: E731
                                                     "shape": [side, side], "dtype": "uint16"}).encode()]
     frame = lambda name, k, data: [json.dumps({"type": "frame", "scan": name, "index": k}).encode(), data]  # noqa: E731
-    try:
-        rng = np.random.default_rng(0)
-        ingest.handle(start("big", 48, 256))
-        for k in range(48):
-            ingest.handle(frame("big", k, rng.poisson(2.0, (256, 256)).astype("<u2").tobytes()))
-        busy = ingest.assembler.submit(time.sleep, 1.5)  # a slow input computing ahead of this scan's final one
-        ingest.handle([b'{"type":"end","scan":"big"}'])
-        big_final = ingest.computing[-1][2]
-        ingest.handle(start("next", 40, 16))
-        for k in range(40):
-            ingest.handle(frame("next", k, np.full((16, 16), k, "<u2").tobytes()))
-        assert ingest.scans["next"].assembly.count == 40 and not busy.done() and not big_final.done()
-        ingest.drain()
-        jobs = ingest.store.redis.xrange(ingest.store.keys.infer_jobs)
-        finals = [f for _, f in jobs if f[b"scan"] == b"big" and f[b"final"] == b"1"]
-        assert len(finals) == 1 and len(finals[0][b"input"]) == 4 * 32**3
-    finally:
-        ingest.close()
-        for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
-            ingest.store.redis.delete(key)
+    rng = np.random.default_rng(0)
+    ingest.handle(start("big", 48, 256))
+    for k in range(48):
+        ingest.handle(frame("big", k, rng.poisson(2.0, (256, 256)).astype("<u2").tobytes()))
+    busy = ingest.assembler.submit(time.sleep, 1.5)  # a slow input computing ahead of this scan's final one
+    ingest.handle([b'{"type":"end","scan":"big"}'])
+    big_final = ingest.computing[-1][2]
+    ingest.handle(start("next", 40, 16))
+    for k in range(40):
+        ingest.handle(frame("next", k, np.full((16, 16), k, "<u2").tobytes()))
+    assert ingest.scans["next"].assembly.count == 40 and not busy.done() and not big_final.done()
+    ingest.drain()
+    jobs = ingest.store.redis.xrange(ingest.store.keys.infer_jobs)
+    finals = [f for _, f in jobs if f[b"scan"] == b"big" and f[b"final"] == b"1"]
+    assert len(finals) == 1 and len(finals[0][b"input"]) == 4 * 32**3
 
 
-def test_a_large_detector_scan_that_ends_before_its_peak_is_clear_still_gets_its_final_input(tmp_path):
+def test_a_large_detector_scan_that_ends_before_its_peak_is_clear_still_gets_its_final_input(local_ingest):
     """The ROI is placed from the file before it closes: a short, faint scan on a 256² detector (ROI never
     placed while frames came) ends with its final job, not an internal error."""
-    import uuid
-
-    import redis
-
-    from services.ingest.service import Ingest
-    from shared.settings import Settings
-
-    settings = Settings(key_prefix=f"faint{uuid.uuid4().hex[:6]}", data_dir=tmp_path, preview_every=1000)
-    ingest = Ingest(settings)
-    try:
-        ingest.store.redis.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis")
-    try:
-        ingest.handle([json.dumps({"type": "start", "scan": "faint", "frames": 40, "shape": [256, 256],
-                                   "dtype": "uint16"}).encode()])
-        rng = np.random.default_rng(5)
-        for k in range(5):
-            ingest.handle([json.dumps({"type": "frame", "scan": "faint", "index": k}).encode(),
-                           rng.poisson(0.1, (256, 256)).astype("<u2").tobytes()])
-        assert not ingest.scans["faint"].assembly.placed
-        ingest.handle([b'{"type":"end","scan":"faint"}'])
-        ingest.drain()
-        jobs = [f for _, f in ingest.store.redis.xrange(ingest.store.keys.infer_jobs) if f[b"scan"] == b"faint"]
-        assert len(jobs) == 1 and jobs[0][b"final"] == b"1" and "internal error" not in ingest.store.counters()
-    finally:
-        ingest.close()
-        for key in ingest.store.redis.scan_iter(f"{settings.key_prefix}:*"):
-            ingest.store.redis.delete(key)
-
+    ingest = local_ingest(preview_every=1000)
+    ingest.handle([json.dumps({"type": "start", "scan": "faint", "frames": 40, "shape": [256, 256],
+                               "dtype": "uint16"}).encode()])
+    rng = np.random.default_rng(5)
+    for k in range(5):
+        ingest.handle([json.dumps({"type": "frame", "scan": "faint", "index": k}).encode(),
+                       rng.poisson(0.1, (256, 256)).astype("<u2").tobytes()])
+    assert not ingest.scans["faint"].assembly.placed
+    ingest.handle([b'{"type":"end","scan":"faint"}'])
+    ingest.drain()
+    jobs = [f for _, f in ingest.store.redis.xrange(ingest.store.keys.infer_jobs) if f[b"scan"] == b"faint"]
+    assert len(jobs) == 1 and jobs[0][b"final"] == b"1" and "internal error" not in ingest.store.counters()

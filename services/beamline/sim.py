@@ -107,15 +107,15 @@ TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70}  # RFC 8746, little
 
 
 def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geometry: dict | None = None):
-    """The CBOR messages of one DECTRIS stream-v2 series (start, images, end); the geometry, if any,
-    rides in the start's ``user_data`` (SIMPLON's header_appendix)."""
+    """The messages of one DECTRIS stream-v2 series (start, images, end), each one CBOR part; the
+    geometry, if any, rides in the start's ``user_data`` (SIMPLON's header_appendix)."""
     frames, height, width = volume.shape
     start = {"type": "start", "series_id": series, "series_unique_id": f"sim-{series}", "number_of_images": frames,
              "image_size_x": width, "image_size_y": height, "channels": ["threshold_1"],
              "arm_date": cbor2.CBORTag(0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))}
     if geometry:
         start["user_data"] = {"geometry": geometry}
-    yield cbor2.dumps(start)
+    yield [cbor2.dumps(start)]
     tag = TYPED_ARRAY_TAGS[str(volume.dtype)]
     for k, frame in enumerate(volume):
         frame = np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("<"), copy=False)
@@ -126,10 +126,10 @@ def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geome
         else:
             content = frame.tobytes()
         image = cbor2.CBORTag(40, [[height, width], cbor2.CBORTag(tag, content)])
-        yield cbor2.dumps({"type": "image", "series_id": series, "series_unique_id": f"sim-{series}", "image_id": k,
+        yield [cbor2.dumps({"type": "image", "series_id": series, "series_unique_id": f"sim-{series}", "image_id": k,
                            "start_time": [k, 1000], "stop_time": [k + 1, 1000], "real_time": [1000, 1000],
-                           "data": {"threshold_1": image}})
-    yield cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": f"sim-{series}"})
+                           "data": {"threshold_1": image}})]
+    yield [cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": f"sim-{series}"})]
 
 
 class DectrisDetector:
@@ -148,9 +148,9 @@ class DectrisDetector:
         """One series; stream v1 carries no geometry, v2 carries it in the start's user_data."""
         began = time.perf_counter()
         messages = dectris2_messages(series, volume, encoding, geometry) if self.version == 2 else \
-            (parts for parts in dectris_messages(series, volume, encoding))
+            dectris_messages(series, volume, encoding)
         for k, parts in enumerate(messages):
-            self.socket.send_multipart([parts] if isinstance(parts, bytes) else parts)
+            self.socket.send_multipart(parts)
             if progress and 0 < k <= volume.shape[0]:
                 progress(1)
             if rate_hz and 0 < k <= volume.shape[0]:

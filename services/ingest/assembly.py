@@ -141,8 +141,7 @@ def network_input(path: str, shape: tuple, crop: tuple | None = None) -> tuple[n
     """(32³ magnitude, crop shape) of a (possibly partial) ROI volume: centred on the middle of the
     rocking curve and the ROI's centre of mass, so frames not yet acquired stay zero at the end.
     Runs in the assembler process; the oversampling is measured on at most 128³ around the peak."""
-    volume = np.memmap(path, np.float32, "r", shape=tuple(shape))
-    return network_input_of(np.asarray(volume), crop)
+    return network_input_of(np.memmap(path, np.float32, "r", shape=tuple(shape)), crop)
 
 
 def network_input_of(volume: np.ndarray, crop: tuple | None = None) -> tuple[np.ndarray, tuple]:

@@ -38,6 +38,7 @@ class InferenceWorker:
                               settings.max_deliveries, self.store.keys.dead_letters, self.store.fail_job)
         self.predictor = predictor or Predictor(batch_size=settings.infer_batch)
         self.predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # build the graph before jobs come
+        self.criterion = dataclasses.replace(convergence.CRITERION, signal_left=settings.convergence_signal_left)
 
     def step(self) -> int:
         jobs = self.queue.take(self.settings.infer_batch)
@@ -75,10 +76,11 @@ class InferenceWorker:
         started = time.perf_counter()
         amp, phase = self.predictor.predict_magnitudes(inputs)
         network_seconds = (time.perf_counter() - started) / len(work)
-        measured = np.stack([self.measured(w["job"]) for w in work])
+        records = [self.store.scan(w["job"]["scan"].decode()) or {} for w in work]  # one read per job
+        measured = np.stack([self.measured(w["job"], r) for w, r in zip(work, records)])
         preview = converge(inputs**2, amp * np.exp(1j * phase), measured, PREVIEW_PLAN)
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m, obj, mask in zip(work, amp, phase, inputs, preview.obj, measured):
+        for w, a, p, m, obj, mask, record in zip(work, amp, phase, inputs, preview.obj, measured, records):
             job = w["job"]
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
@@ -87,7 +89,7 @@ class InferenceWorker:
                     "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
                     "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"])}
             if not w["final"]:
-                info["convergence"] = self.convergence(scan, m**2, mask[:, 0, 0], obj, info["frames_used"])
+                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], obj, info["frames_used"])
             self.store.put_result(scan, "nn", ca, cp, info)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
@@ -95,21 +97,21 @@ class InferenceWorker:
                 self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()})
             self.queue.done(w["id"])
 
-
-    def convergence(self, scan: str, intensity: np.ndarray, measured_samples: np.ndarray, preview: np.ndarray,
-                    frames_used: int) -> dict:
+    def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,
+                    preview: np.ndarray, frames_used: int) -> dict:
         """Ask ``shared.convergence`` whether more frames would change this scan's answer; the first time it
         says no, mark the record (``converged_at_frames``) and publish a ``converged`` event."""
         previous = self.store.result(scan, "nn")
         earlier = None
         if previous is not None and previous[2].get("frames_used", frames_used) < frames_used:
             earlier = previous[0] * np.exp(1j * previous[1])
-        criterion = dataclasses.replace(convergence.CRITERION, signal_left=self.settings.convergence_signal_left)
-        verdict = convergence.decide(intensity, measured_samples, preview, earlier, criterion)
-        record = self.store.scan(scan) or {}
-        self.store.update_scan(scan, convergence={"frames": frames_used, **verdict})  # the latest verdict, for operators
-        if verdict["converged"] and record.get("converged_at_frames") is None and record.get("state") == "acquiring":
-            self.store.update_scan(scan, converged_at_frames=frames_used)
+        verdict = convergence.decide(intensity, measured_samples, preview, earlier, self.criterion)
+        fields = {"convergence": {"frames": frames_used, **verdict}}  # the latest verdict, for operators
+        first = verdict["converged"] and record.get("converged_at_frames") is None and record.get("state") == "acquiring"
+        if first:
+            fields["converged_at_frames"] = frames_used
+        self.store.update_scan(scan, **fields)
+        if first:
             self.store.publish({"event": "converged", "scan": scan, "frames": frames_used,
                                 "frames_expected": record.get("frames_expected"), **verdict})
             self.store.count("scans_converged_early")
@@ -117,9 +119,8 @@ class InferenceWorker:
                      record.get("frames_expected"), verdict["signal_left"])
         return verdict
 
-    def measured(self, job: dict) -> np.ndarray:
+    def measured(self, job: dict, record: dict) -> np.ndarray:
         """The network-grid voxels resting on frames already taken (all, for a complete scan)."""
-        record = self.store.scan(job["scan"].decode()) or {}
         total, used = int(record.get("frames_expected", 0) or 0), int(job["frames_used"])
         crop_frames = json.loads(job["crop"])[0]
         frames = np.ones(32, bool) if not total or used >= total else downsample.measured_frames(total, used, crop_frames)
