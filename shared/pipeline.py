@@ -24,6 +24,8 @@ projections cannot: the Poisson likelihood and masked voxels.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -78,52 +80,141 @@ class Converged:
     seconds: dict = field(default_factory=dict)  # per stage, whole batch
 
 
+CHUNK = 10  # iterations between chances to yield (≈ 1 s for 128³ with 4 starts on 2 cores)
+
+
+@dataclass
+class Checkpoint:
+    """Where a preempted refined stage stopped: enough to go on from there, not to start again.
+
+    ``phase``: "explore:<round>", "converge", "tighten" or "polish"; ``done``: iterations (or polish
+    steps) of that phase already run; ``arrays``: the iterates (obj, support, and the phase's own)."""
+
+    phase: str
+    done: int
+    names: list
+    iteration: int
+    arrays: dict
+    seconds: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        """Atomically (temporary file, then rename): a worker killed mid-write leaves the last good one."""
+        tmp = f"{path}.tmp"
+        meta = {"phase": self.phase, "done": self.done, "names": self.names, "iteration": self.iteration,
+                "seconds": self.seconds}
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **{k: v for k, v in self.arrays.items() if v is not None})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "Checkpoint":
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            arrays = {k: f[k] for k in f.files if k != "meta"}
+        return cls(meta["phase"], meta["done"], meta["names"], meta["iteration"], arrays, meta["seconds"])
+
+
+class Preempted(Exception):
+    """Raised between schedule steps when ``yield_now()`` says fresher work waits; carries the checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        super().__init__(f"preempted in {checkpoint.phase} after {checkpoint.done}")
+        self.checkpoint = checkpoint
+
+
 def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
-             plan: Plan = REFINE_PLAN, seed: int = 0) -> Converged:
-    """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid."""
+             plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None) -> Converged:
+    """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid.
+
+    ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
+    its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
     from shared.refinement import refine, scale_to_data  # Keras loads only when the stage runs
 
     intensity = np.asarray(intensity, np.float32)
     batch, count = len(intensity), len(plan.starts)
-    timings, clock = {}, time.perf_counter()
     magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity, 0, None)), axes=AXES).astype(np.float32)
     mask = None if measured is None else sfft.ifftshift(np.broadcast_to(measured, intensity.shape), axes=AXES)
-    starts = scale_to_data(candidate_starts(prediction, plan.starts, seed), np.repeat(magnitude, count, axis=0))
-    amp = np.abs(starts)
-    state = phasing.PhasingState(np.repeat(magnitude, count, axis=0), starts,
-                                 amp > plan.threshold * amp.max(axis=AXES, keepdims=True),
-                                 None if mask is None else np.repeat(mask, count, axis=0),
-                                 plan.beta, plan.sigma, plan.threshold, plan.shrink_every)
-    names = np.array(plan.starts * batch).reshape(batch, count)
-    for schedule, keep in plan.explore or (("", 1),):  # successive halving: losing starts stop early
-        if schedule:
-            phasing.run_schedule(state, schedule, average_last=1)
-        chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured)
-        ranked = np.argsort(chi.reshape(batch, -1), axis=1)[:, :keep]
-        alive = names.shape[1]
-        names = np.take_along_axis(names, ranked, axis=1)
-        state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
-    timings["explore"] = time.perf_counter() - clock
-    obj = phasing.run_schedule(state, plan.converge, average_last=10) if plan.converge else state.obj
-    timings["converge"] = time.perf_counter() - clock - sum(timings.values())
-    obj = obj * state.support
-    if plan.tighten:  # noise fitted in the support's faint skirt goes; a real crystal's faint rim stays
-        loose, loose_support = obj, state.support
-        state.obj, state.threshold = obj, plan.tight_threshold
-        phasing.shrink_wrap(state)
-        tight = phasing.run_schedule(state, plan.tighten, average_last=10) * state.support
-        keep = (phasing.project_chi(tight, magnitude, mask)
-                < (1 + plan.tight_tolerance) * phasing.project_chi(loose, magnitude, mask))
-        obj = np.where(keep[:, None, None, None], tight, loose)
-        state.support = np.where(keep[:, None, None, None], state.support, loose_support)
-    timings["tighten"] = time.perf_counter() - clock - sum(timings.values())
-    if plan.polish_steps:
-        result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0, threshold=1e-3,
-                        measured=measured, patience=plan.polish_patience, tolerance=1e-3,
-                        time_budget=plan.polish_time_budget)
-        obj, support, chi = result.obj, result.support, result.chi
+    rounds = list(plan.explore) or [("", 1)]
+    phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
+    if resume is None:
+        starts = scale_to_data(candidate_starts(prediction, plan.starts, seed), np.repeat(magnitude, count, axis=0))
+        amp = np.abs(starts)
+        names = np.array(plan.starts * batch).reshape(batch, count)
+        obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
+        arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
+    else:
+        names = np.array(resume.names).reshape(batch, -1)
+        arrays, phase, done, timings = dict(resume.arrays), resume.phase, resume.done, dict(resume.seconds)
+        obj, support, iteration = arrays.pop("obj"), arrays.pop("support"), resume.iteration
+    alive = names.shape[1]
+    state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
+                                 None if mask is None else np.repeat(mask, alive, axis=0),
+                                 plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
+    if phases.index(phase) > phases.index("converge"):
+        state.threshold = plan.tight_threshold
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    def run_chunked(schedule: str, average_last: int, extra: dict) -> np.ndarray:
+        """The phase's schedule, from ``done`` on, yielding between chunks."""
+        run = phasing.ScheduleRun(schedule, average_last, done, arrays.get("mean"))
+        while not run.finished:
+            if yield_now is not None and yield_now():
+                lap(phase.split(":")[0])
+                raise Preempted(Checkpoint(phase, run.done, names.ravel().tolist(), state.iteration,
+                                           {"obj": state.obj, "support": state.support, "mean": run.mean, **extra},
+                                           timings))
+            run.advance(state, CHUNK)
+        return run.result()
+
+    for phase in phases[phases.index(phase):]:
+        if phase.startswith("explore"):  # successive halving: losing starts stop early
+            schedule, keep = rounds[int(phase.split(":")[1])]
+            if schedule:
+                run_chunked(schedule, 1, {})
+            chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured)
+            ranked = np.argsort(chi.reshape(batch, -1), axis=1)[:, :keep]
+            alive = names.shape[1]
+            names = np.take_along_axis(names, ranked, axis=1)
+            state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
+            lap("explore")
+        elif phase == "converge":
+            obj = run_chunked(plan.converge, 10, {}) if plan.converge else state.obj
+            obj = obj * state.support
+            lap("converge")
+        elif phase == "tighten" and plan.tighten:  # noise fitted in the support's faint skirt goes;
+            if "loose" not in arrays:  # a real crystal's faint rim stays
+                arrays["loose"], arrays["loose_support"] = obj, state.support
+                state.obj, state.threshold = obj, plan.tight_threshold
+                phasing.shrink_wrap(state)
+            loose, loose_support = arrays["loose"], arrays["loose_support"]
+            tight = run_chunked(plan.tighten, 10, {"loose": loose, "loose_support": loose_support}) * state.support
+            keep = (phasing.project_chi(tight, magnitude, mask)
+                    < (1 + plan.tight_tolerance) * phasing.project_chi(loose, magnitude, mask))
+            obj = np.where(keep[:, None, None, None], tight, loose)
+            state.support = np.where(keep[:, None, None, None], state.support, loose_support)
+            lap("tighten")
+        elif phase == "polish" and plan.polish_steps:
+            polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
+            result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss,
+                            shrink_every=0, threshold=1e-3, measured=measured, patience=plan.polish_patience,
+                            tolerance=1e-3, time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish)
+            lap("polish")
+            if result.interrupted:
+                raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
+                                           {"obj": obj, "support": state.support,
+                                            **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
+            obj, support, chi = result.obj, result.support, result.chi
+            break
+        if phase == "converge" or phase == "tighten":
+            state.obj = obj
+        done = 0
+        arrays.pop("mean", None)
     else:
         support = state.support
         chi = phasing.project_chi(obj, magnitude, mask)
-    timings["polish"] = time.perf_counter() - clock - sum(timings.values())
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings)

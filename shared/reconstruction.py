@@ -88,8 +88,11 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
 
 
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
-                  refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True) -> Stage:
+                  refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
+                  yield_now=None, resume=None) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
+
+    ``yield_now`` and ``resume``: preemption between schedule steps (``shared.pipeline.converge``).
 
     ``on_input_grid`` False returns the result on the refinement grid, peak
     centred (``phase_ramp`` "removed"; χ against the data on that grid).
@@ -107,7 +110,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
         a, p, _ = to_input_grid(a, p, crop, shape) if a.shape != shape else (a, p, None)
         starts.append(centre_crop(a * np.exp(1j * p), grid))
-    result = converge(data, np.stack(starts), mask, plan)
+    result = converge(data, np.stack(starts), mask, plan, yield_now=yield_now, resume=resume)
     amps, phases, supports, chis = [], [], [], []
     masks = mask if mask is not None else [None] * len(intensity)
     for obj, volume, grid_data, k, m, m_grid in zip(result.obj, intensity, data, offsets,

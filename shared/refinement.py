@@ -40,6 +40,8 @@ class RefineResult:
     history: list = field(default_factory=list)  # (seconds, χ per scan) per step
     steps: int = 0
     seconds: float = 0.0
+    interrupted: bool = False  # ``interrupt()`` stopped it early: ``state`` goes on from there
+    state: dict = field(default_factory=dict)  # arrays to pass back as ``resume`` (iterate, Adam's moments, best)
 
 
 def gaussian_loss(params, magnitude, support, measured):
@@ -104,12 +106,15 @@ def scale_to_data(start: np.ndarray, magnitude_unshifted: np.ndarray) -> np.ndar
 def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_rate: float = 0.1,
            loss: str = "gaussian", shrink_every: int = 25, sigma: float = 1.0, threshold: float = 0.1,
            time_budget: float | None = None, patience: int = 30, tolerance: float = 1e-4,
-           progress=None, measured: np.ndarray | None = None) -> RefineResult:
+           progress=None, measured: np.ndarray | None = None, interrupt=None,
+           resume: dict | None = None) -> RefineResult:
     """Refine ``start`` (B, n, n, n complex, centred) against ``intensity`` (B, n, n, n, centred).
 
     ``measured`` (bool, centred like the intensity) marks the voxels that were
     measured; the others do not enter the loss. ``shrink_every`` 0 keeps the
-    start's support (its amplitude above ``threshold``) fixed.
+    start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked every
+    5 steps, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
+    goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run).
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; use {' or '.join(LOSSES)}")
@@ -133,13 +138,23 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     run = engine(obj.shape, loss)
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step
-    chi_start = phasing.project_chi(obj * support, magnitude, mask)
-    best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
-    best_support = support > 0
-    history = [(time.perf_counter() - began, chi_start.copy())]
+    if resume is None:
+        chi_start = phasing.project_chi(obj * support, magnitude, mask)
+        best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
+        best_support = support > 0
+        history = [(0.0, chi_start.copy())]
+        first = 1
+    else:  # where an interrupted run stopped: its iterate, Adam's moments, its best and its recent history
+        re.assign(resume["current"].real), im.assign(resume["current"].imag)
+        for variable, value in zip(run.optimizer.variables, (resume[f"adam_{k}"] for k in range(len(run.optimizer.variables)))):
+            variable.assign(value)
+        support, chi_start = resume["support"], resume["chi_start"]
+        best, best_chi, best_support = resume["best"].copy(), resume["best_chi"].copy(), resume["best_support"].copy()
+        history = [(0.0, h) for h in resume["history_chi"]]
+        first, began = int(resume["taken"]) + 1, began - float(resume["elapsed"])
     data_m, data_w = ops.convert_to_tensor(magnitude), ops.convert_to_tensor(weight)
-    taken = 0
-    for taken in range(1, steps + 1):
+    taken = first - 1
+    for taken in range(first, steps + 1):
         chi, before = step(data_m, ops.convert_to_tensor(support), data_w)
         chi = np.asarray(chi)  # χ of ``before``: the step evaluates, then updates
         improved = chi < best_chi
@@ -157,6 +172,15 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
             break
         if taken > patience and np.all(history[-patience - 1][1] - best_chi < tolerance * best_chi):
             break
+        if interrupt is not None and taken % 5 == 0 and taken < steps and interrupt():
+            current = np.asarray(re.value) + 1j * np.asarray(im.value)
+            state = {"current": current.astype(np.complex64), "support": support, "chi_start": chi_start,
+                     "best": best, "best_chi": best_chi, "best_support": best_support, "taken": taken,
+                     "history_chi": np.stack([h for _, h in history[-patience - 1:]]),
+                     "elapsed": time.perf_counter() - began,
+                     **{f"adam_{k}": np.asarray(v.value) for k, v in enumerate(run.optimizer.variables)}}
+            return RefineResult(best, best_support, best_chi, chi_start, history, taken,
+                                time.perf_counter() - began, True, state)
     last = (np.asarray(re.value) + 1j * np.asarray(im.value)) * support
     last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask)
     improved = last_chi < best_chi

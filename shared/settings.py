@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(30000, description="pending jobs idle this long are claimed from dead workers")
     refine_steps: int = Field(50, description="AD polish steps of the refined stage (at most)")
     refine_time_budget: float = Field(10.0, description="seconds of AD polish per scan at most")
+    refine_fresh_s: float = Field(120.0, gt=0, description="a finished scan's refinement counts as live work (newest "
+                                  "first, ahead of the backlog, preempting it) this long after it was queued "
+                                  "(shared.scheduling)")
     refine_size: int = Field(128, description="largest refinement grid per axis (longer axes are DCT-downsampled)")
     max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
     api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>' on "

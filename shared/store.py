@@ -35,6 +35,28 @@ class Store:
         pipe.hincrby(self.keys.metrics, f"latency_count:{stage}", 1)
         pipe.execute()
 
+    # refinement jobs -------------------------------------------------------
+    def queue_refinement(self, scan: str, record: dict, options: dict | None = None, pipe=None) -> None:
+        """Ask for a scan's refined stage: one entry on the refine stream (the backlog admits it and
+        ``shared.scheduling`` orders it), with its cost in refined voxels for the queue's ETA."""
+        frames = max(32, int(record.get("frames_expected") or 32))
+        shape = [frames] + [max(32, int(n)) for n in (record.get("shape") or [32, 32])]
+        voxels = int(np.prod([min(n, self.settings.refine_size) for n in shape]))
+        fields = {"scan": scan, "queued": time.time(), "voxels": voxels}
+        if options:
+            fields["options"] = json.dumps(options)
+        (self.redis if pipe is None else pipe).xadd(self.keys.refine_jobs, fields)
+
+    def record_refine_speed(self, seconds_per_voxel: float) -> None:
+        """A moving average of refinement seconds per refined voxel (what queue ETAs are made of)."""
+        old = self.refine_speed(default=seconds_per_voxel)
+        self.redis.hset(self.keys.metrics, "refine_s_per_voxel", 0.7 * old + 0.3 * seconds_per_voxel)
+
+    def refine_speed(self, default: float | None = None) -> float:
+        from shared.scheduling import DEFAULT_S_PER_VOXEL
+        value = self.redis.hget(self.keys.metrics, "refine_s_per_voxel")
+        return float(value) if value else (default if default is not None else DEFAULT_S_PER_VOXEL)
+
     # workers ----------------------------------------------------------------
     HEARTBEAT_TTL_S = 15  # a worker silent this long is not counted alive
 
@@ -70,6 +92,13 @@ class Store:
         for kind in ("infer", "refine"):
             self._live_workers(pipe, kind)
         pipe.zcard(keys.scans)
+        # the backlog per stage: depth and the oldest job's age
+        pipe.xinfo_groups(keys.infer_jobs)
+        pipe.xrange(keys.infer_jobs, "-", "+", count=1)
+        for part in ("waiting", "running"):
+            pipe.zcard(f"{keys.refine_jobs}:{part}")
+        pipe.zrange(f"{keys.refine_jobs}:waiting", 0, 0, withscores=True)
+        pipe.xlen(keys.refine_jobs)  # arrived, not yet admitted by a refinement worker
 
     def parse_snapshot(self, replies: list) -> dict:
         replies = iter(replies)
@@ -82,6 +111,20 @@ class Store:
         for kind in ("infer", "refine"):
             snapshot["workers"][kind] = len(next(replies))
         snapshot["scans"] = next(replies)
+        now = time.time()
+        groups, first = next(replies), next(replies)
+        group = next((g for g in groups if g.get("name") in (b"infer", "infer")), None) if isinstance(groups, list) else None
+        infer_depth = (int(group.get("lag") or 0) + int(group.get("pending") or 0)) if group else 0
+        infer_oldest = 0.0  # the stream's first entry (acknowledged ones are trimmed within 5 s)
+        if infer_depth and isinstance(first, list) and first:
+            infer_oldest = max(0.0, now - int(first[0][0].split(b"-")[0]) / 1000)
+        waiting, running, oldest, arrived = next(replies), next(replies), next(replies), next(replies)
+        waiting = waiting if isinstance(waiting, int) else 0
+        snapshot["backlog"] = {
+            "nn": {"jobs": infer_depth, "oldest_s": infer_oldest},
+            "refined": {"jobs": waiting + (running if isinstance(running, int) else 0)
+                        + (arrived if isinstance(arrived, int) else 0),
+                        "oldest_s": now - oldest[0][1] if isinstance(oldest, list) and oldest else 0.0}}
         return snapshot
 
     # scans ----------------------------------------------------------------

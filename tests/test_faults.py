@@ -209,3 +209,42 @@ def test_two_inference_workers_do_each_job_once(stack):
     # Each queued job was done or skipped as stale exactly once (workers trim only acknowledged jobs).
     queued = stack.redis.client.xinfo_groups(stream)[0]["entries-read"]
     assert done + counters.get("jobs_skipped_stale", 0) == queued == len(scans)
+
+
+def test_newest_scan_first_a_preempted_job_resumes_and_survives_its_worker(stack):
+    """Two scans wait as backlog (REFINE_FRESH_S=8); the refinement worker starts on the oldest; a live scan
+    ends and preempts it; the live one is refined first, the preempted one resumes from its checkpoint, its
+    worker is killed mid-resume, another worker finishes it, and the backlog drains oldest first: every
+    scan refined exactly once."""
+    fresh = {"REFINE_FRESH_S": "8"}
+    stack.start("ingest")
+    stack.wait_worker("infer", stack.start("worker", "infer"))
+    for i, scan in enumerate(("old1", "old2")):
+        push(stack, scan, simulated_volume(32, 1, 10 + i, 1e8))
+        wait_for(lambda scan=scan: (r := stack.result(scan)) and r["final"], timeout=120)
+    time.sleep(8)  # both are backlog now
+    first = stack.start("worker", "refine", CDI_LIVE_TEST_STEP_DELAY_S="0.3", **fresh)
+    wait_for(lambda: stack.scan("old1").get("refining"), timeout=120)
+    assert stack.scan("old2")["queue"] == {"stage": "refined", "position": 1, "eta_s": pytest.approx(
+        stack.scan("old2")["queue"]["eta_s"])}
+    push(stack, "live", simulated_volume(32, 1, 12, 1e8))
+    refined = []
+
+    def progress():
+        for scan in ("live", "old1", "old2"):
+            if scan not in refined and stack.result(scan, "refined"):
+                refined.append(scan)
+        return stack.scan("old1").get("refining", {}) or {}
+
+    wait_for(lambda: progress().get("resumed"), timeout=120, every=0.05)  # old1 taken up again after "live"
+    assert refined == ["live"]
+    kill(first)  # in the middle of the resumed job
+    stack.start("worker", "refine", **fresh)
+    wait_for(lambda: (progress(), len(refined) == 3)[1], timeout=180, every=0.1)
+    assert refined == ["live", "old1", "old2"]
+    assert stack.result("old1", "refined")["resumed"] and not stack.result("live", "refined")["resumed"]
+    counters = {k.decode(): float(v) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
+    assert counters["results_refined"] == 3 and counters["jobs_preempted"] >= 1
+    for part in ("waiting", "running"):
+        assert stack.redis.client.zcard(f"{stack.prefix}:jobs:refine:{part}") == 0
+    assert not (stack.scan("old2").get("queue") or stack.scan("old2").get("refining"))

@@ -14,6 +14,7 @@ COUNTERS = {  # Redis counter → (metric, help)
     "jobs_failed": ("cdi_jobs_failed", "jobs that ended in an error"),
     "scans_converged_early": ("cdi_scans_converged_early", "scans marked converged before their last frame"),
     "jobs_dead_lettered": ("cdi_jobs_dead_lettered", "jobs moved to the dead-letter stream"),
+    "jobs_preempted": ("cdi_jobs_preempted", "refinements that yielded to a fresher scan (each resumes later)"),
 }
 
 
@@ -51,6 +52,14 @@ class SnapshotCollector:
             workers.add_metric([kind], alive)
         yield workers
         yield GaugeMetricFamily("cdi_scans", "scans known", value=snapshot["scans"])
+        backlog = GaugeMetricFamily("cdi_backlog_jobs", "jobs waiting or running, per stage", labels=["stage"])
+        oldest = GaugeMetricFamily("cdi_backlog_oldest_seconds", "age of the oldest job waiting, per stage",
+                                   labels=["stage"])
+        for stage, figures in snapshot["backlog"].items():
+            backlog.add_metric([stage], figures["jobs"])
+            oldest.add_metric([stage], figures["oldest_s"])
+        yield backlog
+        yield oldest
 
 
 def render(snapshot: dict) -> bytes:

@@ -16,6 +16,12 @@ class StageSummary(BaseModel):
     seconds: float
 
 
+class QueuePlace(BaseModel):
+    stage: Literal["refined"]
+    position: int = Field(description="jobs ahead of this one (running ones included)")
+    eta_s: float = Field(description="estimated seconds until it starts")
+
+
 class ScanView(BaseModel):
     scan: str
     state: State
@@ -32,6 +38,10 @@ class ScanView(BaseModel):
                                             "reconstruction materially (shared.convergence); null until then")
     convergence: dict | None = Field(None, description="the latest preview's verdict: frames, signal_left, "
                                      "phase_change, amplitude_change, converged")
+    queue: QueuePlace | None = Field(None, description="while the scan waits for a stage: its place in the "
+                                     "queue (shared.scheduling); null once the stage is running or done")
+    refining: dict | None = Field(None, description="while the refined stage runs: since (Unix time), worker, "
+                                  "resumed (it had yielded to a fresher scan before)")
     results: dict[str, StageSummary]
 
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from typing import Literal
 
 import numpy as np
@@ -154,8 +153,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         record = load(scan)
         if "result_nn" not in record or record.get("state") == "acquiring":
             raise HTTPException(409, "refinement needs the complete scan's NN result")
-        store.redis.xadd(store.keys.refine_jobs, {"scan": scan, "queued": time.time(),
-                                                  "options": json.dumps(request.model_dump(exclude_none=True))})
+        store.queue_refinement(scan, record, request.model_dump(exclude_none=True))
         return {"scan": scan, "queued": True, **request.model_dump(exclude_none=True)}
 
     @router.delete("/{scan}", status_code=204, dependencies=[guard])

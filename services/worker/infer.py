@@ -94,7 +94,7 @@ class InferenceWorker:
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
             if w["final"]:
-                self.store.redis.xadd(self.store.keys.refine_jobs, {"scan": scan, "queued": time.time()})
+                self.store.queue_refinement(scan, record)
             self.queue.done(w["id"])
 
     def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,

@@ -1,51 +1,148 @@
-"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN result."""
+"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN result.
+
+Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.scheduling``: the newest
+finished scan first, then the backlog oldest first. A long refinement yields between schedule steps when
+a fresher scan waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (Bitshuffle-LZ4 frames)
 import numpy as np
 
-from services.worker.queue import JobQueue, run_forever
+from services.worker.backlog import RefineBacklog, Taken
+from services.worker.queue import run_forever
+from shared import scheduling
 from shared.errors import InputError
-from shared.pipeline import REFINE_PLAN
+from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
 from shared.reconstruction import refined_stage
 from shared.settings import Settings
 from shared.store import Store
 
 log = logging.getLogger("cdi-live.refine")
 
+YIELD_CHECK_S = 0.5  # how often a running job asks whether fresher work waits (one Redis round trip)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the job's lease while the worker computes; if the process dies, the lease runs out and
+    another worker takes the job over (from its last checkpoint)."""
+
+    def __init__(self, backlog: RefineBacklog, taken: Taken):
+        super().__init__(daemon=True)
+        self.backlog, self.taken, self.stopped = backlog, taken, threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.backlog.lease_s / 3):
+            try:
+                self.lost = self.lost or not self.backlog.renew(self.taken)
+            except Exception as exc:  # Redis away: the lease may run out; the result is then not stored
+                log.warning("lease of %s not renewed: %s", self.taken.id, exc)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+
 
 class RefinementWorker:
-    def __init__(self, settings: Settings, consumer: str | None = None):
+    def __init__(self, settings: Settings, consumer: str | None = None, stop: threading.Event | None = None):
         self.settings = settings
+        self.stop = stop or threading.Event()  # set on SIGINT/SIGTERM: the running job yields and is put back
         self.store = Store(settings)
-        self.queue = JobQueue(self.store.redis, self.store.keys.refine_jobs, "refine", settings.claim_idle_ms, consumer,
-                              settings.max_deliveries, self.store.keys.dead_letters, self.store.fail_job)
+        self.backlog = RefineBacklog(self.store.redis, self.store.keys, consumer, settings.claim_idle_ms / 1000,
+                                     settings.max_deliveries, self.store.fail_job, settings.refine_fresh_s)
+        # Fault-injection hook for the reliability tests: sleep this long at every chance to yield, so a
+        # small job runs long enough to be preempted or killed mid-way. Unset in production.
+        self.step_delay_s = float(os.environ.get("CDI_LIVE_TEST_STEP_DELAY_S", "0"))
+        self.last_positions, self.last_published = {}, 0.0
 
     def step(self) -> int:
-        jobs = self.queue.take(1)
-        for job_id, fields in jobs:
-            scan = fields[b"scan"].decode()
-            options = json.loads(fields.get(b"options", b"{}"))  # from POST /api/scans/{scan}/refine
+        taken = self.backlog.take()
+        self.publish_queue()
+        if taken is None:
+            time.sleep(0.2)
+            return 0
+        self.run(taken)  # on a bug the job stays leased: the lease runs out, it is retried, then dead-lettered
+        return 1
+
+    def run(self, taken: Taken) -> None:
+        scan = taken.scan
+        self.store.update_scan(scan, queue=None, refining={"since": time.time(), "worker": self.backlog.consumer,
+                                                          "resumed": bool(taken.checkpoint)})
+        self.store.publish({"event": "refining", "scan": scan, "resumed": bool(taken.checkpoint)})
+        with LeaseKeeper(self.backlog, taken) as lease:
             try:
-                self.refine_scan(scan, **options)
-                self.store.record_latency("refined", time.time() - float(fields.get(b"queued", time.time())))
+                stage, seconds = self.refine_scan(taken)
+            except Preempted as preempted:
+                path = self.checkpoint_path(scan)
+                preempted.checkpoint.save(path)
+                self.backlog.put_back(taken, str(path))
+                self.store.update_scan(scan, refining=None)
+                self.store.count("jobs_preempted")
+                self.store.publish({"event": "preempted", "scan": scan, "phase": preempted.checkpoint.phase})
+                log.info("refinement of %s yielded in %s (%s)", scan, preempted.checkpoint.phase,
+                         "worker stopping" if self.stop.is_set() else "fresher work waits")
+                return
             except (OSError, KeyError, ValueError, InputError) as exc:
-                self.store.update_scan(scan, state="failed", reason=f"refinement: {exc}")
+                self.store.update_scan(scan, state="failed", reason=f"refinement: {exc}", refining=None)
                 self.store.count("jobs_failed")
                 log.error("refinement of %s failed: %s", scan, exc)
-            self.queue.done(job_id)
-        return len(jobs)
+                self.finish(taken)
+                return
+        if lease.lost:  # another worker took the job over while this one stalled: its answer counts
+            log.warning("lease of %s was lost: result dropped", taken.id)
+            return
+        self.store.put_result(scan, "refined", *stage, force=True)
+        self.store.update_scan(scan, refining=None)
+        self.store.count("results_refined")
+        self.store.record_latency("refined", time.time() - taken.queued)
+        self.store.record_refine_speed(seconds / max(1, taken.voxels))
+        self.finish(taken)
 
-    def refine_scan(self, scan: str, steps: int | None = None, time_budget: float | None = None,
-                    loss: str = "gaussian") -> None:
+    def finish(self, taken: Taken) -> None:
+        self.backlog.done(taken.id)
+        if taken.checkpoint:
+            Path(taken.checkpoint).unlink(missing_ok=True)
+
+    def checkpoint_path(self, scan: str) -> Path:
+        record = self.store.scan(scan) or {}
+        folder = Path(record["raw_file"]).parent if record.get("raw_file") else self.settings.data_dir / scan
+        return folder / "refine-checkpoint.npz"
+
+    def yield_now(self, taken: Taken):
+        """Asked between schedule steps: admits new arrivals (their records learn their place) and says
+        whether a fresher job waits (``scheduling.preempts``) or the worker is stopping (a restarted
+        service then resumes the job from its checkpoint)."""
+        last = [0.0]
+
+        def ask() -> bool:
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+            if self.stop.is_set():
+                return True
+            if time.monotonic() - last[0] < YIELD_CHECK_S:
+                return False
+            last[0] = time.monotonic()
+            if self.backlog.admit():
+                self.publish_queue()
+            return self.backlog.should_yield(taken)
+
+        return ask
+
+    def refine_scan(self, taken: Taken):
+        scan, options = taken.scan, taken.options  # options: from POST /api/scans/{scan}/refine
         state = self.store.scan(scan)
         nn = self.store.result(scan, "nn")
         if state is None or nn is None:
@@ -59,26 +156,46 @@ class RefinementWorker:
         measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None]
         measured = None if measured.all() else measured
         amp, phase, info = nn
-        plan = dataclasses.replace(REFINE_PLAN, polish_steps=steps or self.settings.refine_steps,
-                                   polish_loss=loss or REFINE_PLAN.polish_loss,
-                                   polish_time_budget=time_budget or self.settings.refine_time_budget)
+        plan = dataclasses.replace(REFINE_PLAN, polish_steps=options.get("steps") or self.settings.refine_steps,
+                                   polish_loss=options.get("loss") or REFINE_PLAN.polish_loss,
+                                   polish_time_budget=options.get("time_budget") or self.settings.refine_time_budget)
         crop = tuple(info.get("crop") or amp.shape)
+        resume = Checkpoint.load(taken.checkpoint) if taken.checkpoint and os.path.exists(taken.checkpoint) else None
         began = time.perf_counter()
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
-                              self.settings.refine_size, plan, on_input_grid=False)  # ≤ refine_size³: Redis holds it
+                              self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it
+                              yield_now=self.yield_now(taken), resume=resume)
         extra = stage.info
-        self.store.put_result(scan, "refined", stage.amplitude[0], stage.phase[0], {
-            "frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": time.perf_counter() - began,
-            "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
-            "loss": plan.polish_loss, "grid": extra["grid"],
-            "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
-            "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]},
-            force=True)
-        self.store.count("results_refined")
+        seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": seconds,
+                  "wall_seconds": time.perf_counter() - began, "resumed": resume is not None,
+                  "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
+                  "loss": plan.polish_loss, "grid": extra["grid"],
+                  "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
+                  "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]}
+        return (stage.amplitude[0], stage.phase[0], result), seconds
+
+    def publish_queue(self) -> None:
+        """Every waiting scan's record says where it stands: {"stage", "position", "eta_s"}."""
+        waiting = self.backlog.waiting_jobs()
+        places = scheduling.positions(waiting, time.time(), self.store.refine_speed(),
+                                      len(self.store.live_workers("refine")), self.backlog.running_jobs(),
+                                      self.settings.refine_fresh_s)
+        positions = {job_id: place["position"] for job_id, place in places.items()}
+        if not waiting or (positions == self.last_positions and time.monotonic() - self.last_published < 10):
+            return  # nothing moved (the ETAs are refreshed every 10 s)
+        self.last_positions, self.last_published = positions, time.monotonic()
+        scans = self.backlog.scan_of(list(places))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id, place in places.items():
+            if job_id in scans:
+                self.store.update_scan(scans[job_id], pipe=pipe, queue=place)
+        self.store.publish({"event": "queue", "stage": "refined", "waiting": len(places)}, pipe)
+        pipe.execute()
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, consumer: str | None = None) -> None:
     stop = stop or threading.Event()
-    worker = RefinementWorker(settings, consumer)
-    log.info("refinement worker %s ready", worker.queue.consumer)
-    run_forever(worker.step, stop, "refine", lambda: worker.store.heartbeat("refine", worker.queue.consumer))
+    worker = RefinementWorker(settings, consumer, stop)
+    log.info("refinement worker %s ready", worker.backlog.consumer)
+    run_forever(worker.step, stop, "refine", lambda: worker.store.heartbeat("refine", worker.backlog.consumer))

@@ -150,32 +150,66 @@ def random_start(support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (support * amp * np.exp(1j * phase)).astype(np.complex64)
 
 
+@dataclass
+class ScheduleRun:
+    """One schedule in progress: it can stop after any iteration and go on later (a preempted
+    refinement keeps ``done`` and ``mean`` in its checkpoint), with the same result as one run."""
+
+    schedule: str
+    average_last: int = 20
+    done: int = 0  # iterations of this schedule so far (a state may run several schedules in turn)
+    mean: np.ndarray | None = None  # running sum of the last ``average_last`` iterates
+
+    def __post_init__(self):
+        self.steps = parse_schedule(self.schedule)
+        self.total = sum(n for _, n in self.steps)
+        self.average_last = max(1, min(self.average_last, self.total))
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def advance(self, state: PhasingState, iterations: int | None = None, progress=None,
+                history: list | None = None) -> None:
+        """Up to ``iterations`` more iterations (None: to the end)."""
+        if self.mean is None:
+            self.mean = np.zeros_like(state.obj)
+        stop = self.total if iterations is None else min(self.total, self.done + iterations)
+        while self.done < stop:
+            name = self._algorithm_at(self.done)
+            ALGORITHMS[name](state)
+            state.iteration += 1
+            self.done += 1
+            if state.shrink_every and state.iteration % state.shrink_every == 0 and self.done < self.total:
+                shrink_wrap(state)
+            if self.done > self.total - self.average_last:
+                self.mean += state.obj
+            if progress is not None:
+                progress(1)
+            if history is not None:
+                history.append((time.perf_counter(), state.chi.copy()))
+
+    def _algorithm_at(self, iteration: int) -> str:
+        for name, count in self.steps:
+            if iteration < count:
+                return name
+            iteration -= count
+        raise IndexError(iteration)
+
+    def result(self) -> np.ndarray:
+        """The estimate averaged over the last ``average_last`` iterations."""
+        return self.mean / self.average_last
+
+
 def run_schedule(state: PhasingState, schedule: str = PAPER_SCHEDULE, average_last: int = 20,
                  progress=None, history: list | None = None) -> np.ndarray:
     """Run the schedule; return the estimate averaged over the last iterations.
 
     ``history``, if given, receives (perf_counter time, χ per scan) after every iteration.
     """
-    steps = parse_schedule(schedule)
-    total = sum(n for _, n in steps)
-    average_last = max(1, min(average_last, total))
-    mean = np.zeros_like(state.obj)
-    done = 0  # iterations of this schedule (a state may run several schedules in turn)
-    for name, count in steps:
-        algorithm = ALGORITHMS[name]
-        for _ in range(count):
-            algorithm(state)
-            state.iteration += 1
-            done += 1
-            if state.shrink_every and state.iteration % state.shrink_every == 0 and done < total:
-                shrink_wrap(state)
-            if done > total - average_last:
-                mean += state.obj
-            if progress is not None:
-                progress(1)
-            if history is not None:
-                history.append((time.perf_counter(), state.chi.copy()))
-    return mean / average_last
+    run = ScheduleRun(schedule, average_last)
+    run.advance(state, progress=progress, history=history)
+    return run.result()
 
 
 def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts: int = 1,

@@ -36,11 +36,19 @@ function renderList() {
     const pct = s.frames_expected ? (100 * s.frames_received) / s.frames_expected : 0;
     li.innerHTML = `<div class="name"></div><span class="badge ${s.state}">${s.state}</span>
       <span class="hint">${s.frames_received}/${s.frames_expected} frames</span>
+      <span class="hint queue">${queueText(s)}</span>
       <div class="mini"><div style="width:${pct.toFixed(1)}%"></div></div>`;
     li.querySelector(".name").textContent = s.scan;
     li.onclick = () => select(s.scan);
     list.appendChild(li);
   }
+}
+
+// Where a scan stands in the refinement queue, so nothing waits silently.
+function queueText(s) {
+  if (s.refining) return `refining${s.refining.resumed ? " (resumed)" : ""}`;
+  if (s.queue) return `queued: ${s.queue.position} ahead, about ${Math.max(1, Math.round(s.queue.eta_s))} s`;
+  return "";
 }
 
 // ---- one scan ----------------------------------------------------------
@@ -74,6 +82,7 @@ function renderDetail(s) {
   badge.textContent = s.state;
   badge.className = `badge ${s.state}`;
   $("scan-reason").textContent = s.reason || "";
+  $("scan-queue").textContent = queueText(s);
   const pct = s.frames_expected ? (100 * s.frames_received) / s.frames_expected : 0;
   $("progress-bar").style.width = `${pct.toFixed(1)}%`;
   let text = `${s.frames_received} / ${s.frames_expected} frames`;

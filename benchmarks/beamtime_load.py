@@ -1,0 +1,165 @@
+"""A beamtime's load through `cdi-live up` at default settings: is the scan being taken now still live?
+
+    burst      5 replays of the recorded APS scan 54 (201 frames of 256², with its geometry), back to back
+    live       then 3 simulated 32³ scans at 10 frames/s, one after the other
+    restart    (--restart) the burst, `cdi-live up` stopped while its backlog is refining, started again,
+               then the 3 live scans: the backlog left in Redis must not hold them up
+
+Reports, per variant: end → refined for each live scan, previews seen while it was acquired, the time
+to drain the whole backlog, scans lost. Targets (issue 21): live end → refined ≤ 2 s median, a preview
+during every live scan, 0 lost, backlog drained.
+
+    .venv/bin/python benchmarks/beamtime_load.py [--restart] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+from benchmarks.scale_out import free_port  # noqa: E402
+from services.beamline.sim import GEOMETRY_34IDC, Beamline, simulated_volume  # noqa: E402
+from services.cli.up import wait_until_ready  # noqa: E402
+
+DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
+BURST, LIVE, LIVE_HZ = 5, 3, 10.0
+
+
+class Events(threading.Thread):
+    """Every event of the deployment with its arrival time (wall clock)."""
+
+    def __init__(self, client, prefix):
+        super().__init__(daemon=True)
+        self.pubsub = client.pubsub()
+        self.pubsub.subscribe(f"{prefix}:updates")
+        self.seen: list[tuple[float, dict]] = []
+
+    def run(self):
+        for message in self.pubsub.listen():
+            if message["type"] == "message":
+                self.seen.append((time.time(), json.loads(message["data"])))
+
+    def of(self, scan, event=None, stage=None):
+        return [(t, e) for t, e in list(self.seen) if e.get("scan") == scan and (event is None or e["event"] == event)
+                and (stage is None or e.get("stage") == stage)]
+
+
+class Deployment:
+    def __init__(self, prefix, port, zport):
+        self.prefix, self.port, self.zport = prefix, port, zport
+        self.env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": f"/tmp/{prefix}"}
+
+    def start(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--port", str(self.port),
+                                         "--bind", f"tcp://127.0.0.1:{self.zport}"], env=self.env,
+                                        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_ready(f"http://127.0.0.1:{self.port}", [self.process])
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(60)
+
+
+def burst(beamline, volume):
+    for i in range(BURST):
+        beamline.play(f"s54-{i}", volume, geometry=GEOMETRY_34IDC)
+
+
+def live_scans(beamline, tag):
+    ends = {}
+    for i in range(LIVE):
+        scan = f"live-{tag}-{i}"
+        beamline.play(scan, simulated_volume(32, 5, 700 + i, 1e7), rate_hz=LIVE_HZ)
+        ends[scan] = time.time()
+    return ends
+
+
+def measure(events, ends, scans, started, timeout=900):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not all(events.of(s, "result", "refined") for s in scans):
+        time.sleep(0.5)
+    refined = {s: events.of(s, "result", "refined")[0][0] for s in scans if events.of(s, "result", "refined")}
+    live = {}
+    for scan, end in ends.items():
+        begun = events.of(scan, "start")[0][0] if events.of(scan, "start") else end - 32 / LIVE_HZ
+        previews = [e for t, e in events.of(scan, "result", "nn") if begun <= t <= end and e["frames_used"] < 32]
+        live[scan] = {"end_to_refined_s": refined[scan] - end if scan in refined else None,
+                      "previews_during_acquisition": len(previews)}
+    done = [t for t in refined.values()]
+    return {"live": live,
+            "live_end_to_refined_median_s": float(np.median([v["end_to_refined_s"] for v in live.values()
+                                                             if v["end_to_refined_s"] is not None] or [np.nan])),
+            "live_scans_with_a_preview": sum(v["previews_during_acquisition"] > 0 for v in live.values()),
+            "backlog_drained_s": (max(done) - started) if len(done) == len(scans) else None,
+            "lost": len(scans) - len(refined)}
+
+
+def run(restart: bool) -> dict:
+    prefix = f"load{uuid.uuid4().hex[:6]}"
+    deployment = Deployment(prefix, free_port(), free_port())
+    client = redis.Redis()
+    events = Events(client, prefix)
+    events.start()
+    with np.load(DATA / "aps-34idc-scan54" / "frames.npz") as z:
+        volume = z["frames"]
+    try:
+        deployment.start()
+        beamline = Beamline(f"tcp://127.0.0.1:{deployment.zport}")
+        started = time.time()
+        burst(beamline, volume)
+        restarted = None
+        if restart:  # wait until the backlog is refining, then restart the whole service
+            while not events.of("s54-0", "refining"):
+                time.sleep(0.2)
+            time.sleep(5)
+            deployment.stop()
+            restarted = time.time()
+            deployment.start()
+            restarted = time.time() - restarted
+            beamline.close()
+            beamline = Beamline(f"tcp://127.0.0.1:{deployment.zport}")
+        ends = live_scans(beamline, "r" if restart else "a")
+        beamline.close()
+        scans = [f"s54-{i}" for i in range(BURST)] + list(ends)
+        result = measure(events, ends, scans, started)
+        counters = {k.decode(): float(v) for k, v in client.hgetall(f"{prefix}:metrics").items()}
+        result.update(variant="restart" if restart else "burst", restart_s=restarted,
+                      preempted=counters.get("jobs_preempted", 0), previews_skipped=counters.get("jobs_skipped_stale", 0))
+        return result
+    finally:
+        deployment.stop()
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--restart", action="store_true", help="also the restart variant")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = [run(False)] + ([run(True)] if args.restart else [])
+    for r in results:
+        print(f"{r['variant']}: live end → refined median {r['live_end_to_refined_median_s']:.2f} s "
+              f"({', '.join(f'{v['end_to_refined_s']:.2f}' for v in r['live'].values() if v['end_to_refined_s'])}); "
+              f"live scans with a preview {r['live_scans_with_a_preview']}/{LIVE}; backlog drained in "
+              f"{r['backlog_drained_s']:.0f} s; lost {r['lost']}; preempted {r['preempted']:.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
