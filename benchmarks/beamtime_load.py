@@ -97,7 +97,11 @@ def measure(events, ends, scans, started, timeout=900):
     for scan, end in ends.items():
         begun = events.of(scan, "start")[0][0] if events.of(scan, "start") else end - 32 / LIVE_HZ
         previews = [e for t, e in events.of(scan, "result", "nn") if begun <= t <= end and e["frames_used"] < 32]
+        finals = [t for t, e in events.of(scan, "result", "nn") if e["frames_used"] == 32]
+        refining = events.of(scan, "refining")
         live[scan] = {"end_to_refined_s": refined[scan] - end if scan in refined else None,
+                      "end_to_final_nn_s": finals[0] - end if finals else None,
+                      "end_to_refining_s": refining[0][0] - end if refining else None,
                       "previews_during_acquisition": len(previews)}
     done = [t for t in refined.values()]
     return {"live": live,
@@ -150,11 +154,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restart", action="store_true", help="also the restart variant")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only-restart", action="store_true", help="the restart variant alone")
     args = parser.parse_args()
-    results = [run(False)] + ([run(True)] if args.restart else [])
+    results = ([] if args.only_restart else [run(False)]) + ([run(True)] if args.restart or args.only_restart else [])
     for r in results:
-        print(f"{r['variant']}: live end → refined median {r['live_end_to_refined_median_s']:.2f} s "
-              f"({', '.join(f'{v['end_to_refined_s']:.2f}' for v in r['live'].values() if v['end_to_refined_s'])}); "
+        each = ", ".join(f"{v['end_to_refined_s']:.2f}" for v in r["live"].values() if v["end_to_refined_s"])
+        print(f"{r['variant']}: live end → refined median {r['live_end_to_refined_median_s']:.2f} s ({each}); "
               f"live scans with a preview {r['live_scans_with_a_preview']}/{LIVE}; backlog drained in "
               f"{r['backlog_drained_s']:.0f} s; lost {r['lost']}; preempted {r['preempted']:.0f}")
     if args.json:

@@ -88,6 +88,29 @@ def check_intensity(volume: np.ndarray, source: str = "input", min_size: int = 1
     return batch
 
 
+def read_array(path: str | Path, dataset: str | None = None) -> np.ndarray:
+    """Any array file as it is (a mask: 2D per detector frame, or 3D)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz" and dataset is None:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[archive.files[0]]
+    return np.asarray(_read_raw(path, dataset))
+
+
+def read_measurement(path: str | Path, dataset: str | None = None, min_size: int = 1,
+                     saturation: float | None = None):
+    """Read detector data; returns (float32 batch, was_batch, invalid): ``invalid`` marks pixels that are
+    not counts (the integer dtype's maximum, at or above ``saturation``: ``shared.detector``), which are
+    zero in the batch."""
+    from shared import detector
+
+    path = Path(path)
+    raw = np.asarray(_read_raw(path, dataset))
+    bad = detector.invalid(raw, saturation=saturation) if raw.dtype.kind in "uif" else np.zeros(raw.shape, bool)
+    batch = check_intensity(np.where(bad, 0, raw) if bad.any() else raw, str(path), min_size)
+    return batch, raw.ndim == 4, bad.reshape(batch.shape)
+
+
 def read_intensity(path: str | Path, dataset: str | None = None, min_size: int = 1):
     """Read a measured intensity; returns (float32 batch (B, n0, n1, n2), was_batch)."""
     path = Path(path)

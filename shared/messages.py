@@ -1,7 +1,11 @@
 """The one message model every service shares: the native ingest protocol and the job records.
 
 Native protocol (ZeroMQ PUSH → ingest PULL), names exact:
-    {"type":"start","scan":"<id>","frames":N,"shape":[H,W],"dtype":"uint32", "geometry":{…}?}
+    {"type":"start","scan":"<id>","frames":N,"shape":[H,W],"dtype":"uint32", "geometry":{…}?,
+     "pixel_mask":{"dtype":"uint32","encoding":"raw"|"lz4"|"bslz4","source":"…"}?, "saturation_value":S?}
+      + with pixel_mask, one part: the H×W mask's little-endian bytes, non-zero = bad pixel (DECTRIS'
+      convention). saturation_value: counts at or above which a pixel is saturated. Pixels at the
+      dtype's maximum are invalid in any case.
     {"type":"frame","scan":"<id>","index":k, "encoding":"lz4"|"bslz4"?}  + one part of raw little-endian bytes
     {"type":"end","scan":"<id>"}
 """
@@ -53,12 +57,32 @@ class _Message(BaseModel):
         return value
 
 
+class PixelMask(BaseModel):
+    """A detector's pixel mask (H×W, non-zero = bad), sent as the start message's second part."""
+
+    model_config = ConfigDict(extra="forbid")
+    dtype: Literal["uint8", "uint16", "uint32"] = "uint32"
+    encoding: Literal["raw", "lz4", "bslz4"] = "raw"
+    source: str = Field("start message", max_length=200, description="where the mask came from, for the record")
+
+
 class Start(_Message):
     type: Literal["start"]
     frames: int = Field(gt=0, le=MAX_FRAMES)
     shape: tuple[Annotated[int, Field(gt=0, le=MAX_SIDE)], Annotated[int, Field(gt=0, le=MAX_SIDE)]]
     dtype: Literal[DTYPES]  # type: ignore[valid-type]
     geometry: Geometry | None = None
+    pixel_mask: PixelMask | None = None
+    saturation_value: float | None = Field(None, gt=0, description="counts at or above which a pixel is saturated")
+
+    def mask_array(self, payload: bytes):
+        """The pixel mask part as an (H, W) array; ValueError if it does not decode."""
+        from shared import codecs
+
+        try:
+            return codecs.decode(payload, self.pixel_mask.encoding, self.shape, self.pixel_mask.dtype)
+        except codecs.CodecError as exc:
+            raise ValueError(f"pixel mask does not decode: {exc}") from None
 
 
 class Frame(_Message):

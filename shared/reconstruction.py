@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shared import detector
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid
-from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Plan, converge
+from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Plan, Preempted, converge
 
 
 @dataclass
@@ -69,6 +70,11 @@ def phase_ramp(shape, offset) -> np.ndarray:
     return ramp
 
 
+def fill_unmeasured(intensity: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """A batch with its unmeasured voxels inpainted from measured neighbours (``shared.detector``)."""
+    return np.stack([detector.inpaint(v, ~m) if not m.all() else v for v, m in zip(intensity, measured)])
+
+
 def refinement_grid(shape, refine_size: int = REFINE_SIZE) -> tuple:
     return tuple(min(n, refine_size) for n in shape)
 
@@ -89,7 +95,7 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
 
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
                   refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
-                  yield_now=None, resume=None) -> Stage:
+                  yield_now=None, resume=None, inpainted: bool = False) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
     ``yield_now`` and ``resume``: preemption between schedule steps (``shared.pipeline.converge``).
@@ -100,17 +106,38 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     started = time.perf_counter()
     shape = intensity.shape[1:]
     grid = refinement_grid(shape, refine_size)
-    offsets = [peak_offset(v) for v in intensity]
-    data = np.stack([to_grid(peak_to_centre(v, k), grid) for v, k in zip(intensity, offsets)])
-    mask = None
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
-        mask = np.stack([mask_to_grid(peak_to_centre(m, k), grid) for m, k in zip(measured, offsets)])
-    starts = []
-    for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
-        a, p, _ = to_input_grid(a, p, crop, shape) if a.shape != shape else (a, p, None)
-        starts.append(centre_crop(a * np.exp(1j * p), grid))
-    result = converge(data, np.stack(starts), mask, plan, yield_now=yield_now, resume=resume)
+    prepared = resume.arrays if resume is not None and "input_data" in resume.arrays else None
+    if prepared is not None:  # a resumed run: its inputs were prepared before it yielded (seconds on a big scan)
+        offsets = [tuple(int(x) for x in k) for k in prepared["input_offsets"]]
+        data, mask, starts = prepared["input_data"], prepared.get("input_mask"), prepared["input_starts"]
+    else:
+        def may_yield() -> None:  # preparing a detector-size scan takes seconds: fresher work may not wait
+            if yield_now is not None and yield_now():
+                raise Preempted(None)
+
+        if measured is not None and not inpainted:  # every step before the refinement reads counts only
+            intensity = fill_unmeasured(intensity, measured)
+            may_yield()
+        offsets = [peak_offset(v) for v in intensity]
+        may_yield()
+        data = np.stack([to_grid(peak_to_centre(v, k), grid) for v, k in zip(intensity, offsets)])
+        mask = None
+        if measured is not None:
+            mask = np.stack([mask_to_grid(peak_to_centre(m, k), grid) for m, k in zip(measured, offsets)])
+        may_yield()
+        starts = []
+        for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
+            a, p, _ = to_input_grid(a, p, crop, shape, window=grid) if a.shape != shape else (a, p, None)
+            starts.append(centre_crop(a * np.exp(1j * p), grid))  # (the window is the grid already)
+        starts = np.stack(starts)
+    try:
+        result = converge(data, starts, mask, plan, yield_now=yield_now, resume=resume)
+    except Preempted as preempted:  # the prepared inputs go with the checkpoint
+        preempted.checkpoint.arrays.update(input_data=data, input_offsets=np.asarray(offsets), input_starts=starts,
+                                           **({} if mask is None else {"input_mask": mask}))
+        raise
     amps, phases, supports, chis = [], [], [], []
     masks = mask if mask is not None else [None] * len(intensity)
     for obj, volume, grid_data, k, m, m_grid in zip(result.obj, intensity, data, offsets,
@@ -131,7 +158,14 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
 def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,
                 on_input_grid: bool = True, progress=None, measured: np.ndarray | None = None,
                 plan: Plan = REFINE_PLAN):
-    """Returns {"nn": Stage, "refined": Stage (when ``refine``)}."""
+    """Returns {"nn": Stage, "refined": Stage (when ``refine``)}.
+
+    ``measured`` False marks voxels that hold no count (detector gaps, flagged, saturated or masked
+    pixels, frames not taken): they are inpainted for every step before the refinement (peak search,
+    crop, DCT, network input) and left free in it (``shared.detector``)."""
+    if measured is not None:
+        measured = np.broadcast_to(measured, intensity.shape)
+        intensity = fill_unmeasured(intensity, measured)
     nn = predictor.reconstruct(intensity, on_input_grid=False, progress=progress)
     shapes = [v.shape for v in intensity]
     out_a, out_p, out_s = [], [], []
@@ -143,5 +177,6 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
         out_a.append(a), out_p.append(p), out_s.append(s)
     stages = {"nn": Stage(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.asarray(nn.chi), nn.seconds)}
     if refine:
-        stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan)
+        stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan,
+                                          inpainted=True)
     return stages

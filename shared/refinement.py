@@ -112,8 +112,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
 
     ``measured`` (bool, centred like the intensity) marks the voxels that were
     measured; the others do not enter the loss. ``shrink_every`` 0 keeps the
-    start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked every
-    5 steps, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
+    start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked after
+    every step, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
     goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run).
     """
     if loss not in LOSSES:
@@ -172,7 +172,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
             break
         if taken > patience and np.all(history[-patience - 1][1] - best_chi < tolerance * best_chi):
             break
-        if interrupt is not None and taken % 5 == 0 and taken < steps and interrupt():
+        if interrupt is not None and taken < steps and interrupt():
             current = np.asarray(re.value) + 1j * np.asarray(im.value)
             state = {"current": current.astype(np.complex64), "support": support, "chi_start": chi_start,
                      "best": best, "best_chi": best_chi, "best_support": best_support, "taken": taken,

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_scan_bytes: int = Field(4 * 2**30, description="largest scan accepted (frames × ROI pixels × 4 bytes in memory)")
     ingest_roi_px: int = Field(128, ge=0, description="detector pixels per axis kept in memory around the Bragg "
                                "peak for the network input (0: the whole detector); raw files keep whole frames")
+    pixel_mask_file: Path | None = Field(None, description="the detector's pixel mask (.npy/.h5/.tif, H×W, non-zero "
+                                         "= bad), used for scans whose start message brings none and whose frames "
+                                         "are its shape; pixels at the dtype's maximum are invalid in any case")
     convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
                                            "this fraction of its rocking curve's intensity is estimated to be still to "
                                            "come (shared.convergence; 0.001: no false stop measured, fewer frames saved)")

@@ -96,6 +96,11 @@ def test_manifests_match_the_kubernetes_schema_and_each_other(overlay):
         trigger = scaler["spec"]["triggers"][0]
         assert trigger["type"] == "redis-streams" and trigger["metadata"]["stream"] == "cdi:jobs:infer"
         assert trigger["metadata"]["consumerGroup"] == "infer"  # the group the inference workers join
+        refine = by_kind["ScaledObject"]["refine"]
+        assert refine["spec"]["scaleTargetRef"]["name"] in by_kind["Deployment"]
+        trigger = refine["spec"]["triggers"][0]
+        assert trigger["type"] == "metrics-api" and trigger["metadata"]["valueLocation"] == "refined.jobs"
+        assert trigger["metadata"]["url"].startswith("http://gateway:8000/api/queue") and "gateway" in by_kind["Service"]
 
 
 def test_compose_file():

@@ -37,6 +37,21 @@ def simulated_volume(size: int, seed: int, index: int, photons: float) -> np.nda
     return np.round(intensity).astype(np.uint32)
 
 
+def detector_flaws(volume: np.ndarray, gap_columns=(), dead=(), saturation: float | None = None):
+    """Frames as a DECTRIS detector with its pixel mask applied sends them: module-gap columns and dead
+    pixels at the dtype's maximum, counts clipped at ``saturation``. Returns (frames, pixel mask)."""
+    mask = np.zeros(volume.shape[1:], np.uint32)
+    for column in gap_columns:
+        mask[:, column] = 1
+    for row, column in dead:
+        mask[row, column] = 1
+    out = volume.copy()
+    if saturation is not None:
+        out = np.minimum(out, np.asarray(saturation).astype(out.dtype))
+    out[:, mask != 0] = np.iinfo(out.dtype).max
+    return out, mask
+
+
 def recorded_volume(path: Path) -> np.ndarray:
     batch, _ = read_intensity(path)
     return batch[0].astype(np.uint32)
@@ -54,13 +69,22 @@ class Beamline:
         self.socket.send_multipart(parts)
 
     def play(self, scan: str, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "raw",
-             geometry: dict | None = None, order=None, end: bool = True, progress=None) -> None:
-        """Start, frames (in ``order``, default 0..N-1) at ``rate_hz`` (0 = as fast as possible), end."""
+             geometry: dict | None = None, order=None, end: bool = True, progress=None,
+             pixel_mask: np.ndarray | None = None, saturation: float | None = None) -> None:
+        """Start, frames (in ``order``, default 0..N-1) at ``rate_hz`` (0 = as fast as possible), end;
+        a ``pixel_mask`` rides with the start (lz4), as does the detector's ``saturation`` value."""
         start = {"type": "start", "scan": scan, "frames": int(volume.shape[0]), "shape": list(volume.shape[1:]),
                  "dtype": str(volume.dtype)}
         if geometry:
             start["geometry"] = geometry
-        self.send(start)
+        if saturation is not None:
+            start["saturation_value"] = float(saturation)
+        if pixel_mask is not None:
+            mask = np.ascontiguousarray(pixel_mask, "<u4")
+            start["pixel_mask"] = {"dtype": "uint32", "encoding": "lz4", "source": "beamline-sim"}
+            self.send(start, codecs.encode(mask, "lz4"))
+        else:
+            self.send(start)
         began = time.perf_counter()
         for k, index in enumerate(range(volume.shape[0]) if order is None else order):
             frame = np.ascontiguousarray(volume[index]).astype(volume.dtype.newbyteorder("<"), copy=False)
@@ -86,13 +110,28 @@ class Beamline:
 DECTRIS_ENCODINGS = {"raw": "<", "lz4": "lz4<", "bslz4": "bs32-lz4<"}
 
 
-def dectris_messages(series, volume: np.ndarray, encoding: str = "bslz4"):
-    """The multipart messages of one DECTRIS stream-v1 series (header, images, end)."""
+def dectris_messages(series, volume: np.ndarray, encoding: str = "bslz4", pixel_mask: np.ndarray | None = None,
+                     saturation: float | None = None):
+    """The multipart messages of one DECTRIS stream-v1 series (header, images, end); with a pixel mask,
+    the header is ``header_detail: all`` and carries it (dpixelmask-1.0, after the flatfield parts)."""
     frames, height, width = volume.shape
     bits = volume.dtype.itemsize * 8
-    yield [json.dumps({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}).encode(),
-           json.dumps({"nimages": frames, "ntrigger": 1, "x_pixels_in_detector": width,
-                       "y_pixels_in_detector": height, "bit_depth_image": bits}).encode()]
+    config = {"nimages": frames, "ntrigger": 1, "x_pixels_in_detector": width, "y_pixels_in_detector": height,
+              "bit_depth_image": bits, "pixel_mask_applied": pixel_mask is not None}
+    if saturation is not None:
+        config["countrate_correction_count_cutoff"] = int(saturation)
+    header = [json.dumps({"htype": "dheader-1.0", "series": series,
+                          "header_detail": "all" if pixel_mask is not None else "basic"}).encode(),
+              json.dumps(config).encode()]
+    if pixel_mask is not None:
+        flat = np.ones((height, width), "<f4")
+        header += [json.dumps({"htype": "dflatfield-1.0", "shape": [width, height], "type": "float32"}).encode(),
+                   flat.tobytes(),
+                   json.dumps({"htype": "dpixelmask-1.0", "shape": [width, height], "type": "uint32"}).encode(),
+                   np.ascontiguousarray(pixel_mask, "<u4").tobytes(),
+                   json.dumps({"htype": "dcountrate_table-1.0", "shape": [2, 0], "type": "float32"}).encode(),
+                   b""]
+    yield header
     wire = DECTRIS_ENCODINGS[encoding].replace("32", str(bits))
     for k, frame in enumerate(volume):
         yield [json.dumps({"htype": "dimage-1.0", "series": series, "frame": k}).encode(),
@@ -106,13 +145,23 @@ def dectris_messages(series, volume: np.ndarray, encoding: str = "bslz4"):
 TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70}  # RFC 8746, little-endian
 
 
-def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geometry: dict | None = None):
+def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geometry: dict | None = None,
+                      pixel_mask: np.ndarray | None = None, saturation: float | None = None):
     """The messages of one DECTRIS stream-v2 series (start, images, end), each one CBOR part; the
-    geometry, if any, rides in the start's ``user_data`` (SIMPLON's header_appendix)."""
+    geometry, if any, rides in the start's ``user_data`` (SIMPLON's header_appendix); a pixel mask
+    in the start's ``pixel_mask`` (per channel, a tag-40 array, bslz4-compressed with tag 56500)."""
     frames, height, width = volume.shape
     start = {"type": "start", "series_id": series, "series_unique_id": f"sim-{series}", "number_of_images": frames,
              "image_size_x": width, "image_size_y": height, "channels": ["threshold_1"],
-             "arm_date": cbor2.CBORTag(0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))}
+             "arm_date": cbor2.CBORTag(0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+             "pixel_mask_enabled": pixel_mask is not None, "countrate_correction_enabled": saturation is not None,
+             "flatfield_enabled": False}
+    if saturation is not None:
+        start["saturation_value"] = int(saturation)
+    if pixel_mask is not None:
+        mask = np.ascontiguousarray(pixel_mask, "<u4")
+        packed = cbor2.CBORTag(56500, ["bslz4", 4, codecs.encode(mask, "bslz4")])
+        start["pixel_mask"] = {"threshold_1": cbor2.CBORTag(40, [[height, width], cbor2.CBORTag(70, packed)])}
     if geometry:
         start["user_data"] = {"geometry": geometry}
     yield [cbor2.dumps(start)]
@@ -144,11 +193,12 @@ class DectrisDetector:
         self.socket.bind(endpoint)
 
     def play(self, series, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "bslz4", progress=None,
-             geometry: dict | None = None):
-        """One series; stream v1 carries no geometry, v2 carries it in the start's user_data."""
+             geometry: dict | None = None, pixel_mask: np.ndarray | None = None, saturation: float | None = None):
+        """One series; stream v1 carries no geometry, v2 carries it in the start's user_data; both carry
+        a pixel mask and the saturation value in their start."""
         began = time.perf_counter()
-        messages = dectris2_messages(series, volume, encoding, geometry) if self.version == 2 else \
-            dectris_messages(series, volume, encoding)
+        messages = dectris2_messages(series, volume, encoding, geometry, pixel_mask, saturation) \
+            if self.version == 2 else dectris_messages(series, volume, encoding, pixel_mask, saturation)
         for k, parts in enumerate(messages):
             self.socket.send_multipart(parts)
             if progress and 0 < k <= volume.shape[0]:

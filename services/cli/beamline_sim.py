@@ -26,13 +26,19 @@ def add_arguments(p):
     p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default=None,
                    help="frame encoding (default raw for native, bslz4 for dectris)")
     p.add_argument("--prefix", default="sim", help="scan id prefix")
+    p.add_argument("--gaps", action="store_true", help="a module gap: two detector columns beside the Bragg peak "
+                   "flagged at the dtype's maximum, as a DECTRIS detector with its pixel mask applied sends them")
+    p.add_argument("--dead", default="", help="dead pixels ROW,COL;ROW,COL… flagged likewise")
+    p.add_argument("--saturation", type=float, help="counts clip at this value (the detector's saturation_value)")
+    p.add_argument("--no-mask", action="store_true", help="flag the pixels but send no pixel mask in the start "
+                   "(the ingest must find the flags itself)")
 
 
 def run(args):
     import time
 
-    from services.beamline.sim import (GEOMETRY_34IDC, Beamline, DectrisDetector, recorded_volume, simulated_volume,
-                                       spec_geometry)
+    from services.beamline.sim import (GEOMETRY_34IDC, Beamline, DectrisDetector, detector_flaws, recorded_volume,
+                                       simulated_volume, spec_geometry)
     from shared.errors import InputError
 
     dectris = args.protocol.startswith("dectris")
@@ -47,14 +53,35 @@ def run(args):
     plays = [(f"{args.prefix}-{stamp}-{i}", lambda i=i: simulated_volume(args.size, args.seed, i, args.photons), None)
              for i in range(args.scans)]
     plays += [(f"{path.stem}-{stamp}", lambda path=path: recorded_volume(path), recorded_geometry) for path in args.file]
+    dead = parse_pixels(args.dead)
     try:
         for scan, make, geometry in plays:
-            volume = make()
+            volume, mask = make(), None
+            if args.gaps or dead or args.saturation:
+                peak_column = volume.sum(axis=(0, 1)).argmax()
+                gaps = [c for c in (peak_column + 2, peak_column + 3) if c < volume.shape[2]] if args.gaps else []
+                volume, mask = detector_flaws(volume, gaps, dead, args.saturation)
+                mask = None if args.no_mask or not mask.any() else mask
+            flaws = {"pixel_mask": mask, "saturation": args.saturation}
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
                 if dectris:  # series ids are the scan names; only stream v2 carries the geometry (user_data)
-                    beamline.play(scan, volume, args.rate, encoding, progress=bar.update, geometry=geometry)
+                    beamline.play(scan, volume, args.rate, encoding, progress=bar.update, geometry=geometry, **flaws)
                 else:
-                    beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update)
+                    beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update, **flaws)
     finally:
         beamline.close()
     print(f"pushed {len(plays)} scan(s) {'from' if dectris else 'to'} {endpoint}")
+
+
+def parse_pixels(text: str) -> list[tuple[int, int]]:
+    """'3,4;10,2' → [(3, 4), (10, 2)]."""
+    from shared.errors import InputError
+
+    pixels = []
+    for item in filter(None, text.replace(" ", "").split(";")):
+        try:
+            row, column = (int(v) for v in item.split(","))
+        except ValueError:
+            raise InputError(f"--dead: {item!r} is not ROW,COL") from None
+        pixels.append((row, column))
+    return pixels

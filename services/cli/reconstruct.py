@@ -19,7 +19,7 @@ from tqdm import tqdm
 from services.cli.options import positive_float, positive_int
 from shared import __version__
 from shared.errors import InputError
-from shared.files import read_intensity, write_result, write_vti
+from shared.files import read_array, read_measurement, write_result, write_vti
 from shared.pipeline import REFINE_PLAN, REFINE_SIZE
 
 
@@ -44,23 +44,28 @@ def add_arguments(p):
                    "the group 'lab', maps on an orthonormal lab grid with strain along G")
     p.add_argument("--spec", type=Path, help="SPEC file to read the geometry from (with --scan)")
     p.add_argument("--scan", type=int, help="scan number in --spec")
-    p.add_argument("--mask", type=Path, help="array of INPUT's shape, non-zero where a voxel was NOT measured "
-                   "(detector gaps, bad pixels, missing frames): those voxels are left free")
+    p.add_argument("--mask", type=Path, help="non-zero where a voxel was NOT measured (detector gaps, bad pixels, "
+                   "missing frames): INPUT's shape, or one detector frame's (a pixel mask, as DECTRIS sends it); "
+                   "those voxels are left free. Pixels at the integer dtype's maximum (DECTRIS' flag) are always")
+    p.add_argument("--saturation", type=positive_float, help="counts at or above which a pixel is saturated "
+                   "(the detector's saturation_value): left free like masked ones")
 
 
 def run(args):
-    intensity, was_batch = read_intensity(args.input, args.dataset, min_size=32)
+    intensity, was_batch, flagged = read_measurement(args.input, args.dataset, min_size=32, saturation=args.saturation)
     if args.refine_size < 32:
         raise InputError("--refine-size must be at least 32")
     geometry = read_geometry(args)
     if geometry is not None and (len(intensity) > 1 or args.network_grid):
         raise InputError("--geometry/--spec take one scan on its own grid (no batch, no --network-grid)")
-    measured = None
+    unmeasured = flagged
     if args.mask is not None:
-        mask, _ = read_intensity(args.mask, min_size=1)
-        if mask.shape[1:] != intensity.shape[1:]:
-            raise InputError(f"{args.mask}: mask shape {mask.shape[1:]} differs from the input's {intensity.shape[1:]}")
-        measured = mask == 0
+        mask = read_array(args.mask)
+        if mask.shape not in (intensity.shape, intensity.shape[1:], intensity.shape[-2:]):
+            raise InputError(f"{args.mask}: mask shape {mask.shape} is neither the input's {intensity.shape[1:]} "
+                             f"nor one frame's {intensity.shape[-2:]}")
+        unmeasured = unmeasured | (mask != 0)  # a frame's pixel mask applies to every frame
+    measured = ~unmeasured if unmeasured.any() else None
     from shared.nn.inference import Predictor  # TensorFlow loads only when needed
     from shared.reconstruction import reconstruct
 

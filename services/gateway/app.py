@@ -81,6 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         snapshot = store.parse_snapshot(await pipe.execute(raise_on_error=False))
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
+    @app.get("/api/queue", tags=["service"])
+    async def queue():
+        """The backlog per stage: jobs waiting or running and the oldest one's age (what KEDA scales the
+        refinement workers on, through its metrics-api scaler)."""
+        pipe = async_redis().pipeline(transaction=False)
+        store.queue_snapshot(pipe)
+        snapshot = store.parse_snapshot(await pipe.execute(raise_on_error=False))
+        return {**snapshot["backlog"], "workers": snapshot["workers"]}
+
     @app.get("/api/events", tags=["live"])
     def all_events(request: Request):
         """Server-Sent Events for every scan (the page's scan list)."""

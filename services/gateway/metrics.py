@@ -14,6 +14,9 @@ COUNTERS = {  # Redis counter → (metric, help)
     "jobs_failed": ("cdi_jobs_failed", "jobs that ended in an error"),
     "scans_converged_early": ("cdi_scans_converged_early", "scans marked converged before their last frame"),
     "jobs_dead_lettered": ("cdi_jobs_dead_lettered", "jobs moved to the dead-letter stream"),
+    "saturated_pixels": ("cdi_saturated_pixels", "saturated pixel readings in scans' regions of interest (per scan: "
+                         "the record's detector.saturated_pixels)"),
+    "scans_flagged": ("cdi_scans_flagged", "scans whose Bragg peak sits on a gap or saturated pixels"),
     "jobs_preempted": ("cdi_jobs_preempted", "refinements that yielded to a fresher scan (each resumes later)"),
 }
 

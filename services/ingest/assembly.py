@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from shared import detector
 from shared.messages import Start
 from shared.physics import downsample
 
@@ -44,10 +45,20 @@ def remove_stale(folder: Path) -> None:
 
 
 class ScanAssembly:
-    """The rocking curve of a scan being acquired, in its ROI; counts duplicates and gaps."""
+    """The rocking curve of a scan being acquired, in its ROI; counts duplicates and gaps.
 
-    def __init__(self, start: Start, roi_px: int = 128, scratch: Path | None = None):
+    Pixels that are not counts (``shared.detector``) are not finite in the ROI volume: +inf where
+    saturated, NaN where flagged (the dtype's maximum) or masked, so the assembler inpaints them and
+    can tell a saturated peak from a peak on a gap; they are zero in the summed detector image."""
+
+    def __init__(self, start: Start, roi_px: int = 128, scratch: Path | None = None,
+                 pixel_mask: np.ndarray | None = None):
         self.start = start
+        self.pixel_mask = None if pixel_mask is None or not pixel_mask.any() else pixel_mask != 0
+        self.flag = detector.flag_value(start.dtype)
+        self.limit = min(v for v in (self.flag, start.saturation_value, np.inf) if v is not None)
+        self.saturation = start.saturation_value
+        self.saturated = 0  # saturated pixel readings in the ROI (or whole frames before it is placed)
         self.received = np.zeros(start.frames, bool)
         self.duplicates = 0
         self.out_of_order = 0
@@ -75,10 +86,26 @@ class ScanAssembly:
         self.received[index] = True
         if self.volume is not None:
             r, c = self.roi
-            self.volume[index] = frame[r:r + self.roi_px[0], c:c + self.roi_px[1]]
+            self.volume[index] = self.counts(frame[r:r + self.roi_px[0], c:c + self.roi_px[1]], (r, c))
         else:
-            self.detector += frame
+            counts = self.counts(frame, (0, 0))
+            self.detector += np.where(np.isfinite(counts), counts, 0)
         return True
+
+    def counts(self, block: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
+        """A frame's block as float32 counts, NaN where a pixel holds none (flagged, saturated, masked)."""
+        out = block.astype(np.float32)
+        bad = block >= self.limit if np.isfinite(self.limit) else None
+        if bad is not None and bad.any():
+            flagged = block >= self.flag if self.flag is not None else np.zeros(block.shape, bool)
+            if self.saturation is not None:
+                saturated = bad & ~flagged
+                self.saturated += int(np.count_nonzero(saturated))
+                out[saturated] = np.inf
+            out[flagged] = np.nan
+        if self.pixel_mask is not None:
+            out[self.pixel_mask[corner[0]:corner[0] + block.shape[0], corner[1]:corner[1] + block.shape[1]]] = np.nan
+        return out
 
     @property
     def placed(self) -> bool:
@@ -102,7 +129,7 @@ class ScanAssembly:
         self.place(corner)
         rows, cols = slice(corner[0], corner[0] + self.roi_px[0]), slice(corner[1], corner[1] + self.roi_px[1])
         for index in np.flatnonzero(self.received):
-            self.volume[index] = read(int(index), rows, cols)
+            self.volume[index] = self.counts(read(int(index), rows, cols), corner)
 
     def place(self, corner: tuple[int, int]) -> None:
         self.roi = corner
@@ -125,29 +152,45 @@ class ScanAssembly:
         return int(self.start.frames - self.received.sum())
 
     # computing (in the assembler) ------------------------------------------
-    def input_request(self, final: bool) -> tuple[str, tuple, tuple | None]:
-        """What the assembler needs: the ROI volume's file, its shape, and the crop to reuse (previews
-        choose it again only when the frame count has doubled since; the final input always afresh)."""
+    def input_request(self, final: bool) -> tuple[str, tuple, tuple | None, bool]:
+        """What the assembler needs: the ROI volume's file, its shape, the crop to reuse (previews
+        choose it again only when the frame count has doubled since; the final input always afresh),
+        and whether to look for peak warnings (the final input)."""
         self.volume.flush()
         reuse = not final and self.crop is not None and self.count < 2 * self.crop_count
-        return str(self.path), self.volume.shape, self.crop if reuse else None
+        return str(self.path), self.volume.shape, self.crop if reuse else None, final
 
     def input_done(self, crop: tuple, frames_used: int) -> None:
         if crop != self.crop:
             self.crop, self.crop_count = crop, frames_used
 
 
-def network_input(path: str, shape: tuple, crop: tuple | None = None) -> tuple[np.ndarray, tuple]:
+def network_input(path: str, shape: tuple, crop: tuple | None = None, flags: bool = False):
     """(32³ magnitude, crop shape) of a (possibly partial) ROI volume: centred on the middle of the
     rocking curve and the ROI's centre of mass, so frames not yet acquired stay zero at the end.
-    Runs in the assembler process; the oversampling is measured on at most 128³ around the peak."""
-    return network_input_of(np.memmap(path, np.float32, "r", shape=tuple(shape)), crop)
+    Runs in the assembler process; the oversampling is measured on at most 128³ around the peak.
+    With ``flags``, also the operator warnings of ``detector.peak_flags`` (for a final input)."""
+    volume = np.memmap(path, np.float32, "r", shape=tuple(shape))
+    out = network_input_of(volume, crop)
+    return (*out, peak_warnings(volume)) if flags else out
+
+
+def peak_warnings(volume: np.ndarray) -> list[str]:
+    """"peak on a gap" / "saturated peak" when the Bragg peak's neighbourhood in the ROI is invalid."""
+    bad = ~np.isfinite(volume)
+    if not bad.any():
+        return []
+    peak = downsample.bragg_peak(detector.inpaint(volume, bad))
+    return detector.peak_flags(np.isnan(volume), np.isposinf(volume), peak)
 
 
 def network_input_of(volume: np.ndarray, crop: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    bad = ~np.isfinite(volume)
+    if bad.any():  # flagged, saturated or masked pixels: filled from their neighbours, never read as counts
+        volume = detector.inpaint(volume, bad)
     n = volume.shape[0]
-    detector = volume.sum(axis=0)
-    centre = (n // 2, *downsample.bragg_peak(detector[None])[1:])
+    summed = volume.sum(axis=0)
+    centre = (n // 2, *downsample.bragg_peak(summed[None])[1:])
     if min(volume.shape) < downsample.NETWORK_SIZE:
         volume = np.pad(volume, [(0, max(0, downsample.NETWORK_SIZE - s)) for s in volume.shape])
     crop = crop or downsample.crop_shape(volume, centre)

@@ -105,8 +105,15 @@ class DectrisTranslator:
             frames = int(config.get("nimages", 1)) * int(config.get("ntrigger", 1))
             shape = [int(config["y_pixels_in_detector"]), int(config["x_pixels_in_detector"])]
             dtype = DTYPES.get(int(config.get("bit_depth_image", 32)), "uint32")
-            return [native({"type": "start", "scan": self.scan_id(head["series"]), "frames": frames,
-                            "shape": shape, "dtype": dtype})]
+            start = {"type": "start", "scan": self.scan_id(head["series"]), "frames": frames, "shape": shape,
+                     "dtype": dtype}
+            if config.get("countrate_correction_count_cutoff"):
+                start["saturation_value"] = float(config["countrate_correction_count_cutoff"])
+            mask = v1_pixel_mask(parts[2:], shape)  # header_detail "all" carries it
+            if mask is None:
+                return [native(start)]
+            start["pixel_mask"] = {"dtype": "uint32", "encoding": "raw", "source": "DECTRIS stream v1 header"}
+            return [native(start, mask.astype("<u4").tobytes())]
         if htype == "dimage-1.0":
             if len(parts) < 3:
                 raise ValueError("DECTRIS image without data part")
@@ -135,7 +142,7 @@ class DectrisTranslator:
         if kind == "image":
             return self.v2_image(scan, message)
         if kind == "end":  # a series without images still starts (and fails as empty)
-            out = [native(self.native_start(scan, self.pending.pop(scan), "uint32"))] if scan in self.pending else []
+            out = [self.native_start(scan, self.pending.pop(scan), "uint32")] if scan in self.pending else []
             self.started.pop(scan, None)
             return out + [native({"type": "end", "scan": scan})]
         raise ValueError(f"DECTRIS stream v2 message type {kind!r} not expected")
@@ -150,16 +157,28 @@ class DectrisTranslator:
             raise ValueError("DECTRIS stream v2 start without number_of_images and image_size_x/y") from None
         user = message.get("user_data")
         geometry = user.get("geometry") if isinstance(user, dict) else None
-        self.pending[scan] = {"frames": frames, "shape": shape, "channel": channels[0] if channels else None,
-                              "geometry": geometry}
+        channel = channels[0] if channels else None
+        masks = message.get("pixel_mask") if isinstance(message.get("pixel_mask"), dict) else {}
+        mask = masks.get(channel, next(iter(masks.values()), None)) if masks else None
+        saturation = message.get("saturation_value")
+        self.pending[scan] = {"frames": frames, "shape": shape, "channel": channel, "geometry": geometry,
+                              "pixel_mask": None if mask is None else v2_array(mask, shape, "pixel mask"),
+                              "saturation": float(saturation) if isinstance(saturation, (int, float)) else None}
         return []
 
     @staticmethod
-    def native_start(scan: str, series: dict, dtype: str) -> dict:
+    def native_start(scan: str, series: dict, dtype: str) -> list[bytes]:
         start = {"type": "start", "scan": scan, "frames": series["frames"], "shape": series["shape"], "dtype": dtype}
         if series["geometry"]:
             start["geometry"] = series["geometry"]
-        return start
+        if series.get("saturation"):
+            start["saturation_value"] = series["saturation"]
+        mask = series.get("pixel_mask")
+        if mask is None:
+            return native(start)
+        start["pixel_mask"] = {"dtype": "uint32", "encoding": "raw",
+                               "source": f"DECTRIS stream v2 start ({series['channel'] or 'first channel'})"}
+        return native(start, mask.astype("<u4").tobytes())
 
     def v2_image(self, scan: str, message: dict) -> list[list[bytes]]:
         series = self.pending.get(scan) or self.started.get(scan)
@@ -195,8 +214,45 @@ class DectrisTranslator:
         out = []
         if scan in self.pending:  # the first image: now the start can say the pixel type
             self.started[scan] = self.pending.pop(scan)
-            out.append(native(self.native_start(scan, self.started[scan], np.dtype(dtype).name)))
+            out.append(self.native_start(scan, self.started[scan], np.dtype(dtype).name))
         return out + [native({"type": "frame", "scan": scan, "index": index, "encoding": encoding}, payload)]
+
+
+def v1_pixel_mask(parts: list[bytes], shape: list[int]) -> np.ndarray | None:
+    """The ``dpixelmask-1.0`` header part and the data part after it, among a v1 header's detail parts."""
+    for k in range(len(parts) - 1):
+        try:
+            head = json.loads(parts[k])
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(head, dict) and head.get("htype") == "dpixelmask-1.0":
+            dtype = np.dtype(head.get("type", "uint32")).newbyteorder("<")
+            try:
+                return np.frombuffer(parts[k + 1], dtype).reshape(shape)
+            except ValueError:
+                raise ValueError("DECTRIS pixel mask of another size than the detector") from None
+    return None
+
+
+def v2_array(value, shape: list[int], what: str) -> np.ndarray:
+    """A v2 tag-40 typed array (possibly DECTRIS-compressed) as a numpy array of ``shape``."""
+    if not isinstance(value, MultiDimArray) or not isinstance(value.array, TypedArray) or list(value.shape) != shape:
+        raise ValueError(f"DECTRIS stream v2 {what} that is not a typed array of the detector's size")
+    dtype, content = value.array
+    encoding, payload = "raw", content
+    if isinstance(content, Compressed):
+        if content.algorithm == "bslz4":
+            encoding, payload = "bslz4", content.data
+        elif content.algorithm == "lz4":
+            encoding, payload = "raw", codecs.decode_lz4_hdf5(content.data)
+        else:
+            raise ValueError(f"DECTRIS compression {content.algorithm!r} not supported")
+    try:
+        if dtype.startswith(">"):
+            payload, dtype = codecs.to_little_endian(payload, dtype), "<" + dtype[1:]
+        return np.array(codecs.decode(payload, encoding, shape, dtype))
+    except codecs.CodecError as exc:
+        raise ValueError(f"DECTRIS stream v2 {what}: {exc}") from None
 
 
 def native(header: dict, payload: bytes | None = None) -> list[bytes]:

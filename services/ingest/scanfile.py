@@ -1,7 +1,8 @@
 """One scan's raw frames on disk: HDF5 (Bitshuffle-LZ4), written as frames arrive, reopened after a crash.
 
-Layout: ``frames`` (N, H, W) in the detector's dtype, ``received`` (N,) bool, and the
-start message as the ``start`` attribute. ``received`` and HDF5's buffers are pushed to
+Layout: ``frames`` (N, H, W) in the detector's dtype, exactly as sent; ``received`` (N,) bool;
+``pixel_mask`` (H, W), non-zero = bad pixel, when the scan has one (its ``source`` attribute says
+where it came from); the start message as the ``start`` attribute. ``received`` and HDF5's buffers are pushed to
 the OS at every sync, so a killed ingest leaves a file that reopens with what it marked.
 """
 
@@ -32,7 +33,8 @@ class ScanFile:
 
     @classmethod
     def create(cls, start: Start, folder: Path, record: dict, roi_px: int = 128,
-               scratch: Path | None = None) -> "ScanFile":
+               scratch: Path | None = None, pixel_mask: np.ndarray | None = None,
+               mask_source: str | None = None) -> "ScanFile":
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "frames.h5"
         handle = h5py.File(path, "w")
@@ -40,7 +42,11 @@ class ScanFile:
                               fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
         handle.create_dataset("received", (start.frames,), bool, fillvalue=False)
         handle.attrs["start"] = start.model_dump_json()
-        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch), {**record, "raw_file": str(path)})
+        if pixel_mask is not None:
+            handle.create_dataset("pixel_mask", data=pixel_mask, compression="gzip")
+            handle["pixel_mask"].attrs["source"] = mask_source or "unknown"
+        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch, pixel_mask),
+                   {**record, "raw_file": str(path)})
 
     @classmethod
     def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None) -> "ScanFile":
@@ -48,7 +54,8 @@ class ScanFile:
         handle = h5py.File(path, "r+")
         try:
             start = Start.model_validate_json(handle.attrs["start"])
-            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch), record)
+            mask = handle["pixel_mask"][()] if "pixel_mask" in handle else None
+            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask), record)
             for index in np.flatnonzero(handle["received"][()]):
                 scan.assembly.add(int(index), handle["frames"][index])
             scan.place_roi_if_clear()

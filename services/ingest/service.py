@@ -35,7 +35,8 @@ from threadpoolctl import threadpool_limits
 from services.ingest import assembly
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
-from shared import codecs
+from shared import codecs, detector
+from shared.files import read_array
 from shared.messages import End, Frame, Start, parse_header
 from shared.settings import Settings
 from shared.store import Store
@@ -92,6 +93,7 @@ class Ingest:
         assembly.remove_stale(self.scratch)
         self.assembler = self.start_assembler()
         self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
+        self.mask_files: dict = {}  # PIXEL_MASK_FILE, read once
 
     @staticmethod
     def start_assembler() -> ProcessPoolExecutor:
@@ -129,6 +131,10 @@ class Ingest:
                 scan.sync()  # the file first: it does not depend on Redis
                 a = scan.assembly
                 scan.record.update(frames_received=a.count, duplicates=a.duplicates, out_of_order=a.out_of_order)
+                known = scan.record.setdefault("detector", {})
+                if a.saturated != known.get("saturated_pixels", 0):
+                    self.count("saturated_pixels", a.saturated - known.get("saturated_pixels", 0))
+                    known["saturated_pixels"] = a.saturated
                 self.store.write_scan(name, scan.record, scan.record["started"], pipe)
                 self.store.publish({"event": "progress", "scan": name, "frames_expected": scan.start.frames,
                                     "frames_received": a.count, "duplicates": a.duplicates}, pipe)
@@ -213,8 +219,9 @@ class Ingest:
             self.on_end(header, parts)
 
     def on_start(self, start: Start, parts) -> None:
-        if len(parts) != 1:
-            raise Rejected("start message with extra parts")
+        if len(parts) != (2 if start.pixel_mask is not None else 1):
+            raise Rejected("start message with a pixel_mask needs exactly one mask part" if start.pixel_mask
+                           else "start message with extra parts")
         if start.scan in self.scans:
             raise Rejected("start for a scan already acquiring")
         if len(self.scans) >= self.settings.max_concurrent_scans:
@@ -230,17 +237,40 @@ class Ingest:
             existing = None  # Redis away: the files are the record until it is back
         if existing and existing.get("state") in ("acquiring", "complete"):
             raise Rejected("scan id already used")
+        mask, source = self.pixel_mask(start, parts)
         record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
-                  "ingest": self.name}
+                  "ingest": self.name,
+                  "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value}}
         scan = ScanFile.create(start, self.settings.data_dir / start.scan, record, self.settings.ingest_roi_px,
-                               self.scratch)
+                               self.scratch, mask, source)
         self.scans[start.scan] = scan
         self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
+
+    def pixel_mask(self, start: Start, parts) -> tuple[np.ndarray | None, str]:
+        """The scan's pixel mask: the start message's own, else the detector's file in settings
+        (PIXEL_MASK_FILE, used where its shape is the frames'); flags at the dtype's maximum in any case."""
+        if start.pixel_mask is not None:
+            try:
+                return start.mask_array(parts[1]), start.pixel_mask.source
+            except ValueError as exc:
+                raise Rejected(str(exc)) from None
+        path = self.settings.pixel_mask_file
+        if path is not None:
+            if path not in self.mask_files:
+                try:
+                    self.mask_files[path] = read_array(path)
+                except Exception as exc:  # a broken settings file must not stop scans: said once, not used
+                    log.error("PIXEL_MASK_FILE %s unreadable (%s); scans go without it", path, exc)
+                    self.mask_files[path] = None
+            mask = self.mask_files[path]
+            if mask is not None and mask.shape == tuple(start.shape):
+                return mask, f"settings: {path}"
+        return None, "dtype maximum only"
 
     def on_frame(self, header: Frame, parts) -> None:
         scan = self.scans.get(header.scan)
@@ -316,7 +346,7 @@ class Ingest:
             scan, snapshot, future = self.computing.pop(0)
             name, final = scan.start.scan, bool(snapshot["final"])
             try:
-                net_in, crop = future.result()
+                net_in, crop, *warnings = future.result()
             except Exception as exc:  # a bug must cost one input, never the ingest; a final one fails its scan
                 log.error("network input of scan %s failed: %s: %s", name, type(exc).__name__, exc)
                 self.count("inputs_failed")
@@ -328,6 +358,10 @@ class Ingest:
                 continue
             scan.assembly.input_done(crop, snapshot["frames_used"])
             self.release_if_idle(scan)
+            if warnings and warnings[0]:  # the operator must move the detector or attenuate
+                self.later(name, {"event": "flagged", "flags": warnings[0]}, flags=warnings[0])
+                self.count("scans_flagged")
+                log.warning("scan %s: %s", name, ", ".join(warnings[0]))
             job = {**snapshot, "crop": json.dumps(list(crop)), "input": net_in.astype("<f4").tobytes()}
             self.outbox.append(lambda pipe, job=job: pipe.xadd(self.store.keys.infer_jobs, job))
             self.later(name, None, latest_seq=job["seq"])

@@ -20,8 +20,9 @@ import numpy as np
 
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
-from shared import scheduling
+from shared import detector, scheduling
 from shared.errors import InputError
+from shared.messages import Start
 from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
 from shared.reconstruction import refined_stage
 from shared.settings import Settings
@@ -67,6 +68,7 @@ class RefinementWorker:
         # small job runs long enough to be preempted or killed mid-way. Unset in production.
         self.step_delay_s = float(os.environ.get("CDI_LIVE_TEST_STEP_DELAY_S", "0"))
         self.last_positions, self.last_published = {}, 0.0
+        self.kept: dict[str, tuple] = {}  # the last checkpoint this worker wrote: path → (mtime, checkpoint)
 
     def step(self) -> int:
         taken = self.backlog.take()
@@ -86,13 +88,17 @@ class RefinementWorker:
             try:
                 stage, seconds = self.refine_scan(taken)
             except Preempted as preempted:
-                path = self.checkpoint_path(scan)
-                preempted.checkpoint.save(path)
-                self.backlog.put_back(taken, str(path))
+                where, kept = "preparing", taken.checkpoint  # nothing new to keep: the last checkpoint stands
+                if preempted.checkpoint is not None:
+                    path, where = self.checkpoint_path(scan), preempted.checkpoint.phase
+                    preempted.checkpoint.save(path)
+                    self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
+                    kept = str(path)
+                self.backlog.put_back(taken, kept)
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
-                self.store.publish({"event": "preempted", "scan": scan, "phase": preempted.checkpoint.phase})
-                log.info("refinement of %s yielded in %s (%s)", scan, preempted.checkpoint.phase,
+                self.store.publish({"event": "preempted", "scan": scan, "phase": where})
+                log.info("refinement of %s yielded in %s (%s)", scan, where,
                          "worker stopping" if self.stop.is_set() else "fresher work waits")
                 return
             except (OSError, KeyError, ValueError, InputError) as exc:
@@ -148,19 +154,27 @@ class RefinementWorker:
         if state is None or nn is None:
             raise KeyError("scan or its NN result is gone")
         with h5py.File(state["raw_file"], "r") as f:
-            volume = f["frames"][()].astype(np.float32)
-            received = f["received"][()] if "received" in f else np.ones(len(volume), bool)
+            raw = f["frames"][()]
+            received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
+            pixel_mask = f["pixel_mask"][()] if "pixel_mask" in f else None
+            start = Start.model_validate_json(f.attrs["start"]) if "start" in f.attrs else None
+        bad = detector.invalid(raw, raw.dtype, start.saturation_value if start else None, pixel_mask)
+        volume = np.where(bad, 0, raw).astype(np.float32)
         rows = volume.shape
         volume = np.pad(volume, [(0, max(0, 32 - n)) for n in rows])
-        measured = np.zeros(volume.shape, bool)  # frames that never arrived and padding are free, not zeros
-        measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None]
+        measured = np.zeros(volume.shape, bool)  # frames that never arrived, invalid pixels and padding are
+        measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None] & ~bad  # free, not zeros
         measured = None if measured.all() else measured
         amp, phase, info = nn
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=options.get("steps") or self.settings.refine_steps,
                                    polish_loss=options.get("loss") or REFINE_PLAN.polish_loss,
                                    polish_time_budget=options.get("time_budget") or self.settings.refine_time_budget)
         crop = tuple(info.get("crop") or amp.shape)
-        resume = Checkpoint.load(taken.checkpoint) if taken.checkpoint and os.path.exists(taken.checkpoint) else None
+        resume = None
+        if taken.checkpoint and os.path.exists(taken.checkpoint):
+            stamp, kept = self.kept.pop(taken.checkpoint, (None, None))
+            fresh = kept is not None and stamp == os.stat(taken.checkpoint).st_mtime_ns  # not rewritten elsewhere
+            resume = kept if fresh else Checkpoint.load(taken.checkpoint)
         began = time.perf_counter()
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it

@@ -1,0 +1,82 @@
+"""Detector pixels that are not photon counts, and what every step does with them.
+
+DECTRIS detectors (Eiger, Pilatus) with their pixel mask applied flag module gaps and
+dead pixels with the dtype's maximum (2³²−1, 65535); a pixel at or above the detector's
+``saturation_value`` is not a count either. A pixel mask (non-zero = bad, as DECTRIS
+sends it) marks the rest. Invalid pixels are never data:
+
+    raw file     the frames as sent, the mask beside them (``pixel_mask``)
+    peak, crop,  invalid voxels inpainted from valid neighbours (normalised Gaussian
+    oversampling, convolution, widening until every hole is filled), so nothing
+    DCT, network downstream sees a flag or a hole's edge as signal
+    refinement   invalid voxels free (``measured`` False): the model is not pulled to them
+
+Pure functions on arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+PEAK_NEIGHBOURHOOD = 2  # voxels each side of the Bragg peak looked at for "peak on a gap"
+PEAK_FLAG_FRACTION = 0.2  # that neighbourhood's invalid fraction above which a scan is flagged
+
+
+def flag_value(dtype) -> float | None:
+    """The value a detector writes into a pixel that holds no count: the integer dtype's maximum."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
+def invalid(frames: np.ndarray, dtype=None, saturation: float | None = None,
+            pixel_mask: np.ndarray | None = None) -> np.ndarray:
+    """True where a pixel of ``frames`` (…, H, W) is not a photon count.
+
+    ``dtype``: the frames' dtype as sent (default: their own); ``pixel_mask`` (H, W), non-zero = bad."""
+    frames = np.asarray(frames)
+    flag = flag_value(dtype or frames.dtype)
+    bad = np.zeros(frames.shape, bool)
+    if flag is not None:
+        bad |= frames >= flag
+    if saturation is not None:
+        bad |= frames >= saturation
+    if pixel_mask is not None:
+        bad |= np.asarray(pixel_mask) != 0
+    return bad
+
+
+def inpaint(volume: np.ndarray, bad: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """``volume`` (float) with its ``bad`` voxels replaced by a Gaussian-weighted mean of the good ones
+    around them (normalised convolution); the width doubles until every hole is filled."""
+    out = np.where(bad, 0, volume).astype(np.float32)
+    if not bad.any():
+        return out
+    good = (~bad).astype(np.float32)
+    todo = bad.copy()
+    while todo.any() and sigma <= 64:
+        weight = ndimage.gaussian_filter(good, sigma, mode="constant")
+        total = ndimage.gaussian_filter(out * good, sigma, mode="constant")
+        ready = todo & (weight > 1e-3)
+        out[ready] = total[ready] / weight[ready]
+        todo &= ~ready
+        sigma *= 2
+    return out
+
+
+def summary(mask: np.ndarray | None, source: str | None, saturated: int = 0) -> dict:
+    """What a scan's record says of its mask: how many pixels, where it came from."""
+    return {"masked_pixels": int(np.count_nonzero(mask)) if mask is not None else 0, "source": source,
+            "saturated_pixels": int(saturated)}
+
+
+def peak_flags(gaps: np.ndarray, saturated: np.ndarray | None, peak: tuple) -> list[str]:
+    """Operator warnings for a scan whose Bragg peak sits on flagged or masked pixels (``gaps``: move the
+    detector) or on saturated ones (attenuate). Arrays (frames, H, W) or (H, W), ``peak`` likewise."""
+    box = tuple(slice(max(0, p - PEAK_NEIGHBOURHOOD), p + PEAK_NEIGHBOURHOOD + 1) for p in peak)
+    flags = []
+    if gaps[box].mean() > PEAK_FLAG_FRACTION:
+        flags.append("peak on a gap")
+    if saturated is not None and saturated[box].any():
+        flags.append("saturated peak")
+    return flags
