@@ -68,6 +68,14 @@ class Store:
         pipe.zremrangebyscore(self.keys.workers(kind), 0, now - 3600)  # long gone
         pipe.execute()
 
+    def farewell(self, kind: str, consumer: str) -> None:
+        """A worker stopping cleanly is no longer counted alive (a restarted service's /ready must wait
+        for its new workers, not trust the old ones' last heartbeats)."""
+        try:
+            self.redis.zrem(self.keys.workers(kind), consumer)
+        except redis.RedisError:
+            pass
+
     def live_workers(self, kind: str) -> list[str]:
         return sorted(m.decode() for m in self._live_workers(self.redis, kind))
 

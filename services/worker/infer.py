@@ -132,3 +132,4 @@ def serve(settings: Settings, stop: threading.Event | None = None, consumer: str
     worker = InferenceWorker(settings, consumer=consumer)
     log.info("inference worker %s ready", worker.queue.consumer)
     run_forever(worker.step, stop, "infer", lambda: worker.store.heartbeat("infer", worker.queue.consumer))
+    worker.store.farewell("infer", worker.queue.consumer)

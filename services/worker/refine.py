@@ -213,3 +213,4 @@ def serve(settings: Settings, stop: threading.Event | None = None, consumer: str
     worker = RefinementWorker(settings, consumer, stop)
     log.info("refinement worker %s ready", worker.backlog.consumer)
     run_forever(worker.step, stop, "refine", lambda: worker.store.heartbeat("refine", worker.backlog.consumer))
+    worker.store.farewell("refine", worker.backlog.consumer)
