@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(30000, description="pending jobs idle this long are claimed from dead workers")
     refine_steps: int = Field(50, description="AD polish steps of the refined stage (at most)")
     refine_time_budget: float = Field(10.0, description="seconds of AD polish per scan at most")
+    retention_days: float = Field(0, ge=0, description="finished, refined scans older than this are deleted "
+                                  "(raw frames and results; 0: kept for ever)")
+    max_data_gb: float = Field(0, ge=0, description="DATA_DIR above this: the oldest finished, refined scans are "
+                               "deleted (0: no bound)")
+    min_free_gb: float = Field(2, ge=0, description="below this much free space in DATA_DIR new scans are refused "
+                               "at their start message and /ready degrades")
+    result_cache_mb: float = Field(256, ge=0, description="Redis memory for recent result arrays (the files in "
+                                   "DATA_DIR are the results; the oldest read are evicted first)")
     refine_fresh_s: float = Field(120.0, gt=0, description="a finished scan's refinement counts as live work (newest "
                                   "first, ahead of the backlog, preempting it) this long after it was queued "
                                   "(shared.scheduling)")
@@ -68,6 +76,10 @@ def keys(settings: Settings):
         scans_version = f"{p}:scans:version"  # counts writes to any scan record (readers cache pages on it)
         metrics = f"{p}:metrics"
         dead_letters = f"{p}:jobs:dead"
+        restored = f"{p}:restored"  # set once the scan index was rebuilt from DATA_DIR: gone when Redis is emptied
+        restoring = f"{p}:restoring"
+        disk = f"{p}:disk"  # DATA_DIR's size and the volume's free space (housekeeping)
+        disk_lock = f"{p}:disk-lock"
 
         @staticmethod
         def workers(kind: str) -> str:  # sorted set: consumer by time of its last heartbeat
@@ -78,7 +90,16 @@ def keys(settings: Settings):
             return f"{p}:scan:{scan_id}"
 
         @staticmethod
-        def result(scan_id: str, stage: str) -> str:
+        def result(scan_id: str, stage: str) -> str:  # the result's info (its arrays: DATA_DIR/<scan>/<stage>.h5)
             return f"{p}:result:{scan_id}:{stage}"
+
+        cache_prefix = f"{p}:cache:"  # recent result arrays, bounded by RESULT_CACHE_MB
+        cache_index = f"{p}:cache-index"  # sorted set: "<scan>:<stage>" by last read
+        cache_sizes = f"{p}:cache-sizes"  # hash: "<scan>:<stage>" → bytes
+        cache_bytes = f"{p}:cache-bytes"
+
+        @staticmethod
+        def cached(scan_id: str, stage: str) -> str:
+            return f"{p}:cache:{scan_id}:{stage}"
 
     return Keys

@@ -1,6 +1,7 @@
 """Scan state, results and counters in Redis: the only module that knows the record layouts.
 
-Small arrays (32³–64³ float32) live in Redis; raw frames live in HDF5 files.
+Raw frames and every stage's result live in HDF5 files in DATA_DIR (``shared.results``); Redis holds
+state, jobs, the scan index and a size-bounded cache of recent result arrays (RESULT_CACHE_MB).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import redis
 
+from shared import results
 from shared.settings import Settings, keys
 
 
@@ -36,13 +38,14 @@ class Store:
         pipe.execute()
 
     # refinement jobs -------------------------------------------------------
-    def queue_refinement(self, scan: str, record: dict, options: dict | None = None, pipe=None) -> None:
+    def queue_refinement(self, scan: str, record: dict, options: dict | None = None, pipe=None,
+                         queued: float | None = None) -> None:
         """Ask for a scan's refined stage: one entry on the refine stream (the backlog admits it and
         ``shared.scheduling`` orders it), with its cost in refined voxels for the queue's ETA."""
         frames = max(32, int(record.get("frames_expected") or 32))
         shape = [frames] + [max(32, int(n)) for n in (record.get("shape") or [32, 32])]
         voxels = int(np.prod([min(n, self.settings.refine_size) for n in shape]))
-        fields = {"scan": scan, "queued": time.time(), "voxels": voxels}
+        fields = {"scan": scan, "queued": queued or time.time(), "voxels": voxels}
         if options:
             fields["options"] = json.dumps(options)
         (self.redis if pipe is None else pipe).xadd(self.keys.refine_jobs, fields)
@@ -107,6 +110,9 @@ class Store:
             pipe.zcard(f"{keys.refine_jobs}:{part}")
         pipe.zrange(f"{keys.refine_jobs}:waiting", 0, 0, withscores=True)
         pipe.xlen(keys.refine_jobs)  # arrived, not yet admitted by a refinement worker
+        pipe.hgetall(keys.disk)
+        pipe.get(keys.cache_bytes)
+        pipe.zcard(keys.cache_index)
 
     def parse_snapshot(self, replies: list) -> dict:
         replies = iter(replies)
@@ -133,7 +139,21 @@ class Store:
             "refined": {"jobs": waiting + (running if isinstance(running, int) else 0)
                         + (arrived if isinstance(arrived, int) else 0),
                         "oldest_s": now - oldest[0][1] if isinstance(oldest, list) and oldest else 0.0}}
+        disk, cache_bytes, cache_entries = next(replies), next(replies), next(replies)
+        disk = {k.decode(): float(v) for k, v in disk.items()} if isinstance(disk, dict) else {}
+        snapshot["disk"] = {**disk, "alarm": self.disk_alarm(disk)}
+        counters = snapshot["counters"]
+        snapshot["cache"] = {"bytes": int(cache_bytes or 0) if not isinstance(cache_bytes, Exception) else 0,
+                             "entries": cache_entries if isinstance(cache_entries, int) else 0,
+                             "limit_bytes": int(self.settings.result_cache_mb * 2**20),
+                             "hits": counters.get("cache_hits", 0), "misses": counters.get("cache_misses", 0)}
         return snapshot
+
+    def disk_alarm(self, disk: dict) -> str | None:
+        """Why new scans are refused, as of housekeeping's last look (None: room enough)."""
+        from shared.retention import low_on_space
+
+        return low_on_space(int(disk["free_bytes"]), self.settings.min_free_gb) if "free_bytes" in disk else None
 
     # scans ----------------------------------------------------------------
     def create_scan(self, scan: str, fields: dict, pipe=None) -> None:
@@ -189,14 +209,15 @@ class Store:
 
     def _forget(self, scan: str, pipe) -> None:
         pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        self.cache_drop(scan, pipe)
         pipe.incr(self.keys.scans_version)
 
-    def delete_scan(self, scan: str) -> None:
+    def delete_scan(self, scan: str, reason: str | None = None) -> None:
         pipe = self.redis.pipeline()
         self._forget(scan, pipe)
         pipe.zrem(self.keys.scans, scan)
         pipe.execute()
-        self.publish({"event": "deleted", "scan": scan})
+        self.publish({"event": "deleted", "scan": scan, **({"reason": reason} if reason else {})})
 
     def scan(self, scan: str) -> dict | None:
         raw = self.redis.hgetall(self.keys.scan(scan))
@@ -205,28 +226,118 @@ class Store:
         return decode_record(raw)
 
     # results --------------------------------------------------------------
+    # The arrays live in DATA_DIR/<scan>/<stage>.h5 (``shared.results``); Redis holds each result's
+    # info (a few hundred bytes) and a cache of recent arrays bounded by RESULT_CACHE_MB (oldest read
+    # evicted first).
     def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
                    force: bool = False) -> bool:
-        """Store a stage's arrays unless a result from more frames is already there (``force``: a re-run)."""
+        """Store a stage's arrays unless a result from more frames is already there (``force``: a re-run):
+        the file first (atomically), then the record says the stage exists."""
         key = self.keys.result(scan, stage)
         existing = self.redis.hget(key, "info")
         if not force and existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
             return False
-        self.redis.hset(key, mapping={"amplitude": np.asarray(amplitude, "<f4").tobytes(),
-                                      "phase": np.asarray(phase, "<f4").tobytes(),
-                                      "shape": json.dumps(list(amplitude.shape)), "info": json.dumps(info)})
+        path = results.stage_path(self.settings.data_dir, scan, stage)
+        results.write_stage(path, scan, stage, amplitude, phase, info)
+        self.redis.hset(key, mapping={"info": json.dumps(info), "file": str(path)})
+        self.cache_put(scan, stage, amplitude, phase)
         summary = {k: info[k] for k in ("frames_used", "chi", "seconds") if k in info}
         self.update_scan(scan, **{f"result_{stage}": summary})
         self.publish({"event": "result", "scan": scan, "stage": stage, **summary})
         return True
 
     def result(self, scan: str, stage: str):
-        raw = self.redis.hgetall(self.keys.result(scan, stage))
-        if not raw:
+        """(amplitude, phase, info) from the cache, else from the stage's file (then cached); None if the
+        stage does not exist."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.cached(scan, stage), "amplitude", "phase", "shape")
+        pipe.hget(self.keys.result(scan, stage), "info")
+        (amplitude, phase, shape), info = pipe.execute()
+        if amplitude is not None and info is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.keys.cache_index, {f"{scan}:{stage}": time.time()}, xx=True)
+            pipe.hincrby(self.keys.metrics, "cache_hits", 1)
+            pipe.execute()
+            shape = json.loads(shape)
+            return (np.frombuffer(amplitude, "<f4").reshape(shape), np.frombuffer(phase, "<f4").reshape(shape),
+                    json.loads(info))
+        stored = results.read_stage(results.stage_path(self.settings.data_dir, scan, stage))
+        if stored is None:
             return None
-        shape = json.loads(raw[b"shape"])
-        return (np.frombuffer(raw[b"amplitude"], "<f4").reshape(shape),
-                np.frombuffer(raw[b"phase"], "<f4").reshape(shape), json.loads(raw[b"info"]))
+        amplitude, phase, file_info = stored
+        if info is None:  # Redis lost it (emptied, restarted): the file is the record
+            self.redis.hset(self.keys.result(scan, stage), mapping={"info": json.dumps(file_info)})
+        self.count("cache_misses")
+        self.cache_put(scan, stage, amplitude, phase)
+        return amplitude, phase, json.loads(info) if info is not None else file_info
+
+    EVICT = """
+    local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+    while total > tonumber(ARGV[1]) do
+      local oldest = redis.call('ZPOPMIN', KEYS[1])
+      if #oldest == 0 then break end
+      local size = tonumber(redis.call('HGET', KEYS[2], oldest[1]) or '0')
+      redis.call('HDEL', KEYS[2], oldest[1])
+      redis.call('DEL', ARGV[2] .. oldest[1])
+      total = redis.call('DECRBY', KEYS[3], size)
+    end
+    return total
+    """
+
+    def cache_put(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray) -> None:
+        """Keep recent arrays in Redis for fast reads; the oldest read go when the cache passes its bound."""
+        a, p = np.asarray(amplitude, "<f4").tobytes(), np.asarray(phase, "<f4").tobytes()
+        size, member, k = len(a) + len(p), f"{scan}:{stage}", self.keys
+        if size > self.settings.result_cache_mb * 2**20:
+            return  # larger than the whole cache: read from its file each time
+        old = int(self.redis.hget(k.cache_sizes, member) or 0)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(k.cached(scan, stage), mapping={"amplitude": a, "phase": p, "shape": json.dumps(list(amplitude.shape))})
+        pipe.zadd(k.cache_index, {member: time.time()})
+        pipe.hset(k.cache_sizes, member, size)
+        pipe.incrby(k.cache_bytes, size - old)
+        pipe.execute()
+        self.redis.eval(self.EVICT, 3, k.cache_index, k.cache_sizes, k.cache_bytes,
+                        self.settings.result_cache_mb * 2**20, f"{k.cache_prefix}")
+
+    def cache_drop(self, scan: str, pipe) -> None:
+        for stage in results.STAGES:
+            member = f"{scan}:{stage}"
+            pipe.eval("""local size = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+                         redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('ZREM', KEYS[1], ARGV[1])
+                         redis.call('DEL', KEYS[4]); redis.call('DECRBY', KEYS[3], size)""",
+                      4, self.keys.cache_index, self.keys.cache_sizes, self.keys.cache_bytes,
+                      self.keys.cached(scan, stage), member)
+
+    # Redis emptied --------------------------------------------------------
+    def restore_from_disk(self) -> dict:
+        """Every scan in DATA_DIR that Redis does not know gets its record and result infos back from its
+        files (``shared.results``); nothing is recomputed: a complete scan with an NN result but no refined
+        one is queued for refinement, as it was. Returns counts."""
+        restored = queued = 0
+        for raw in sorted(self.settings.data_dir.glob("*/frames.h5")):
+            scan = raw.parent.name
+            if self.redis.exists(self.keys.scan(scan)):
+                continue
+            record = results.record_from_files(raw.parent)
+            if record is None:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            self.write_scan(scan, record, record["started"], pipe)
+            for stage in results.STAGES:
+                info = results.read_info(results.stage_path(self.settings.data_dir, scan, stage))
+                if info is not None:
+                    pipe.hset(self.keys.result(scan, stage), mapping={"info": json.dumps(info)})
+            if record["state"] == "complete" and "result_nn" in record and "result_refined" not in record:
+                # queued as of its end: behind every scan newer than it (shared.scheduling)
+                self.queue_refinement(scan, record, pipe=pipe, queued=record.get("ended") or record["started"])
+                queued += 1
+            elif record["state"] == "complete" and "result_nn" not in record:
+                reason = "its network input was lost with Redis's state before inference (frames kept on disk)"
+                self.update_scan(scan, pipe, state="failed", reason=reason)
+            pipe.execute()
+            restored += 1
+        return {"restored": restored, "queued": queued}
 
     def fail_job(self, fields: dict, reason: str) -> None:
         """A dead-lettered job: its scan is marked failed with the reason, visibly, not left stuck."""

@@ -107,9 +107,9 @@ def test_memory_is_bounded_by_the_roi_and_gives_the_full_detector_input(tmp_path
         if k == 12:
             assert scan.assembly.placed and scan.assembly.detector is None  # the peak is clear: ROI placed
     assert scan.assembly.volume.shape == (frames, 128, 128)
-    net_in, crop = network_input(*scan.assembly.input_request(final=True))
+    net_in, crop, flags = network_input(*scan.assembly.input_request(final=True))
     whole_in, whole_crop = network_input_of(volume.astype(np.float32))
-    assert crop == whole_crop and np.array_equal(net_in, whole_in)
+    assert crop == whole_crop and np.array_equal(net_in, whole_in) and flags == []
     scan.close()
     scan.assembly.release()
 

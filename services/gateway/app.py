@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway import metrics
+from services.gateway.housekeeping import Housekeeping
 from services.gateway.live import Subscribers
 from services.gateway.scans import ScanId, scans_router
 from services.gateway.security import BodyLimit
@@ -46,8 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app):
         # Redis-backed routes run in anyio's thread pool; a few threads keep the GIL calm and the tail short.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
+        housekeeping = Housekeeping(store)  # Redis rebuilt from DATA_DIR when emptied, disk, retention
+        housekeeping.start()
         gc.freeze()  # the imports' objects are never garbage: full collections stop scanning them (the p99 tail)
         yield
+        housekeeping.stop.set()
 
     app = FastAPI(title="cdi-live", version=__version__, lifespan=lifespan,
                   description="Real-time Bragg CDI: scan state, reconstructions, strain maps, live updates")
@@ -64,14 +68,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready", tags=["service"])
     def ready():
-        """Readiness: Redis answers and at least one inference and one refinement worker beat recently."""
+        """Readiness: Redis answers, at least one inference and one refinement worker beat recently, and
+        DATA_DIR has room for new scans (MIN_FREE_GB)."""
         try:
             store.redis.ping()
             workers = {kind: len(store.live_workers(kind)) for kind in ("infer", "refine")}
+            disk = {k.decode(): float(v) for k, v in store.redis.hgetall(store.keys.disk).items()}
         except redis.RedisError as exc:
             return JSONResponse({"ready": False, "redis": f"unreachable: {type(exc).__name__}"}, status_code=503)
-        ok = all(workers.values())
-        return JSONResponse({"ready": ok, "redis": "ok", "workers": workers}, status_code=200 if ok else 503)
+        alarm = store.disk_alarm(disk)
+        ok = all(workers.values()) and alarm is None
+        return JSONResponse({"ready": ok, "redis": "ok", "workers": workers, "disk": alarm or "ok"},
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def prometheus_metrics():
@@ -89,6 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.queue_snapshot(pipe)
         snapshot = store.parse_snapshot(await pipe.execute(raise_on_error=False))
         return {**snapshot["backlog"], "workers": snapshot["workers"]}
+
+    @app.get("/api/storage", tags=["service"])
+    async def storage():
+        """DATA_DIR's size, the volume's free space, the alarm that refuses new scans, and the result cache."""
+        pipe = async_redis().pipeline(transaction=False)
+        store.queue_snapshot(pipe)
+        snapshot = store.parse_snapshot(await pipe.execute(raise_on_error=False))
+        return {"disk": snapshot["disk"], "cache": snapshot["cache"],
+                "min_free_gb": settings.min_free_gb, "retention_days": settings.retention_days,
+                "max_data_gb": settings.max_data_gb}
 
     @app.get("/api/events", tags=["live"])
     def all_events(request: Request):

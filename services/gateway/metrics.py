@@ -17,6 +17,9 @@ COUNTERS = {  # Redis counter → (metric, help)
     "saturated_pixels": ("cdi_saturated_pixels", "saturated pixel readings in scans' regions of interest (per scan: "
                          "the record's detector.saturated_pixels)"),
     "scans_flagged": ("cdi_scans_flagged", "scans whose Bragg peak sits on a gap or saturated pixels"),
+    "scans_restored": ("cdi_scans_restored", "scan records rebuilt from DATA_DIR after Redis lost them"),
+    "scans_deleted_by_retention": ("cdi_scans_deleted_by_retention", "scans deleted by retention (RETENTION_DAYS, "
+                                   "MAX_DATA_GB)"),
     "jobs_preempted": ("cdi_jobs_preempted", "refinements that yielded to a fresher scan (each resumes later)"),
 }
 
@@ -63,6 +66,19 @@ class SnapshotCollector:
             oldest.add_metric([stage], figures["oldest_s"])
         yield backlog
         yield oldest
+        cache = snapshot["cache"]
+        yield GaugeMetricFamily("cdi_result_cache_bytes", "result arrays cached in Redis (bound: RESULT_CACHE_MB)",
+                                value=cache["bytes"])
+        yield GaugeMetricFamily("cdi_result_cache_entries", "results cached in Redis", value=cache["entries"])
+        yield CounterMetricFamily("cdi_result_cache_hits", "result reads served from the Redis cache", value=cache["hits"])
+        yield CounterMetricFamily("cdi_result_cache_misses", "result reads served from their files in DATA_DIR",
+                                  value=cache["misses"])
+        disk = snapshot["disk"]
+        if "data_bytes" in disk:
+            yield GaugeMetricFamily("cdi_data_dir_bytes", "bytes in DATA_DIR (raw frames, results)", value=disk["data_bytes"])
+            yield GaugeMetricFamily("cdi_data_dir_free_bytes", "free bytes on DATA_DIR's volume", value=disk["free_bytes"])
+            yield GaugeMetricFamily("cdi_disk_alarm", "1 while new scans are refused for want of space",
+                                    value=1 if disk["alarm"] else 0)
 
 
 def render(snapshot: dict) -> bytes:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
+import tempfile
 from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from services.gateway import exports, views
 from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, State
@@ -60,9 +63,12 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         except (InputError, np.linalg.LinAlgError) as exc:
             raise HTTPException(422, f"geometry: {exc}") from None
 
-    def download(content: bytes, fmt: str, name: str) -> Response:
-        return Response(content, media_type=exports.MEDIA[fmt],
-                        headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
+    def download(arrays: dict, fmt: str, attrs: dict, spacing, name: str) -> FileResponse:
+        """The file written to a temporary folder, streamed, then removed."""
+        folder = tempfile.mkdtemp(prefix="cdi-live-download-")
+        path = exports.write(pathlib.Path(folder) / f"{name}.{fmt}", arrays, fmt, attrs, tuple(spacing))
+        return FileResponse(path, media_type=exports.MEDIA[fmt], filename=f"{name}.{fmt}",
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     pages: dict[tuple, tuple[int, bytes]] = {}  # (state, limit, offset) → (records' version, serialized page)
 
@@ -102,7 +108,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         else:
             arrays, spacing = {"amplitude": amplitude, "phase": phase}, (1.0, 1.0, 1.0)
             attrs.update(frame="detector-conjugate grid (no geometry: voxel units)")
-        return download(exports.encode(arrays, format, attrs, tuple(spacing)), format, f"{scan}_{stage}")
+        return download(arrays, format, attrs, spacing, f"{scan}_{stage}")
 
     @router.get("/{scan}/strain", response_class=Response, responses={
         409: {"description": "the scan has no geometry"}, 422: {"description": "the geometry gives no reflection"}})
@@ -119,7 +125,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
                   "support": support.astype(np.float32)}
         if format == "npz":
             arrays["bragg_direction"] = maps["bragg_direction"]
-        return download(exports.encode(arrays, format, {}, tuple(maps["voxel_nm"])), format, f"{scan}_{stage}_strain")
+        return download(arrays, format, {}, maps["voxel_nm"], f"{scan}_{stage}_strain")
 
     @router.get("/{scan}/frames", response_class=FileResponse, responses={409: {"description": "still acquiring"}})
     def raw_frames(scan: str = ScanId):
@@ -130,6 +136,19 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         if settings.data_dir.resolve() not in path.parents or not path.is_file():
             raise HTTPException(404, f"no raw frames for scan {scan!r}")
         return FileResponse(path, media_type="application/x-hdf5", filename=f"{scan}_frames.h5")
+
+    @router.get("/{scan}/detector")
+    def detector_image(scan: str = ScanId):
+        """The detector image summed over the scan's frames (log10(1 + counts), binned to ≤ 128 per axis) and
+        the fraction of each bin that is masked, flagged or saturated: the page overlays it."""
+        record = load(scan)
+        path = pathlib.Path(record.get("raw_file") or settings.data_dir / scan / "frames.h5")
+        if not path.is_file():
+            raise HTTPException(404, f"no raw frames for scan {scan!r}")
+        try:
+            return views.detector_view(path)
+        except (OSError, KeyError) as exc:  # being written: a frame not yet readable
+            raise HTTPException(409, f"raw frames not readable now ({type(exc).__name__})") from None
 
     @router.get("/{scan}/view")
     def page_view(scan: str = ScanId, stage: Stage = "nn", level: float = Query(0.5, gt=0.05, lt=0.95)):

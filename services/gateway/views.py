@@ -48,3 +48,29 @@ def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5, stra
         view.update(strain=central_slices(np.where(crystal, strain * 1e4, np.nan), centre),
                     strain_range=round(max(span * 1e4, 0.1), 2), voxel_nm=float(np.asarray(voxel_nm).ravel()[0]))
     return view
+
+
+def detector_view(raw_file, max_side: int = 128) -> dict:
+    """The scan's detector image (valid counts summed over its frames, log10(1 + counts)) and its mask
+    (pixel mask, or flagged/saturated in any frame), binned to at most ``max_side`` per axis: what the
+    page draws with the mask overlaid."""
+    import h5py
+
+    from shared import detector
+    from shared.messages import Start
+
+    with h5py.File(raw_file, "r") as f:
+        start = Start.model_validate_json(f.attrs["start"])
+        mask = f["pixel_mask"][()] != 0 if "pixel_mask" in f else np.zeros(start.shape, bool)
+        summed = np.zeros(start.shape, np.float64)
+        for k in np.flatnonzero(f["received"][()]):
+            frame = f["frames"][k]
+            bad = detector.invalid(frame, start.dtype, start.saturation_value, mask)
+            summed += np.where(bad, 0, frame)
+            mask |= bad
+    step = max(1, -(-max(start.shape) // max_side))
+    rows, cols = (n // step * step for n in start.shape)
+    binned = summed[:rows, :cols].reshape(rows // step, step, cols // step, step).sum(axis=(1, 3))
+    masked = mask[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
+    return {"image": np.round(np.log10(1 + binned), 3).tolist(), "mask": np.round(masked, 2).tolist(), "bin": step,
+            "masked_pixels": int(mask.sum()), "shape": list(start.shape)}

@@ -2,12 +2,14 @@
 
 Layout: ``frames`` (N, H, W) in the detector's dtype, exactly as sent; ``received`` (N,) bool;
 ``pixel_mask`` (H, W), non-zero = bad pixel, when the scan has one (its ``source`` attribute says
-where it came from); the start message as the ``start`` attribute. ``received`` and HDF5's buffers are pushed to
+where it came from); the start message as the ``start`` attribute, its arrival as ``started``, and at the end ``end``
+(JSON: state, reason, ended), so a scan's record can be rebuilt from the file alone. ``received`` and HDF5's buffers are pushed to
 the OS at every sync, so a killed ingest leaves a file that reopens with what it marked.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class ScanFile:
                               fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
         handle.create_dataset("received", (start.frames,), bool, fillvalue=False)
         handle.attrs["start"] = start.model_dump_json()
+        handle.attrs["started"] = record.get("started", time.time())
         if pixel_mask is not None:
             handle.create_dataset("pixel_mask", data=pixel_mask, compression="gzip")
             handle["pixel_mask"].attrs["source"] = mask_source or "unknown"
@@ -89,7 +92,11 @@ class ScanFile:
         self.file["received"][...] = self.assembly.received
         self.file.flush()
 
-    def close(self) -> None:
-        """Close the file; the ROI volume stays until its network inputs are computed (``assembly.release``)."""
+    def close(self, ending: dict | None = None) -> None:
+        """Close the file; the ROI volume stays until its network inputs are computed (``assembly.release``).
+        ``ending`` (state, reason, ended) is kept in the file: with it a scan's record can be rebuilt from
+        DATA_DIR alone (a Redis that restarted empty)."""
         self.sync()
+        if ending is not None:
+            self.file.attrs["end"] = json.dumps(ending)
         self.file.close()

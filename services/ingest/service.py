@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket as socketlib
 import threading
@@ -35,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from services.ingest import assembly
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
-from shared import codecs, detector
+from shared import codecs, detector, retention
 from shared.files import read_array
 from shared.messages import End, Frame, Start, parse_header
 from shared.settings import Settings
@@ -231,6 +232,11 @@ class Ingest:
         roi = [min(n, self.settings.ingest_roi_px or n) for n in start.shape]
         if start.frames * int(np.prod(roi)) * 4 > self.settings.max_scan_bytes:  # float32 ROI in memory
             raise Rejected("declared scan size over the limit")
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        full = retention.low_on_space(shutil.disk_usage(self.settings.data_dir).free, self.settings.min_free_gb)
+        if full:  # refused whole, at its start: scans already acquiring keep their room
+            self.later(start.scan, {"event": "refused", "reason": full})
+            raise Rejected("disk nearly full (MIN_FREE_GB)")
         try:
             existing = self.store.scan(start.scan)
         except redis.RedisError:
@@ -299,13 +305,13 @@ class Ingest:
         self.sync(force=True)
         scan = self.scans.pop(end.scan)
         scan.place_roi_if_clear(now=True)  # from the file, while it is open: the final input needs the ROI
-        scan.close()
         missing = scan.assembly.missing
         fields = {"state": "complete", "frames_received": scan.assembly.count} if scan.assembly.count else \
             {"state": "failed", "reason": "no frames received"}
         if end.aborted:  # the control system stopped it: failed, frames kept, no final input
             fields = {"state": "failed", "reason": f"acquisition aborted: {end.aborted}",
                       "frames_received": scan.assembly.count}
+        scan.close({**fields, "ended": time.time()})
         event = {"event": "complete", "missing": missing} if fields["state"] == "complete" else \
             {"event": "failed", "reason": fields["reason"]}
         self.later(end.scan, event, missing=missing, ended=time.time(), **fields)
@@ -393,10 +399,10 @@ class Ingest:
         now = time.monotonic()
         for name, scan in list(self.scans.items()):
             if now - scan.last_activity > self.settings.scan_idle_timeout_s:
-                self.scans.pop(name).close()
-                self.release_if_idle(scan)
                 reason = f"no message for {self.settings.scan_idle_timeout_s:g} s; closed with " \
                          f"{scan.assembly.count} of {scan.start.frames} frames on disk"
+                self.scans.pop(name).close({"state": "failed", "reason": reason, "ended": time.time()})
+                self.release_if_idle(scan)
                 self.later(name, {"event": "failed", "reason": reason}, state="failed", reason=reason,
                            frames_received=scan.assembly.count)
                 self.count("scans_expired")

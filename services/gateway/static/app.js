@@ -60,6 +60,7 @@ function select(scan) {
   renderList();
   refreshDetail();
   loadView();
+  loadDetector();
 }
 
 // The stage to show for scan record s: "best" picks the best finished one.
@@ -83,6 +84,7 @@ function renderDetail(s) {
   badge.className = `badge ${s.state}`;
   $("scan-reason").textContent = s.reason || "";
   $("scan-queue").textContent = queueText(s);
+  $("scan-flags").textContent = (s.flags || []).join(", ");
   const pct = s.frames_expected ? (100 * s.frames_received) / s.frames_expected : 0;
   $("progress-bar").style.width = `${pct.toFixed(1)}%`;
   let text = `${s.frames_received} / ${s.frames_expected} frames`;
@@ -230,6 +232,7 @@ function onEvent(e) {
     return;
   }
   if (ev.event === "deleted") { state.scans.delete(ev.scan); renderList(); return; }
+  if (ev.event === "refused") { showAlarm(`scan ${ev.scan} refused: ${ev.reason}`); return; }
   if (ev.event === "progress" && known) {
     known.frames_received = ev.frames_received;
     known.duplicates = ev.duplicates;
@@ -247,6 +250,44 @@ function onEvent(e) {
   }
 }
 
+// ---- the detector image with its mask (flags, saturation, pixel mask) overlaid ----------------
+async function loadDetector() {
+  if (!state.selected || !$("detector-box").open) return;
+  let d;
+  try { d = await getJSON(`/api/scans/${state.selected}/detector`); } catch (err) { return; }
+  const traces = [{ z: d.image, type: "heatmap", colorscale: "Viridis", showscale: false, hoverinfo: "skip" }];
+  if ($("mask-overlay").checked) {
+    traces.push({ z: d.mask.map((row) => row.map((v) => (v > 0 ? v : null))), type: "heatmap", showscale: false,
+                  colorscale: [[0, "rgba(255,60,60,0.6)"], [1, "rgba(255,60,60,1)"]], zmin: 0, zmax: 1, hoverinfo: "skip" });
+  }
+  Plotly.react("detector", traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 300,
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", yaxis: { autorange: "reversed", scaleanchor: "x" } },
+    { displayModeBar: false });
+  $("detector-note").textContent = `${d.shape[0]}×${d.shape[1]} pixels` + (d.bin > 1 ? `, binned ${d.bin}×${d.bin}` : "")
+    + ` · ${d.masked_pixels} masked or flagged (red)`;
+}
+$("detector-box").ontoggle = loadDetector;
+$("mask-overlay").onchange = loadDetector;
+
+// ---- storage: DATA_DIR's size, free space, and the alarm that refuses new scans ---------------
+function fmtBytes(b) { return b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(1)} GB` : `${(b / 2 ** 20).toFixed(0)} MB`; }
+
+function showAlarm(text) {
+  const alarm = $("alarm");
+  alarm.textContent = text || "";
+  alarm.hidden = !text;
+}
+
+async function loadStorage() {
+  try {
+    const s = await getJSON("/api/storage");
+    if (s.disk.data_bytes !== undefined) {
+      $("storage").textContent = `data ${fmtBytes(s.disk.data_bytes)} · ${fmtBytes(s.disk.free_bytes)} free`;
+    }
+    showAlarm(s.disk.alarm ? `${s.disk.alarm}: new scans are refused` : "");
+  } catch (err) { /* the connection badge says so */ }
+}
+
 function connect() {
   const source = new EventSource("/api/events");
   source.onopen = () => { const c = $("connection"); c.textContent = "live"; c.className = "badge live"; };
@@ -260,3 +301,5 @@ for (const radio of document.querySelectorAll("input[name=stage]")) {
 $("phase-fixed").onchange = () => { if (state.view) drawView(state.view); };
 connect();
 loadScans();
+loadStorage();
+setInterval(loadStorage, 15000);

@@ -1,0 +1,86 @@
+"""Each stage's result of each scan as an HDF5 file beside its raw frames: written once, served from there.
+
+    DATA_DIR/<scan>/frames.h5        raw frames (the ingest)
+    DATA_DIR/<scan>/<stage>.h5       nn, refined: root datasets amplitude, phase, support (as
+                                     `cdi-live reconstruct` writes them), attributes chi, frames_used,
+                                     seconds, stage, scan and ``info`` (the whole result record, JSON)
+
+Files are written atomically (temporary file, then rename) before any record says the stage exists,
+so Redis holds state and a bounded cache, never the only copy. The files on a shared filesystem
+(a ReadWriteMany volume in Kubernetes) serve every gateway and worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from shared.files import write_result
+
+STAGES = ("nn", "refined")
+
+
+def stage_path(data_dir: Path, scan: str, stage: str) -> Path:
+    return Path(data_dir) / scan / f"{stage}.h5"
+
+
+def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
+             **{k: info[k] for k in ("chi", "frames_used", "seconds") if isinstance(info.get(k), (int, float))}}
+    write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs)
+
+
+def read_stage(path: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """(amplitude, phase, info) of a result file; None if there is none."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["amplitude"][()], f["phase"][()], json.loads(f.attrs["info"])
+    except (FileNotFoundError, OSError, KeyError):
+        return None
+
+
+def read_info(path: Path) -> dict | None:
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["info"])
+    except (FileNotFoundError, OSError, KeyError):
+        return None
+
+
+def record_from_files(folder: Path) -> dict | None:
+    """A scan's record rebuilt from DATA_DIR/<scan>/ alone (its raw file and result files): what a
+    Redis that restarted empty lost. A scan whose file has no end was acquiring: it is failed with
+    that reason unless its ingest, still running, writes its record again."""
+    from shared import detector
+    from shared.messages import Start
+
+    try:
+        with h5py.File(folder / "frames.h5", "r") as f:
+            start = Start.model_validate_json(f.attrs["start"])
+            received = f["received"][()] if "received" in f else np.zeros(start.frames, bool)
+            ending = json.loads(f.attrs["end"]) if "end" in f.attrs else None
+            started = float(f.attrs.get("started", (folder / "frames.h5").stat().st_mtime))
+            mask = f["pixel_mask"][()] if "pixel_mask" in f else None
+            source = str(f["pixel_mask"].attrs.get("source", "")) if mask is not None else "dtype maximum only"
+    except (OSError, KeyError, ValueError):
+        return None
+    record = {"scan": start.scan, "state": "failed", "frames_expected": start.frames,
+              "frames_received": int(received.sum()), "missing": int(start.frames - received.sum()),
+              "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
+              "geometry": start.geometry.model_dump() if start.geometry else None, "started": started,
+              "raw_file": str(folder / "frames.h5"), "restored_from_disk": True,
+              "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value},
+              "reason": "acquisition interrupted: its state was lost with Redis's (frames kept on disk)"}
+    if ending:
+        record.update({k: v for k, v in ending.items() if k in ("state", "reason", "ended", "frames_received")})
+        if record["state"] == "complete":
+            record.pop("reason")
+    for stage in STAGES:
+        info = read_info(stage_path(folder.parent, folder.name, stage))
+        if info is not None:
+            record[f"result_{stage}"] = {k: info[k] for k in ("frames_used", "chi", "seconds") if k in info}
+    return record
