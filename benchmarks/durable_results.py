@@ -79,6 +79,11 @@ def main():
                    redis_bytes_per_scan=(total - cached_keys) / args.scans,
                    before_bytes_per_scan=2 * 128**3 * 4 + 2 * 32**3 * 4,
                    disk_bytes=sum(p.stat().st_size for p in folder.rglob("*.h5")))
+        print(f"{args.scans} full-size scans: Redis {out['redis_bytes_beyond_cache'] / 2**20:.1f} MB beyond the cache "
+              f"({out['redis_bytes_per_scan'] / 1024:.1f} kB per scan; arrays in Redis were "
+              f"{out['before_bytes_per_scan'] / 2**20:.1f} MB per scan), cache {out['cache_bytes'] / 2**20:.0f} MB, "
+              f"disk {out['disk_bytes'] / 2**30:.2f} GB, {out['write_s_per_scan'] * 1000:.0f} ms per scan written",
+              flush=True)
         port = free_port()
         env = {**os.environ, "KEY_PREFIX": prefix, "DATA_DIR": str(folder), "GATEWAY_PORT": str(port),
                "GATEWAY_WORKERS": "2"}
@@ -103,10 +108,6 @@ def main():
         for key in store.redis.scan_iter(f"{prefix}:*", count=1000):
             store.redis.delete(key)
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{args.scans} full-size scans: Redis {out['redis_bytes_beyond_cache'] / 2**20:.1f} MB beyond the cache "
-          f"({out['redis_bytes_per_scan'] / 1024:.1f} kB per scan; arrays in Redis were "
-          f"{out['before_bytes_per_scan'] / 2**20:.1f} MB per scan), cache {out['cache_bytes'] / 2**20:.0f} MB, "
-          f"disk {out['disk_bytes'] / 2**30:.2f} GB, {out['write_s_per_scan'] * 1000:.0f} ms per scan written")
     for name, r in out["reads"].items():
         print(f"  {name:22s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  errors {r['errors']}")
     if args.json:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from shared.errors import InputError
 
 
 def positive_int(text: str) -> int:
@@ -52,3 +55,75 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return value
+
+
+def read_geometry(args) -> dict | None:
+    """--geometry JSON or --spec/--scan → a checked geometry dict (None if neither is given)."""
+    import json
+
+    from shared.physics.geometry import check
+
+    if args.geometry is not None and args.spec is not None:
+        raise InputError("give --geometry or --spec, not both")
+    if args.spec is not None:
+        if args.scan is None:
+            raise InputError("--spec needs --scan N")
+        from shared.files import geometry_from_spec
+
+        return check(geometry_from_spec(args.spec, args.scan))
+    if args.geometry is None:
+        return None
+    try:
+        geometry = json.loads(args.geometry.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{args.geometry}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{args.geometry}: not JSON ({exc})") from None
+    if not isinstance(geometry, dict):
+        raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
+    return check(geometry)
+
+
+def add_pva_arguments(p) -> None:
+    """areaDetector frames over EPICS pvAccess (``services.ingest.pva``), for `ingest` and `up`."""
+    p.add_argument("--pva", metavar="CHANNEL", help="also subscribe to this areaDetector NTNDArray channel "
+                   "(NDPluginPva) over EPICS pvAccess")
+    p.add_argument("--pva-attributes", metavar="scan=NAME,frames=NAME,index=NAME,geometry=NAME",
+                   help="the frames' NDAttribute names holding the scan id, its frame count, the 0-based index "
+                   "and the geometry JSON (default: scan, frames, index, geometry)")
+    p.add_argument("--pva-frames", type=positive_int, metavar="N",
+                   help="frames without scan attributes are cut into scans of N consecutive frames")
+    p.add_argument("--pva-idle", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="a PVA scan with no frame for this long ends (its missing frames stay missing)")
+    p.add_argument("--geometry", type=Path, help="GEOMETRY.json (the start message's geometry fields) for PVA scans")
+    p.add_argument("--spec", type=Path, help="SPEC file to read the PVA scans' geometry from (with --scan)")
+    p.add_argument("--scan", type=int, help="scan number in --spec")
+
+
+def pva_config(args) -> dict | None:
+    """The ingest's ``pva`` argument from those options (None without --pva); InputError if inconsistent."""
+    from services.ingest.pva import parse_attribute_map
+
+    if not getattr(args, "pva", None):
+        if getattr(args, "pva_frames", None) or getattr(args, "pva_attributes", None):
+            raise InputError("--pva-frames and --pva-attributes need --pva CHANNEL")
+        return None
+    try:
+        names = parse_attribute_map(args.pva_attributes)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return {"channel": args.pva, "attributes": names, "frames_per_scan": args.pva_frames,
+            "geometry": read_geometry(args), "idle_s": args.pva_idle}
+
+
+def pva_command_line(args) -> list[str]:
+    """The same options, for a child `cdi-live ingest` (``cdi-live up``)."""
+    if not getattr(args, "pva", None):
+        return []
+    out = ["--pva", args.pva, "--pva-idle", str(args.pva_idle)]
+    for flag, value in (("--pva-attributes", args.pva_attributes), ("--pva-frames", args.pva_frames),
+                        ("--geometry", args.geometry), ("--spec", args.spec), ("--scan", args.scan)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+

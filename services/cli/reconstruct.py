@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.cli.options import positive_float, positive_int
+from services.cli.options import positive_float, positive_int, read_geometry
 from shared import __version__
 from shared.errors import InputError
 from shared.files import read_array, read_measurement, write_result, write_vti
@@ -115,33 +115,6 @@ def run(args):
     summary = ", ".join(f"{name}: median χ {np.median(s.chi):.4f} in {1000 * s.seconds / len(intensity):.0f} ms/scan"
                         for name, s in stages.items())
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
-
-
-def read_geometry(args) -> dict | None:
-    """--geometry JSON or --spec/--scan → a checked geometry dict (None if neither is given)."""
-    import json
-
-    from shared.physics.geometry import check
-
-    if args.geometry is not None and args.spec is not None:
-        raise InputError("give --geometry or --spec, not both")
-    if args.spec is not None:
-        if args.scan is None:
-            raise InputError("--spec needs --scan N")
-        from shared.files import geometry_from_spec
-
-        return check(geometry_from_spec(args.spec, args.scan))
-    if args.geometry is None:
-        return None
-    try:
-        geometry = json.loads(args.geometry.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{args.geometry}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{args.geometry}: not JSON ({exc})") from None
-    if not isinstance(geometry, dict):
-        raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
-    return check(geometry)
 
 
 def lab_group(volume, final, geometry: dict, refined) -> dict:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from services.cli.options import add_pva_arguments, pva_command_line, pva_config
 from services.cli.services_common import add_settings_arguments, settings_from
 from shared.errors import InputError
 
@@ -28,6 +29,7 @@ def add_arguments(p):
     add_settings_arguments(p)
     p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
     p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
+    add_pva_arguments(p)
 
 
 def ensure_redis(url: str):
@@ -53,14 +55,14 @@ def ensure_redis(url: str):
     raise InputError(f"could not start redis-server for {url}")
 
 
-def start_services(settings, extra_env=None, log=None) -> list[subprocess.Popen]:
+def start_services(settings, extra_env=None, log=None, ingest_args=()) -> list[subprocess.Popen]:
     """The four services as children in our process group (a terminal's Ctrl-C reaches each; each
     stops cleanly on it). ``log``: an open file for their output (default: ours)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATA_DIR": str(settings.data_dir),
            "INGEST_BIND": settings.ingest_bind, "GATEWAY_PORT": str(settings.gateway_port),
            "GATEWAY_HOST": settings.gateway_host, **(extra_env or {})}
     exe = [sys.executable, "-m", "services.cli.main"]
-    commands = [["ingest"], ["worker", "infer"], ["worker", "refine"], ["gateway"]]
+    commands = [["ingest", *ingest_args], ["worker", "infer"], ["worker", "refine"], ["gateway"]]
     return [subprocess.Popen(exe + c, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
             for c in commands]
 
@@ -85,11 +87,11 @@ def stop_all(processes, timeout: float = 10.0, interrupted: bool = False) -> Non
 
 
 @contextlib.contextmanager
-def services_running(settings, log=None):
+def services_running(settings, log=None, ingest_args=()):
     """Redis (embedded if none answers) and the four services, all stopped cleanly on leaving —
     on Ctrl-C too. Yields (processes, stopping): ``stopping`` fills on SIGTERM."""
     embedded = ensure_redis(settings.redis_url)
-    processes = start_services(settings, log=log)
+    processes = start_services(settings, log=log, ingest_args=ingest_args)
     stopping: list = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     interrupted = False
@@ -144,9 +146,11 @@ def wait_while_running(processes, stopping, seconds: float | None = None) -> Non
 
 def run(args):
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
-    with services_running(settings) as (processes, stopping):
+    pva = pva_config(args)  # checked here: the ingest child would only log it
+    also = f" and pvAccess channel {pva['channel']}" if pva else ""
+    with services_running(settings, ingest_args=pva_command_line(args)) as (processes, stopping):
         print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
-              f"ingest {settings.ingest_bind}, Redis {settings.redis_url}. Ctrl-C stops it.")
+              f"ingest {settings.ingest_bind}{also}, Redis {settings.redis_url}. Ctrl-C stops it.")
         wait_while_running(processes, stopping)
     failed = [p.args[-1] for p in processes if p.returncode not in (0, -2, -15, None, 130)]
     if failed:

@@ -431,12 +431,14 @@ def native_messages(parts: list[bytes], translator: DectrisTranslator | None, in
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, dectris: str | None = None,
-          dectris_version: int | None = None) -> None:
+          dectris_version: int | None = None, pva: dict | None = None) -> None:
     """Run until ``stop`` is set (or Ctrl-C); files are closed cleanly either way.
 
     With ``dectris`` (a detector's stream address) the ingest connects to it and
     translates DECTRIS stream messages (v1 or v2: ``dectris_version``, None to tell
-    them apart per message) instead of binding the native socket.
+    them apart per message) instead of binding the native socket. With ``pva``
+    ({"channel", and PvaTranslator's arguments}) it also subscribes to an areaDetector
+    NTNDArray channel over EPICS pvAccess (``services.ingest.pva``).
     """
     stop = stop or threading.Event()
     ingest = Ingest(settings, name=dectris or settings.ingest_bind)
@@ -451,6 +453,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     else:
         socket.bind(settings.ingest_bind)
     log.info("ingest %s %s", "connected to DECTRIS stream" if dectris else "listening on", dectris or settings.ingest_bind)
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    source = from_pva = None
+    if pva:
+        source, from_pva = pva_source(pva, context)
+        poller.register(from_pva, zmq.POLLIN)
     name, last_beat, last_expiry = f"{socketlib.gethostname()}-{os.getpid()}", 0.0, time.monotonic()
     try:
         while not stop.is_set():
@@ -460,14 +468,61 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 except redis.RedisError:
                     pass  # frames keep going to disk while Redis is away
                 last_beat = time.monotonic()
-            if socket.poll(50):
+            ready = dict(poller.poll(50))
+            if socket in ready:
                 for message in native_messages(socket.recv_multipart(), translator, ingest):
                     ingest.handle(message)
-            else:
+            if from_pva is not None and from_pva in ready:
+                ingest.handle(from_pva.recv_multipart())
+            if not ready:
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
             if time.monotonic() - last_expiry > 1:
+                if source is not None:
+                    drain_pva(source, ingest)
                 ingest.expire_idle()
                 last_expiry = time.monotonic()
     finally:
+        if source is not None:
+            source.close()
+            while from_pva.poll(0):  # frames already handed over are not lost
+                ingest.handle(from_pva.recv_multipart())
+            drain_pva(source, ingest)
+            from_pva.close(linger=0)
         ingest.close()
         socket.close(linger=0)
+
+
+def pva_source(pva: dict, context: zmq.Context):
+    """The PVA subscription, delivering native messages from pvapy's thread over an inproc socket (each
+    delivering thread has its own PUSH socket: ZeroMQ sockets are not shared between threads)."""
+    from services.ingest.pva import PvaSource, PvaTranslator, loopback_defaults
+
+    loopback_defaults()
+    address = f"inproc://cdi-live-pva-{id(pva)}"
+    pull = context.socket(zmq.PULL)
+    pull.bind(address)
+    local = threading.local()
+    rejected: list[str] = []
+
+    def deliver(message: list[bytes]) -> None:
+        if not hasattr(local, "push"):
+            local.push = context.socket(zmq.PUSH)
+            local.push.connect(address)
+        local.push.send_multipart(message)
+
+    options = {k: v for k, v in pva.items() if k != "channel"}
+    source = PvaSource(pva["channel"], PvaTranslator(**options), deliver, rejected.append)
+    source.rejected = rejected  # reasons from pvapy's thread, counted by the loop
+    log.info("ingest subscribed to pvAccess channel %s", pva["channel"])
+    return source, pull
+
+
+def drain_pva(source, ingest: Ingest) -> None:
+    """Scans the PVA source ended by idleness, its rejections and its loss counters, into the ingest."""
+    ended, lost = source.poll()
+    for message in ended:
+        ingest.handle(message)
+    while source.rejected:
+        ingest.reject(source.rejected.pop(0))
+    for counter, amount in lost.items():
+        ingest.count(counter, amount)
