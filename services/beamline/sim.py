@@ -211,3 +211,65 @@ class DectrisDetector:
     def close(self, linger_ms: int = 60000) -> None:
         self.socket.close(linger=linger_ms)
         self.context.term()
+
+
+class PvaDetector:
+    """A simulated areaDetector with NDPluginPva: a pvAccess server publishing each frame as an NTNDArray
+    on ``channel``, with the scan context as NDAttributes (scan, frames, index, geometry) unless
+    ``attributes`` is False; ``encoding`` lz4 or bslz4 compresses as areaDetector's codec plugin does."""
+
+    def __init__(self, channel: str = "cdi:sim:image"):
+        import pvaccess as pva
+
+        from services.ingest.pva import loopback_defaults
+
+        loopback_defaults()
+        self.pva, self.channel = pva, channel
+        self.server = pva.PvaServer()
+        self.server.addRecord(channel, pva.NtNdArray(), None)
+        self.unique = 0
+
+    def ntndarray(self, frame: np.ndarray, encoding: str = "raw", attributes: dict | None = None):
+        from pvapy.utility.adImageUtility import AdImageUtility
+
+        pva, self.unique = self.pva, self.unique + 1
+        frame = np.ascontiguousarray(frame)
+        rows, cols = frame.shape
+        if encoding == "raw":
+            image = AdImageUtility.generateNtNdArray2D(self.unique, frame)
+        else:
+            import bitshuffle
+            import lz4.block
+
+            packed = lz4.block.compress(frame.tobytes(), store_size=False) if encoding == "lz4" else \
+                bitshuffle.compress_lz4(frame, 0).tobytes()  # block size 0, as NDPluginCodec
+            image = AdImageUtility.generateNtNdArray2D(self.unique, np.frombuffer(packed, np.uint8), cols, rows,
+                                                       frame.dtype, encoding)
+        typed = {str: pva.PvString, int: pva.PvInt}
+        image["attribute"] = [pva.NtAttribute(name, typed[type(value)](value)) for name, value in (attributes or {}).items()]
+        return image
+
+    def play(self, scan: str, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "raw",
+             geometry: dict | None = None, attributes: bool = True, skip=(), progress=None,
+             names: dict | None = None) -> None:
+        """One scan's frames; ``skip``: indices never published (a dropped frame: its uniqueId is used up)."""
+        names = names or {"scan": "scan", "frames": "frames", "index": "index", "geometry": "geometry"}
+        began = time.perf_counter()
+        for k, frame in enumerate(volume):
+            context = {names["scan"]: scan, names["frames"]: int(volume.shape[0]), names["index"]: k}
+            if geometry:
+                context[names["geometry"]] = json.dumps(geometry)
+            image = self.ntndarray(frame, encoding, context if attributes else {})
+            if k not in skip:
+                self.server.update(self.channel, image)
+            if progress:
+                progress(1)
+            if rate_hz:
+                delay = began + (k + 1) / rate_hz - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+
+    def close(self, linger_s: float = 1.0) -> None:
+        """Stop serving, after ``linger_s`` for subscribers to take what is queued."""
+        time.sleep(linger_s)
+        self.server.stop()

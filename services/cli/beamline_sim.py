@@ -12,9 +12,11 @@ from services.cli.options import positive_int, whole_number
 def add_arguments(p):
     p.add_argument("--endpoint", help="native: the ingest's address (default tcp://127.0.0.1:5555); "
                                       "dectris: the address this detector binds (default tcp://127.0.0.1:9999)")
-    p.add_argument("--protocol", choices=["native", "dectris", "dectris2"], default="native",
+    p.add_argument("--protocol", choices=["native", "dectris", "dectris2", "pva"], default="native",
                    help="dectris / dectris2: act as a DECTRIS detector, stream v1 (JSON) / v2 (CBOR); "
-                        "run the ingest with --dectris ENDPOINT")
+                        "run the ingest with --dectris ENDPOINT. pva: an areaDetector publishing NTNDArray "
+                        "frames over EPICS pvAccess on --channel; run the ingest with --pva CHANNEL")
+    p.add_argument("--channel", default="cdi:sim:image", help="pva: the NTNDArray channel to publish")
     p.add_argument("--scans", type=whole_number, default=3, help="simulated scans to push (0: only --file ones)")
     p.add_argument("--size", type=positive_int, default=32, help="frames per scan and frame side (simulated)")
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
@@ -41,14 +43,20 @@ def run(args):
                                        simulated_volume, spec_geometry)
     from shared.errors import InputError
 
-    dectris = args.protocol.startswith("dectris")
+    dectris, pva = args.protocol.startswith("dectris"), args.protocol == "pva"
     endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
     encoding = args.encoding or ("bslz4" if dectris else "raw")
     if args.spec is not None and args.scan is None:
         raise InputError("--spec needs --scan N")
     recorded_geometry = spec_geometry(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
-    beamline = DectrisDetector(endpoint, version=2 if args.protocol == "dectris2" else 1) if dectris else \
-        Beamline(endpoint)
+    if pva:
+        from services.beamline.sim import PvaDetector
+
+        beamline = PvaDetector(args.channel)
+        time.sleep(2.0)  # the ingest's monitor finds the new server (pvAccess search)
+    else:
+        beamline = DectrisDetector(endpoint, version=2 if args.protocol == "dectris2" else 1) if dectris else \
+            Beamline(endpoint)
     stamp = time.strftime("%H%M%S")
     plays = [(f"{args.prefix}-{stamp}-{i}", lambda i=i: simulated_volume(args.size, args.seed, i, args.photons), None)
              for i in range(args.scans)]
@@ -64,13 +72,16 @@ def run(args):
                 mask = None if args.no_mask or not mask.any() else mask
             flaws = {"pixel_mask": mask, "saturation": args.saturation}
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
-                if dectris:  # series ids are the scan names; only stream v2 carries the geometry (user_data)
+                if pva:  # the scan context rides in each frame's NDAttributes
+                    beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update)
+                elif dectris:  # series ids are the scan names; only stream v2 carries the geometry (user_data)
                     beamline.play(scan, volume, args.rate, encoding, progress=bar.update, geometry=geometry, **flaws)
                 else:
                     beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update, **flaws)
     finally:
         beamline.close()
-    print(f"pushed {len(plays)} scan(s) {'from' if dectris else 'to'} {endpoint}")
+    where = f"on pvAccess channel {args.channel}" if pva else f"{'from' if dectris else 'to'} {endpoint}"
+    print(f"pushed {len(plays)} scan(s) {where}")
 
 
 def parse_pixels(text: str) -> list[tuple[int, int]]:

@@ -20,6 +20,9 @@ COUNTERS = {  # Redis counter → (metric, help)
     "scans_restored": ("cdi_scans_restored", "scan records rebuilt from DATA_DIR after Redis lost them"),
     "scans_deleted_by_retention": ("cdi_scans_deleted_by_retention", "scans deleted by retention (RETENTION_DAYS, "
                                    "MAX_DATA_GB)"),
+    "pva_frames_dropped": ("cdi_pva_frames_dropped", "pvAccess frames lost on the way (gaps in uniqueId)"),
+    "pva_overruns": ("cdi_pva_overruns", "pvAccess monitor overruns (updates merged: frames lost)"),
+    "pva_disconnects": ("cdi_pva_disconnects", "times the pvAccess server went away (the ingest reconnects)"),
     "jobs_preempted": ("cdi_jobs_preempted", "refinements that yielded to a fresher scan (each resumes later)"),
 }
 

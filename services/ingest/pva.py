@@ -217,10 +217,22 @@ class PvaSource:
         self.translator, self.deliver, self.reject = translator, deliver, reject
         self.lock = threading.Lock()
         self.channel = pva.Channel(channel, pva.PVA)
-        self.channel.setMonitorMaxQueueLength(queue_size)
+        self.name, self.connected, self.disconnects = channel, False, 0
+        self.channel.setConnectionCallback(self.on_connection)
+        # the server keeps a queue per subscriber (queueSize); pvapy's own client-side queue stays off: with
+        # it on, updates wait in it instead of reaching the callback
         self.channel.subscribe("cdi-live", self.on_update)
         self.channel.startMonitor(f"record[queueSize={queue_size}]field()")
-        self.reported = {"dropped": 0, "overruns": 0}
+        self.reported = {"dropped": 0, "overruns": 0, "disconnects": 0}
+
+    def on_connection(self, connected: bool) -> None:
+        """pvAccess reconnects by itself; a server gone mid-scan is logged and counted, its scan goes on."""
+        if self.connected and not connected:
+            self.disconnects += 1
+            log.warning("pvAccess channel %s disconnected; waiting for the server to come back", self.name)
+        elif connected and not self.connected:
+            log.info("pvAccess channel %s connected", self.name)
+        self.connected = connected
 
     def on_update(self, pv) -> None:
         try:
@@ -229,14 +241,14 @@ class PvaSource:
         except Exception as exc:  # a structure that is not an NTNDArray
             self.reject(f"pva update unreadable ({type(exc).__name__})")
             return
-        with self.lock:
+        with self.lock:  # translated and handed over in the order received, whichever pvapy thread calls
             try:
                 messages = self.translator.translate(update, selected)
             except Rejected as exc:
                 self.reject(str(exc))
                 return
-        for message in messages:
-            self.deliver(message)
+            for message in messages:
+                self.deliver(message)
 
     def poll(self) -> tuple[list[list[bytes]], dict]:
         """(messages of scans ended by idleness, new loss counts since the last poll)."""
@@ -247,8 +259,9 @@ class PvaSource:
             overruns = int(self.channel.getMonitorCounters().get("nOverruns", 0))
         except Exception:
             overruns = self.reported["overruns"]
-        new = {"pva_frames_dropped": dropped - self.reported["dropped"], "pva_overruns": overruns - self.reported["overruns"]}
-        self.reported = {"dropped": dropped, "overruns": overruns}
+        new = {"pva_frames_dropped": dropped - self.reported["dropped"], "pva_overruns": overruns - self.reported["overruns"],
+               "pva_disconnects": self.disconnects - self.reported["disconnects"]}
+        self.reported = {"dropped": dropped, "overruns": overruns, "disconnects": self.disconnects}
         return ended, {k: v for k, v in new.items() if v > 0}
 
     def close(self) -> None:

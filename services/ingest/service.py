@@ -493,22 +493,20 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
 
 
 def pva_source(pva: dict, context: zmq.Context):
-    """The PVA subscription, delivering native messages from pvapy's thread over an inproc socket (each
-    delivering thread has its own PUSH socket: ZeroMQ sockets are not shared between threads)."""
+    """The PVA subscription, delivering native messages from pvapy's threads over an inproc socket (one PUSH
+    socket, used only under the source's lock, so messages keep their order)."""
     from services.ingest.pva import PvaSource, PvaTranslator, loopback_defaults
 
     loopback_defaults()
     address = f"inproc://cdi-live-pva-{id(pva)}"
     pull = context.socket(zmq.PULL)
     pull.bind(address)
-    local = threading.local()
+    push = context.socket(zmq.PUSH)
+    push.connect(address)
     rejected: list[str] = []
 
-    def deliver(message: list[bytes]) -> None:
-        if not hasattr(local, "push"):
-            local.push = context.socket(zmq.PUSH)
-            local.push.connect(address)
-        local.push.send_multipart(message)
+    def deliver(message: list[bytes]) -> None:  # called under the source's lock
+        push.send_multipart(message)
 
     options = {k: v for k, v in pva.items() if k != "channel"}
     source = PvaSource(pva["channel"], PvaTranslator(**options), deliver, rejected.append)

@@ -1,0 +1,146 @@
+"""areaDetector frames over EPICS pvAccess, against a real pvapy server on loopback (never a mock)."""
+
+import threading
+import time
+import uuid
+
+import h5py
+import numpy as np
+import pytest
+import redis
+
+pytest.importorskip("pvaccess", reason="pvapy is installed by `make install`")
+
+from services.beamline.sim import Beamline, PvaDetector, simulated_volume  # noqa: E402
+from services.ingest.pva import PvaTranslator, Rejected, attributes_of, parse_attribute_map  # noqa: E402
+from services.ingest.service import serve  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.store import Store  # noqa: E402
+from tests.conftest import free_port, scan_state, wait_for  # noqa: E402
+
+
+class PvaIngest:
+    """An ingest subscribed to ``channel`` (and bound on a free native port), in a thread."""
+
+    def __init__(self, prefix, data_dir, channel, **pva):
+        self.settings = Settings(key_prefix=prefix, data_dir=data_dir, ingest_bind=f"tcp://127.0.0.1:{free_port()}")
+        self.store = Store(self.settings)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=serve, args=(self.settings, self.stop),
+                                       kwargs={"pva": {"channel": channel, **pva}})
+        self.thread.start()
+
+    def scan(self, name, state="complete", timeout=60):
+        return wait_for(lambda: (s := self.store.scan(name)) and s.get("state") == state and s, timeout=timeout,
+                        every=0.05)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.fixture
+def private(tmp_path):
+    try:
+        redis.Redis().ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    prefix = f"pva{uuid.uuid4().hex[:6]}"
+    yield prefix, tmp_path
+    for key in redis.Redis().scan_iter(f"{prefix}:*"):
+        redis.Redis().delete(key)
+
+
+def channel() -> str:
+    return f"cdi:test:{uuid.uuid4().hex[:8]}:image"
+
+
+def test_translator_reads_attributes_and_cuts_unattributed_frames_by_count():
+    assert parse_attribute_map("scan=SCAN,index=NPT")["index"] == "NPT"
+    with pytest.raises(ValueError):
+        parse_attribute_map("scan")
+    update = {"attribute": [{"name": "scan", "value": ({"value": "s1"}, {})}]}
+    assert attributes_of(update) == {"scan": "s1"}
+    cut = PvaTranslator(frames_per_scan=3)
+    frame = {"dimension": [{"size": 4}, {"size": 2}], "value": ({"ushortValue": np.zeros(8, np.uint16)},),
+             "codec": {"name": ""}}
+    scans = []
+    for unique in (10, 11, 12, 14, 15, 16):  # 13 lost on the way
+        for message in cut.translate({**frame, "uniqueId": unique}):
+            scans.append(message[0])
+    text = b" ".join(scans)
+    assert text.count(b'"type": "start"') == 3 and text.count(b'"type": "end"') == 2  # 16 opens pva-2
+    assert b'"scan": "pva-0", "index": 2' in text and b'"scan": "pva-1", "index": 1' in text and cut.dropped == 1
+    assert b'"scan": "pva-1", "index": 0' not in text  # uniqueId 13: missing, not shifted
+    with pytest.raises(Rejected, match="scan attributes"):
+        PvaTranslator().translate({**frame, "uniqueId": 1})
+
+
+def test_a_scan_over_pva_is_bit_identical_to_native_and_comes_back_refined(service):
+    """Through the running stack's workers: the PVA scan (bslz4, kept compressed) and the same scan sent
+    natively (bslz4) give the same HDF5 chunks; the PVA one is refined."""
+    name = channel()
+    volume = simulated_volume(32, 21, 0, 1e8)
+    detector = PvaDetector(name)
+    ingest = PvaIngest(service["prefix"], service["data_dir"], name)
+    try:
+        time.sleep(2)  # the monitor finds the server
+        scan = f"pva-{uuid.uuid4().hex[:6]}"
+        detector.play(scan, volume, encoding="bslz4", rate_hz=200)
+        over_pva = ingest.scan(scan)
+        native = f"native-{uuid.uuid4().hex[:6]}"
+        beamline = Beamline(service["zmq"])
+        beamline.play(native, volume, encoding="bslz4")
+        beamline.close()
+        native_state = wait_for(lambda: (s := scan_state(service, native)) and s["state"] == "complete" and s)
+        with h5py.File(over_pva["raw_file"]) as a, h5py.File(service["data_dir"] + f"/{native}/frames.h5") as b:
+            for k in range(32):
+                assert a["frames"].id.read_direct_chunk((k, 0, 0)) == b["frames"].id.read_direct_chunk((k, 0, 0))
+            assert np.array_equal(a["frames"][()], volume) and a["received"][()].all()
+        assert native_state["frames_received"] == 32
+        wait_for(lambda: "refined" in scan_state(service, scan)["results"], timeout=180)
+    finally:
+        ingest.close()
+        detector.close(0)
+
+
+def test_dropped_frames_compressed_frames_restarts_and_bad_frames(private):
+    prefix, folder = private
+    name = channel()
+    volume = simulated_volume(32, 22, 0, 1e8)
+    detector = PvaDetector(name)
+    ingest = PvaIngest(prefix, folder, name)
+    try:
+        time.sleep(2)
+        detector.play("dropped", volume, skip={5, 6})  # never published: their uniqueIds are used up
+        state = ingest.scan("dropped")
+        assert state["missing"] == 2 and state["frames_received"] == 30
+        with h5py.File(state["raw_file"]) as f:
+            received = f["received"][()]
+            assert not received[5] and not received[6] and np.array_equal(f["frames"][7], volume[7])  # not shifted
+        for encoding in ("lz4", "bslz4"):
+            detector.play(encoding, volume, encoding=encoding)
+            with h5py.File(ingest.scan(encoding)["raw_file"]) as f:
+                assert np.array_equal(f["frames"][()], volume)
+        detector.play("no-attributes", volume[:2], attributes=False)
+        wait_for(lambda: any("scan attributes" in k for k in ingest.store.counters()), timeout=30)
+        # the server goes away mid-scan and comes back: the monitor reconnects, the scan completes
+        for k in range(16):
+            detector.server.update(name, detector.ntndarray(volume[k], attributes={"scan": "restart", "frames": 32,
+                                                                                    "index": k}))
+        wait_for(lambda: (ingest.store.scan("restart") or {}).get("frames_received") == 16, timeout=30)
+        detector.server.stop()  # the server goes down (its clients are disconnected) and comes back
+        time.sleep(1)
+        detector.server.start()
+        time.sleep(3)  # pvAccess finds it again
+        for k in range(16, 32):
+            detector.server.update(name, detector.ntndarray(volume[k], attributes={"scan": "restart", "frames": 32,
+                                                                                    "index": k}))
+        state = ingest.scan("restart")
+        assert state["frames_received"] == 32
+        wait_for(lambda: ingest.store.counters().get("pva_disconnects", 0) >= 1, timeout=10)
+        with h5py.File(state["raw_file"]) as f:
+            assert np.array_equal(f["frames"][()], volume)
+    finally:
+        ingest.close()
+        detector.close(0)
