@@ -87,9 +87,15 @@ class ScanAssembly:
         if self.volume is not None:
             r, c = self.roi
             self.volume[index] = self.counts(frame[r:r + self.roi_px[0], c:c + self.roi_px[1]], (r, c))
-        else:
-            counts = self.counts(frame, (0, 0))
-            self.detector += np.where(np.isfinite(counts), counts, 0)
+        else:  # summed as integers, invalid pixels zeroed only where there are any (the receive path is hot)
+            bad = frame >= self.limit if np.isfinite(self.limit) else None
+            if bad is not None and bad.any():
+                if self.saturation is not None:
+                    self.saturated += int(np.count_nonzero(bad & (frame < self.flag) if self.flag else bad))
+                frame = np.where(bad, 0, frame)
+            if self.pixel_mask is not None:
+                frame = np.where(self.pixel_mask, 0, frame)
+            np.add(self.detector, frame, out=self.detector, casting="unsafe")
         return True
 
     def counts(self, block: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
