@@ -67,9 +67,10 @@ def main():
             store.create_scan(scan, {"scan": scan, "state": "complete", "frames_expected": 201, "frames_received": 201,
                                      "duplicates": 0, "shape": [256, 256], "dtype": "uint32", "started": time.time()})
             a, p = crystal(32, rng)
-            store.put_result(scan, "nn", a, p, {"chi": 0.1, "seq": 9, "frames_used": 201, "crop": [80, 60, 70]})
+            store.put_result(scan, "nn", a, p, {"chi": 0.1, "seq": 9, "frames_used": 201, "crop": [80, 60, 70],
+                                                "seconds": 0.01})
             a, p = crystal(128, rng)
-            store.put_result(scan, "refined", a, p, {"chi": 0.1, "seq": 9, "frames_used": 201, "grid": [128] * 3,
+            store.put_result(scan, "refined", a, p, {"chi": 0.1, "seq": 9, "frames_used": 201, "grid": [128] * 3, "seconds": 30.0,
                                                      "crop": [128] * 3, "voxel_grid": [201, 256, 256]})
         out["write_s_per_scan"] = (time.perf_counter() - began) / args.scans
         cache = int(store.redis.get(store.keys.cache_bytes) or 0)

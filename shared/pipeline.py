@@ -1,14 +1,16 @@
 """The refined stage: from a network's prediction to a converged reconstruction.
 
     starts    flat, NN, twin, flat twin          (from the network's shape and phase)
-    explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep the best 1
+    explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep 2 (the finalists)
               (successive halving on χ, all scans batched: dropping losing starts early is the speed)
     converge  HIO**80 * ER**20
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
               kept per scan only where χ rises by less than 10 % (a real crystal's faint rim is not noise)
-    polish    ≤ 50 Adam steps by AD through the forward model, unmeasured voxels free, until χ
+    polish    the best finalist: ≤ 50 Adam steps by AD through the forward model, unmeasured voxels free, until χ
               gains < 0.1 % over 10 steps
-    answer    the iterate with the lowest χ
+    answer    the finalist with the lowest χ before the polish, polished; the other finalist is an
+              independent solution, and where the two disagree is the answer's phase uncertainty
+              (``shared.trust``)
 
 The polish minimises the Gaussian (amplitude) misfit by default: at this step
 budget it beat the Poisson likelihood on the tuning set (18 against 16 of 24
@@ -42,7 +44,7 @@ REFINE_SIZE = 128  # largest refinement grid per axis; a longer axis is DCT-down
 @dataclass(frozen=True)
 class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
-    explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 1))  # rounds: (schedule, starts kept per scan after it)
+    explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 2))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "80*HIO+20*ER"
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
@@ -78,6 +80,7 @@ class Converged:
     chi: np.ndarray  # over the measured voxels
     start: list  # name of the start kept, per scan
     seconds: dict = field(default_factory=dict)  # per stage, whole batch
+    alternatives: np.ndarray | None = None  # (B, finalists − 1, …): the other finalists, best first
 
 
 CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ with 4 starts on 2 cores;
@@ -196,20 +199,29 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 phasing.shrink_wrap(state)
             loose, loose_support = arrays["loose"], arrays["loose_support"]
             tight = run_chunked(plan.tighten, 10, {"loose": loose, "loose_support": loose_support}) * state.support
-            keep = (phasing.project_chi(tight, magnitude, mask)
-                    < (1 + plan.tight_tolerance) * phasing.project_chi(loose, magnitude, mask))
+            keep = (phasing.project_chi(tight, state.magnitude, state.measured)
+                    < (1 + plan.tight_tolerance) * phasing.project_chi(loose, state.magnitude, state.measured))
             obj = np.where(keep[:, None, None, None], tight, loose)
             state.support = np.where(keep[:, None, None, None], state.support, loose_support)
             lap("tighten")
-        elif phase == "polish" and plan.polish_steps:
+        elif phase == "polish" and names.shape[1] > 1:  # the best finalist is polished, the others kept as
+            chi = phasing.project_chi(obj, state.magnitude, state.measured)  # independent solutions
+            order = np.argsort(chi.reshape(batch, -1), axis=1)
+            rows = order + names.shape[1] * np.arange(batch)[:, None]
+            arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
+            obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
+            state = phasing.select(state, rows[:, 0])
+        if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
-            result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss,
-                            shrink_every=0, threshold=1e-3, measured=measured, patience=plan.polish_patience,
-                            tolerance=1e-3, time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish)
+            result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
+                            threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
+                            time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish)
             lap("polish")
             if result.interrupted:
                 raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
                                            {"obj": obj, "support": state.support,
+                                            **({"alternatives": arrays["alternatives"]} if "alternatives" in arrays
+                                               else {}),
                                             **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
             obj, support, chi = result.obj, result.support, result.chi
             break
@@ -219,5 +231,6 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays.pop("mean", None)
     else:
         support = state.support
-        chi = phasing.project_chi(obj, magnitude, mask)
-    return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings)
+        chi = phasing.project_chi(obj, state.magnitude, state.measured)
+    return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
+                     arrays.get("alternatives"))

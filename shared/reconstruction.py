@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared import detector
+from shared import detector, trust
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid
@@ -34,6 +34,7 @@ class Stage:
     chi: np.ndarray
     seconds: float
     info: dict = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None  # (B, …) per-voxel phase uncertainty, rad (the refined stage)
 
 
 def embed(obj: np.ndarray, shape) -> np.ndarray:
@@ -138,21 +139,27 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         preempted.checkpoint.arrays.update(input_data=data, input_offsets=np.asarray(offsets), input_starts=starts,
                                            **({} if mask is None else {"input_mask": mask}))
         raise
-    amps, phases, supports, chis = [], [], [], []
+    amps, phases, supports, chis, spreads, floors, verdicts = [], [], [], [], [], [], []
     masks = mask if mask is not None else [None] * len(intensity)
-    for obj, volume, grid_data, k, m, m_grid in zip(result.obj, intensity, data, offsets,
-                                                    measured if measured is not None else masks, masks):
+    others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
+    for obj, alternatives, volume, grid_data, k, m, m_grid in zip(
+            result.obj, others, intensity, data, offsets, measured if measured is not None else masks, masks):
+        floors.append(trust.noise_floor(volume, m))  # the counts as measured (on the input's grid)
         if on_input_grid:
             obj, grid_data, m_grid = embed(obj, shape) * phase_ramp(shape, k), volume, m
+            alternatives = [embed(alt, shape) * phase_ramp(shape, k) for alt in alternatives]
         a, p, s = metrics.canonical(obj, phase_outside=True)
         amps.append(a), phases.append(p), supports.append(s)
         chis.append(metrics.chi(a * np.exp(1j * p), grid_data, m_grid))
-    info = {"grid": list(grid), "downsampled": list(grid) != list(shape),
+        spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
+                       else np.zeros(a.shape, np.float32))
+        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if len(alternatives) else None, s))
+    info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid), "downsampled": list(grid) != list(shape),
             "phase_ramp": "kept" if on_input_grid else "removed",
             "bragg_peak_offset": [list(k) for k in offsets], "plan": plan.describe(), "start": result.start,
             "chi_refinement_grid": [float(c) for c in result.chi], "stage_seconds": result.seconds}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
-                 info)
+                 info, np.stack(spreads))
 
 
 def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,

@@ -27,11 +27,24 @@ def stage_path(data_dir: Path, scan: str, stage: str) -> Path:
     return Path(data_dir) / scan / f"{stage}.h5"
 
 
-def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict) -> None:
+def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
+                extra: dict[str, np.ndarray] | None = None) -> None:
+    """``extra``: further root datasets shaped like ``phase`` (the refined stage's ``phase_uncertainty``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
-             **{k: info[k] for k in ("chi", "frames_used", "seconds") if isinstance(info.get(k), (int, float))}}
-    write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs)
+             **{k: info[k] for k in ("chi", "frames_used", "seconds", "chi_floor", "verdict")
+                if isinstance(info.get(k), (int, float, str))}}
+    write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs,
+                 extra={k: np.asarray(v, np.float32) for k, v in (extra or {}).items()})
+
+
+def read_dataset(path: Path, name: str) -> np.ndarray | None:
+    """One further dataset of a result file (e.g. ``phase_uncertainty``); None if it has none."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f[name][()] if name in f else None
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def read_stage(path: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
@@ -82,5 +95,6 @@ def record_from_files(folder: Path) -> dict | None:
     for stage in STAGES:
         info = read_info(stage_path(folder.parent, folder.name, stage))
         if info is not None:
-            record[f"result_{stage}"] = {k: info[k] for k in ("frames_used", "chi", "seconds") if k in info}
+            record[f"result_{stage}"] = {k: info[k] for k in ("frames_used", "chi", "seconds", "verdict", "chi_floor")
+                                         if k in info}
     return record

@@ -230,18 +230,19 @@ class Store:
     # info (a few hundred bytes) and a cache of recent arrays bounded by RESULT_CACHE_MB (oldest read
     # evicted first).
     def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
-                   force: bool = False) -> bool:
+                   force: bool = False, extra: dict[str, np.ndarray] | None = None) -> bool:
         """Store a stage's arrays unless a result from more frames is already there (``force``: a re-run):
-        the file first (atomically), then the record says the stage exists."""
+        the file first (atomically), then the record says the stage exists. ``extra``: further arrays kept
+        in the file only (``result_array``)."""
         key = self.keys.result(scan, stage)
         existing = self.redis.hget(key, "info")
         if not force and existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
             return False
         path = results.stage_path(self.settings.data_dir, scan, stage)
-        results.write_stage(path, scan, stage, amplitude, phase, info)
+        results.write_stage(path, scan, stage, amplitude, phase, info, extra)
         self.redis.hset(key, mapping={"info": json.dumps(info), "file": str(path)})
         self.cache_put(scan, stage, amplitude, phase)
-        summary = {k: info[k] for k in ("frames_used", "chi", "seconds") if k in info}
+        summary = {k: info[k] for k in ("frames_used", "chi", "seconds", "verdict", "chi_floor") if k in info}
         self.update_scan(scan, **{f"result_{stage}": summary})
         self.publish({"event": "result", "scan": scan, "stage": stage, **summary})
         return True
@@ -270,6 +271,10 @@ class Store:
         self.count("cache_misses")
         self.cache_put(scan, stage, amplitude, phase)
         return amplitude, phase, json.loads(info) if info is not None else file_info
+
+    def result_array(self, scan: str, stage: str, name: str) -> np.ndarray | None:
+        """A further array of a stage's result (e.g. ``phase_uncertainty``), from its file."""
+        return results.read_dataset(results.stage_path(self.settings.data_dir, scan, stage), name)
 
     EVICT = """
     local total = tonumber(redis.call('GET', KEYS[3]) or '0')

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -94,7 +95,13 @@ def run(args):
                                                    else info["bragg_peak_offset"]),
                      "chi_definition": "||s·|fftshift(fftn(amplitude·exp(i·phase)))| − sqrt(input)|| / ||sqrt(input)||, "
                                        "best scale s, over measured voxels",
-                     "start_kept": info["start"] if was_batch else info["start"][0]}
+                     "start_kept": info["start"] if was_batch else info["start"][0],
+                     # trust (shared.trust): one verdict and one noise floor per scan
+                     "verdict": np.array(info["verdict"], dtype=h5py.string_dtype()) if was_batch else info["verdict"][0],
+                     "chi_floor": np.array(info["chi_floor"]) if was_batch else float(info["chi_floor"][0]),
+                     "verdict_rule": "converged: χ ≤ 1.1·chi_floor + 0.005, chi_floor ≤ 0.125 and the two finalists' "
+                                     "phases agree (mean spread ≤ 0.06 rad); else uncertain"}
+        extra["/phase_uncertainty"] = refined.uncertainty[pick]
         if info["downsampled"]:
             grid_note["note"] = (f"the input {tuple(intensity.shape[1:])} was DCT-downsampled to {tuple(info['grid'])} "
                                  f"for refinement (same q-range and voxel size, smaller field of view); "
@@ -106,14 +113,22 @@ def run(args):
              "version": __version__, **grid_note}
     lab = lab_group(intensity[0], final, geometry, refined) if geometry is not None else None
     write_result(args.out, final.amplitude[pick], final.phase[pick], final.support[pick],
-                 attrs, args.format, extra={**(extra if args.format == "h5" else {}), **(lab or {}).get("data", {})},
+                 attrs, args.format, extra={**(extra if args.format == "h5" else
+                                               {k: v for k, v in extra.items() if k == "/phase_uncertainty"}),
+                                            **(lab or {}).get("data", {})},
                  group_attrs={"lab": lab["attrs"]} if lab else None)
     if args.vti:
         arrays = ({"amplitude": lab["data"]["lab/amplitude"], "phase": lab["data"]["lab/phase"],
                    "strain": lab["data"]["lab/strain"]} if lab else {"amplitude": final.amplitude[0], "phase": final.phase[0]})
+        if refined is not None and not lab:
+            arrays["phase_uncertainty"] = refined.uncertainty[0]
         write_vti(args.vti, arrays, lab["attrs"]["voxel_nm"] if lab else (1.0, 1.0, 1.0))
     summary = ", ".join(f"{name}: median χ {np.median(s.chi):.4f} in {1000 * s.seconds / len(intensity):.0f} ms/scan"
                         for name, s in stages.items())
+    if refined is not None:
+        verdicts = refined.info["verdict"]
+        summary += (f"; {verdicts.count('converged')} of {len(verdicts)} converged" if was_batch else
+                    f"; verdict {verdicts[0]} (χ floor {refined.info['chi_floor'][0]:.4f})")
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
 
 

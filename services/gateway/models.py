@@ -14,6 +14,9 @@ class StageSummary(BaseModel):
     frames_used: int
     chi: float
     seconds: float
+    verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined stage's: whether its "
+                                                                 "answer can be trusted (shared.trust)")
+    chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (the refined stage)")
 
 
 class QueuePlace(BaseModel):

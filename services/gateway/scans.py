@@ -50,7 +50,8 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         crop = tuple(info.get("crop") or amplitude.shape)
         return to_input_grid(amplitude, phase, crop, crop)[:2] if crop != amplitude.shape else (amplitude, phase)
 
-    def in_lab(record: dict, amplitude: np.ndarray, phase: np.ndarray, info: dict, threshold: float = 0.3) -> dict:
+    def in_lab(record: dict, amplitude: np.ndarray, phase: np.ndarray, info: dict, threshold: float = 0.3,
+               extra: dict | None = None) -> dict:
         """A stage's maps (as ``stage_arrays`` gives them) on the orthonormal lab grid of the scan's geometry
         (shared.physics.geometry): amplitude, phase, displacement and strain along G, with the grid's spacing
         and axes."""
@@ -59,9 +60,16 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         offset = info.get("bragg_peak_offset")
         peak = tuple(n // 2 + k for n, k in zip(measured, offset)) if offset else None
         try:
-            return lab_maps(amplitude * np.exp(1j * phase), record["geometry"], peak, threshold, measured, voxel)
+            return lab_maps(amplitude * np.exp(1j * phase), record["geometry"], peak, threshold, measured, voxel, extra)
         except (InputError, np.linalg.LinAlgError) as exc:
             raise HTTPException(422, f"geometry: {exc}") from None
+
+    def uncertainty_of(scan: str, stage: str, shape) -> np.ndarray | None:
+        """The refined stage's per-voxel phase uncertainty (rad), on the stage's grid; None for other stages."""
+        if stage != "refined":
+            return None
+        values = store.result_array(scan, stage, "phase_uncertainty")
+        return values if values is not None and values.shape == tuple(shape) else None
 
     def download(arrays: dict, fmt: str, attrs: dict, spacing, name: str) -> FileResponse:
         """The file written to a temporary folder, streamed, then removed."""
@@ -100,13 +108,17 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         record = load(scan)
         amplitude, phase, info = stage_arrays(scan, stage)
         attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
-                 "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0)}
+                 "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0),
+                 **{k: info[k] for k in ("verdict", "chi_floor") if k in info}}
+        uncertainty = uncertainty_of(scan, stage, amplitude.shape)
+        extra = {"phase_uncertainty": uncertainty} if uncertainty is not None else {}
         if record.get("geometry"):
-            maps = in_lab(record, amplitude, phase, info)
+            maps = in_lab(record, amplitude, phase, info, extra=extra)
             arrays, spacing = {"amplitude": maps["amplitude"], "phase": maps["phase"]}, maps["voxel_nm"]
+            arrays.update({name: maps[name] for name in extra})
             attrs.update(frame="lab", axes=json.dumps(maps["axes"]), bragg_direction=maps["bragg_direction"])
         else:
-            arrays, spacing = {"amplitude": amplitude, "phase": phase}, (1.0, 1.0, 1.0)
+            arrays, spacing = {"amplitude": amplitude, "phase": phase, **extra}, (1.0, 1.0, 1.0)
             attrs.update(frame="detector-conjugate grid (no geometry: voxel units)")
         return download(arrays, format, attrs, spacing, f"{scan}_{stage}")
 
@@ -156,15 +168,21 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         geometry, in the lab frame (true shape, nm) with the strain along G (units of 10⁻⁴)."""
         record = load(scan)
         amplitude, phase, info = stage_arrays(scan, stage, on_crop_grid=False)
+        uncertainty = uncertainty_of(scan, stage, amplitude.shape)
         drawn = None
         if record.get("geometry"):
             try:
-                maps = in_lab(record, *crop_grid(amplitude, phase, info), info)
-                drawn = views.page_view(maps["amplitude"], maps["phase"], level, maps["strain"], maps["voxel_nm"])
+                a, p = crop_grid(amplitude, phase, info)
+                extra = {"phase_uncertainty": uncertainty} if uncertainty is not None and a.shape == amplitude.shape \
+                    else {}
+                maps = in_lab(record, a, p, info, extra=extra)
+                drawn = views.page_view(maps["amplitude"], maps["phase"], level, maps["strain"], maps["voxel_nm"],
+                                        maps.get("phase_uncertainty"))
             except HTTPException:  # a geometry that gives no lab frame: the detector-grid view still shows
                 pass
-        drawn = drawn or views.page_view(amplitude, phase, level)
-        return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"), **drawn}
+        drawn = drawn or views.page_view(amplitude, phase, level, uncertainty=uncertainty)
+        return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
+                **{k: info[k] for k in ("verdict", "chi_floor") if k in info}, **drawn}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):

@@ -30,7 +30,7 @@ def central_slices(volume: np.ndarray, centre) -> list[list[list[float]]]:
 
 
 def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5, strain: np.ndarray | None = None,
-              voxel_nm=None) -> dict:
+              voxel_nm=None, uncertainty: np.ndarray | None = None) -> dict:
     """Mesh and central slices; with ``strain`` (lab grid) also its slices, a symmetric range for the
     colour bar (the 99th percentile of |ε| inside the crystal) and the voxel size for a nm scale."""
     amplitude = np.asarray(amplitude, np.float32)
@@ -47,6 +47,10 @@ def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5, stra
         span = float(np.percentile(values, 99)) if values.size else 0.0
         view.update(strain=central_slices(np.where(crystal, strain * 1e4, np.nan), centre),
                     strain_range=round(max(span * 1e4, 0.1), 2), voxel_nm=float(np.asarray(voxel_nm).ravel()[0]))
+    if uncertainty is not None:  # the refined stage's per-voxel phase uncertainty (rad), inside the crystal
+        view["uncertainty"] = central_slices(np.where(inside, uncertainty, np.nan), centre)
+        values = uncertainty[inside]
+        view["uncertainty_range"] = round(max(float(np.percentile(values, 99)) if values.size else 0.0, 0.05), 2)
     return view
 
 

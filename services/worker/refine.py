@@ -86,7 +86,7 @@ class RefinementWorker:
         self.store.publish({"event": "refining", "scan": scan, "resumed": bool(taken.checkpoint)})
         with LeaseKeeper(self.backlog, taken) as lease:
             try:
-                stage, seconds = self.refine_scan(taken)
+                stage, arrays, seconds = self.refine_scan(taken)
             except Preempted as preempted:
                 where, kept = "preparing", taken.checkpoint  # nothing new to keep: the last checkpoint stands
                 if preempted.checkpoint is not None:
@@ -110,7 +110,7 @@ class RefinementWorker:
         if lease.lost:  # another worker took the job over while this one stalled: its answer counts
             log.warning("lease of %s was lost: result dropped", taken.id)
             return
-        self.store.put_result(scan, "refined", *stage, force=True)
+        self.store.put_result(scan, "refined", *stage, force=True, extra=arrays)
         self.store.update_scan(scan, refining=None)
         self.store.count("results_refined")
         self.store.record_latency("refined", time.time() - taken.queued)
@@ -182,12 +182,13 @@ class RefinementWorker:
         extra = stage.info
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": seconds,
+                  "verdict": extra["verdict"][0], "chi_floor": float(extra["chi_floor"][0]),
                   "wall_seconds": time.perf_counter() - began, "resumed": resume is not None,
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
                   "loss": plan.polish_loss, "grid": extra["grid"],
                   "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
                   "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]}
-        return (stage.amplitude[0], stage.phase[0], result), seconds
+        return (stage.amplitude[0], stage.phase[0], result), {"phase_uncertainty": stage.uncertainty[0]}, seconds
 
     def publish_queue(self) -> None:
         """Every waiting scan's record says where it stands: {"stage", "position", "eta_s"}."""

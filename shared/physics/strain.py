@@ -64,14 +64,15 @@ def strain_along(phase: np.ndarray, support: np.ndarray, direction, g_norm: floa
 
 
 def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3, measured_shape=None,
-             voxel_shape=None) -> dict:
+             voxel_shape=None, extra: dict[str, np.ndarray] | None = None) -> dict:
     """A reconstruction on a scan's detector-conjugate grid → amplitude, phase, displacement (nm) and
     strain along G on an orthonormal lab grid (x, y, z), with the grid's attributes.
 
     ``obj`` must be free of the phase ramp of a Bragg peak off the grid centre. The steps are taken
     at voxel ``peak`` of the measured scan of ``measured_shape`` (default: ``obj``'s shape and
     centre); ``voxel_shape`` is the grid whose real-space voxel ``obj`` has (a crop's, or the
-    measured one when ``obj`` only has a smaller field of view; default ``obj``'s shape).
+    measured one when ``obj`` only has a smaller field of view; default ``obj``'s shape). ``extra``: real
+    maps on ``obj``'s grid (e.g. the phase uncertainty) put on the same lab grid.
     """
     from shared.physics import geometry as geo
 
@@ -86,6 +87,8 @@ def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3,
     phase = (np.angle(field * np.exp(-1j * offset)) * support).astype(np.float32)
     direction, g_norm = geo.bragg_direction(q_peak)
     displacement, strain = strain_along(phase, support, direction, g_norm, lab.voxel_nm)
+    others = {name: np.abs(geo.to_lab(np.asarray(values, np.complex64), voxels).arrays["object"]).astype(np.float32)
+              for name, values in (extra or {}).items()}
     return {"amplitude": amplitude.astype(np.float32), "phase": phase, "displacement": displacement,
             "strain": strain, "voxel_nm": np.array(lab.voxel_nm), "axes": list(lab.axes),
-            "bragg_direction": direction, "voxel_vectors_nm": voxels, "g_norm": g_norm}
+            "bragg_direction": direction, "voxel_vectors_nm": voxels, "g_norm": g_norm, **others}

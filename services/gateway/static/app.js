@@ -96,8 +96,11 @@ function renderDetail(s) {
   for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "refined"]]) {
     const r = s.results[stage];
     const row = document.createElement("tr");
-    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}</td><td>${fmtSeconds(r.seconds)}</td>`
-                      : `<td>${label}</td><td colspan="3" class="hint">${s.state === "failed" ? "—" : "pending"}</td>`;
+    const verdict = r && r.verdict
+      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="χ floor of the data: ${r.chi_floor.toFixed(3)}">${r.verdict}</span>`
+      : "";
+    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}</td><td>${fmtSeconds(r.seconds)}</td><td>${verdict}</td>`
+                      : `<td>${label}</td><td colspan="4" class="hint">${s.state === "failed" ? "—" : "pending"}</td>`;
     body.appendChild(row);
   }
   for (const a of document.querySelectorAll(".downloads a")) {
@@ -164,6 +167,7 @@ function drawView(view) {
   for (let x = 0; x < 128; x++) { const [r, g, b] = ramp(stops, x / 127); bar.fillStyle = `rgb(${r},${g},${b})`; bar.fillRect(x, 0, 1, 1); }
   $("plot3d").dataset.phaseSpan = span.toFixed(3);
   drawStrain(view);
+  drawUncertainty(view);
   $("plot3d").dataset.framesUsed = String(view.frames_used);
   $("plot3d").dataset.stage = view.stage;
 }
@@ -184,6 +188,20 @@ function drawStrain(view) {
   const scale = $("strain-scale").getContext("2d");
   for (let x = 0; x < 128; x++) { const [r, g, b] = ramp(STRAIN_STOPS, x / 127); scale.fillStyle = `rgb(${r},${g},${b})`; scale.fillRect(x, 0, 1, 1); }
   $("scale-note").textContent = `lab frame (x, y, z), ${view.voxel_nm.toFixed(1)} nm voxels; white bar = ${niceLength(8 * view.voxel_nm)} nm`;
+}
+
+// The refined stage's phase uncertainty (shown on request): white (0) → orange (the 99th percentile).
+const UNC_STOPS = [[0, "#ffffff"], [1, "#e66101"]].map(([t, c]) => [t, hexToRgb(c)]);
+
+function drawUncertainty(view) {
+  const has = Array.isArray(view.uncertainty) && $("show-uncertainty").checked;
+  for (const id of ["uncertainty-row", "uncertainty-bar"]) $(id).hidden = !has;
+  if (!has) return;
+  const top = view.uncertainty_range;
+  for (let a = 0; a < 3; a++) paintSlice(`unc-${a}`, view.uncertainty[a], (v) => ramp(UNC_STOPS, v / top));
+  $("unc-max").textContent = `${top} rad`;
+  const bar = $("unc-scale").getContext("2d");
+  for (let x = 0; x < 128; x++) { const [r, g, b] = ramp(UNC_STOPS, x / 127); bar.fillStyle = `rgb(${r},${g},${b})`; bar.fillRect(x, 0, 1, 1); }
 }
 
 function niceLength(nm) { const p = 10 ** Math.floor(Math.log10(nm)); return [1, 2, 5, 10].map((m) => m * p).find((v) => v >= nm); }
@@ -299,6 +317,7 @@ for (const radio of document.querySelectorAll("input[name=stage]")) {
   radio.onchange = () => { state.stage = radio.value; refreshDetail(); loadView(); };
 }
 $("phase-fixed").onchange = () => { if (state.view) drawView(state.view); };
+$("show-uncertainty").onchange = () => { if (state.view) drawUncertainty(state.view); };
 connect();
 loadScans();
 loadStorage();
