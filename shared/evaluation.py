@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared import plots
+from shared import plots, trust
 from shared.nn.data import magnitude_of, truncate_frames
 from shared.physics import crystals, metrics, phasing
 from shared.pipeline import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
@@ -55,7 +55,10 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
     converge(intensity[:1], np.abs(truth[:1]), plan=REFINE_PLAN)  # and the AD polish's
     (amp, phase), nn_s = timed(lambda: predictor.predict_magnitudes(magnitudes))
     nn = (amp * np.exp(1j * phase)).astype(np.complex64)
-    refined, refine_s = timed(lambda: converge(intensity, nn, plan=REFINE_PLAN).obj)
+    stage, refine_s = timed(lambda: converge(intensity, nn, plan=REFINE_PLAN))
+    refined = stage.obj
+    trusted, trust_s = timed(lambda: trust_of(stage, intensity))
+    refine_s += trust_s  # the verdict and the uncertainty map are part of the stage's answer
     preview, preview_s = timed(lambda: converge(intensity, nn, plan=PREVIEW_PLAN).obj)
     baselines = {}
     for starts in (1, 4):
@@ -85,13 +88,48 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
     plots.curve(list(FRACTIONS), {k: v["median"] for k, v in partial.items()}, out / "partial.png",
                 "fraction of rocking frames acquired", "median plain phase error (rad)", "live preview on partial scans")
     real = evaluate_real(predictor, out, real_data, real_size) if real_data else {}
+    errors_refined = results["refined stage (NN → ER/HIO → AD)"]["phase_unweighted"]
     summary = {"count": count, "seed": seed, "plan": REFINE_PLAN.describe(), "preview_plan": PREVIEW_PLAN.describe(),
+               "calibration": calibration(trusted, errors_refined),
                "seconds_per_scan": {name: (t / count if t is not None else None) for name, (_, t) in methods.items()},
                "success": {name: int(np.sum(np.array(r["phase_unweighted"]) < SUCCESS)) for name, r in results.items()},
                "median": {m: {k: float(np.median(v)) for k, v in r.items()} for m, r in results.items()},
                "partial": partial, "real": real}
     (out / "README.md").write_text(report(summary))
     return summary
+
+
+def trust_of(stage, intensity) -> list[dict]:
+    """Per scan of a ``converge`` result: noise floor, mean phase uncertainty over the crystal, verdict."""
+    rows = []
+    for obj, alternatives, volume in zip(stage.obj, stage.alternatives, intensity):
+        floor = trust.noise_floor(volume)
+        spread = trust.phase_spread(obj, list(alternatives))
+        support = np.abs(obj) > 0.1 * np.abs(obj).max()
+        chi = metrics.chi(obj, volume)
+        rows.append({"chi": chi, "floor": floor, "uncertainty": float(spread[support].mean()),
+                     "verdict": trust.verdict(chi, floor, spread, support)})
+    return rows
+
+
+def calibration(rows: list[dict], errors: list[float]) -> dict:
+    """Verdict against truth, and the uncertainty against the actual error (quartile bins)."""
+    right = [e < SUCCESS for e in errors]
+    table = {v: {"right": sum(r["verdict"] == v and ok for r, ok in zip(rows, right)),
+                 "wrong": sum(r["verdict"] == v and not ok for r, ok in zip(rows, right))}
+             for v in ("converged", "uncertain")}
+    spread = np.array([r["uncertainty"] for r in rows])
+    edges = np.quantile(spread, [0, 0.25, 0.5, 0.75, 1.0])
+    bins = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (spread >= low) & (spread <= high)
+        bins.append({"uncertainty": [float(low), float(high)], "scans": int(inside.sum()),
+                     "median_error": float(np.median(np.array(errors)[inside])) if inside.any() else None,
+                     "wrong": int(sum(not ok for ok, i in zip(right, inside) if i))})
+    return {"verdicts": table, "bins": bins,
+            "mean_uncertainty_right": float(np.mean(spread[np.array(right)])) if any(right) else None,
+            "mean_uncertainty_wrong": float(np.mean(spread[~np.array(right)])) if not all(right) else None,
+            "rows": [{**r, "error": float(e)} for r, e in zip(rows, errors)]}
 
 
 def partial_scans(predictor, magnitudes, truth) -> dict:
@@ -149,7 +187,8 @@ def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE
         summary[name] = {"shape": list(intensity.shape), "nn_chi": float(nn.chi[0]),
                          "refined_chi": metrics.chi(ours, intensity), "refined_chi_reported": float(refined.chi[0]),
                          "refined_seconds": ours_s, "erhio_chi": metrics.chi(erhio, intensity), "erhio_seconds": erhio_s,
-                         "start": refined.info["start"][0], "figure": f"real_{k}.png"}
+                         "start": refined.info["start"][0], "figure": f"real_{k}.png",
+                         "verdict": refined.info["verdict"][0], "chi_floor": float(refined.info["chi_floor"][0])}
         plots.central_slices({"refined stage": (refined.amplitude[0], refined.phase[0] * refined.support[0]),
                               "ER/HIO (best of 4)": metrics.canonical(objects[0])[:2]}, out / f"real_{k}.png", name)
     return summary
@@ -178,6 +217,24 @@ def report(s: dict) -> str:
     if times.get(ref) and times.get(four):
         lines += ["", f"The refined stage takes {times[four] / times[ref]:.1f}× less time per scan than ER/HIO "
                       "with 4 random starts on the same batch."]
+    c = s["calibration"]
+    v = c["verdicts"]
+    called = v["converged"]["right"] + v["converged"]["wrong"]
+    lines += ["", "## Trust: verdict and uncertainty against the truth (`shared/trust.py`)", "",
+              "Each refined answer carries a verdict (converged when its χ is within 10 % of the data's Poisson "
+              "floor + 0.005, the floor is ≤ 0.125 and its two finalists agree; uncertain otherwise) and a per-voxel "
+              "phase uncertainty (the finalists' spread after alignment).", "",
+              "| verdict | right (< 0.1 rad) | wrong |", "|---|---|---|",
+              f"| converged | {v['converged']['right']} | {v['converged']['wrong']} |",
+              f"| uncertain | {v['uncertain']['right']} | {v['uncertain']['wrong']} |", "",
+              f"Called converged: {called}/{s['count']}; right among them: "
+              f"{v['converged']['right']}/{called if called else 1}. Mean uncertainty over the crystal: "
+              f"{c['mean_uncertainty_right'] or float('nan'):.3f} rad on right answers, "
+              f"{c['mean_uncertainty_wrong'] or float('nan'):.3f} on wrong ones.", "",
+              "| mean uncertainty (rad) | scans | median actual phase error | wrong |", "|---|---|---|---|"]
+    for b in c["bins"]:
+        median = "—" if b["median_error"] is None else f"{b['median_error']:.3f}"
+        lines.append(f"| {b['uncertainty'][0]:.3f}–{b['uncertainty'][1]:.3f} | {b['scans']} | {median} | {b['wrong']} |")
     lines += ["", "![error distributions](errors.png)", "", "![central slices](slices.png)", "",
               "## Partial scans (the live preview)", "",
               "Median plain phase error with only the first frames of the rocking curve; the preview leaves the "
@@ -191,10 +248,12 @@ def report(s: dict) -> str:
     lines += ["", "![partial scans](partial.png)", "", "## Real data", "",
               "χ = ‖s·|fftshift(fftn(amplitude·e^{i·phase}))| − √I‖ / ‖√I‖ (best scale s) of the written result "
               "against the same input for both tools; both timed in this run.", "",
-              "| data | χ refined stage (file) | χ reported | time | χ `phase-retrieve --starts 4` | time | χ 3D-CDI-NN |",
-              "|---|---|---|---|---|---|---|"]
+              "| data | χ refined stage (file) | χ reported | χ floor | verdict | time | χ `phase-retrieve --starts 4` "
+              "| time | χ 3D-CDI-NN |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in s["real"].items():
-        lines.append(f"| {name} | {r['refined_chi']:.4f} | {r['refined_chi_reported']:.4f} | {r['refined_seconds']:.1f} s "
+        lines.append(f"| {name} | {r['refined_chi']:.4f} | {r['refined_chi_reported']:.4f} | {r.get('chi_floor', 0):.4f} "
+                     f"| {r.get('verdict', '—')} | {r['refined_seconds']:.1f} s "
                      f"| {r['erhio_chi']:.4f} | {r['erhio_seconds']:.1f} s | {r['nn_chi']:.3f} |")
     for name, r in s["real"].items():
         lines += ["", f"![{name}]({r['figure']})"]

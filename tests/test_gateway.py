@@ -184,3 +184,23 @@ def test_beamline_sim_sends_the_spec_geometry_and_downloads_are_in_the_lab(servi
         assert np.linalg.norm(f.attrs["bragg_direction"]) == pytest.approx(1.0)
     view = get(service, f"/api/scans/{scan}/view", stage="refined").json()
     assert len(view["strain"]) == 3 and view["strain_range"] > 0 and view["voxel_nm"] > 1
+
+
+def test_refined_results_carry_a_verdict_a_floor_and_an_uncertainty_map(service, finished):
+    """results.refined.verdict and chi_floor in the API, the same as in the stage's file; every download
+    format carries the phase uncertainty; the page's view has its slices."""
+    for scan in (finished["plain"], finished["geometry"]):
+        refined = scan_state(service, scan)["results"]["refined"]
+        assert refined["verdict"] in ("converged", "uncertain") and refined["chi_floor"] > 0  # counts: a floor
+        with h5py.File(f"{service['data_dir']}/{scan}/refined.h5") as f:
+            assert f.attrs["verdict"] == refined["verdict"] and f.attrs["chi_floor"] == pytest.approx(refined["chi_floor"])
+            assert f["phase_uncertainty"].shape == f["phase"].shape
+        base = f"/api/scans/{scan}/reconstruction"
+        npz = np.load(io.BytesIO(get(service, base, stage="refined", format="npz").content))
+        assert npz["phase_uncertainty"].shape == npz["phase"].shape and npz["phase_uncertainty"].max() >= 0
+        with h5py.File(io.BytesIO(get(service, base, stage="refined", format="h5").content)) as f:
+            assert "phase_uncertainty" in f and f.attrs["verdict"] == refined["verdict"]
+        assert "phase_uncertainty" in get(service, base, stage="refined", format="vti").text
+        view = get(service, f"/api/scans/{scan}/view", stage="refined").json()
+        assert len(view["uncertainty"]) == 3 and view["verdict"] == refined["verdict"]
+        assert "phase_uncertainty" not in np.load(io.BytesIO(get(service, base, stage="nn", format="npz").content))

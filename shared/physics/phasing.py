@@ -212,11 +212,22 @@ def run_schedule(state: PhasingState, schedule: str = PAPER_SCHEDULE, average_la
     return run.result()
 
 
+def box_support(shape) -> np.ndarray:
+    """A centred box of half the array per axis (the last three axes): the textbook initial support."""
+    support = np.zeros(shape, bool)
+    support[(Ellipsis,) + tuple(slice(n // 4, n // 4 + max(1, n // 2)) for n in shape[-3:])] = True
+    return support
+
+
 def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts: int = 1,
                    seed: int = 0, beta: float = 0.9, sigma: float = 1.0, threshold: float = 0.1,
-                   shrink_every: int = 1, start: np.ndarray | None = None, progress=None, history=None):
+                   shrink_every: int = 20, start: np.ndarray | None = None, progress=None, history=None,
+                   initial: str = "box"):
     """ER/HIO on a batch of centred intensities (B, n, n, n) → (objects, supports, χ).
 
+    The careful user's yardstick (as cohere runs it): a centred box of half the array as the initial
+    support (``initial`` "autocorrelation": the autocorrelation's support, fragile), a random phase
+    inside it, shrink-wrap every ``shrink_every`` iterations (σ ``sigma``, ``threshold``).
     With ``starts`` > 1 each scan is retrieved from several random starts at
     once and the start with the lowest final χ is kept. ``start`` (complex,
     centred like the objects) replaces the random start, e.g. a network's
@@ -228,8 +239,14 @@ def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts
     magnitude = np.repeat(magnitude, starts, axis=0)
     rng = np.random.default_rng(seed)
     if start is None:
-        support = initial_support(magnitude, threshold)
-        obj = random_start(support, rng)
+        if initial == "box":
+            support = box_support(magnitude.shape)
+            obj = (support * np.exp(1j * rng.uniform(-np.pi, np.pi, support.shape))).astype(np.complex64)
+        else:
+            support = initial_support(magnitude, threshold)
+            obj = random_start(support, rng)
+        scale = np.sqrt((magnitude**2).sum(AXES) / np.maximum((np.abs(obj)**2).sum(AXES) * np.prod(obj.shape[1:]), 1e-30))
+        obj *= scale.reshape(-1, 1, 1, 1).astype(np.float32)
     else:
         obj = np.repeat(np.asarray(start, np.complex64), starts, axis=0)
         amp = np.abs(obj)
