@@ -1,8 +1,10 @@
 """`make demo`: the whole pipeline on a simulated beamline, watched on the live page.
 
 Starts Redis if none answers (embedded fallback), the ingest, both workers and
-the gateway, prints the page's URL, then plays simulated crystals and the
-recorded APS 34-ID-C scan (from ../shared/data, when present) frame by frame.
+the gateway, prints the page's URL, then plays simulated crystals, one with a
+module gap and dead pixels flagged as an Eiger sends them (its pixel mask in the
+start message), and the recorded APS 34-ID-C scan (from ../shared/data, when
+present) frame by frame.
 Runs until Ctrl-C, or ``--exit-after`` seconds after the last scan.
 """
 
@@ -35,23 +37,31 @@ def add_arguments(p):
 
 
 def play_scans(args, endpoint: str) -> None:
-    from services.beamline.sim import GEOMETRY_34IDC, Beamline, recorded_volume, simulated_volume, spec_geometry
+    from services.beamline.sim import (GEOMETRY_34IDC, Beamline, detector_flaws, recorded_volume, simulated_volume,
+                                       spec_geometry)
 
     stamp = time.strftime("%H%M%S")
-    plays = [(f"sim-{stamp}-{i}", lambda i=i: simulated_volume(args.size, int(stamp), i, 1e8), args.rate, GEOMETRY_34IDC)
-             for i in range(args.scans)]
+    plays = [(f"sim-{stamp}-{i}", lambda i=i: (simulated_volume(args.size, int(stamp), i, 1e8), None), args.rate,
+              GEOMETRY_34IDC) for i in range(args.scans)]
+
+    def with_gap():  # as an Eiger sends it: a module gap beside the peak and dead pixels at 2³²−1, with its mask
+        volume = simulated_volume(args.size, int(stamp), args.scans, 1e8)
+        peak = int(volume.sum(axis=(0, 1)).argmax())
+        return detector_flaws(volume, [peak + 2, peak + 3], [(3, 4), (args.size - 5, 7)])
+
+    plays.append((f"gaps-{stamp}", with_gap, args.rate, GEOMETRY_34IDC))
     if args.recorded and args.recorded.exists():
         spec = args.recorded.with_name("scan54.spec")  # the geometry as the beamline wrote it, when beside the frames
         geometry = spec_geometry(spec, 54) if spec.exists() else GEOMETRY_34IDC
-        plays.append((f"aps-scan54-{stamp}", lambda: recorded_volume(args.recorded), 100.0, geometry))
+        plays.append((f"aps-scan54-{stamp}", lambda: (recorded_volume(args.recorded), None), 100.0, geometry))
     elif args.recorded:
         print(f"(recorded scan {args.recorded} not found: playing simulated scans only)")
     beamline = Beamline(endpoint)
     try:
         for scan, make, rate, geometry in plays:
-            volume = make()
+            volume, mask = make()
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
-                beamline.play(scan, volume, rate, geometry=geometry, progress=bar.update)
+                beamline.play(scan, volume, rate, geometry=geometry, progress=bar.update, pixel_mask=mask)
     finally:
         beamline.close()
 
