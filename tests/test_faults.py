@@ -223,7 +223,7 @@ def test_newest_scan_first_a_preempted_job_resumes_and_survives_its_worker(stack
         push(stack, scan, simulated_volume(32, 1, 10 + i, 1e8))
         wait_for(lambda scan=scan: (r := stack.result(scan)) and r["final"], timeout=120)
     time.sleep(8)  # both are backlog now
-    first = stack.start("worker", "refine", CDI_LIVE_TEST_STEP_DELAY_S="0.3", **fresh)
+    first = stack.start("worker", "refine", CDI_LIVE_TEST_STEP_DELAY_S="0.03", **fresh)  # ≈ 300 steps: ≈ 10 s a job
     wait_for(lambda: stack.scan("old1").get("refining"), timeout=120)
     assert stack.scan("old2")["queue"] == {"stage": "refined", "position": 1, "eta_s": pytest.approx(
         stack.scan("old2")["queue"]["eta_s"])}

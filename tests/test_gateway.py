@@ -186,10 +186,13 @@ def test_beamline_sim_sends_the_spec_geometry_and_downloads_are_in_the_lab(servi
     assert len(view["strain"]) == 3 and view["strain_range"] > 0 and view["voxel_nm"] > 1
 
 
-def test_refined_results_carry_a_verdict_a_floor_and_an_uncertainty_map(service, finished):
+def test_refined_results_carry_a_verdict_a_floor_and_an_uncertainty_map(service):
     """results.refined.verdict and chi_floor in the API, the same as in the stage's file; every download
-    format carries the phase uncertainty; the page's view has its slices."""
-    for scan in (finished["plain"], finished["geometry"]):
+    format carries the phase uncertainty (on the lab grid with a geometry); the page's view has its slices."""
+    scans = [push(service, "trust-geo", GEOMETRY_34IDC, index=2)[0], push(service, "trust", index=3)[0]]
+    for scan in scans:
+        wait_for(lambda scan=scan: (s := scan_state(service, scan)) and "refined" in s["results"])
+    for scan in scans:
         refined = scan_state(service, scan)["results"]["refined"]
         assert refined["verdict"] in ("converged", "uncertain") and refined["chi_floor"] > 0  # counts: a floor
         with h5py.File(f"{service['data_dir']}/{scan}/refined.h5") as f:

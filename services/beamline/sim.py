@@ -37,6 +37,14 @@ def simulated_volume(size: int, seed: int, index: int, photons: float) -> np.nda
     return np.round(intensity).astype(np.uint32)
 
 
+def pace(began: float, sent: int, rate_hz: float) -> None:
+    """Sleep until ``sent`` frames are due at ``rate_hz`` since ``began`` (0: as fast as possible)."""
+    if rate_hz:
+        delay = began + sent / rate_hz - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def detector_flaws(volume: np.ndarray, gap_columns=(), dead=(), saturation: float | None = None):
     """Frames as a DECTRIS detector with its pixel mask applied sends them: module-gap columns and dead
     pixels at the dtype's maximum, counts clipped at ``saturation``. Returns (frames, pixel mask)."""
@@ -94,10 +102,7 @@ class Beamline:
             self.send(header, codecs.encode(frame, encoding))
             if progress:
                 progress(1)
-            if rate_hz:
-                delay = began + (k + 1) / rate_hz - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            pace(began, k + 1, rate_hz)
         if end:
             self.send({"type": "end", "scan": scan})
 
@@ -264,10 +269,7 @@ class PvaDetector:
                 self.server.update(self.channel, image)
             if progress:
                 progress(1)
-            if rate_hz:
-                delay = began + (k + 1) / rate_hz - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            pace(began, k + 1, rate_hz)
 
     def close(self, linger_s: float = 1.0) -> None:
         """Stop serving, after ``linger_s`` for subscribers to take what is queued."""

@@ -192,21 +192,7 @@ class DectrisTranslator:
             raise ValueError("DECTRIS stream v2 image that is not a typed multi-dimensional array")
         if list(image.shape) != series["shape"]:
             raise ValueError("DECTRIS stream v2 image of another size than its start message says")
-        dtype, content = image.array
-        encoding, payload = "raw", content
-        if isinstance(content, Compressed):
-            if content.algorithm == "bslz4":
-                encoding, payload = "bslz4", content.data
-            elif content.algorithm == "lz4":
-                try:
-                    payload = codecs.decode_lz4_hdf5(content.data)
-                except codecs.CodecError as exc:
-                    raise ValueError(str(exc)) from None
-            else:
-                raise ValueError(f"DECTRIS compression {content.algorithm!r} not supported")
-        if dtype.startswith(">"):  # the native protocol is little-endian
-            payload = codecs.to_little_endian(payload, dtype)
-            dtype = "<" + dtype[1:]
+        encoding, payload, dtype = unpack(image.array)
         try:
             index = int(message["image_id"])
         except (KeyError, TypeError, ValueError):
@@ -234,22 +220,32 @@ def v1_pixel_mask(parts: list[bytes], shape: list[int]) -> np.ndarray | None:
     return None
 
 
-def v2_array(value, shape: list[int], what: str) -> np.ndarray:
-    """A v2 tag-40 typed array (possibly DECTRIS-compressed) as a numpy array of ``shape``."""
-    if not isinstance(value, MultiDimArray) or not isinstance(value.array, TypedArray) or list(value.shape) != shape:
-        raise ValueError(f"DECTRIS stream v2 {what} that is not a typed array of the detector's size")
-    dtype, content = value.array
+def unpack(array: TypedArray) -> tuple[str, bytes, str]:
+    """(native encoding, little-endian payload, dtype) of a v2 typed array: bslz4 kept compressed (it goes to
+    disk as received), lz4 decompressed; ValueError for any other compression."""
+    dtype, content = array
     encoding, payload = "raw", content
     if isinstance(content, Compressed):
         if content.algorithm == "bslz4":
             encoding, payload = "bslz4", content.data
         elif content.algorithm == "lz4":
-            encoding, payload = "raw", codecs.decode_lz4_hdf5(content.data)
+            try:
+                payload = codecs.decode_lz4_hdf5(content.data)
+            except codecs.CodecError as exc:
+                raise ValueError(str(exc)) from None
         else:
             raise ValueError(f"DECTRIS compression {content.algorithm!r} not supported")
+    if dtype.startswith(">"):  # the native protocol is little-endian
+        payload, dtype = codecs.to_little_endian(payload, dtype), "<" + dtype[1:]
+    return encoding, payload, dtype
+
+
+def v2_array(value, shape: list[int], what: str) -> np.ndarray:
+    """A v2 tag-40 typed array (possibly DECTRIS-compressed) as a numpy array of ``shape``."""
+    if not isinstance(value, MultiDimArray) or not isinstance(value.array, TypedArray) or list(value.shape) != shape:
+        raise ValueError(f"DECTRIS stream v2 {what} that is not a typed array of the detector's size")
+    encoding, payload, dtype = unpack(value.array)
     try:
-        if dtype.startswith(">"):
-            payload, dtype = codecs.to_little_endian(payload, dtype), "<" + dtype[1:]
         return np.array(codecs.decode(payload, encoding, shape, dtype))
     except codecs.CodecError as exc:
         raise ValueError(f"DECTRIS stream v2 {what}: {exc}") from None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import redis
 
+from services.worker.queue import join_group
 from shared import scheduling
 
 log = logging.getLogger("cdi-live.backlog")
@@ -39,6 +40,7 @@ class Taken:
     options: dict
     checkpoint: str | None  # where a preempted run stopped (None: a fresh start)
     deliveries: int
+    preempted: int = 0  # times it yielded to fresher work before
 
     @property
     def job(self) -> scheduling.Job:
@@ -59,11 +61,7 @@ class RefineBacklog:
         return f"{self.stream}:job:{job_id}"
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        join_group(self.redis, self.stream, self.group)
 
     # arrive → admit ------------------------------------------------------------------------
     def admit(self, count: int = 500) -> int:
@@ -121,7 +119,8 @@ class RefineBacklog:
                 continue
             deliveries = int(fields.get("deliveries", 1))
             taken = Taken(pick.id, fields["scan"], float(fields["queued"]), int(fields.get("voxels") or 32**3),
-                          json.loads(fields.get("options") or "{}"), fields.get("checkpoint") or None, deliveries)
+                          json.loads(fields.get("options") or "{}"), fields.get("checkpoint") or None, deliveries,
+                          int(fields.get("preempted") or 0))
             if deliveries > self.max_deliveries:
                 self.bury(taken, f"job crashed its worker {self.max_deliveries} times")
                 continue

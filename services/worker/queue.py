@@ -34,11 +34,7 @@ class JobQueue:
         self.ensure_group()
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        join_group(self.redis, self.stream, self.group)
 
     def take(self, count: int, block_ms: int = 500) -> list[tuple[bytes, dict]]:
         """Up to ``count`` jobs: first any abandoned by dead workers, then new ones."""
@@ -102,6 +98,15 @@ class JobQueue:
     def done(self, *job_ids: bytes) -> None:
         if job_ids:
             self.redis.xack(self.stream, self.group, *job_ids)
+
+
+def join_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) unless it exists: after a Redis that restarted empty too."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def stream_id(value) -> tuple[int, int]:

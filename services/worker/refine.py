@@ -81,9 +81,10 @@ class RefinementWorker:
 
     def run(self, taken: Taken) -> None:
         scan = taken.scan
+        resumed = bool(taken.checkpoint or taken.preempted)  # it yielded before (maybe while preparing)
         self.store.update_scan(scan, queue=None, refining={"since": time.time(), "worker": self.backlog.consumer,
-                                                          "resumed": bool(taken.checkpoint)})
-        self.store.publish({"event": "refining", "scan": scan, "resumed": bool(taken.checkpoint)})
+                                                          "resumed": resumed})
+        self.store.publish({"event": "refining", "scan": scan, "resumed": resumed})
         with LeaseKeeper(self.backlog, taken) as lease:
             try:
                 stage, arrays, seconds = self.refine_scan(taken)
@@ -183,7 +184,7 @@ class RefinementWorker:
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": seconds,
                   "verdict": extra["verdict"][0], "chi_floor": float(extra["chi_floor"][0]),
-                  "wall_seconds": time.perf_counter() - began, "resumed": resume is not None,
+                  "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
                   "loss": plan.polish_loss, "grid": extra["grid"],
                   "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],

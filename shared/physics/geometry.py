@@ -105,10 +105,12 @@ class LabGrid:
     axes: tuple = ("x", "y", "z")
 
 
-def to_lab(obj: np.ndarray, voxels: np.ndarray, spacing_nm: float | None = None, pad: float = 1.1) -> LabGrid:
+def to_lab(obj: np.ndarray, voxels: np.ndarray, spacing_nm: float | None = None, pad: float = 1.1,
+           extra: dict[str, np.ndarray] | None = None) -> LabGrid:
     """Interpolate a complex object from its detector-conjugate grid (voxel vectors ``voxels``) onto an
     orthonormal lab grid (x, y, z) of ``spacing_nm`` (default: the shortest voxel vector), just large
-    enough for the whole input grid's support. Real and imaginary parts are interpolated linearly."""
+    enough for the whole input grid's support. Real and imaginary parts are interpolated linearly.
+    ``extra``: real maps on ``obj``'s grid interpolated onto the same lab grid (same keys in ``arrays``)."""
     spacing = float(spacing_nm or np.linalg.norm(voxels, axis=0).min())
     shape_in = np.array(obj.shape)
     centre_in = shape_in // 2
@@ -122,4 +124,6 @@ def to_lab(obj: np.ndarray, voxels: np.ndarray, spacing_nm: float | None = None,
     offset = centre_in - matrix @ half
     real = ndi.affine_transform(obj.real.astype(np.float32), matrix, offset, shape_out, order=1, cval=0.0)
     imag = ndi.affine_transform(obj.imag.astype(np.float32), matrix, offset, shape_out, order=1, cval=0.0)
-    return LabGrid({"object": (real + 1j * imag).astype(np.complex64)}, (spacing, spacing, spacing))
+    others = {name: ndi.affine_transform(np.asarray(values, np.float32), matrix, offset, shape_out, order=1, cval=0.0)
+              for name, values in (extra or {}).items()}
+    return LabGrid({"object": (real + 1j * imag).astype(np.complex64), **others}, (spacing, spacing, spacing))

@@ -78,7 +78,7 @@ def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3,
 
     steps, q_peak = geo.reciprocal_steps(geometry, measured_shape or obj.shape, peak)
     voxels = geo.voxel_matrix(steps, voxel_shape or obj.shape)
-    lab = geo.to_lab(obj, voxels)
+    lab = geo.to_lab(obj, voxels, extra=extra)
     field = lab.arrays["object"]
     amplitude = np.abs(field)
     amplitude /= max(float(amplitude.max()), 1e-30)
@@ -87,8 +87,7 @@ def lab_maps(obj: np.ndarray, geometry: dict, peak=None, threshold: float = 0.3,
     phase = (np.angle(field * np.exp(-1j * offset)) * support).astype(np.float32)
     direction, g_norm = geo.bragg_direction(q_peak)
     displacement, strain = strain_along(phase, support, direction, g_norm, lab.voxel_nm)
-    others = {name: np.abs(geo.to_lab(np.asarray(values, np.complex64), voxels).arrays["object"]).astype(np.float32)
-              for name, values in (extra or {}).items()}
+    others = {name: lab.arrays[name] for name in (extra or {})}
     return {"amplitude": amplitude.astype(np.float32), "phase": phase, "displacement": displacement,
             "strain": strain, "voxel_nm": np.array(lab.voxel_nm), "axes": list(lab.axes),
             "bragg_direction": direction, "voxel_vectors_nm": voxels, "g_norm": g_norm, **others}
