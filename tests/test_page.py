@@ -66,6 +66,15 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
     page.wait_for_function("!document.querySelector('a[data-kind=strain][data-format=npz]').classList"
                            ".contains('disabled')", timeout=20000)
     assert page.get_attribute("a[data-kind=strain][data-format=npz]", "class").split() == ["needs-geometry"]
+    # Trust: the refined row's verdict badge, and its uncertainty map on request.
+    page.wait_for_function("/converged|uncertain/.test(document.querySelector('#stages tbody').textContent)",
+                           timeout=20000)
+    page.check("#show-uncertainty")
+    page.wait_for_function("!document.getElementById('uncertainty-row').hidden")
+    assert page.locator("#unc-0 canvas").count() == 1
+    # The detector view, with the mask overlay (none here: nothing flagged).
+    page.click("#detector-box summary")
+    page.wait_for_function("/pixels/.test(document.getElementById('detector-note').textContent)", timeout=20000)
     page.screenshot(path=str(tmp_path / "complete.png"))
     assert Path(tmp_path / "complete.png").stat().st_size > 10000
     assert not errors
