@@ -278,8 +278,12 @@ async function loadDetector() {
     traces.push({ z: d.mask.map((row) => row.map((v) => (v > 0 ? v : null))), type: "heatmap", showscale: false,
                   colorscale: [[0, "rgba(255,60,60,0.6)"], [1, "rgba(255,60,60,1)"]], zmin: 0, zmax: 1, hoverinfo: "skip" });
   }
-  Plotly.react("detector", traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 300,
-    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", yaxis: { autorange: "reversed", scaleanchor: "x" } },
+  const axis = { showgrid: false, zeroline: false, constrain: "domain", color: "#8b95a5" };
+  const unit = d.bin > 1 ? ` (bins of ${d.bin})` : "";
+  Plotly.react("detector", traces, { margin: { l: 50, r: 10, t: 10, b: 50 }, height: 340, width: 380,
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+    xaxis: { ...axis, title: { text: `column${unit}`, standoff: 8 } },
+    yaxis: { ...axis, autorange: "reversed", scaleanchor: "x", title: { text: `row${unit}`, standoff: 8 } } },
     { displayModeBar: false });
   $("detector-note").textContent = `${d.shape[0]}×${d.shape[1]} pixels` + (d.bin > 1 ? `, binned ${d.bin}×${d.bin}` : "")
     + ` · ${d.masked_pixels} masked or flagged (red)`;
