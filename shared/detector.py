@@ -5,7 +5,9 @@ dead pixels with the dtype's maximum (2³²−1, 65535); a pixel at or above the
 ``saturation_value`` is not a count either. A pixel mask (non-zero = bad, as DECTRIS
 sends it) marks the rest. Invalid pixels are never data:
 
-    raw file     the frames as sent, the mask beside them (``pixel_mask``)
+    raw file     the frames as sent, the mask beside them (``pixel_mask``), and the detector's
+                 ``dark`` and ``flat_field`` when configured: (N − dark)·flat is what every later
+                 step reads; a pixel of zero gain is masked
     peak, crop,  invalid voxels inpainted from valid neighbours (normalised Gaussian
     oversampling, convolution, widening until every hole is filled), so nothing
     DCT, network downstream sees a flag or a hole's edge as signal
@@ -44,6 +46,20 @@ def invalid(frames: np.ndarray, dtype=None, saturation: float | None = None,
     if pixel_mask is not None:
         bad |= np.asarray(pixel_mask) != 0
     return bad
+
+
+def corrected(frames: np.ndarray, dark: np.ndarray | None = None, flat: np.ndarray | None = None) -> np.ndarray:
+    """Frames after the detector's dark subtraction and flat-field gain, as APS 34-ID-C preprocessing applies
+    them: (N − dark)·flat, negatives clipped to 0 (float32). The result is no longer counts: the noise floor
+    (``shared.trust``) is computed from the frames as measured."""
+    out = np.asarray(frames, np.float32)
+    if dark is None and flat is None:
+        return out
+    if dark is not None:
+        out = out - np.asarray(dark, np.float32)
+    if flat is not None:
+        out = out * np.asarray(flat, np.float32)
+    return np.clip(out, 0, None)
 
 
 def inpaint(volume: np.ndarray, bad: np.ndarray, sigma: float = 1.0) -> np.ndarray:

@@ -96,10 +96,11 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
 
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
                   refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
-                  yield_now=None, resume=None, inpainted: bool = False) -> Stage:
+                  yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
     ``yield_now`` and ``resume``: preemption between schedule steps (``shared.pipeline.converge``).
+    ``counts``: the frames as measured, for the noise floor, when ``intensity`` was corrected (dark, flat).
 
     ``on_input_grid`` False returns the result on the refinement grid, peak
     centred (``phase_ramp`` "removed"; χ against the data on that grid).
@@ -142,9 +143,11 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     amps, phases, supports, chis, spreads, floors, verdicts = [], [], [], [], [], [], []
     masks = mask if mask is not None else [None] * len(intensity)
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
-    for obj, alternatives, volume, grid_data, k, m, m_grid in zip(
-            result.obj, others, intensity, data, offsets, measured if measured is not None else masks, masks):
-        floors.append(trust.noise_floor(volume, m))  # the counts as measured (on the input's grid)
+    measured_counts = counts if counts is not None else intensity
+    for obj, alternatives, volume, grid_data, k, m, m_grid, raw in zip(
+            result.obj, others, intensity, data, offsets, measured if measured is not None else masks, masks,
+            measured_counts):
+        floors.append(trust.noise_floor(raw, m))  # the counts as measured (on the input's grid)
         if on_input_grid:
             obj, grid_data, m_grid = embed(obj, shape) * phase_ramp(shape, k), volume, m
             alternatives = [embed(alt, shape) * phase_ramp(shape, k) for alt in alternatives]
@@ -164,7 +167,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
 
 def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,
                 on_input_grid: bool = True, progress=None, measured: np.ndarray | None = None,
-                plan: Plan = REFINE_PLAN):
+                plan: Plan = REFINE_PLAN, counts: np.ndarray | None = None):
     """Returns {"nn": Stage, "refined": Stage (when ``refine``)}.
 
     ``measured`` False marks voxels that hold no count (detector gaps, flagged, saturated or masked
@@ -185,5 +188,5 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
     stages = {"nn": Stage(np.stack(out_a), np.stack(out_p), np.stack(out_s), np.asarray(nn.chi), nn.seconds)}
     if refine:
         stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan,
-                                          inpainted=True)
+                                          inpainted=True, counts=counts)
     return stages

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     pixel_mask_file: Path | None = Field(None, description="the detector's pixel mask (.npy/.h5/.tif, H×W, non-zero "
                                          "= bad), used for scans whose start message brings none and whose frames "
                                          "are its shape; pixels at the dtype's maximum are invalid in any case")
+    flat_field_file: Path | None = Field(None, description="the detector's flat field (H×W per-pixel gain, multiplied; "
+                                         "0 = masked), applied before the network and refinement to frames of its shape")
+    dark_file: Path | None = Field(None, description="the detector's dark image (H×W counts, subtracted), applied before "
+                                   "the network and refinement to frames of its shape")
     convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
                                            "this fraction of its rocking curve's intensity is estimated to be still to "
                                            "come (shared.convergence; 0.001: no false stop measured, fewer frames saved)")

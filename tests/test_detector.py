@@ -134,3 +134,65 @@ def test_pixel_masks_over_zeromq_native_and_dectris_v2(tmp_path):
     finally:
         for key in store.redis.scan_iter(f"{prefix}:*"):
             store.redis.delete(key)
+
+
+def test_dark_and_flat_field_are_applied_before_the_network_and_refinement(tmp_path):
+    """Frames as a detector with a dark current and an uneven gain records them: with --dark and --flat the
+    refined phase error is within 0.03 rad of the true counts' (seed 4244); the floor comes from the frames."""
+    intensity, amplitude, phase, _, _ = crystals.simulated_scan(32, 4244, 0, 0, True, (1e7, 1e7))
+    truth = fourier.make_object(amplitude, phase)
+    counts = np.round(intensity)
+    rng = np.random.default_rng(1)
+    gain = rng.uniform(0.8, 1.25, counts.shape[1:]).astype(np.float32)  # the flat field multiplies it back
+    dark = np.full(counts.shape[1:], 3.0, np.float32)
+    recorded = np.round(counts / gain + dark).astype(np.uint32)
+    np.save(tmp_path / "clean.npy", counts.astype(np.uint32))
+    np.save(tmp_path / "recorded.npy", recorded)
+    np.save(tmp_path / "dark.npy", dark)
+    np.save(tmp_path / "flat.npy", gain)
+    from tests.test_cli import cli
+
+    errors = {}
+    for name, extra in (("clean", []), ("recorded", ["--dark", tmp_path / "dark.npy", "--flat", tmp_path / "flat.npy"])):
+        done = cli("reconstruct", tmp_path / f"{name}.npy", "--refine", "--out", tmp_path / f"{name}.h5", *extra)
+        assert done.returncode == 0, done.stderr
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            obj = f["amplitude"][()] * np.exp(1j * f["phase"][()])
+            errors[name] = metrics.errors(obj, truth)["phase_unweighted"]
+            assert f.attrs["chi_floor"] > 0  # from the frames as measured, not the corrected floats
+    assert errors["recorded"] < errors["clean"] + 0.03, errors
+    result = cli("reconstruct", tmp_path / "clean.npy", "--out", tmp_path / "x.h5", "--flat", tmp_path / "dark.npy",
+                 "--dark", tmp_path / "missing.npy")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_ingest_keeps_the_configured_dark_and_flat_beside_frames_as_sent(tmp_path):
+    try:
+        redis.Redis().ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    dark, flat = np.full((32, 32), 2.0, np.float32), np.ones((32, 32), np.float32)
+    flat[0, :] = 0  # a row of zero gain: masked
+    np.save(tmp_path / "dark.npy", dark)
+    np.save(tmp_path / "flat.npy", flat)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    settings = Settings(key_prefix=f"df{uuid.uuid4().hex[:6]}", data_dir=tmp_path / "live", ingest_bind=endpoint,
+                        dark_file=tmp_path / "dark.npy", flat_field_file=tmp_path / "flat.npy")
+    store = Store(settings)
+    volume = simulated_volume(32, 6, 0, 1e7)
+
+    def send():
+        beamline = Beamline(endpoint)
+        beamline.play("corrected", volume)
+        beamline.close()
+        return finished(store, "corrected")
+
+    try:
+        state = ingest_running(settings, send)
+        assert state["detector"]["dark"].endswith("dark.npy") and state["detector"]["flat_field"].endswith("flat.npy")
+        with h5py.File(state["raw_file"]) as f:
+            assert np.array_equal(f["frames"][()], volume)  # as sent
+            assert np.array_equal(f["dark"][()], dark) and np.array_equal(f["flat_field"][()], flat)
+    finally:
+        for key in store.redis.scan_iter(f"{settings.key_prefix}:*"):
+            store.redis.delete(key)

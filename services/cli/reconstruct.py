@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.cli.options import positive_float, positive_int, read_geometry
-from shared import __version__
+from shared import __version__, detector
 from shared.errors import InputError
 from shared.files import read_array, read_measurement, write_result, write_vti
 from shared.pipeline import REFINE_PLAN, REFINE_SIZE
@@ -48,6 +48,9 @@ def add_arguments(p):
     p.add_argument("--mask", type=Path, help="non-zero where a voxel was NOT measured (detector gaps, bad pixels, "
                    "missing frames): INPUT's shape, or one detector frame's (a pixel mask, as DECTRIS sends it); "
                    "those voxels are left free. Pixels at the integer dtype's maximum (DECTRIS' flag) are always")
+    p.add_argument("--dark", type=Path, help="the detector's dark image (one frame's shape), subtracted")
+    p.add_argument("--flat", type=Path, help="the detector's flat field (one frame's shape, per-pixel gain), "
+                   "multiplied after the dark; a pixel of zero gain is left free")
     p.add_argument("--saturation", type=positive_float, help="counts at or above which a pixel is saturated "
                    "(the detector's saturation_value): left free like masked ones")
 
@@ -66,6 +69,13 @@ def run(args):
             raise InputError(f"{args.mask}: mask shape {mask.shape} is neither the input's {intensity.shape[1:]} "
                              f"nor one frame's {intensity.shape[-2:]}")
         unmeasured = unmeasured | (mask != 0)  # a frame's pixel mask applies to every frame
+    counts = None
+    if args.dark is not None or args.flat is not None:  # (N − dark)·flat, as 34-ID-C preprocessing does
+        dark, flat = (read_frame_array(path, intensity, option) for path, option in ((args.dark, "--dark"),
+                                                                                    (args.flat, "--flat")))
+        if flat is not None:
+            unmeasured = unmeasured | (flat == 0)
+        counts, intensity = intensity, detector.corrected(intensity, dark, flat)
     measured = ~unmeasured if unmeasured.any() else None
     from shared.nn.inference import Predictor  # TensorFlow loads only when needed
     from shared.reconstruction import reconstruct
@@ -77,7 +87,7 @@ def run(args):
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=args.refine_steps, polish_loss=args.refine_loss,
                                    polish_time_budget=args.time_budget)
         stages = reconstruct(intensity, predictor, args.refine, args.refine_size, not args.network_grid, bar.update,
-                             measured, plan)
+                             measured, plan, counts)
     final_name = "refined" if args.refine else "nn"
     final = stages[final_name]
     pick = slice(None) if was_batch else 0
@@ -130,6 +140,16 @@ def run(args):
         summary += (f"; {verdicts.count('converged')} of {len(verdicts)} converged" if was_batch else
                     f"; verdict {verdicts[0]} (χ floor {refined.info['chi_floor'][0]:.4f})")
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
+
+
+def read_frame_array(path, intensity, option: str):
+    """A per-detector array (one frame's shape) for --dark / --flat; None without the option."""
+    if path is None:
+        return None
+    values = read_array(path).astype(np.float32)
+    if values.shape != intensity.shape[-2:]:
+        raise InputError(f"{path}: {option} must be one frame's shape {intensity.shape[-2:]}, got {values.shape}")
+    return values
 
 
 def lab_group(volume, final, geometry: dict, refined) -> dict:

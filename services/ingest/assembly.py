@@ -52,9 +52,12 @@ class ScanAssembly:
     can tell a saturated peak from a peak on a gap; they are zero in the summed detector image."""
 
     def __init__(self, start: Start, roi_px: int = 128, scratch: Path | None = None,
-                 pixel_mask: np.ndarray | None = None):
+                 pixel_mask: np.ndarray | None = None, dark: np.ndarray | None = None, flat: np.ndarray | None = None):
         self.start = start
+        if flat is not None:  # a pixel of zero gain holds nothing
+            pixel_mask = (flat == 0) if pixel_mask is None else (pixel_mask != 0) | (flat == 0)
         self.pixel_mask = None if pixel_mask is None or not pixel_mask.any() else pixel_mask != 0
+        self.dark, self.flat = dark, flat
         self.flag = detector.flag_value(start.dtype)
         self.limit = min(v for v in (self.flag, start.saturation_value, np.inf) if v is not None)
         self.saturation = start.saturation_value
@@ -109,8 +112,12 @@ class ScanAssembly:
                 self.saturated += int(np.count_nonzero(saturated))
                 out[saturated] = np.inf
             out[flagged] = np.nan
+        window = (slice(corner[0], corner[0] + block.shape[0]), slice(corner[1], corner[1] + block.shape[1]))
+        if self.dark is not None or self.flat is not None:  # NaN (flagged) and inf (saturated) stay what they are
+            out = detector.corrected(out, None if self.dark is None else self.dark[window],
+                                     None if self.flat is None else self.flat[window])
         if self.pixel_mask is not None:
-            out[self.pixel_mask[corner[0]:corner[0] + block.shape[0], corner[1]:corner[1] + block.shape[1]]] = np.nan
+            out[self.pixel_mask[window]] = np.nan
         return out
 
     @property

@@ -2,7 +2,7 @@
 
 Layout: ``frames`` (N, H, W) in the detector's dtype, exactly as sent; ``received`` (N,) bool;
 ``pixel_mask`` (H, W), non-zero = bad pixel, when the scan has one (its ``source`` attribute says
-where it came from); the start message as the ``start`` attribute, its arrival as ``started``, and at the end ``end``
+where it came from); ``dark`` and ``flat_field`` (H, W) when configured (DARK_FILE, FLAT_FIELD_FILE); the start message as the ``start`` attribute, its arrival as ``started``, and at the end ``end``
 (JSON: state, reason, ended), so a scan's record can be rebuilt from the file alone. ``received`` and HDF5's buffers are pushed to
 the OS at every sync, so a killed ingest leaves a file that reopens with what it marked.
 """
@@ -36,7 +36,8 @@ class ScanFile:
     @classmethod
     def create(cls, start: Start, folder: Path, record: dict, roi_px: int = 128,
                scratch: Path | None = None, pixel_mask: np.ndarray | None = None,
-               mask_source: str | None = None) -> "ScanFile":
+               mask_source: str | None = None, dark: np.ndarray | None = None,
+               flat: np.ndarray | None = None) -> "ScanFile":
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "frames.h5"
         handle = h5py.File(path, "w")
@@ -48,7 +49,10 @@ class ScanFile:
         if pixel_mask is not None:
             handle.create_dataset("pixel_mask", data=pixel_mask, compression="gzip")
             handle["pixel_mask"].attrs["source"] = mask_source or "unknown"
-        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch, pixel_mask),
+        for name, values in (("dark", dark), ("flat_field", flat)):  # as configured when the scan started
+            if values is not None:
+                handle.create_dataset(name, data=np.asarray(values, np.float32), compression="gzip")
+        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch, pixel_mask, dark, flat),
                    {**record, "raw_file": str(path)})
 
     @classmethod
@@ -57,8 +61,8 @@ class ScanFile:
         handle = h5py.File(path, "r+")
         try:
             start = Start.model_validate_json(handle.attrs["start"])
-            mask = handle["pixel_mask"][()] if "pixel_mask" in handle else None
-            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask), record)
+            mask, dark, flat = (handle[k][()] if k in handle else None for k in ("pixel_mask", "dark", "flat_field"))
+            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask, dark, flat), record)
             for index in np.flatnonzero(handle["received"][()]):
                 scan.assembly.add(int(index), handle["frames"][index])
             scan.place_roi_if_clear()

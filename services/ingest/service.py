@@ -244,18 +244,35 @@ class Ingest:
         if existing and existing.get("state") in ("acquiring", "complete"):
             raise Rejected("scan id already used")
         mask, source = self.pixel_mask(start, parts)
+        dark = self.detector_file(self.settings.dark_file, start.shape)
+        flat = self.detector_file(self.settings.flat_field_file, start.shape)
         record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
                   "ingest": self.name,
-                  "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value}}
+                  "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value,
+                               "dark": str(self.settings.dark_file) if dark is not None else None,
+                               "flat_field": str(self.settings.flat_field_file) if flat is not None else None}}
         scan = ScanFile.create(start, self.settings.data_dir / start.scan, record, self.settings.ingest_roi_px,
-                               self.scratch, mask, source)
+                               self.scratch, mask, source, dark, flat)
         self.scans[start.scan] = scan
         self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
+
+    def detector_file(self, path, shape) -> np.ndarray | None:
+        """A per-detector array from settings (read once), used where its shape is the frames'."""
+        if path is None:
+            return None
+        if path not in self.mask_files:
+            try:
+                self.mask_files[path] = read_array(path)
+            except Exception as exc:  # a broken settings file must not stop scans: said once, not used
+                log.error("%s unreadable (%s); scans go without it", path, exc)
+                self.mask_files[path] = None
+        values = self.mask_files[path]
+        return values if values is not None and values.shape == tuple(shape) else None
 
     def pixel_mask(self, start: Start, parts) -> tuple[np.ndarray | None, str]:
         """The scan's pixel mask: the start message's own, else the detector's file in settings
@@ -265,17 +282,9 @@ class Ingest:
                 return start.mask_array(parts[1]), start.pixel_mask.source
             except ValueError as exc:
                 raise Rejected(str(exc)) from None
-        path = self.settings.pixel_mask_file
-        if path is not None:
-            if path not in self.mask_files:
-                try:
-                    self.mask_files[path] = read_array(path)
-                except Exception as exc:  # a broken settings file must not stop scans: said once, not used
-                    log.error("PIXEL_MASK_FILE %s unreadable (%s); scans go without it", path, exc)
-                    self.mask_files[path] = None
-            mask = self.mask_files[path]
-            if mask is not None and mask.shape == tuple(start.shape):
-                return mask, f"settings: {path}"
+        mask = self.detector_file(self.settings.pixel_mask_file, start.shape)
+        if mask is not None:
+            return mask, f"settings: {self.settings.pixel_mask_file}"
         return None, "dtype maximum only"
 
     def on_frame(self, header: Frame, parts) -> None:

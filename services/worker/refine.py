@@ -157,12 +157,16 @@ class RefinementWorker:
         with h5py.File(state["raw_file"], "r") as f:
             raw = f["frames"][()]
             received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
-            pixel_mask = f["pixel_mask"][()] if "pixel_mask" in f else None
+            pixel_mask, dark, flat = (f[k][()] if k in f else None for k in ("pixel_mask", "dark", "flat_field"))
             start = Start.model_validate_json(f.attrs["start"]) if "start" in f.attrs else None
+        if flat is not None:  # a pixel of zero gain holds nothing
+            pixel_mask = (flat == 0) if pixel_mask is None else (pixel_mask != 0) | (flat == 0)
         bad = detector.invalid(raw, raw.dtype, start.saturation_value if start else None, pixel_mask)
-        volume = np.where(bad, 0, raw).astype(np.float32)
+        counts = np.where(bad, 0, raw).astype(np.float32)  # as measured: the noise floor's
+        volume = detector.corrected(counts, dark, flat) if dark is not None or flat is not None else counts
         rows = volume.shape
         volume = np.pad(volume, [(0, max(0, 32 - n)) for n in rows])
+        counts = np.pad(counts, [(0, max(0, 32 - n)) for n in rows])
         measured = np.zeros(volume.shape, bool)  # frames that never arrived, invalid pixels and padding are
         measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None] & ~bad  # free, not zeros
         measured = None if measured.all() else measured
@@ -179,7 +183,7 @@ class RefinementWorker:
         began = time.perf_counter()
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it
-                              yield_now=self.yield_now(taken), resume=resume)
+                              yield_now=self.yield_now(taken), resume=resume, counts=counts[None])
         extra = stage.info
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": seconds,
