@@ -21,6 +21,11 @@ import numpy as np
 from shared.files import write_result
 
 STAGES = ("nn", "refined")
+SUMMARY = ("frames_used", "chi", "seconds", "verdict", "chi_floor")  # a result's fields on its scan's record
+
+
+def summary_of(info: dict) -> dict:
+    return {k: info[k] for k in SUMMARY if k in info}
 
 
 def stage_path(data_dir: Path, scan: str, stage: str) -> Path:
@@ -32,8 +37,7 @@ def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase:
     """``extra``: further root datasets shaped like ``phase`` (the refined stage's ``phase_uncertainty``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
-             **{k: info[k] for k in ("chi", "frames_used", "seconds", "chi_floor", "verdict")
-                if isinstance(info.get(k), (int, float, str))}}
+             **{k: v for k, v in summary_of(info).items() if isinstance(v, (int, float, str))}}
     write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs,
                  extra={k: np.asarray(v, np.float32) for k, v in (extra or {}).items()})
 
@@ -64,10 +68,10 @@ def read_info(path: Path) -> dict | None:
         return None
 
 
-def record_from_files(folder: Path) -> dict | None:
-    """A scan's record rebuilt from DATA_DIR/<scan>/ alone (its raw file and result files): what a
-    Redis that restarted empty lost. A scan whose file has no end was acquiring: it is failed with
-    that reason unless its ingest, still running, writes its record again."""
+def record_from_files(folder: Path) -> tuple[dict, dict[str, dict]] | None:
+    """A scan's record rebuilt from DATA_DIR/<scan>/ alone (its raw file and result files), and each
+    stage's result info: what a Redis that restarted empty lost. A scan whose file has no end was
+    acquiring: it is failed with that reason unless its ingest, still running, writes its record again."""
     from shared import detector
     from shared.messages import Start
 
@@ -92,9 +96,7 @@ def record_from_files(folder: Path) -> dict | None:
         record.update({k: v for k, v in ending.items() if k in ("state", "reason", "ended", "frames_received")})
         if record["state"] == "complete":
             record.pop("reason")
-    for stage in STAGES:
-        info = read_info(stage_path(folder.parent, folder.name, stage))
-        if info is not None:
-            record[f"result_{stage}"] = {k: info[k] for k in ("frames_used", "chi", "seconds", "verdict", "chi_floor")
-                                         if k in info}
-    return record
+    infos = {stage: info for stage in STAGES
+             if (info := read_info(stage_path(folder.parent, folder.name, stage))) is not None}
+    record.update({f"result_{stage}": summary_of(info) for stage, info in infos.items()})
+    return record, infos

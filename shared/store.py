@@ -242,7 +242,7 @@ class Store:
         results.write_stage(path, scan, stage, amplitude, phase, info, extra)
         self.redis.hset(key, mapping={"info": json.dumps(info), "file": str(path)})
         self.cache_put(scan, stage, amplitude, phase)
-        summary = {k: info[k] for k in ("frames_used", "chi", "seconds", "verdict", "chi_floor") if k in info}
+        summary = results.summary_of(info)
         self.update_scan(scan, **{f"result_{stage}": summary})
         self.publish({"event": "result", "scan": scan, "stage": stage, **summary})
         return True
@@ -324,15 +324,14 @@ class Store:
             scan = raw.parent.name
             if self.redis.exists(self.keys.scan(scan)):
                 continue
-            record = results.record_from_files(raw.parent)
-            if record is None:
+            rebuilt = results.record_from_files(raw.parent)
+            if rebuilt is None:
                 continue
+            record, infos = rebuilt
             pipe = self.redis.pipeline(transaction=False)
             self.write_scan(scan, record, record["started"], pipe)
-            for stage in results.STAGES:
-                info = results.read_info(results.stage_path(self.settings.data_dir, scan, stage))
-                if info is not None:
-                    pipe.hset(self.keys.result(scan, stage), mapping={"info": json.dumps(info)})
+            for stage, info in infos.items():
+                pipe.hset(self.keys.result(scan, stage), mapping={"info": json.dumps(info)})
             if record["state"] == "complete" and "result_nn" in record and "result_refined" not in record:
                 # queued as of its end: behind every scan newer than it (shared.scheduling)
                 self.queue_refinement(scan, record, pipe=pipe, queued=record.get("ended") or record["started"])

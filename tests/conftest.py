@@ -33,6 +33,31 @@ def crystal():
     return obj, fourier.intensity(obj)
 
 
+def require_redis() -> None:
+    """Skip (with the reason) where no Redis answers on 127.0.0.1:6379; `.ci/run` starts one."""
+    try:
+        redis.Redis().ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+
+
+def ingest_running(settings, send, **serve_options):
+    """``send()`` while an ingest serves ``settings`` in a thread; its result. One ingest at a time, as in
+    production (one process each): HDF5 is not for two writers' threads."""
+    import threading
+
+    from services.ingest.service import serve
+
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings, stop), kwargs=serve_options)
+    thread.start()
+    try:
+        return send()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def real_file(relative: str) -> Path:
     path = REAL_DATA / relative
     if not path.exists():

@@ -1,12 +1,10 @@
 """Detector frames: flagged (dtype maximum), saturated and masked pixels are never read as photons."""
 
-import threading
 import uuid
 
 import h5py
 import numpy as np
 import pytest
-import redis
 
 from services.beamline.sim import Beamline, DectrisDetector, detector_flaws, simulated_volume
 from shared import detector
@@ -15,7 +13,7 @@ from shared.physics import crystals, fourier, metrics
 from shared.reconstruction import reconstruct
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, ingest_running, require_redis, wait_for
 
 
 def test_flags_saturation_and_masks_are_invalid_and_holes_are_filled_from_neighbours():
@@ -69,27 +67,11 @@ def final_job_queued(store, scan) -> bool:
     return any(f[b"scan"] == scan.encode() and f[b"final"] == b"1" for _, f in store.redis.xrange(store.keys.infer_jobs))
 
 
-def ingest_running(settings, send, **kwargs):
-    from services.ingest.service import serve
-
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(settings, stop), kwargs=kwargs)
-    thread.start()
-    try:
-        return send()
-    finally:
-        stop.set()
-        thread.join()
-
-
 def test_pixel_masks_over_zeromq_native_and_dectris_v2(tmp_path):
     """Real ZeroMQ and CBOR: a gap through the Bragg peak is flagged on the record; the mask from the
     start message (native part, DECTRIS v2 tag-40 bslz4 array) is stored beside frames kept as sent,
     bit-identical between the two protocols; flags without any mask still give a final input."""
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     prefix = f"det{uuid.uuid4().hex[:6]}"
     store = Store(Settings(key_prefix=prefix))
     clean = simulated_volume(32, 3, 0, 1e7)
@@ -167,10 +149,7 @@ def test_dark_and_flat_field_are_applied_before_the_network_and_refinement(tmp_p
 
 
 def test_the_ingest_keeps_the_configured_dark_and_flat_beside_frames_as_sent(tmp_path):
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     dark, flat = np.full((32, 32), 2.0, np.float32), np.ones((32, 32), np.float32)
     flat[0, :] = 0  # a row of zero gain: masked
     np.save(tmp_path / "dark.npy", dark)

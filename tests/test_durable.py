@@ -11,7 +11,6 @@ import uuid
 import h5py
 import numpy as np
 import pytest
-import redis
 import requests
 
 from services.beamline.sim import Beamline, simulated_volume
@@ -19,16 +18,13 @@ from services.gateway.housekeeping import Housekeeping
 from shared import results, retention
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, require_redis, wait_for
 from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
 
 
 @pytest.fixture
 def store(tmp_path):
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     made = Store(Settings(key_prefix=f"dur{uuid.uuid4().hex[:6]}", data_dir=tmp_path, result_cache_mb=3))
     yield made
     for key in made.redis.scan_iter(f"{made.settings.key_prefix}:*"):
@@ -130,10 +126,7 @@ def small_disk(tmp_path):
 def test_disk_nearly_full_refuses_new_scans_at_their_start_and_loses_nothing_accepted(small_disk, tmp_path):
     from services.ingest.service import serve
 
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     settings = Settings(key_prefix=f"disk{uuid.uuid4().hex[:6]}", data_dir=small_disk, min_free_gb=0.01,
                         ingest_bind=f"tcp://127.0.0.1:{free_port()}")
     store = Store(settings)

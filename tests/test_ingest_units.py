@@ -9,6 +9,8 @@ import pytest
 from services.ingest.assembly import ScanAssembly
 from shared import codecs
 from shared.messages import Frame, Start, parse_header
+from tests import conftest
+from tests.conftest import require_redis
 
 
 @pytest.fixture
@@ -17,7 +19,6 @@ def local_ingest(tmp_path):
     and its keys removed, afterwards. Call it with Settings fields."""
     import uuid
 
-    import redis
 
     from services.ingest.service import Ingest
     from shared.settings import Settings
@@ -25,10 +26,7 @@ def local_ingest(tmp_path):
     made = []
 
     def make(**fields):
-        try:
-            redis.Redis().ping()
-        except redis.ConnectionError:
-            pytest.skip("no Redis")
+        require_redis()
         made.append(Ingest(Settings(key_prefix=f"u{uuid.uuid4().hex[:8]}", data_dir=tmp_path, **fields)))
         return made[-1]
 
@@ -120,16 +118,12 @@ def test_dectris_stream_over_zeromq(tmp_path):
     import uuid
 
     import h5py
-    import redis
 
     from services.ingest.service import serve
     from shared.settings import Settings
     from shared.store import Store
 
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     from services.beamline.sim import DectrisDetector
 
     volume = np.random.default_rng(1).poisson(5, (6, 40, 48)).astype(np.uint32)
@@ -169,17 +163,12 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
     import uuid
 
     import h5py
-    import redis
 
     from services.beamline.sim import GEOMETRY_34IDC, Beamline, DectrisDetector
-    from services.ingest.service import serve
     from shared.settings import Settings
     from shared.store import Store
 
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
 
     def free_port():
         with __import__("socket").socket() as probe:
@@ -199,16 +188,8 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
         raise AssertionError(f"{scan} did not finish")
 
     def ingest_running(send, **kwargs):
-        """One ingest at a time, as in production (one process each): HDF5 is not for two writers' threads."""
         settings = Settings(key_prefix=prefix, data_dir=tmp_path / uuid.uuid4().hex[:6], **kwargs.pop("settings", {}))
-        stop = threading.Event()
-        thread = threading.Thread(target=serve, args=(settings, stop), kwargs=kwargs)
-        thread.start()
-        try:
-            return send()
-        finally:
-            stop.set()
-            thread.join()
+        return conftest.ingest_running(settings, send, **kwargs)
 
     reason = "rejected:DECTRIS stream v2 message that is not a CBOR map with type and series_id"
     try:

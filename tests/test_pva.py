@@ -16,7 +16,7 @@ from services.ingest.pva import PvaTranslator, Rejected, attributes_of, parse_at
 from services.ingest.service import serve  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
-from tests.conftest import free_port, scan_state, wait_for  # noqa: E402
+from tests.conftest import free_port, require_redis, scan_state, wait_for  # noqa: E402
 
 
 class PvaIngest:
@@ -41,10 +41,7 @@ class PvaIngest:
 
 @pytest.fixture
 def private(tmp_path):
-    try:
-        redis.Redis().ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
+    require_redis()
     prefix = f"pva{uuid.uuid4().hex[:6]}"
     yield prefix, tmp_path
     for key in redis.Redis().scan_iter(f"{prefix}:*"):

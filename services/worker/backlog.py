@@ -132,9 +132,8 @@ class RefineBacklog:
         return scheduling.Job(member.decode(), float(score))
 
     def should_yield(self, running: Taken) -> bool:
-        """A waiting live job queued after the running one (``scheduling.preempts``)? New arrivals are
-        admitted first, so a scan that just ended counts at once."""
-        self.admit()
+        """A waiting live job queued after the running one (``scheduling.preempts``)? The caller admits new
+        arrivals first, so a scan that just ended counts at once."""
         newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
         return scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, time.time(), self.fresh_s)
 

@@ -198,11 +198,13 @@ class RefinementWorker:
     def publish_queue(self) -> None:
         """Every waiting scan's record says where it stands: {"stage", "position", "eta_s"}."""
         waiting = self.backlog.waiting_jobs()
+        if not waiting:
+            return
         places = scheduling.positions(waiting, time.time(), self.store.refine_speed(),
                                       len(self.store.live_workers("refine")), self.backlog.running_jobs(),
                                       self.settings.refine_fresh_s)
         positions = {job_id: place["position"] for job_id, place in places.items()}
-        if not waiting or (positions == self.last_positions and time.monotonic() - self.last_published < 10):
+        if positions == self.last_positions and time.monotonic() - self.last_published < 10:
             return  # nothing moved (the ETAs are refreshed every 10 s)
         self.last_positions, self.last_published = positions, time.monotonic()
         scans = self.backlog.scan_of(list(places))
