@@ -1,29 +1,33 @@
-"""Measured volume → NN stage → optional refined stage, each on the input's real-space grid.
+"""Measured volume → NN stage → refined stage → full-grid stage, each on the input's real-space grid.
 
-The refined stage uses all the measured data the user gave, on its own grid:
+The refined stages use all the measured data the user gave, where its signal is:
 
-1. the Bragg peak (centre of mass, whole voxels) is rolled to the grid centre;
-2. only an axis longer than ``refine_size`` is DCT-downsampled (same q-range,
-   same real-space voxel, smaller field of view), and the file says so;
-3. the network's prediction, put on that grid, seeds ``shared.pipeline.converge``;
-4. the result is zero-padded back to the input's field of view and the peak
-   offset is restored as a phase ramp, so |fftshift(fftn(ρe^{iφ}))|² is the
-   model of the input exactly as given (``phase_ramp`` = "kept").
-The χ reported is computed from the written arrays against the input.
+1. the Bragg peak (centre of mass, whole voxels) and the region around it that holds the signal, at
+   the detector's resolution (``shared.fullgrid.signal_region``: never the whole detector binned);
+2. refined stage: only a region axis longer than ``refine_size`` is DCT-downsampled (same q-range,
+   same real-space voxel, smaller field of view), and the file says so; the network's prediction, put
+   on that grid, seeds ``shared.pipeline.converge`` (seconds);
+3. full-grid stage, when the region was downsampled: the refined finalists, zero-padded to the
+   region's field of view, fitted to every measured voxel of the region (``shared.fullgrid``);
+4. each answer's far field is placed back at the region's voxels of the input's grid (zero elsewhere),
+   so |fftshift(fftn(ρe^{iφ}))|² is the model of the input exactly as given, the peak's offset a
+   phase ramp (``phase_ramp`` = "kept").
+Every χ reported is computed against the input; a χ on another grid says which.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared import detector, trust
+from shared import detector, fullgrid, trust
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid
-from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Plan, Preempted, converge
+from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
 
 
 @dataclass
@@ -34,7 +38,8 @@ class Stage:
     chi: np.ndarray
     seconds: float
     info: dict = field(default_factory=dict)
-    uncertainty: np.ndarray | None = None  # (B, …) per-voxel phase uncertainty, rad (the refined stage)
+    uncertainty: np.ndarray | None = None  # (B, …) per-voxel phase uncertainty, rad (refined, full)
+    finalists: np.ndarray | None = None  # (B, F, …) complex: the refined stage's finalists on its grid, best first
 
 
 def embed(obj: np.ndarray, shape) -> np.ndarray:
@@ -99,21 +104,26 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                   yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
+    It works on the signal's region (``shared.fullgrid.signal_region``: the Bragg peak's neighbourhood at
+    the detector's resolution, one box shape for the batch), DCT-downsampled to at most ``refine_size``
+    per axis. ``chi`` is always against the frames as given (the answer placed back on the input's grid);
+    ``info["chi_refinement_grid"]`` is the χ on the refinement grid, labelled with it.
+
     ``yield_now`` and ``resume``: preemption between schedule steps (``shared.pipeline.converge``).
     ``counts``: the frames as measured, for the noise floor, when ``intensity`` was corrected (dark, flat).
 
-    ``on_input_grid`` False returns the result on the refinement grid, peak
-    centred (``phase_ramp`` "removed"; χ against the data on that grid).
+    ``on_input_grid`` False returns the arrays on the refinement grid, peak centred (``phase_ramp``
+    "removed"), as the service keeps them; ``finalists`` holds the seeds of the full-grid stage.
     """
     started = time.perf_counter()
     shape = intensity.shape[1:]
-    grid = refinement_grid(shape, refine_size)
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
     prepared = resume.arrays if resume is not None and "input_data" in resume.arrays else None
     if prepared is not None:  # a resumed run: its inputs were prepared before it yielded (seconds on a big scan)
-        offsets = [tuple(int(x) for x in k) for k in prepared["input_offsets"]]
+        regions = [fullgrid.Region.from_dict(r) for r in json.loads(str(prepared["input_regions"]))]
         data, mask, starts = prepared["input_data"], prepared.get("input_mask"), prepared["input_starts"]
+        grid = data.shape[1:]
     else:
         def may_yield() -> None:  # preparing a detector-size scan takes seconds: fresher work may not wait
             if yield_now is not None and yield_now():
@@ -122,53 +132,108 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         if measured is not None and not inpainted:  # every step before the refinement reads counts only
             intensity = fill_unmeasured(intensity, measured)
             may_yield()
-        offsets = [peak_offset(v) for v in intensity]
+        regions = signal_regions(intensity, measured)
+        grid = refinement_grid(regions[0].shape, refine_size)
         may_yield()
-        data = np.stack([to_grid(peak_to_centre(v, k), grid) for v, k in zip(intensity, offsets)])
-        mask = None
-        if measured is not None:
-            mask = np.stack([mask_to_grid(peak_to_centre(m, k), grid) for m, k in zip(measured, offsets)])
+        data = np.stack([to_grid(r.take(v), grid) for v, r in zip(intensity, regions)])
+        masks = [r.inside() & (True if measured is None else r.take(m)) for r, m in
+                 zip(regions, measured if measured is not None else [None] * len(regions))]
+        mask = None if all(np.all(m) for m in masks) else np.stack([mask_to_grid(np.broadcast_to(m, r.shape), grid)
+                                                                    for m, r in zip(masks, regions)])
         may_yield()
         starts = []
-        for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the input's real-space grid
-            a, p, _ = to_input_grid(a, p, crop, shape, window=grid) if a.shape != shape else (a, p, None)
+        for a, p, crop in zip(nn_amplitude, nn_phase, crops):  # the prediction on the region's real-space grid
+            a, p, _ = to_input_grid(a, p, crop, regions[0].shape, window=grid) if a.shape != regions[0].shape \
+                else (a, p, None)
             starts.append(centre_crop(a * np.exp(1j * p), grid))  # (the window is the grid already)
         starts = np.stack(starts)
     try:
         result = converge(data, starts, mask, plan, yield_now=yield_now, resume=resume)
     except Preempted as preempted:  # the prepared inputs go with the checkpoint
-        preempted.checkpoint.arrays.update(input_data=data, input_offsets=np.asarray(offsets), input_starts=starts,
+        preempted.checkpoint.arrays.update(input_data=data, input_starts=starts,
+                                           input_regions=np.array(json.dumps([r.as_dict() for r in regions])),
                                            **({} if mask is None else {"input_mask": mask}))
         raise
-    amps, phases, supports, chis, spreads, floors, verdicts = [], [], [], [], [], [], []
-    masks = mask if mask is not None else [None] * len(intensity)
+    amps, phases, supports, chis, spreads, floors, verdicts, finalists = [], [], [], [], [], [], [], []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
     measured_counts = counts if counts is not None else intensity
-    for obj, alternatives, volume, grid_data, k, m, m_grid, raw in zip(
-            result.obj, others, intensity, data, offsets, measured if measured is not None else masks, masks,
+    for obj, alternatives, volume, region, m, raw in zip(
+            result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions),
             measured_counts):
         floors.append(trust.noise_floor(raw, m))  # the counts as measured (on the input's grid)
+        finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
+        on_input = fullgrid.place_back(embed(obj, region.shape), region)
+        chis.append(metrics.chi(on_input, volume, m))  # against the frames as given, on every path
         if on_input_grid:
-            obj, grid_data, m_grid = embed(obj, shape) * phase_ramp(shape, k), volume, m
-            alternatives = [embed(alt, shape) * phase_ramp(shape, k) for alt in alternatives]
+            obj = on_input
+            alternatives = [fullgrid.place_back(embed(alt, region.shape), region) for alt in alternatives]
         a, p, s = metrics.canonical(obj, phase_outside=True)
         amps.append(a), phases.append(p), supports.append(s)
-        chis.append(metrics.chi(a * np.exp(1j * p), grid_data, m_grid))
         spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
                        else np.zeros(a.shape, np.float32))
         verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if len(alternatives) else None, s))
-    info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid), "downsampled": list(grid) != list(shape),
-            "phase_ramp": "kept" if on_input_grid else "removed",
-            "bragg_peak_offset": [list(k) for k in offsets], "plan": plan.describe(), "start": result.start,
-            "chi_refinement_grid": [float(c) for c in result.chi], "stage_seconds": result.seconds}
+    offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
+    info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid),
+            "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
+            "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
+            "start": result.start, "chi_refinement_grid": [float(c) for c in result.chi],
+            "stage_seconds": result.seconds}
+    return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
+                 info, np.stack(spreads), np.stack(finalists))
+
+
+def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
+    """Each scan's signal region (``shared.fullgrid``), all of one shape (the largest per axis): a batch is
+    refined on one grid."""
+    regions = [fullgrid.signal_region(v, downsample.bragg_peak(v), None if measured is None else m)
+               for v, m in zip(intensity, measured if measured is not None else [None] * len(intensity))]
+    common = tuple(max(r.shape[axis] for r in regions) for axis in range(3))
+    return [fullgrid.Region(r.input_shape, r.peak, common) for r in regions]
+
+
+def full_stage(intensity: np.ndarray, refined: Stage, measured: np.ndarray | None = None,
+               plan: fullgrid.FullPlan = fullgrid.FULL_PLAN, yield_now=None, resume: Checkpoint | None = None,
+               counts: np.ndarray | None = None, progress=None) -> Stage:
+    """The full-grid stage (``shared.fullgrid``) of each scan, seeded by the refined stage's finalists;
+    on the input's grid, χ against the frames. ``resume``: one scan's checkpoint (the service's)."""
+    started = time.perf_counter()
+    if measured is not None:
+        measured = np.broadcast_to(measured, intensity.shape)
+    measured_counts = counts if counts is not None else intensity
+    amps, phases, supports, chis, spreads, floors, verdicts, details = [], [], [], [], [], [], [], []
+    for k, volume in enumerate(intensity):
+        region = fullgrid.Region.from_dict(refined.info["region"][k])
+        m = None if measured is None else measured[k]
+        inside = region.inside() & (True if m is None else region.take(m))
+        seeds = np.stack([embed(f, region.shape) for f in refined.finalists[k]])
+        fitted = fullgrid.fit(region.take(volume), None if np.all(inside) else np.broadcast_to(inside, region.shape),
+                              seeds, plan, yield_now, None if resume is None else resume.arrays, progress)
+        if fitted.interrupted:
+            raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
+        best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
+        a, p, s = metrics.canonical(best, phase_outside=True)
+        amps.append(a), phases.append(p), supports.append(s)
+        chis.append(metrics.chi(a * np.exp(1j * p), volume, m))
+        spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
+        floors.append(refined.info["chi_floor"][k] if "chi_floor" in refined.info
+                      else trust.noise_floor(measured_counts[k], m))
+        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if others else None, s))
+        details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
+                        "chi_history": [round(c, 5) for c in fitted.history]})
+    shape = list(intensity.shape[1:])
+    info = {"verdict": verdicts, "chi_floor": floors, "grid": shape, "downsampled": False, "phase_ramp": "kept",
+            "region": refined.info["region"], "bragg_peak_offset": refined.info["bragg_peak_offset"],
+            "plan": plan.describe(), "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
 
 
 def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,
                 on_input_grid: bool = True, progress=None, measured: np.ndarray | None = None,
-                plan: Plan = REFINE_PLAN, counts: np.ndarray | None = None):
-    """Returns {"nn": Stage, "refined": Stage (when ``refine``)}.
+                plan: Plan = REFINE_PLAN, counts: np.ndarray | None = None, full_grid: bool = True,
+                full_plan: fullgrid.FullPlan = fullgrid.FULL_PLAN, full_progress=None):
+    """Returns {"nn": Stage, "refined": Stage (when ``refine``), "full": Stage (when ``refine`` and
+    ``full_grid`` and the refined stage was downsampled)}.
 
     ``measured`` False marks voxels that hold no count (detector gaps, flagged, saturated or masked
     pixels, frames not taken): they are inpainted for every step before the refinement (peak search,
@@ -189,4 +254,7 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
     if refine:
         stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan,
                                           inpainted=True, counts=counts)
+        if full_grid and stages["refined"].info["downsampled"]:
+            stages["full"] = full_stage(intensity, stages["refined"], measured, full_plan, counts=counts,
+                                        progress=full_progress)
     return stages

@@ -1,7 +1,7 @@
 """Each stage's result of each scan as an HDF5 file beside its raw frames: written once, served from there.
 
     DATA_DIR/<scan>/frames.h5        raw frames (the ingest)
-    DATA_DIR/<scan>/<stage>.h5       nn, refined: root datasets amplitude, phase, support (as
+    DATA_DIR/<scan>/<stage>.h5       nn, refined, full: root datasets amplitude, phase, support (as
                                      `cdi-live reconstruct` writes them), attributes chi, frames_used,
                                      seconds, stage, scan and ``info`` (the whole result record, JSON)
 
@@ -20,8 +20,9 @@ import numpy as np
 
 from shared.files import write_result
 
-STAGES = ("nn", "refined")
-SUMMARY = ("frames_used", "chi", "seconds", "verdict", "chi_floor")  # a result's fields on its scan's record
+STAGES = ("nn", "refined", "full")
+SUMMARY = ("frames_used", "chi", "chi_on", "seconds", "verdict", "chi_floor", "grid",
+           "chi_refinement_grid")  # a result's fields on its scan's record
 
 
 def summary_of(info: dict) -> dict:

@@ -2,9 +2,12 @@
 
     live      a scan's refinement queued less than FRESH_S ago: newest first
               (the scan being taken now is the one an operator is watching)
-    backlog   everything older: oldest first, whenever no live job waits
-    preempt   a running job yields, between schedule steps, to a waiting live
-              job queued after it; it keeps its state and resumes later
+    backlog   every older refinement: oldest first, whenever no live job waits
+    full grid a scan's full-grid stage (``shared.fullgrid``), the lowest priority:
+              oldest first, only when no refinement waits
+    preempt   a running refinement yields, between schedule steps, to a waiting
+              live one queued after it; a running full-grid fit yields to any
+              waiting refinement; each keeps its state and resumes later
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
 
@@ -21,35 +24,47 @@ FRESH_S = 120.0  # a finished scan is "live" work this long after its refinement
 DEFAULT_S_PER_VOXEL = 2e-5  # before any refinement was timed (≈ 35 s for a 128³ grid on 2 cores)
 
 
+REFINED, FULL = "refined", "full"  # the stages this policy orders
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
-    queued: float  # wall-clock time the refinement was asked for (the scan's end, or a user's re-run)
-    voxels: int = 32**3  # on the refinement grid: what the job costs
+    queued: float  # wall-clock time the stage was asked for (the scan's end, a user's re-run, the refined result)
+    voxels: int = 32**3  # on the stage's grid: what the job costs
+    stage: str = REFINED
 
 
 def is_live(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    return now - job.queued < fresh_s
+    return job.stage == REFINED and now - job.queued < fresh_s
 
 
 def order(waiting: list[Job], now: float, fresh_s: float = FRESH_S) -> list[Job]:
-    """The waiting jobs in the order they will run: live ones newest first, then the backlog oldest first."""
+    """The waiting jobs in the order they will run: live refinements newest first, then the backlog's
+    oldest first, then full-grid fits oldest first."""
     live = sorted((j for j in waiting if is_live(j, now, fresh_s)), key=lambda j: (-j.queued, j.id))
-    backlog = sorted((j for j in waiting if not is_live(j, now, fresh_s)), key=lambda j: (j.queued, j.id))
-    return live + backlog
+    backlog = sorted((j for j in waiting if j.stage == REFINED and not is_live(j, now, fresh_s)),
+                     key=lambda j: (j.queued, j.id))
+    full = sorted((j for j in waiting if j.stage == FULL), key=lambda j: (j.queued, j.id))
+    return live + backlog + full
 
 
-def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S) -> Job | None:
-    """``order(...)[0]`` from just the newest and oldest waiting jobs (what a worker reads to take one)."""
+def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S,
+          oldest_full: Job | None = None) -> Job | None:
+    """``order(...)[0]`` from just the newest and oldest waiting refinements and the oldest waiting
+    full-grid fit (what a worker reads to take one)."""
     if newest is not None and is_live(newest, now, fresh_s):
         return newest
-    return oldest
+    return oldest if oldest is not None else oldest_full
 
 
 def preempts(waiting: Job | None, running: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    """Should ``running`` yield to ``waiting`` (the newest waiting job)? Only to live work queued after it,
-    so two jobs never take turns preempting each other."""
-    return waiting is not None and is_live(waiting, now, fresh_s) and waiting.queued > running.queued
+    """Should ``running`` yield to ``waiting`` (the newest waiting refinement)? A refinement yields only to
+    live work queued after it, so two jobs never take turns preempting each other; a full-grid fit
+    yields to any refinement."""
+    if waiting is None or waiting.stage != REFINED:
+        return False
+    return running.stage == FULL or (is_live(waiting, now, fresh_s) and waiting.queued > running.queued)
 
 
 def eta(ahead: list[Job], seconds_per_voxel: float, workers: int) -> float:
@@ -65,7 +80,7 @@ def positions(waiting: list[Job], now: float, seconds_per_voxel: float, workers:
     busy = sum(j.voxels for j in running) * seconds_per_voxel / 2
     out, before = {}, []
     for k, job in enumerate(order(waiting, now, fresh_s)):
-        out[job.id] = {"stage": "refined", "position": k + len(running),
+        out[job.id] = {"stage": job.stage, "position": k + len(running),
                        "eta_s": round(busy / max(1, workers) + eta(before, seconds_per_voxel, workers), 1)}
         before.append(job)
     return out

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     refine_fresh_s: float = Field(120.0, gt=0, description="a finished scan's refinement counts as live work (newest "
                                   "first, ahead of the backlog, preempting it) this long after it was queued "
                                   "(shared.scheduling)")
-    refine_size: int = Field(128, description="largest refinement grid per axis (longer axes are DCT-downsampled)")
+    refine_size: int = Field(128, description="largest refinement grid per axis (longer axes of the signal's region "
+                             "are DCT-downsampled for the refined stage)")
+    full_grid: bool = Field(True, description="after a binned refined stage, fit every measured voxel at the "
+                            "detector's resolution (shared.fullgrid): the lowest-priority refinement work")
     max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
     api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>' on "
                                           "routes that change anything (none set: those routes answer 401)")

@@ -50,6 +50,11 @@ class Store:
             fields["options"] = json.dumps(options)
         (self.redis if pipe is None else pipe).xadd(self.keys.refine_jobs, fields)
 
+    def queue_full_grid(self, scan: str, voxels: int, queued: float | None = None) -> None:
+        """Ask for a scan's full-grid stage (after its refined result): the lowest-priority refinement work."""
+        self.redis.xadd(self.keys.refine_jobs, {"scan": scan, "queued": queued or time.time(), "voxels": voxels,
+                                                "stage": "full"})
+
     def record_refine_speed(self, seconds_per_voxel: float) -> None:
         """A moving average of refinement seconds per refined voxel (what queue ETAs are made of)."""
         old = self.refine_speed(default=seconds_per_voxel)
@@ -110,6 +115,8 @@ class Store:
             pipe.zcard(f"{keys.refine_jobs}:{part}")
         pipe.zrange(f"{keys.refine_jobs}:waiting", 0, 0, withscores=True)
         pipe.xlen(keys.refine_jobs)  # arrived, not yet admitted by a refinement worker
+        pipe.zcard(f"{keys.refine_jobs}:waiting:full")  # full-grid fits (``shared.fullgrid``)
+        pipe.zrange(f"{keys.refine_jobs}:waiting:full", 0, 0, withscores=True)
         pipe.hgetall(keys.disk)
         pipe.get(keys.cache_bytes)
         pipe.zcard(keys.cache_index)
@@ -134,11 +141,14 @@ class Store:
             infer_oldest = max(0.0, now - int(first[0][0].split(b"-")[0]) / 1000)
         waiting, running, oldest, arrived = next(replies), next(replies), next(replies), next(replies)
         waiting = waiting if isinstance(waiting, int) else 0
+        full_waiting, full_oldest = next(replies), next(replies)
         snapshot["backlog"] = {
             "nn": {"jobs": infer_depth, "oldest_s": infer_oldest},
             "refined": {"jobs": waiting + (running if isinstance(running, int) else 0)
                         + (arrived if isinstance(arrived, int) else 0),
-                        "oldest_s": now - oldest[0][1] if isinstance(oldest, list) and oldest else 0.0}}
+                        "oldest_s": now - oldest[0][1] if isinstance(oldest, list) and oldest else 0.0},
+            "full": {"jobs": full_waiting if isinstance(full_waiting, int) else 0,
+                     "oldest_s": now - full_oldest[0][1] if isinstance(full_oldest, list) and full_oldest else 0.0}}
         disk, cache_bytes, cache_entries = next(replies), next(replies), next(replies)
         disk = {k.decode(): float(v) for k, v in disk.items()} if isinstance(disk, dict) else {}
         snapshot["disk"] = {**disk, "alarm": self.disk_alarm(disk)}
@@ -208,7 +218,7 @@ class Store:
         return records, total
 
     def _forget(self, scan: str, pipe) -> None:
-        pipe.delete(self.keys.scan(scan), self.keys.result(scan, "nn"), self.keys.result(scan, "refined"))
+        pipe.delete(self.keys.scan(scan), *(self.keys.result(scan, stage) for stage in results.STAGES))
         self.cache_drop(scan, pipe)
         pipe.incr(self.keys.scans_version)
 
@@ -293,8 +303,8 @@ class Store:
         """Keep recent arrays in Redis for fast reads; the oldest read go when the cache passes its bound."""
         a, p = np.asarray(amplitude, "<f4").tobytes(), np.asarray(phase, "<f4").tobytes()
         size, member, k = len(a) + len(p), f"{scan}:{stage}", self.keys
-        if size > self.settings.result_cache_mb * 2**20:
-            return  # larger than the whole cache: read from its file each time
+        if size > self.settings.result_cache_mb * 2**20 / 4:
+            return  # a large share of the cache (a full-grid answer): read from its file each time
         old = int(self.redis.hget(k.cache_sizes, member) or 0)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(k.cached(scan, stage), mapping={"amplitude": a, "phase": p, "shape": json.dumps(list(amplitude.shape))})

@@ -61,9 +61,25 @@ def noise_floor(intensity: np.ndarray, measured: np.ndarray | None = None, smoot
     return float(np.sqrt(variance.sum() / values[inside].sum()))
 
 
+WINDOW_MARGIN = 6  # voxels around the crystal kept when the spread is taken on a window of a large grid
+
+
 def phase_spread(best: np.ndarray, others: list[np.ndarray], threshold: float = 0.1) -> np.ndarray:
     """Per-voxel circular standard deviation (rad) of ``best``'s phase and the ``others``', each other
-    aligned to it (shift, offset, ramp; the twin if it fits better); 0 outside ``best``'s support."""
+    aligned to it (shift, offset, ramp; the twin if it fits better); 0 outside ``best``'s support.
+
+    On a grid much larger than the crystal (a full-grid answer), every object is centred and the
+    spread is taken on a window around the crystal: the alignment's FFTs stay the crystal's size."""
+    window = _crystal_window(best, threshold)
+    if window is not None:
+        shift = metrics.centring_shift(best)
+        centred = [np.roll(o, s, axis=(0, 1, 2)) for o, s in
+                   [(best, shift)] + [(o, metrics.centring_shift(o)) for o in others]]
+        cut = tuple(slice((n - w) // 2, (n - w) // 2 + w) for n, w in zip(best.shape, window))
+        small = phase_spread(centred[0][cut], [o[cut] for o in centred[1:]], threshold)
+        out = np.zeros(best.shape, np.float32)
+        out[cut] = small
+        return np.roll(out, [-s for s in shift], axis=(0, 1, 2))
     support = np.abs(best) > threshold * np.abs(best).max()
     phasors = [np.exp(1j * np.angle(best))]
     for other in others:
@@ -73,6 +89,19 @@ def phase_spread(best: np.ndarray, others: list[np.ndarray], threshold: float = 
     resultant = np.clip(np.abs(np.mean(phasors, axis=0)), 1e-6, 1.0)
     spread = np.sqrt(-2 * np.log(resultant))
     return np.where(support, spread, 0).astype(np.float32)
+
+
+def _crystal_window(obj: np.ndarray, threshold: float):
+    """The shape of a centred window that holds the crystal with a margin; None when it would not be
+    much smaller than the grid."""
+    centred = np.abs(np.roll(obj, metrics.centring_shift(obj), axis=(0, 1, 2)))
+    inside = centred > threshold * centred.max()
+    window = []
+    for axis, n in enumerate(obj.shape):
+        occupied = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        half = max(n // 2 - occupied[0], occupied[-1] - n // 2) if occupied.size else n
+        window.append(min(n, 2 * (int(half) + WINDOW_MARGIN)))
+    return tuple(window) if np.prod(window) < 0.5 * obj.size else None
 
 
 def verdict(chi: float, floor: float, uncertainty: np.ndarray | None, support: np.ndarray | None = None) -> str:

@@ -40,7 +40,11 @@ def add_arguments(p):
     p.add_argument("--refine-loss", choices=["gaussian", "poisson"], default=REFINE_PLAN.polish_loss,
                    help="likelihood of the AD polish")
     p.add_argument("--refine-size", type=positive_int, default=REFINE_SIZE,
-                   help="largest refinement grid per axis; longer axes are DCT-downsampled (said in the file)")
+                   help="largest refinement grid per axis; longer axes of the signal's region are DCT-downsampled "
+                        "for the refined stage, then fitted at full resolution (said in the file)")
+    p.add_argument("--no-full-grid", dest="full_grid", action="store_false",
+                   help="skip the full-grid stage (on by default when the signal's region is larger than "
+                        "--refine-size: the binned answer fitted to every measured frame at the detector's resolution)")
     p.add_argument("--geometry", type=Path, help="GEOMETRY.json (the start message's geometry fields): also write "
                    "the group 'lab', maps on an orthonormal lab grid with strain along G")
     p.add_argument("--spec", type=Path, help="SPEC file to read the geometry from (with --scan)")
@@ -86,16 +90,20 @@ def run(args):
     with tqdm(total=len(intensity), desc="3D-CDI-NN", unit="scan", disable=None if len(intensity) > 8 else True) as bar:
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=args.refine_steps, polish_loss=args.refine_loss,
                                    polish_time_budget=args.time_budget)
-        stages = reconstruct(intensity, predictor, args.refine, args.refine_size, not args.network_grid, bar.update,
-                             measured, plan, counts)
-    final_name = "refined" if args.refine else "nn"
+        with tqdm(desc="full grid", unit="it", disable=None if args.refine else True) as full_bar:
+            stages = reconstruct(intensity, predictor, args.refine, args.refine_size, not args.network_grid,
+                                 bar.update, measured, plan, counts, args.full_grid and not args.network_grid,
+                                 full_progress=full_bar.update)
+    final_name = "full" if "full" in stages else "refined" if args.refine else "nn"
     final = stages[final_name]
     pick = slice(None) if was_batch else 0
     extra = {}
     for name, stage in stages.items():
-        extra.update({f"{name}/amplitude": stage.amplitude[pick], f"{name}/phase": stage.phase[pick],
-                      f"{name}/chi": stage.chi, f"{name}/seconds": np.float64(stage.seconds)})
+        if name != "full":  # the root datasets are the full-grid answer
+            extra.update({f"{name}/amplitude": stage.amplitude[pick], f"{name}/phase": stage.phase[pick]})
+        extra.update({f"{name}/chi": stage.chi, f"{name}/seconds": np.float64(stage.seconds)})
     refined = stages.get("refined")
+    trusted = stages.get("full", refined)
     grid_note = {}
     if refined is not None:
         info = refined.info
@@ -106,22 +114,37 @@ def run(args):
                      "chi_definition": "||s·|fftshift(fftn(amplitude·exp(i·phase)))| − sqrt(input)|| / ||sqrt(input)||, "
                                        "best scale s, over measured voxels",
                      "start_kept": info["start"] if was_batch else info["start"][0],
-                     # trust (shared.trust): one verdict and one noise floor per scan
-                     "verdict": np.array(info["verdict"], dtype=h5py.string_dtype()) if was_batch else info["verdict"][0],
+                     # trust (shared.trust): one verdict and one noise floor per scan, of the final stage
+                     "verdict": np.array(trusted.info["verdict"], dtype=h5py.string_dtype()) if was_batch
+                     else trusted.info["verdict"][0],
                      "chi_floor": np.array(info["chi_floor"]) if was_batch else float(info["chi_floor"][0]),
+                     "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
+                     "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
                      "verdict_rule": "converged: χ ≤ 1.1·chi_floor + 0.005, chi_floor ≤ 0.125 and the two finalists' "
                                      "phases agree (mean spread ≤ 0.06 rad); else uncertain"}
-        extra["/phase_uncertainty"] = refined.uncertainty[pick]
-        if info["downsampled"]:
-            grid_note["note"] = (f"the input {tuple(intensity.shape[1:])} was DCT-downsampled to {tuple(info['grid'])} "
-                                 f"for refinement (same q-range and voxel size, smaller field of view); "
-                                 f"the result is zero-padded back to the input's grid")
-    attrs = {"method": "3D-CDI-NN" + (" + refined stage (ER/HIO + AD)" if args.refine else ""), "stage": final_name,
+        extra["/phase_uncertainty"] = trusted.uncertainty[pick]
+        region = tuple(info["region"][0]["shape"])
+        if "full" in stages:
+            fits = stages["full"].info["fit"]
+            grid_note.update(full_grid_plan=stages["full"].info["plan"],
+                             full_grid_iterations=np.array([f["iterations"] for f in fits]),
+                             note=f"refined stage on the signal's region {region} of the input "
+                                  f"{tuple(intensity.shape[1:])}, DCT-downsampled to {tuple(info['grid'])} (chi_refined, "
+                                  f"chi_refinement_grid); then fitted on the region at the detector's resolution (the "
+                                  f"root datasets, chi); answers placed back on the input's grid, zero outside the region")
+        elif info["downsampled"]:
+            grid_note["note"] = (f"the signal's region {region} of the input {tuple(intensity.shape[1:])} was "
+                                 f"DCT-downsampled to {tuple(info['grid'])} for refinement (same q-range and voxel "
+                                 f"size, smaller field of view); the full-grid stage was skipped (--no-full-grid); the "
+                                 f"result is placed back on the input's grid")
+    method = "3D-CDI-NN" + (" + refined stage (ER/HIO + AD)" if args.refine else "") + (
+        " + full-grid stage (ER)" if "full" in stages else "")
+    attrs = {"method": method, "stage": final_name,
              "model_version": predictor.card.get("version", "unknown"), "chi": final.chi,
              "chi_nn": stages["nn"].chi, "seconds_nn": stages["nn"].seconds,
              "seconds": sum(s.seconds for s in stages.values()), "load_seconds": load_seconds,
              "version": __version__, **grid_note}
-    lab = lab_group(intensity[0], final, geometry, refined) if geometry is not None else None
+    lab = lab_group(intensity[0], final, geometry, refined) if geometry is not None else None  # input's voxel
     write_result(args.out, final.amplitude[pick], final.phase[pick], final.support[pick],
                  attrs, args.format, extra={**(extra if args.format == "h5" else
                                                {k: v for k, v in extra.items() if k == "/phase_uncertainty"}),
@@ -131,14 +154,15 @@ def run(args):
         arrays = ({"amplitude": lab["data"]["lab/amplitude"], "phase": lab["data"]["lab/phase"],
                    "strain": lab["data"]["lab/strain"]} if lab else {"amplitude": final.amplitude[0], "phase": final.phase[0]})
         if refined is not None and not lab:
-            arrays["phase_uncertainty"] = refined.uncertainty[0]
+            arrays["phase_uncertainty"] = trusted.uncertainty[0]
         write_vti(args.vti, arrays, lab["attrs"]["voxel_nm"] if lab else (1.0, 1.0, 1.0))
     summary = ", ".join(f"{name}: median χ {np.median(s.chi):.4f} in {1000 * s.seconds / len(intensity):.0f} ms/scan"
                         for name, s in stages.items())
     if refined is not None:
-        verdicts = refined.info["verdict"]
+        verdicts = trusted.info["verdict"]
         summary += (f"; {verdicts.count('converged')} of {len(verdicts)} converged" if was_batch else
                     f"; verdict {verdicts[0]} (χ floor {refined.info['chi_floor'][0]:.4f})")
+        summary += "; every χ against the input"
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
 
 

@@ -43,7 +43,7 @@ class SnapshotCollector:
         yield rejected
         results = CounterMetricFamily("cdi_results", "results stored", labels=["stage"])
         latency = SummaryMetricFamily("cdi_job_latency_seconds", "from job queued to result stored", labels=["stage"])
-        for stage in ("nn", "refined"):
+        for stage in ("nn", "refined", "full"):
             results.add_metric([stage], counters.get(f"results_{stage}", 0))
             latency.add_metric([stage], counters.get(f"latency_count:{stage}", 0), counters.get(f"latency_sum:{stage}", 0))
         yield results

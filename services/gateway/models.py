@@ -7,20 +7,26 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 State = Literal["acquiring", "complete", "failed"]
-Stage = Literal["nn", "refined"]
+Stage = Literal["nn", "refined", "full"]
+STAGES = ("nn", "refined", "full")
 
 
 class StageSummary(BaseModel):
     frames_used: int
-    chi: float
+    chi: float = Field(description="Fourier-magnitude misfit; against the measured frames unless chi_on says "
+                                   "otherwise (the preview's: on the 32³ network grid)")
+    chi_on: str | None = Field(None, description="what chi is measured against: 'measured frames' or a grid")
     seconds: float
-    verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined stage's: whether its "
-                                                                 "answer can be trusted (shared.trust)")
-    chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (the refined stage)")
+    verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined and full-grid stages': "
+                                                                 "whether the answer can be trusted (shared.trust)")
+    chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (refined, full)")
+    grid: list[int] | None = Field(None, description="the grid of the stage's arrays (full: the input's)")
+    chi_refinement_grid: float | None = Field(None, description="the refined stage's χ on its own (binned) grid, "
+                                              "`grid`; not against the measured frames")
 
 
 class QueuePlace(BaseModel):
-    stage: Literal["refined"]
+    stage: Literal["refined", "full"]
     position: int = Field(description="jobs ahead of this one (running ones included)")
     eta_s: float = Field(description="estimated seconds until it starts")
 
@@ -43,13 +49,13 @@ class ScanView(BaseModel):
                                      "phase_change, amplitude_change, converged")
     queue: QueuePlace | None = Field(None, description="while the scan waits for a stage: its place in the "
                                      "queue (shared.scheduling); null once the stage is running or done")
-    refining: dict | None = Field(None, description="while the refined stage runs: since (Unix time), worker, "
-                                  "resumed (it had yielded to a fresher scan before)")
+    refining: dict | None = Field(None, description="while the refined or full-grid stage runs: since (Unix "
+                                  "time), worker, resumed (it had yielded to a fresher scan before), stage")
     results: dict[str, StageSummary]
 
     @classmethod
     def from_record(cls, record: dict) -> "ScanView":
-        results = {stage: record[f"result_{stage}"] for stage in ("nn", "refined") if f"result_{stage}" in record}
+        results = {stage: record[f"result_{stage}"] for stage in STAGES if f"result_{stage}" in record}
         return cls(**{k: record[k] for k in cls.model_fields if k in record and k != "results"}, results=results)
 
 

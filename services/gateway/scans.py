@@ -65,8 +65,9 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
             raise HTTPException(422, f"geometry: {exc}") from None
 
     def uncertainty_of(scan: str, stage: str, shape) -> np.ndarray | None:
-        """The refined stage's per-voxel phase uncertainty (rad), on the stage's grid; None for other stages."""
-        if stage != "refined":
+        """The refined or full-grid stage's per-voxel phase uncertainty (rad), on the stage's grid; None for
+        the preview."""
+        if stage not in ("refined", "full"):
             return None
         values = store.result_array(scan, stage, "phase_uncertainty")
         return values if values is not None and values.shape == tuple(shape) else None

@@ -2,7 +2,8 @@
 
     arrive   producers XADD to the refine stream (as before: one append-only log of what was asked)
     admit    any worker moves new stream entries into the backlog: a job hash and a sorted set by the
-             time the job was queued; XACK only in the same transaction, so a crash loses nothing
+             time the job was queued (one set per stage: refinements, full-grid fits); XACK only in
+             the same transaction, so a crash loses nothing
     take     the job ``scheduling.first`` picks, moved atomically (WATCH/MULTI) to the running set,
              scored by its lease's end; the worker renews the lease while it works
     yield    a preempted job goes back to the waiting set with its checkpoint's path
@@ -41,10 +42,11 @@ class Taken:
     checkpoint: str | None  # where a preempted run stopped (None: a fresh start)
     deliveries: int
     preempted: int = 0  # times it yielded to fresher work before
+    stage: str = scheduling.REFINED
 
     @property
     def job(self) -> scheduling.Job:
-        return scheduling.Job(self.id, self.queued, self.voxels)
+        return scheduling.Job(self.id, self.queued, self.voxels, self.stage)
 
 
 class RefineBacklog:
@@ -53,6 +55,7 @@ class RefineBacklog:
         self.redis, self.keys = client, keys
         self.stream, self.group = keys.refine_jobs, "refine"
         self.waiting, self.running = f"{keys.refine_jobs}:waiting", f"{keys.refine_jobs}:running"
+        self.waiting_full = f"{keys.refine_jobs}:waiting:full"  # full-grid fits: after every refinement
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.lease_s, self.max_deliveries, self.on_dead, self.fresh_s = lease_s, max_deliveries, on_dead, fresh_s
         self.ensure_group()
@@ -84,7 +87,7 @@ class RefineBacklog:
                 fields = {k.decode(): v.decode() for k, v in fields.items()}
                 queued = float(fields.get("queued", time.time()))
                 pipe.hset(self.job_key(job_id), mapping={**fields, "queued": queued, "deliveries": 0})
-                pipe.zadd(self.waiting, {job_id: queued}, nx=True)
+                pipe.zadd(self.waiting_of(fields.get("stage")), {job_id: queued}, nx=True)
             pipe.xack(self.stream, self.group, entry_id)
             pipe.xdel(self.stream, entry_id)  # the backlog holds it now: the stream stays the arrivals not yet admitted
         pipe.execute()
@@ -98,14 +101,17 @@ class RefineBacklog:
         for _ in range(20):  # another worker may take the same job at the same moment: then try again
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(self.waiting)
+                    pipe.watch(self.waiting, self.waiting_full)
                     newest = pipe.zrevrange(self.waiting, 0, 0, withscores=True)
                     oldest = pipe.zrange(self.waiting, 0, 0, withscores=True)
-                    if not newest:
+                    full = pipe.zrange(self.waiting_full, 0, 0, withscores=True)
+                    if not newest and not full:
                         return None
-                    pick = scheduling.first(self.as_job(*newest[0]), self.as_job(*oldest[0]), time.time(), self.fresh_s)
+                    pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
+                                            self.as_job(*oldest[0]) if oldest else None, time.time(), self.fresh_s,
+                                            self.as_job(*full[0], scheduling.FULL) if full else None)
                     pipe.multi()
-                    pipe.zrem(self.waiting, pick.id)
+                    pipe.zrem(self.waiting_of(pick.stage), pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
                     pipe.hset(self.job_key(pick.id), mapping={"owner": self.consumer, "started": time.time()})
                     pipe.hincrby(self.job_key(pick.id), "deliveries", 1)
@@ -120,7 +126,7 @@ class RefineBacklog:
             deliveries = int(fields.get("deliveries", 1))
             taken = Taken(pick.id, fields["scan"], float(fields["queued"]), int(fields.get("voxels") or 32**3),
                           json.loads(fields.get("options") or "{}"), fields.get("checkpoint") or None, deliveries,
-                          int(fields.get("preempted") or 0))
+                          int(fields.get("preempted") or 0), fields.get("stage") or scheduling.REFINED)
             if deliveries > self.max_deliveries:
                 self.bury(taken, f"job crashed its worker {self.max_deliveries} times")
                 continue
@@ -128,8 +134,11 @@ class RefineBacklog:
         return None
 
     @staticmethod
-    def as_job(member: bytes, score: float) -> scheduling.Job:
-        return scheduling.Job(member.decode(), float(score))
+    def as_job(member: bytes, score: float, stage: str = scheduling.REFINED) -> scheduling.Job:
+        return scheduling.Job(member.decode(), float(score), stage=stage)
+
+    def waiting_of(self, stage: str | None) -> str:
+        return self.waiting_full if stage == scheduling.FULL else self.waiting
 
     def should_yield(self, running: Taken) -> bool:
         """A waiting live job queued after the running one (``scheduling.preempts``)? The caller admits new
@@ -151,7 +160,7 @@ class RefineBacklog:
         pipe.hset(self.job_key(taken.id), mapping={"checkpoint": checkpoint or "", "owner": ""})
         pipe.hincrby(self.job_key(taken.id), "deliveries", -1)  # a yield is not a failed delivery
         pipe.hincrby(self.job_key(taken.id), "preempted", 1)
-        pipe.zadd(self.waiting, {taken.id: taken.queued})
+        pipe.zadd(self.waiting_of(taken.stage), {taken.id: taken.queued})
         pipe.execute()
 
     def reclaim(self) -> int:
@@ -164,13 +173,13 @@ class RefineBacklog:
                 try:
                     pipe.watch(self.running)
                     score = pipe.zscore(self.running, job_id)
-                    queued = pipe.hget(self.job_key(job_id), "queued")
+                    queued, stage = pipe.hmget(self.job_key(job_id), "queued", "stage")
                     if score is None or score > time.time():
                         continue  # renewed or taken back meanwhile
                     pipe.multi()
                     pipe.zrem(self.running, job_id)
                     pipe.hset(self.job_key(job_id), "owner", "")
-                    pipe.zadd(self.waiting, {job_id: float(queued or time.time())})
+                    pipe.zadd(self.waiting_of(stage.decode() if stage else None), {job_id: float(queued or time.time())})
                     pipe.execute()
                     moved += 1
                     log.warning("refine job %s: its worker's lease ran out; it waits again", job_id)
@@ -182,6 +191,7 @@ class RefineBacklog:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, job_id)
         pipe.zrem(self.waiting, job_id)
+        pipe.zrem(self.waiting_full, job_id)
         pipe.delete(self.job_key(job_id))
         pipe.execute()
 
@@ -195,19 +205,22 @@ class RefineBacklog:
 
     # what waits ---------------------------------------------------------------------------
     def waiting_jobs(self) -> list[scheduling.Job]:
-        members = self.redis.zrange(self.waiting, 0, -1, withscores=True)
+        members = [(m, s, scheduling.REFINED) for m, s in self.redis.zrange(self.waiting, 0, -1, withscores=True)]
+        members += [(m, s, scheduling.FULL) for m, s in self.redis.zrange(self.waiting_full, 0, -1, withscores=True)]
         pipe = self.redis.pipeline(transaction=False)
-        for member, _ in members:
+        for member, _, _ in members:
             pipe.hmget(self.job_key(member.decode()), "voxels", "scan")
         details = pipe.execute()
-        return [scheduling.Job(m.decode(), float(s), int(d[0] or 32**3)) for (m, s), d in zip(members, details)]
+        return [scheduling.Job(m.decode(), float(s), int(d[0] or 32**3), stage)
+                for (m, s, stage), d in zip(members, details)]
 
     def running_jobs(self) -> list[scheduling.Job]:
         members = [m.decode() for m in self.redis.zrange(self.running, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in members:
-            pipe.hmget(self.job_key(job_id), "voxels", "queued")
-        return [scheduling.Job(j, float(d[1] or 0), int(d[0] or 32**3)) for j, d in zip(members, pipe.execute())]
+            pipe.hmget(self.job_key(job_id), "voxels", "queued", "stage")
+        return [scheduling.Job(j, float(d[1] or 0), int(d[0] or 32**3), (d[2] or b"refined").decode())
+                for j, d in zip(members, pipe.execute())]
 
     def scan_of(self, job_ids: list[str]) -> dict[str, str]:
         pipe = self.redis.pipeline(transaction=False)

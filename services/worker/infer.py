@@ -85,6 +85,7 @@ class InferenceWorker:
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
             info = {"frames_used": int(job["frames_used"]), "chi": metrics.chi(obj, m**2, mask),
+                    "chi_on": "32×32×32 network grid", "grid": [32, 32, 32],
                     "chi_network": metrics.chi(a * np.exp(1j * p), m**2, mask), "seconds": seconds,
                     "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
                     "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"])}

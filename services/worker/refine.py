@@ -1,8 +1,9 @@
-"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN result.
+"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN
+result, then, when the refined stage was binned, its full-grid stage (``shared.fullgrid``).
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.scheduling``: the newest
-finished scan first, then the backlog oldest first. A long refinement yields between schedule steps when
-a fresher scan waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
+finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
+iterations when fresher work waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
-from shared import detector, scheduling
+from shared import detector, fullgrid, scheduling
 from shared.errors import InputError
 from shared.messages import Start
 from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
-from shared.reconstruction import refined_stage
+from shared.physics import metrics
+from shared.reconstruction import Stage, full_stage, phase_ramp, refined_stage
 from shared.settings import Settings
 from shared.store import Store
 
@@ -83,39 +85,47 @@ class RefinementWorker:
         scan = taken.scan
         resumed = bool(taken.checkpoint or taken.preempted)  # it yielded before (maybe while preparing)
         self.store.update_scan(scan, queue=None, refining={"since": time.time(), "worker": self.backlog.consumer,
-                                                          "resumed": resumed})
-        self.store.publish({"event": "refining", "scan": scan, "resumed": resumed})
+                                                          "resumed": resumed, "stage": taken.stage})
+        self.store.publish({"event": "refining", "scan": scan, "resumed": resumed, "stage": taken.stage})
+        compute = self.full_grid_scan if taken.stage == scheduling.FULL else self.refine_scan
         with LeaseKeeper(self.backlog, taken) as lease:
             try:
-                stage, arrays, seconds = self.refine_scan(taken)
+                stage, arrays, seconds = compute(taken)
             except Preempted as preempted:
                 where, kept = "preparing", taken.checkpoint  # nothing new to keep: the last checkpoint stands
                 if preempted.checkpoint is not None:
-                    path, where = self.checkpoint_path(scan), preempted.checkpoint.phase
+                    path, where = self.checkpoint_path(scan, taken.stage), preempted.checkpoint.phase
                     preempted.checkpoint.save(path)
                     self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
                     kept = str(path)
                 self.backlog.put_back(taken, kept)
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
-                self.store.publish({"event": "preempted", "scan": scan, "phase": where})
+                self.store.publish({"event": "preempted", "scan": scan, "phase": where, "stage": taken.stage})
                 log.info("refinement of %s yielded in %s (%s)", scan, where,
                          "worker stopping" if self.stop.is_set() else "fresher work waits")
                 return
             except (OSError, KeyError, ValueError, InputError) as exc:
-                self.store.update_scan(scan, state="failed", reason=f"refinement: {exc}", refining=None)
+                if taken.stage == scheduling.FULL:  # the refined result stands: only its upgrade is lost
+                    self.store.update_scan(scan, refining=None, full_grid_error=str(exc))
+                else:
+                    self.store.update_scan(scan, state="failed", reason=f"refinement: {exc}", refining=None)
                 self.store.count("jobs_failed")
-                log.error("refinement of %s failed: %s", scan, exc)
+                log.error("%s stage of %s failed: %s", taken.stage, scan, exc)
                 self.finish(taken)
                 return
         if lease.lost:  # another worker took the job over while this one stalled: its answer counts
             log.warning("lease of %s was lost: result dropped", taken.id)
             return
-        self.store.put_result(scan, "refined", *stage, force=True, extra=arrays)
+        self.store.put_result(scan, taken.stage, *stage, force=True, extra=arrays)
         self.store.update_scan(scan, refining=None)
-        self.store.count("results_refined")
-        self.store.record_latency("refined", time.time() - taken.queued)
-        self.store.record_refine_speed(seconds / max(1, taken.voxels))
+        self.store.count(f"results_{taken.stage}")
+        self.store.record_latency(taken.stage, time.time() - taken.queued)
+        if taken.stage == scheduling.REFINED:
+            self.store.record_refine_speed(seconds / max(1, taken.voxels))
+            info = stage[2]
+            if info["downsampled"] and self.settings.full_grid:  # the binned answer, then every measured voxel
+                self.store.queue_full_grid(scan, int(np.prod(info["region"]["shape"])))
         self.finish(taken)
 
     def finish(self, taken: Taken) -> None:
@@ -123,10 +133,10 @@ class RefinementWorker:
         if taken.checkpoint:
             Path(taken.checkpoint).unlink(missing_ok=True)
 
-    def checkpoint_path(self, scan: str) -> Path:
+    def checkpoint_path(self, scan: str, stage: str = scheduling.REFINED) -> Path:
         record = self.store.scan(scan) or {}
         folder = Path(record["raw_file"]).parent if record.get("raw_file") else self.settings.data_dir / scan
-        return folder / "refine-checkpoint.npz"
+        return folder / ("full-checkpoint.npz" if stage == scheduling.FULL else "refine-checkpoint.npz")
 
     def yield_now(self, taken: Taken):
         """Asked between schedule steps: admits new arrivals (their records learn their place) and says
@@ -148,12 +158,9 @@ class RefinementWorker:
 
         return ask
 
-    def refine_scan(self, taken: Taken):
-        scan, options = taken.scan, taken.options  # options: from POST /api/scans/{scan}/refine
-        state = self.store.scan(scan)
-        nn = self.store.result(scan, "nn")
-        if state is None or nn is None:
-            raise KeyError("scan or its NN result is gone")
+    def frames(self, state: dict):
+        """The scan's frames as the refinement sees them: (corrected volume, counts as measured, measured
+        voxels or None), padded to ≥ 32 per axis."""
         with h5py.File(state["raw_file"], "r") as f:
             raw = f["frames"][()]
             received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
@@ -169,31 +176,75 @@ class RefinementWorker:
         counts = np.pad(counts, [(0, max(0, 32 - n)) for n in rows])
         measured = np.zeros(volume.shape, bool)  # frames that never arrived, invalid pixels and padding are
         measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None] & ~bad  # free, not zeros
-        measured = None if measured.all() else measured
+        return volume, counts, None if measured.all() else measured
+
+    def resume_of(self, taken: Taken) -> Checkpoint | None:
+        if not (taken.checkpoint and os.path.exists(taken.checkpoint)):
+            return None
+        stamp, kept = self.kept.pop(taken.checkpoint, (None, None))
+        fresh = kept is not None and stamp == os.stat(taken.checkpoint).st_mtime_ns  # not rewritten elsewhere
+        return kept if fresh else Checkpoint.load(taken.checkpoint)
+
+    def refine_scan(self, taken: Taken):
+        scan, options = taken.scan, taken.options  # options: from POST /api/scans/{scan}/refine
+        state = self.store.scan(scan)
+        nn = self.store.result(scan, "nn")
+        if state is None or nn is None:
+            raise KeyError("scan or its NN result is gone")
+        volume, counts, measured = self.frames(state)
         amp, phase, info = nn
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=options.get("steps") or self.settings.refine_steps,
                                    polish_loss=options.get("loss") or REFINE_PLAN.polish_loss,
                                    polish_time_budget=options.get("time_budget") or self.settings.refine_time_budget)
         crop = tuple(info.get("crop") or amp.shape)
-        resume = None
-        if taken.checkpoint and os.path.exists(taken.checkpoint):
-            stamp, kept = self.kept.pop(taken.checkpoint, (None, None))
-            fresh = kept is not None and stamp == os.stat(taken.checkpoint).st_mtime_ns  # not rewritten elsewhere
-            resume = kept if fresh else Checkpoint.load(taken.checkpoint)
+        resume = self.resume_of(taken)
         began = time.perf_counter()
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it
                               yield_now=self.yield_now(taken), resume=resume, counts=counts[None])
         extra = stage.info
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "seconds": seconds,
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
+                  "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
                   "verdict": extra["verdict"][0], "chi_floor": float(extra["chi_floor"][0]),
                   "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
-                  "seq": info["seq"], "crop": extra["grid"], "voxel_grid": list(volume.shape), "nn_crop": list(crop),
-                  "loss": plan.polish_loss, "grid": extra["grid"],
-                  "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
+                  "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
+                  "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
+                  "region": extra["region"][0], "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
                   "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]}
-        return (stage.amplitude[0], stage.phase[0], result), {"phase_uncertainty": stage.uncertainty[0]}, seconds
+        finalists = stage.finalists[0]  # the full-grid stage's seeds
+        arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
+                  "finalists_imag": finalists.imag}
+        return (stage.amplitude[0], stage.phase[0], result), arrays, seconds
+
+    def full_grid_scan(self, taken: Taken):
+        """The full-grid stage of a refined scan: its refined finalists fitted to every measured voxel."""
+        scan = taken.scan
+        state, refined = self.store.scan(scan), self.store.result(scan, "refined")
+        real = self.store.result_array(scan, "refined", "finalists_real")
+        imag = self.store.result_array(scan, "refined", "finalists_imag")
+        if state is None or refined is None or real is None or imag is None:
+            raise KeyError("scan or its refined result is gone")
+        info = refined[2]
+        volume, counts, measured = self.frames(state)
+        seeds = Stage(None, None, None, None, 0.0, {"region": [info["region"]], "chi_floor": [info["chi_floor"]],
+                                                    "bragg_peak_offset": [info["bragg_peak_offset"]]},
+                      finalists=(real + 1j * imag)[None].astype(np.complex64))
+        began = time.perf_counter()
+        stage = full_stage(volume[None], seeds, None if measured is None else measured[None],
+                           fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken), counts[None])
+        fit = stage.info["fit"][0]  # the service keeps answers free of the peak's ramp, as the refined stage's
+        obj = stage.amplitude[0] * np.exp(1j * stage.phase[0]) * np.conj(phase_ramp(volume.shape, info["bragg_peak_offset"]))
+        amplitude, phase, _ = metrics.canonical(obj, phase_outside=True)
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
+                  "seconds": fit["seconds"], "verdict": stage.info["verdict"][0],
+                  "chi_floor": float(stage.info["chi_floor"][0]), "wall_seconds": time.perf_counter() - began,
+                  "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
+                  "region": info["region"], "downsampled": False, "phase_ramp": "removed",
+                  "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],
+                  "iterations": fit["iterations"], "device": fit["device"], "chi_history": fit["chi_history"],
+                  "chi_refined": info["chi"]}
+        return (amplitude, phase, result), {"phase_uncertainty": stage.uncertainty[0]}, fit["seconds"]
 
     def publish_queue(self) -> None:
         """Every waiting scan's record says where it stands: {"stage", "position", "eta_s"}."""
@@ -212,7 +263,7 @@ class RefinementWorker:
         for job_id, place in places.items():
             if job_id in scans:
                 self.store.update_scan(scans[job_id], pipe=pipe, queue=place)
-        self.store.publish({"event": "queue", "stage": "refined", "waiting": len(places)}, pipe)
+        self.store.publish({"event": "queue", "waiting": len(places)}, pipe)
         pipe.execute()
 
 

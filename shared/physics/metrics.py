@@ -68,16 +68,21 @@ def fourier_shift(obj: np.ndarray, shift) -> np.ndarray:
     return sfft.ifftn(shifted, workers=-1).astype(np.complex64)
 
 
-def centre_object(obj: np.ndarray) -> np.ndarray:
-    """Roll the object so its amplitude's centre of mass sits at index n//2."""
+def centring_shift(obj: np.ndarray) -> list[int]:
+    """The whole-voxel roll that puts the amplitude's centre of mass at index n//2 (circular centre of
+    mass, so an object wrapped across the border is handled)."""
     amp = np.abs(obj)
-    # Circular centre of mass, so an object wrapped across the border is handled.
     shift = []
     for axis, n in enumerate(obj.shape):
         profile = amp.sum(axis=tuple(a for a in range(3) if a != axis))
         angle = np.angle((profile * np.exp(2j * np.pi * np.arange(n) / n)).sum())
         shift.append(int(round(n // 2 - angle * n / (2 * np.pi))) % n)
-    return np.roll(obj, shift, axis=AXES3)
+    return shift
+
+
+def centre_object(obj: np.ndarray) -> np.ndarray:
+    """Roll the object so its amplitude's centre of mass sits at index n//2."""
+    return np.roll(obj, centring_shift(obj), axis=AXES3)
 
 
 def register_translation(reference: np.ndarray, moving: np.ndarray, upsample: int = 10) -> np.ndarray:

@@ -46,8 +46,9 @@ function renderList() {
 
 // Where a scan stands in the refinement queue, so nothing waits silently.
 function queueText(s) {
-  if (s.refining) return `refining${s.refining.resumed ? " (resumed)" : ""}`;
-  if (s.queue) return `queued: ${s.queue.position} ahead, about ${Math.max(1, Math.round(s.queue.eta_s))} s`;
+  const what = (stage) => (stage === "full" ? "full grid" : "refining");
+  if (s.refining) return `${what(s.refining.stage)}${s.refining.resumed ? " (resumed)" : ""}`;
+  if (s.queue) return `${s.queue.stage === "full" ? "full grid " : ""}queued: ${s.queue.position} ahead, about ${Math.max(1, Math.round(s.queue.eta_s))} s`;
   return "";
 }
 
@@ -66,7 +67,8 @@ function select(scan) {
 // The stage to show for scan record s: "best" picks the best finished one.
 function shownStage(s) {
   if (state.stage !== "best") return state.stage;
-  return s && s.results && s.results.refined ? "refined" : "nn";
+  const results = (s && s.results) || {};
+  return results.full ? "full" : results.refined ? "refined" : "nn";
 }
 
 async function refreshDetail() {
@@ -93,13 +95,18 @@ function renderDetail(s) {
   $("progress-text").textContent = text;
   const body = document.querySelector("#stages tbody");
   body.replaceChildren();
-  for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "refined"]]) {
+  for (const [stage, label] of [["nn", "3D-CDI-NN"], ["refined", "refined"], ["full", "full grid"]]) {
     const r = s.results[stage];
+    if (stage === "full" && !r && !(s.refining && s.refining.stage === "full") && !(s.queue && s.queue.stage === "full")) continue;
     const row = document.createElement("tr");
     const verdict = r && r.verdict
       ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="χ floor of the data: ${r.chi_floor.toFixed(3)}">${r.verdict}</span>`
       : "";
-    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}</td><td>${fmtSeconds(r.seconds)}</td><td>${verdict}</td>`
+    // every χ against the measured frames, unless labelled with the grid it was measured on
+    const onGrid = r && r.chi_on && r.chi_on !== "measured frames" ? ` <span class="hint">(${r.chi_on})</span>` : "";
+    const binned = r && r.chi_refinement_grid != null && r.grid
+      ? ` <span class="hint" title="χ on the refinement grid, not against the frames">· ${r.chi_refinement_grid.toFixed(3)} on ${r.grid.join("×")}</span>` : "";
+    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}${onGrid}${binned}</td><td>${fmtSeconds(r.seconds)}</td><td>${verdict}</td>`
                       : `<td>${label}</td><td colspan="4" class="hint">${s.state === "failed" ? "—" : "pending"}</td>`;
     body.appendChild(row);
   }
