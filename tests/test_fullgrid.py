@@ -1,0 +1,143 @@
+"""The full-grid stage: the signal's region at the detector's resolution, answers placed back exactly, every χ
+against the measured frames, in the CLI and through the running service."""
+
+import dataclasses
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import requests
+import scipy.fft as sfft
+
+from services.beamline.sim import Beamline
+from shared import fullgrid
+from shared.physics import crystals, downsample
+from shared.reconstruction import embed
+from tests.conftest import free_port, wait_for
+from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
+
+
+def large_scan(seed: int, index: int, photons: float, size: int = 64, crystal: int = 32):
+    """A crystal of a 32³ scan in a ``size``³ field of view (oversampling ≈ 4: binning by 2 keeps ≥ 2), as
+    counts (``photons`` in all) or noise-free; and its true object."""
+    _, amplitude, phase = crystals.simulated_scan(crystal, seed, index, index, True, (0.0, 0.0))[:3]
+    truth = embed((amplitude * np.exp(1j * phase)).astype(np.complex64), (size,) * 3)
+    ideal = np.abs(sfft.fftshift(sfft.fftn(truth))) ** 2
+    if not photons:
+        return ideal.astype(np.float32), truth
+    rng = np.random.default_rng(seed + index)
+    return rng.poisson(ideal / ideal.sum() * photons).astype(np.float32), truth
+
+
+def test_placing_back_reproduces_the_far_field_in_the_region_and_nothing_outside():
+    """Analytic: the far field restricted to the region, carried to an object and placed back on the input's
+    grid, is the original far field at every region voxel (a whole, wrapped axis and cut ones) and 0 elsewhere."""
+    rng = np.random.default_rng(1)
+    shape = (40, 48, 36)
+    far = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    for region in (fullgrid.Region(shape, (3, 30, 20), (40, 24, 16)),  # axis 0 whole, the peak near its edge
+                   fullgrid.Region(shape, (20, 5, 18), (40, 24, 16))):  # the box runs past axis 1's edge
+        small = region.take(far)
+        back = fullgrid.place_back(sfft.ifftn(sfft.ifftshift(small)).astype(np.complex64), region)
+        placed = sfft.fftshift(sfft.fftn(back))
+        expected = region.put(np.where(region.inside(), small, 0))
+        assert np.allclose(placed, expected, atol=1e-4 * np.abs(far).max())
+        assert np.count_nonzero(np.abs(placed) > 1e-3) == np.count_nonzero(region.inside() & (np.abs(small) > 1e-3))
+    assert not fullgrid.Region(shape, (20, 5, 18), (40, 24, 16)).inside().all()  # beyond the detector: unmeasured
+
+
+def test_the_region_follows_the_signal_not_the_detector():
+    """The same frames off-centre on a larger detector (zeros elsewhere): the region holds all their signal
+    and little more (its margin, where the signal reached the small detector's edge), never the whole larger
+    detector; a region never exceeds the input."""
+    counts, _ = large_scan(9950, 1, 1e6)
+    big = np.zeros((64, 160, 128), np.float32)
+    big[:, 70:134, 10:74] = counts
+    here = fullgrid.signal_region(counts, downsample.bragg_peak(counts))
+    there = fullgrid.signal_region(big, downsample.bragg_peak(big))
+    assert all(r <= n for r, n in zip(here.shape, counts.shape))
+    assert all(h <= t <= h + 2 * (fullgrid.MARGIN + 4) for h, t in zip(here.shape, there.shape))
+    assert there.take(big).sum() == big.sum()
+
+
+def test_a_yielding_full_grid_fit_resumes_with_the_same_answer():
+    counts, truth = large_scan(9951, 2, 1e8, size=48, crystal=24)
+    far = sfft.fftn(truth) * np.exp(1j * np.random.default_rng(3).normal(0, 0.4, truth.shape))
+    seeds = sfft.ifftn(far).astype(np.complex64)[None]  # the truth with its phases disturbed
+    plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="12*ER", patience=100)
+    whole = fullgrid.fit(counts, None, seeds, plan)
+    asked, state = [0], None
+    while True:
+        def yield_now():
+            asked[0] += 1
+            return asked[0] % 5 == 0
+
+        part = fullgrid.fit(counts, None, seeds, plan, yield_now, state)
+        if not part.interrupted:
+            break
+        state = part.checkpoint
+    assert asked[0] >= 10 and np.array_equal(part.obj, whole.obj) and part.iterations == whole.iterations == 12
+    assert whole.history[-1] < whole.history[0]  # it fits
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_reconstruct_writes_the_full_grid_answer_and_its_chi_is_the_files(tmp_path):
+    """An input larger than --refine-size: the refined stage works binned, the full-grid stage on the
+    detector's grid; the root datasets are the full-grid answer and their χ against the input is the χ
+    written (and printed); --no-full-grid writes the binned answer."""
+    counts, _ = large_scan(9952, 4, 1e8)
+    np.save(tmp_path / "in.npy", counts)
+    result = cli("reconstruct", tmp_path / "in.npy", "--out", tmp_path / "out.h5", "--refine", "--refine-size", 32)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "out.h5") as f:
+        obj = f["amplitude"][()] * np.exp(1j * f["phase"][()])
+        stage, chi, chi_refined = f.attrs["stage"], float(np.ravel(f.attrs["chi"])[0]), float(np.ravel(f.attrs["chi_refined"])[0])
+        assert f["phase_uncertainty"].shape == obj.shape and f.attrs["verdict"] in ("converged", "uncertain")
+        assert list(f.attrs["refinement_grid"]) == [32, 32, 32] and "full_grid_plan" in f.attrs
+    model = np.abs(np.fft.fftshift(np.fft.fftn(obj)))
+    data = np.sqrt(counts)
+    scale = (model * data).sum() / (model**2).sum()
+    assert stage == "full" and obj.shape == counts.shape
+    assert np.linalg.norm(scale * model - data) / np.linalg.norm(data) == pytest.approx(chi, rel=1e-3)
+    assert chi < chi_refined and f"full: median χ {chi:.4f}" in result.stdout
+    skipped = cli("reconstruct", tmp_path / "in.npy", "--out", tmp_path / "binned.h5", "--refine", "--refine-size", 32,
+                  "--no-full-grid")
+    assert skipped.returncode == 0, skipped.stderr
+    with h5py.File(tmp_path / "binned.h5") as f:
+        assert f.attrs["stage"] == "refined" and float(np.ravel(f.attrs["chi"])[0]) == pytest.approx(chi_refined, rel=1e-3)
+
+
+def test_the_service_upgrades_a_binned_scan_to_the_full_grid_and_every_chi_is_against_the_frames(stack):  # noqa: F811
+    """REFINE_SIZE 32 and a 64³ scan: the refined result (binned) lands, then the full-grid one on the
+    input's grid; the API's χ of both is against the frames (the binned grid's χ labelled), the page's view
+    and the downloads serve the full grid."""
+    port = free_port()
+    stack.start("ingest")
+    stack.wait_worker("infer", stack.start("worker", "infer"))
+    stack.wait_worker("refine", stack.start("worker", "refine", REFINE_SIZE="32"))
+    stack.start("gateway", GATEWAY_PORT=str(port), REFINE_SIZE="32")
+    base = f"http://127.0.0.1:{port}"
+    counts, _ = large_scan(9953, 5, 1e8)
+    beamline = Beamline(stack.endpoint)
+    beamline.play("big", np.round(counts).astype(np.uint32))
+    beamline.close()
+    full = wait_for(lambda: stack.result("big", "full"), timeout=400)
+    refined = stack.result("big", "refined")
+    assert full["grid"] == [64, 64, 64] and refined["grid"] == [32, 32, 32] and refined["downsampled"]
+    wait_for(lambda: requests.get(f"{base}/health", timeout=2).ok, timeout=60)
+    view = requests.get(f"{base}/api/scans/big", timeout=10).json()["results"]
+    assert view["full"]["chi_on"] == view["refined"]["chi_on"] == "measured frames"
+    assert view["full"]["chi"] < view["refined"]["chi"] and view["refined"]["chi_refinement_grid"] is not None
+    assert view["nn"]["chi_on"] == "32×32×32 network grid"
+    drawn = requests.get(f"{base}/api/scans/big/view", params={"stage": "full"}, timeout=60)
+    assert drawn.ok and drawn.json()["chi"] == pytest.approx(view["full"]["chi"])
+    download = requests.get(f"{base}/api/scans/big/reconstruction", params={"stage": "full", "format": "npz"},
+                            timeout=60)
+    with np.load(__import__("io").BytesIO(download.content)) as f:
+        assert f["amplitude"].shape == (64, 64, 64) and f["phase_uncertainty"].shape == (64, 64, 64)
