@@ -180,6 +180,7 @@ class FullFit:
     iterations: int
     seconds: float
     history: list = field(default_factory=list)  # χ of the first finalist per iteration
+    times: list = field(default_factory=list)  # seconds since this run's start, per iteration
     device: str = "cpu"
     interrupted: bool = False  # it yielded: ``checkpoint`` resumes it, with the same result as one run
     checkpoint: dict | None = None
@@ -212,11 +213,12 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     obj, inside = xp.asarray(obj), xp.asarray(support)
     weight = None if free is None else (~free).astype(xp.float32)
     workers = {} if xp is not np else {"workers": -1}
-    axes, interrupted = (1, 2, 3), False
+    axes, interrupted, times = (1, 2, 3), False, []
     while done < plan.iterations:
         far = fft.fftn(obj, axes=axes, **workers)
         amplitude = xp.abs(far)
         history.append(float(_misfit(xp, amplitude[:1], magnitude, weight, norm)[0]))
+        times.append(time.perf_counter() - started)
         projected = far * (magnitude / xp.maximum(amplitude, 1e-30))
         if free is not None:
             projected = xp.where(free, far, projected)
@@ -237,11 +239,11 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     if interrupted:
         state = {"obj": host, "support": support, "done": np.int64(done), "history": np.asarray(history),
                  "seconds": np.float64(seconds)}
-        return FullFit(host, support, np.array([history[-1]]), done, seconds, history, interrupted=True,
+        return FullFit(host, support, np.array([history[-1]]), done, seconds, history, times, interrupted=True,
                        checkpoint=state)
     chi = to_host(xp, _misfit(xp, xp.abs(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
-    return FullFit(host[order], support, chi[order], done, seconds, history, "gpu" if xp is not np else "cpu")
+    return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu")
 
 
 def _misfit(xp, amplitude, magnitude, weight, norm: float):

@@ -219,7 +219,8 @@ def full_stage(intensity: np.ndarray, refined: Stage, measured: np.ndarray | Non
                       else trust.noise_floor(measured_counts[k], m))
         verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if others else None, s))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
-                        "chi_history": [round(c, 5) for c in fitted.history]})
+                        "chi_history": [round(c, 5) for c in fitted.history],
+                        "time_history": [round(t, 3) for t in fitted.times]})
     shape = list(intensity.shape[1:])
     info = {"verdict": verdicts, "chi_floor": floors, "grid": shape, "downsampled": False, "phase_ramp": "kept",
             "region": refined.info["region"], "bragg_peak_offset": refined.info["bragg_peak_offset"],

@@ -50,10 +50,10 @@ class Store:
             fields["options"] = json.dumps(options)
         (self.redis if pipe is None else pipe).xadd(self.keys.refine_jobs, fields)
 
-    def queue_full_grid(self, scan: str, voxels: int, queued: float | None = None) -> None:
+    def queue_full_grid(self, scan: str, voxels: int, queued: float | None = None, pipe=None) -> None:
         """Ask for a scan's full-grid stage (after its refined result): the lowest-priority refinement work."""
-        self.redis.xadd(self.keys.refine_jobs, {"scan": scan, "queued": queued or time.time(), "voxels": voxels,
-                                                "stage": "full"})
+        (self.redis if pipe is None else pipe).xadd(
+            self.keys.refine_jobs, {"scan": scan, "queued": queued or time.time(), "voxels": voxels, "stage": "full"})
 
     def record_refine_speed(self, seconds_per_voxel: float) -> None:
         """A moving average of refinement seconds per refined voxel (what queue ETAs are made of)."""
@@ -303,8 +303,8 @@ class Store:
         """Keep recent arrays in Redis for fast reads; the oldest read go when the cache passes its bound."""
         a, p = np.asarray(amplitude, "<f4").tobytes(), np.asarray(phase, "<f4").tobytes()
         size, member, k = len(a) + len(p), f"{scan}:{stage}", self.keys
-        if size > self.settings.result_cache_mb * 2**20 / 4:
-            return  # a large share of the cache (a full-grid answer): read from its file each time
+        if size > self.settings.result_cache_mb * 2**20 or stage == "full":
+            return  # larger than the whole cache, or a full-grid answer (detector-size, read rarely): from its file
         old = int(self.redis.hget(k.cache_sizes, member) or 0)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(k.cached(scan, stage), mapping={"amplitude": a, "phase": p, "shape": json.dumps(list(amplitude.shape))})
@@ -328,7 +328,8 @@ class Store:
     def restore_from_disk(self) -> dict:
         """Every scan in DATA_DIR that Redis does not know gets its record and result infos back from its
         files (``shared.results``); nothing is recomputed: a complete scan with an NN result but no refined
-        one is queued for refinement, as it was. Returns counts."""
+        one is queued for refinement, as it was; a binned refined one with no full-grid result is queued
+        for its full-grid stage. Returns counts."""
         restored = queued = 0
         for raw in sorted(self.settings.data_dir.glob("*/frames.h5")):
             scan = raw.parent.name
@@ -345,6 +346,11 @@ class Store:
             if record["state"] == "complete" and "result_nn" in record and "result_refined" not in record:
                 # queued as of its end: behind every scan newer than it (shared.scheduling)
                 self.queue_refinement(scan, record, pipe=pipe, queued=record.get("ended") or record["started"])
+                queued += 1
+            elif (refined := infos.get("refined", {})).get("downsampled") and "region" in refined \
+                    and "full" not in infos and self.settings.full_grid:
+                self.queue_full_grid(scan, int(np.prod(refined["region"]["shape"])),
+                                     record.get("ended") or record["started"], pipe)
                 queued += 1
             elif record["state"] == "complete" and "result_nn" not in record:
                 reason = "its network input was lost with Redis's state before inference (frames kept on disk)"

@@ -243,8 +243,11 @@ def test_newest_scan_first_a_preempted_job_resumes_and_survives_its_worker(stack
     wait_for(lambda: (progress(), len(refined) == 3)[1], timeout=180, every=0.1)
     assert refined == ["live", "old1", "old2"]
     assert stack.result("old1", "refined")["resumed"] and not stack.result("live", "refined")["resumed"]
-    counters = {k.decode(): float(v) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
-    assert counters["results_refined"] == 3 and counters["jobs_preempted"] >= 1
+    def counters():  # counted just after each result is stored
+        return {k.decode(): float(v) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
+
+    wait_for(lambda: counters().get("results_refined") == 3, timeout=10)
+    assert counters()["results_refined"] == 3 and counters()["jobs_preempted"] >= 1
     for part in ("waiting", "running"):
         assert stack.redis.client.zcard(f"{stack.prefix}:jobs:refine:{part}") == 0
     assert not (stack.scan("old2").get("queue") or stack.scan("old2").get("refining"))
