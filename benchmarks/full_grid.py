@@ -117,9 +117,10 @@ def main() -> None:
         results["offcentre_vs_scan54"] = {
             "chi_difference": b["stages"]["full"]["chi"] - a["stages"]["full"]["chi"],
             "time_ratio": b["seconds_total"] / a["seconds_total"]}
-    if "scan54" in results:
-        voxels = np.prod(results["scan54"]["input"])
-        results["memory_gb_per_1e7_input_voxels"] = results["scan54"]["peak_rss_gb"] / voxels * 1e7
+    if "scan54" in results and "offcentre" in results:  # the same region, more input voxels: the slope
+        a, b = results["scan54"], results["offcentre"]
+        results["memory_gb_per_1e7_input_voxels"] = (b["peak_rss_gb"] - a["peak_rss_gb"]) / (
+            np.prod(b["input"]) - np.prod(a["input"])) * 1e7
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     plot(results)
     print(json.dumps({k: v for k, v in results.items() if k in ("offcentre_vs_scan54", "memory_gb_per_1e7_input_voxels")}))

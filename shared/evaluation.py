@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared import plots, trust
+from shared import effort, plots, trust
 from shared.nn.data import magnitude_of, truncate_frames
 from shared.physics import crystals, metrics, phasing
 from shared.pipeline import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
@@ -55,7 +55,9 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
     converge(intensity[:1], np.abs(truth[:1]), plan=REFINE_PLAN)  # and the AD polish's
     (amp, phase), nn_s = timed(lambda: predictor.predict_magnitudes(magnitudes))
     nn = (amp * np.exp(1j * phase)).astype(np.complex64)
-    stage, refine_s = timed(lambda: converge(intensity, nn, plan=REFINE_PLAN))
+    stage, refine_s = timed(lambda: effort.refine_with_effort(  # with adaptive effort, as the service runs it
+        intensity, nn, None, REFINE_PLAN, [trust.noise_floor(v) for v in intensity],
+        converge(intensity, nn, plan=REFINE_PLAN))[0])
     refined = stage.obj
     trusted, trust_s = timed(lambda: trust_of(stage, intensity))
     refine_s += trust_s  # the verdict and the uncertainty map are part of the stage's answer

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared import detector, fullgrid, trust
+from shared import detector, effort, fullgrid, trust
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid
@@ -154,13 +154,14 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                                            input_regions=np.array(json.dumps([r.as_dict() for r in regions])),
                                            **({} if mask is None else {"input_mask": mask}))
         raise
-    amps, phases, supports, chis, spreads, floors, verdicts, finalists = [], [], [], [], [], [], [], []
-    others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
     measured_counts = counts if counts is not None else intensity
-    for obj, alternatives, volume, region, m, raw in zip(
-            result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions),
-            measured_counts):
-        floors.append(trust.noise_floor(raw, m))  # the counts as measured (on the input's grid)
+    floors = [trust.noise_floor(raw, m) for raw, m in  # the counts as measured (on the input's grid)
+              zip(measured_counts, measured if measured is not None else [None] * len(regions))]
+    result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, result)  # small grids only
+    amps, phases, supports, chis, spreads, verdicts, finalists = [], [], [], [], [], [], []
+    others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
+    for obj, alternatives, volume, region, m in zip(
+            result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions)):
         finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
         on_input = fullgrid.place_back(embed(obj, region.shape), region)
         chis.append(metrics.chi(on_input, volume, m))  # against the frames as given, on every path
@@ -176,7 +177,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
             "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
-            "start": result.start, "chi_refinement_grid": [float(c) for c in result.chi],
+            "start": result.start, "runs": runs, "chi_refinement_grid": [float(c) for c in result.chi],
             "stage_seconds": result.seconds}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads), np.stack(finalists))

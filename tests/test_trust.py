@@ -56,3 +56,21 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         assert set(v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]) <= {"converged", "uncertain"}
         assert f.attrs["chi_floor"].shape == (2,) and (f.attrs["chi_floor"] > 0).all()
         assert f["phase_uncertainty"].shape == f["phase"].shape
+
+
+def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_never_worsens_it():
+    """Scans the refined stage calls converged run once; uncertain ones whose data allow a verdict run
+    again from new starts (at most MAX_RUNS), keep their lowest-χ answer and gain an independent solution."""
+    from shared import effort
+    from shared.pipeline import REFINE_PLAN, converge
+
+    intensity, truth = held_out_set(6, 9961)
+    prediction = (np.abs(truth) * np.exp(1j * 0.0)).astype(np.complex64)
+    floors = [trust.noise_floor(v) for v in intensity]
+    first = converge(intensity, prediction, plan=REFINE_PLAN)
+    before = effort.verdicts(first, intensity, floors)
+    best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, first)
+    for k, (verdict, floor) in enumerate(zip(before, floors)):
+        assert (runs[k] == 1) == (not effort.needs_more(verdict, floor))
+        assert 1 <= runs[k] <= effort.MAX_RUNS and best.chi[k] <= first.chi[k]
+    assert best.alternatives.shape == first.alternatives.shape
