@@ -87,6 +87,10 @@ def stack(tmp_path):
             return json.loads(info) if info else None
 
         @staticmethod
+        def raw_folder(name):
+            return tmp_path / "live" / name
+
+        @staticmethod
         def raw(name):
             with h5py.File(tmp_path / "live" / name / "frames.h5") as f:
                 return f["frames"][()], f["received"][()]

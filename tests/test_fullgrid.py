@@ -141,3 +141,26 @@ def test_the_service_upgrades_a_binned_scan_to_the_full_grid_and_every_chi_is_ag
                             timeout=60)
     with np.load(__import__("io").BytesIO(download.content)) as f:
         assert f["amplitude"].shape == (64, 64, 64) and f["phase_uncertainty"].shape == (64, 64, 64)
+
+
+def test_a_running_full_grid_fit_yields_to_a_fresh_scan_and_resumes(stack):  # noqa: F811
+    """The full-grid fit is the lowest-priority work: a scan that ends while it runs is refined first; the
+    fit checkpoints, resumes and lands after it; its checkpoint is removed."""
+    from services.beamline.sim import simulated_volume
+
+    stack.start("ingest")
+    stack.wait_worker("infer", stack.start("worker", "infer"))
+    stack.wait_worker("refine", stack.start("worker", "refine", REFINE_SIZE="32", CDI_LIVE_TEST_STEP_DELAY_S="0.05"))
+    counts, _ = large_scan(9954, 6, 1e8, size=96)
+    beamline = Beamline(stack.endpoint)
+    beamline.play("big", np.round(counts).astype(np.uint32))
+    wait_for(lambda: (stack.scan("big").get("refining") or {}).get("stage") == "full", timeout=300, every=0.05)
+    beamline.play("live", simulated_volume(32, 1, 13, 1e8))
+    beamline.close()
+    wait_for(lambda: stack.result("live", "refined"), timeout=300)
+    assert stack.result("big", "full") is None  # it waited behind the fresh scan
+    full = wait_for(lambda: stack.result("big", "full"), timeout=300)
+    assert full["grid"] == [96, 96, 96]
+    counters = {k.decode(): float(v) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
+    assert counters.get("jobs_preempted", 0) >= 1
+    assert not any(stack.raw_folder("big").glob("*-checkpoint.npz"))
