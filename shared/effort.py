@@ -23,7 +23,7 @@ import numpy as np
 from shared import trust
 from shared.pipeline import Converged, Plan, converge
 
-MAX_RUNS = 3
+MAX_RUNS = 2
 AGAIN_STARTS = ("random", "random", "flat", "twin")
 SMALL_GRID = 64**3
 
