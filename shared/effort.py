@@ -28,8 +28,8 @@ AGAIN_STARTS = ("random", "random", "flat", "twin")
 SMALL_GRID = 64**3
 
 
-def verdicts(result: Converged, intensity: np.ndarray, floors, measured: np.ndarray | None = None) -> list[str]:
-    """Each scan's verdict on its own grid (χ of the run against ``intensity``)."""
+def verdicts(result: Converged, floors) -> list[str]:
+    """Each scan's verdict on its own grid (the run's χ, against the intensity it was fitted to)."""
     out = []
     for k, obj in enumerate(result.obj):
         others = list(result.alternatives[k]) if result.alternatives is not None else []
@@ -56,7 +56,7 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
     answers = [[(float(first.chi[k]), obj)] for k, obj in enumerate(first.obj)]  # every run's best, per scan
     again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS)
     for attempt in range(1, MAX_RUNS):
-        todo = [k for k, v in enumerate(verdicts(best, intensity, floors, measured)) if needs_more(v, floors[k])]
+        todo = [k for k, v in enumerate(verdicts(best, floors)) if needs_more(v, floors[k])]
         if not todo:
             break
         again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
@@ -69,10 +69,8 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                 best.start[k] = f"{again.start[j]} (run {attempt + 1})"
         for name, seconds in again.seconds.items():
             best.seconds[name] = best.seconds.get(name, 0.0) + seconds
-        if best.alternatives is not None:  # the best other run's answer: an independent solution
+        if best.alternatives is not None:  # the runner-up run's answer: an independent solution
             for k in todo:
-                others = sorted((c, i) for i, (c, _) in enumerate(answers[k]) if answers[k][i][1] is not best.obj[k]
-                                and not np.array_equal(answers[k][i][1], best.obj[k]))
-                if others:
-                    best.alternatives[k] = np.repeat(answers[k][others[0][1]][1][None], best.alternatives.shape[1], 0)
+                runner_up = sorted(answers[k], key=lambda answer: answer[0])[1][1]  # the best is the lowest χ
+                best.alternatives[k] = np.repeat(runner_up[None], best.alternatives.shape[1], 0)
     return best, runs

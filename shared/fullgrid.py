@@ -35,6 +35,7 @@ import scipy.fft as sfft
 from scipy import ndimage
 
 from shared import trust
+from shared.physics import metrics
 
 SIGNAL_COUNTS = 1.0  # photons per voxel (smoothed): where counting data hold signal
 FLOAT_SIGNAL = 1e-6  # of the maximum, for data that are not counts (noise-free: nearly all of it)
@@ -127,9 +128,8 @@ def signal_region(volume: np.ndarray, peak, measured: np.ndarray | None = None, 
     here = labels[tuple(peak)]
     signal = labels == here if here else above
     shape = []
-    for axis, (n, p) in enumerate(zip(values.shape, peak)):
-        occupied = np.flatnonzero(signal.any(axis=tuple(a for a in range(3) if a != axis)))
-        half = max(p - occupied[0], occupied[-1] - p) if occupied.size else 0
+    for n, p, span in zip(values.shape, peak, metrics.spans(signal)):
+        half = max(p - span[0], span[1] - p) if span else 0
         size = max(sfft.next_fast_len(2 * (int(half) + MARGIN) + 1), min(n, minimum))
         shape.append(n if size >= WHOLE_AXIS * n else size)
     return Region(tuple(values.shape), tuple(int(p) for p in peak), tuple(shape))
@@ -140,16 +140,6 @@ def place_back(obj: np.ndarray, region: Region) -> np.ndarray:
     region's voxels, zero elsewhere (the input's voxel size; the peak's offset becomes a phase ramp)."""
     far = sfft.fftshift(sfft.fftn(obj, workers=-1))
     return sfft.ifftn(sfft.ifftshift(region.put(far.astype(np.complex64))), workers=-1).astype(np.complex64)
-
-
-def map_to_input(values: np.ndarray, region: Region) -> np.ndarray:
-    """A real-space map on the region's grid (e.g. a phase uncertainty) resampled to the input's grid (the
-    same field of view, the input's finer voxels); linear interpolation."""
-    if tuple(values.shape) == tuple(region.input_shape):
-        return values
-    factors = [n / r for n, r in zip(region.input_shape, values.shape)]
-    out = ndimage.zoom(values, factors, order=1, grid_mode=True, mode="grid-wrap")
-    return out[tuple(slice(0, n) for n in region.input_shape)].astype(values.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- backend
@@ -168,7 +158,7 @@ def backend():
     return np, sfft
 
 
-def to_host(xp, values):
+def to_host(values):
     return values.get() if hasattr(values, "get") else np.asarray(values)
 
 
@@ -237,14 +227,14 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
         if done < plan.iterations and yield_now is not None and yield_now():
             interrupted = True
             break
-    host = to_host(xp, obj)
+    host = to_host(obj)
     seconds = time.perf_counter() - started + (float(resume["seconds"]) if resume is not None else 0.0)
     if interrupted:
         state = {"obj": host, "support": support, "done": np.int64(done), "history": np.asarray(history),
                  "seconds": np.float64(seconds)}
         return FullFit(host, support, np.array([history[-1]]), done, seconds, history, times, interrupted=True,
                        checkpoint=state)
-    chi = to_host(xp, _misfit(xp, xp.abs(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
+    chi = to_host(_misfit(xp, xp.abs(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
     return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu")
 

@@ -192,39 +192,42 @@ def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
     return [fullgrid.Region(r.input_shape, r.peak, common) for r in regions]
 
 
-def full_stage(intensity: np.ndarray, refined: Stage, measured: np.ndarray | None = None,
+def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray, measured: np.ndarray | None = None,
                plan: fullgrid.FullPlan = fullgrid.FULL_PLAN, yield_now=None, resume: Checkpoint | None = None,
-               counts: np.ndarray | None = None, progress=None) -> Stage:
-    """The full-grid stage (``shared.fullgrid``) of each scan, seeded by the refined stage's finalists;
-    on the input's grid, χ against the frames. ``resume``: one scan's checkpoint (the service's)."""
+               progress=None, keep_ramp: bool = True) -> Stage:
+    """The full-grid stage (``shared.fullgrid``) of each scan, seeded by the refined stage's ``finalists``
+    (B, F, …) on its grid, in the regions and with the floors of its ``refined_info``; on the input's grid,
+    χ against the frames. ``resume``: one scan's checkpoint (the service's). ``keep_ramp`` False: the
+    arrays are free of the Bragg peak's phase ramp (as the service keeps them; χ is taken with it)."""
     started = time.perf_counter()
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
-    measured_counts = counts if counts is not None else intensity
-    amps, phases, supports, chis, spreads, floors, verdicts, details = [], [], [], [], [], [], [], []
+    amps, phases, supports, chis, spreads, verdicts, details = [], [], [], [], [], [], []
+    floors = list(refined_info["chi_floor"])
     for k, volume in enumerate(intensity):
-        region = fullgrid.Region.from_dict(refined.info["region"][k])
+        region = fullgrid.Region.from_dict(refined_info["region"][k])
         m = None if measured is None else measured[k]
         inside = region.inside() & (True if m is None else region.take(m))
-        seeds = np.stack([embed(f, region.shape) for f in refined.finalists[k]])
+        seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
         fitted = fullgrid.fit(region.take(volume), None if np.all(inside) else np.broadcast_to(inside, region.shape),
                               seeds, plan, yield_now, None if resume is None else resume.arrays, progress)
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
+        chis.append(metrics.chi(best, volume, m))
+        if not keep_ramp:
+            best = best * np.conj(phase_ramp(best.shape, refined_info["bragg_peak_offset"][k]))
         a, p, s = metrics.canonical(best, phase_outside=True)
         amps.append(a), phases.append(p), supports.append(s)
-        chis.append(metrics.chi(a * np.exp(1j * p), volume, m))
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
-        floors.append(refined.info["chi_floor"][k] if "chi_floor" in refined.info
-                      else trust.noise_floor(measured_counts[k], m))
-        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if others else None, s))
+        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if others else None, s))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
     shape = list(intensity.shape[1:])
-    info = {"verdict": verdicts, "chi_floor": floors, "grid": shape, "downsampled": False, "phase_ramp": "kept",
-            "region": refined.info["region"], "bragg_peak_offset": refined.info["bragg_peak_offset"],
+    info = {"verdict": verdicts, "chi_floor": floors, "grid": shape, "downsampled": False,
+            "phase_ramp": "kept" if keep_ramp else "removed", "region": refined_info["region"],
+            "bragg_peak_offset": refined_info["bragg_peak_offset"],
             "plan": plan.describe(), "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
@@ -257,6 +260,7 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
         stages["refined"] = refined_stage(intensity, nn.amplitude, nn.phase, nn.crops, measured, refine_size, plan,
                                           inpainted=True, counts=counts)
         if full_grid and stages["refined"].info["downsampled"]:
-            stages["full"] = full_stage(intensity, stages["refined"], measured, full_plan, counts=counts,
+            refined = stages["refined"]
+            stages["full"] = full_stage(intensity, refined.info, refined.finalists, measured, full_plan,
                                         progress=full_progress)
     return stages

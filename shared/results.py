@@ -35,7 +35,8 @@ def stage_path(data_dir: Path, scan: str, stage: str) -> Path:
 
 def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
                 extra: dict[str, np.ndarray] | None = None) -> None:
-    """``extra``: further root datasets shaped like ``phase`` (the refined stage's ``phase_uncertainty``)."""
+    """``extra``: further root datasets (``phase_uncertainty``; the refined stage's ``finalists_real`` and
+    ``finalists_imag``, the full-grid stage's seeds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
              **{k: v for k, v in summary_of(info).items() if isinstance(v, (int, float, str))}}

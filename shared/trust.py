@@ -70,9 +70,9 @@ def phase_spread(best: np.ndarray, others: list[np.ndarray], threshold: float = 
 
     On a grid much larger than the crystal (a full-grid answer), every object is centred and the
     spread is taken on a window around the crystal: the alignment's FFTs stay the crystal's size."""
-    window = _crystal_window(best, threshold)
+    shift = metrics.centring_shift(best)
+    window = _crystal_window(np.abs(np.roll(best, shift, axis=(0, 1, 2))), threshold)
     if window is not None:
-        shift = metrics.centring_shift(best)
         centred = [np.roll(o, s, axis=(0, 1, 2)) for o, s in
                    [(best, shift)] + [(o, metrics.centring_shift(o)) for o in others]]
         cut = tuple(slice((n - w) // 2, (n - w) // 2 + w) for n, w in zip(best.shape, window))
@@ -91,17 +91,14 @@ def phase_spread(best: np.ndarray, others: list[np.ndarray], threshold: float = 
     return np.where(support, spread, 0).astype(np.float32)
 
 
-def _crystal_window(obj: np.ndarray, threshold: float):
-    """The shape of a centred window that holds the crystal with a margin; None when it would not be
-    much smaller than the grid."""
-    centred = np.abs(np.roll(obj, metrics.centring_shift(obj), axis=(0, 1, 2)))
-    inside = centred > threshold * centred.max()
+def _crystal_window(centred: np.ndarray, threshold: float):
+    """The shape of a window about the grid's centre that holds the crystal (``centred``: its amplitude,
+    centred) with a margin; None when it would not be much smaller than the grid."""
     window = []
-    for axis, n in enumerate(obj.shape):
-        occupied = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        half = max(n // 2 - occupied[0], occupied[-1] - n // 2) if occupied.size else n
-        window.append(min(n, 2 * (int(half) + WINDOW_MARGIN)))
-    return tuple(window) if np.prod(window) < 0.5 * obj.size else None
+    for n, span in zip(centred.shape, metrics.spans(centred > threshold * centred.max())):
+        half = max(n // 2 - span[0], span[1] - n // 2) if span else n
+        window.append(min(n, 2 * (half + WINDOW_MARGIN)))
+    return tuple(window) if np.prod(window) < 0.5 * centred.size else None
 
 
 def verdict(chi: float, floor: float, uncertainty: np.ndarray | None, support: np.ndarray | None = None) -> str:

@@ -68,7 +68,7 @@ def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_nev
     prediction = (np.abs(truth) * np.exp(1j * 0.0)).astype(np.complex64)
     floors = [trust.noise_floor(v) for v in intensity]
     first = converge(intensity, prediction, plan=REFINE_PLAN)
-    before = effort.verdicts(first, intensity, floors)
+    before = effort.verdicts(first, floors)
     best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, first)
     for k, (verdict, floor) in enumerate(zip(before, floors)):
         assert (runs[k] == 1) == (not effort.needs_more(verdict, floor))

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from shared.results import STAGES
+
 State = Literal["acquiring", "complete", "failed"]
-Stage = Literal["nn", "refined", "full"]
-STAGES = ("nn", "refined", "full")
+Stage = Literal["nn", "refined", "full"]  # shared.results.STAGES, spelled out for the OpenAPI schema
 
 
 class StageSummary(BaseModel):

@@ -25,8 +25,7 @@ from shared import detector, fullgrid, scheduling
 from shared.errors import InputError
 from shared.messages import Start
 from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
-from shared.physics import metrics
-from shared.reconstruction import Stage, full_stage, phase_ramp, refined_stage
+from shared.reconstruction import full_stage, refined_stage
 from shared.settings import Settings
 from shared.store import Store
 
@@ -226,25 +225,22 @@ class RefinementWorker:
         if state is None or refined is None or real is None or imag is None:
             raise KeyError("scan or its refined result is gone")
         info = refined[2]
-        volume, counts, measured = self.frames(state)
-        seeds = Stage(None, None, None, None, 0.0, {"region": [info["region"]], "chi_floor": [info["chi_floor"]],
-                                                    "bragg_peak_offset": [info["bragg_peak_offset"]]},
-                      finalists=(real + 1j * imag)[None].astype(np.complex64))
+        volume, _, measured = self.frames(state)
         began = time.perf_counter()
-        stage = full_stage(volume[None], seeds, None if measured is None else measured[None],
-                           fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken), counts[None])
-        fit = stage.info["fit"][0]  # the service keeps answers free of the peak's ramp, as the refined stage's
-        obj = stage.amplitude[0] * np.exp(1j * stage.phase[0]) * np.conj(phase_ramp(volume.shape, info["bragg_peak_offset"]))
-        amplitude, phase, _ = metrics.canonical(obj, phase_outside=True)
+        stage = full_stage(volume[None], {k: [info[k]] for k in ("region", "chi_floor", "bragg_peak_offset")},
+                           (real + 1j * imag)[None].astype(np.complex64), None if measured is None else measured[None],
+                           fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),
+                           keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
+        fit = stage.info["fit"][0]
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
                   "seconds": fit["seconds"], "verdict": stage.info["verdict"][0],
                   "chi_floor": float(stage.info["chi_floor"][0]), "wall_seconds": time.perf_counter() - began,
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
-                  "region": info["region"], "downsampled": False, "phase_ramp": "removed",
+                  "region": info["region"], "downsampled": False, "phase_ramp": stage.info["phase_ramp"],
                   "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],
                   "iterations": fit["iterations"], "device": fit["device"], "chi_history": fit["chi_history"],
                   "chi_refined": info["chi"]}
-        return (amplitude, phase, result), {"phase_uncertainty": stage.uncertainty[0]}, fit["seconds"]
+        return (stage.amplitude[0], stage.phase[0], result), {"phase_uncertainty": stage.uncertainty[0]}, fit["seconds"]
 
     def publish_queue(self) -> None:
         """Every waiting scan's record says where it stands: {"stage", "position", "eta_s"}."""

@@ -27,6 +27,7 @@ import scipy.fft as sfft
 import scipy.ndimage as ndi
 
 from shared.errors import InputError
+from shared.physics.metrics import spans
 
 NETWORK_SIZE = 32
 
@@ -63,10 +64,8 @@ def oversampling(intensity_volume: np.ndarray, threshold: float = 0.01) -> np.nd
     auto = np.abs(sfft.fftshift(sfft.ifftn(sfft.ifftshift(vol), workers=-1)))
     mask = auto > threshold * auto.max()
     ratios = []
-    for axis, n in enumerate(vol.shape):
-        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        extent = occupied[-1] - occupied[0] + 1
-        ratios.append(2.0 * n / extent)
+    for n, (first, last) in zip(vol.shape, spans(mask)):
+        ratios.append(2.0 * n / (last - first + 1))
     return np.array(ratios)
 
 

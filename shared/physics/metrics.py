@@ -68,6 +68,15 @@ def fourier_shift(obj: np.ndarray, shift) -> np.ndarray:
     return sfft.ifftn(shifted, workers=-1).astype(np.complex64)
 
 
+def spans(mask: np.ndarray) -> list[tuple[int, int] | None]:
+    """Per axis, the first and last index where ``mask`` holds anything (None for an empty axis)."""
+    out = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        out.append((int(occupied[0]), int(occupied[-1])) if occupied.size else None)
+    return out
+
+
 def centring_shift(obj: np.ndarray) -> list[int]:
     """The whole-voxel roll that puts the amplitude's centre of mass at index n//2 (circular centre of
     mass, so an object wrapped across the border is handled)."""
