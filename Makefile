@@ -9,7 +9,7 @@ $(BIN)/cdi-live: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,atomistic,bluesky]"
+	$(BIN)/pip install --quiet -e ".[dev,atomistic,bluesky,yardstick]"
 	@touch $@
 
 install: $(BIN)/cdi-live

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.cohere_yardstick import available as cohere_available, cohere_phase  # noqa: E402
+from shared.yardstick import available as cohere_available, cohere_best_of, cohere_phase  # noqa: E402
 from shared import plots  # noqa: E402
 from shared.evaluation import SUCCESS, held_out_set, real_sets, timed  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
@@ -35,12 +35,6 @@ from shared.reconstruction import reconstruct  # noqa: E402
 from shared.refinement import refine  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
-
-
-def best_of_cohere(intensity, starts):
-    """cohere from ``starts`` random starts, the lowest χ kept (what a careful cohere user does)."""
-    runs = [cohere_phase(intensity, seed=k)[0] for k in range(starts)]
-    return min(runs, key=lambda obj: metrics.chi(obj, intensity))
 
 
 def _peak_rss_mb() -> float:
@@ -116,7 +110,7 @@ def main():
         methods["cohere-core 4.5, 1 start"] = lambda: np.stack([cohere_phase(i, seed=k)[0]
                                                                  for k, i in enumerate(intensity)])
         methods[f"cohere-core 4.5, best of {args.cohere_starts}"] = lambda: np.stack(
-            [best_of_cohere(i, args.cohere_starts) for i in intensity])
+            [cohere_best_of(i, args.cohere_starts) for i in intensity])
     else:
         print("cohere-core not installed (pip install cohere-core): its rows are left out")
     rows = {}

@@ -95,13 +95,15 @@ def test_bad_input(tmp_path, args, message):
 
 
 def test_evaluate_writes_a_report(tmp_path):
-    """`cdi-live evaluate`: Markdown with the comparison table, figures, partial scans and real data."""
+    """`cdi-live evaluate`: Markdown with the comparison table (cohere-core's rows from the real package),
+    figures, partial scans and real data."""
     from tests.conftest import REAL_DATA
 
     result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA, "--real-size", 64)
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "report" / "README.md").read_text()
-    for row in ("| 3D-CDI-NN |", "| ER/HIO, 4 random starts |", "| refined stage", "| zero phase, true support |", "plain phase", "Partial scans"):
+    for row in ("| 3D-CDI-NN |", "| ER/HIO, 4 random starts |", "| refined stage", "| zero phase, true support |", "plain phase", "Partial scans",
+                "| cohere-core, 1 start |", "| cohere-core, best of 4 |", "| cohere-core, GA (4×3) |"):
         assert row in report
     for figure in ("errors.png", "slices.png", "partial.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000

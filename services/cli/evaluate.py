@@ -18,6 +18,8 @@ def add_arguments(p):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real data sets")
     p.add_argument("--real-size", type=positive_int, default=128,
                    help="the APS scan is DCT-downsampled to this size per axis for both tools")
+    p.add_argument("--no-cohere", action="store_true",
+                   help="leave out the cohere-core rows (1 start, best of 4, GA: about 15 s per crystal)")
 
 
 def run(args):
@@ -25,6 +27,6 @@ def run(args):
     from shared.nn.inference import Predictor
 
     summary = evaluate(Predictor(args.weights), args.out, args.count, args.seed,
-                       args.data if args.data.exists() else None, args.real_size)
+                       args.data if args.data.exists() else None, args.real_size, cohere=not args.no_cohere)
     print(json.dumps(summary["median"], indent=1))
     print(f"report: {args.out / 'README.md'}")
