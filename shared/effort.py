@@ -2,9 +2,11 @@
 
     judge     after a run of the refined stage each scan gets its verdict (``shared.trust``): χ against
               its noise floor, and whether its independent solutions agree
-    again     a scan left "uncertain" whose data could allow a verdict (floor ≤ NOISE_LIMIT) runs the
-              plan again from new starts (the network's shape with random phases, a new seed), up to
-              MAX_RUNS runs in all; a scan that reached its floor stops at once
+    again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
+              random phases, a new seed), up to MAX_RUNS runs in all, when its data could allow a verdict
+              (floor ≤ NOISE_LIMIT) or, on noisier data, while its χ is above the fitted floor (a right
+              answer fits the noise down to it, a wrong basin stays above); a scan that reached its
+              floor stops at once
     answer    the lowest-χ answer of all its runs; its other solutions are the best answer of each other
               run (independent searches: where they disagree is the phase uncertainty)
     where     on refinement grids of at most SMALL_GRID voxels (a run ≲ 1 s on 2 cores, so a run that
@@ -24,23 +26,41 @@ from shared import trust
 from shared.pipeline import Converged, Plan, converge
 
 MAX_RUNS = 2
+AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ is above the fitted floor
 AGAIN_STARTS = ("random", "random", "flat", "twin")
 SMALL_GRID = 64**3
 
 
-def verdicts(result: Converged, floors) -> list[str]:
-    """Each scan's verdict on its own grid (the run's χ, against the intensity it was fitted to)."""
-    out = []
+def needs_more(result: Converged, floors, measured: np.ndarray | None) -> list[int]:
+    """The scans of a run that get another: judged on their own grid (the run's χ, against the intensity
+    it was fitted to, and its support as the free voxels)."""
+    todo = []
     for k, obj in enumerate(result.obj):
         others = list(result.alternatives[k]) if result.alternatives is not None else []
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
         spread = trust.phase_spread(obj, others) if others else None
-        out.append(trust.verdict(float(result.chi[k]), floors[k], spread, support))
-    return out
+        free = trust.free_fraction(result.support[k], None if measured is None else measured[k])
+        chi = float(result.chi[k])
+        if trust.verdict(chi, floors[k], spread, support, free) == "converged":
+            continue
+        if floors[k] <= trust.NOISE_LIMIT or not trust.reached_floor(chi, floors[k], free, AGAIN_SLACK):
+            todo.append(k)
+    return todo
 
 
-def needs_more(verdict: str, floor: float) -> bool:
-    return verdict == "uncertain" and floor <= trust.NOISE_LIMIT
+def _answer(result: Converged, k: int, measured: np.ndarray | None) -> tuple[float, np.ndarray, float]:
+    """A run's answer for scan k: (χ, object, free fraction of its support)."""
+    return (float(result.chi[k]), result.obj[k],
+            trust.free_fraction(result.support[k], None if measured is None else measured[k]))
+
+
+def _independent(answers: list, floor: float, own: np.ndarray) -> np.ndarray:
+    """The other solutions that stand for the best answer's uncertainty: the best answer of another run
+    when that one reached the fitted floor too (two independent searches that both fit), else the best
+    run's own other finalists (a run stuck in a wrong basin says nothing about the right answer's spread)."""
+    ranked = sorted(answers, key=lambda answer: answer[0])
+    good = [obj for chi, obj, free in ranked[1:] if trust.reached_floor(chi, floor, free)]
+    return np.repeat(good[0][None], len(own), 0) if good else own
 
 
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
@@ -53,24 +73,25 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
     best = dataclasses.replace(first, obj=np.array(first.obj), support=np.array(first.support),
                                chi=np.array(first.chi), start=list(first.start), seconds=dict(first.seconds),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
-    answers = [[(float(first.chi[k]), obj)] for k, obj in enumerate(first.obj)]  # every run's best, per scan
+    answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
     again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS)
     for attempt in range(1, MAX_RUNS):
-        todo = [k for k, v in enumerate(verdicts(best, floors)) if needs_more(v, floors[k])]
+        todo = needs_more(best, floors, measured)
         if not todo:
             break
         again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
                          again_plan, seed=attempt)
         for j, k in enumerate(todo):
             runs[k] += 1
-            answers[k].append((float(again.chi[j]), again.obj[j]))
+            answers[k].append(_answer(again, j, None if measured is None else measured[todo]))
             if again.chi[j] < best.chi[k]:
                 best.obj[k], best.support[k], best.chi[k] = again.obj[j], again.support[j], again.chi[j]
                 best.start[k] = f"{again.start[j]} (run {attempt + 1})"
+                if best.alternatives is not None:
+                    best.alternatives[k] = again.alternatives[j]
         for name, seconds in again.seconds.items():
             best.seconds[name] = best.seconds.get(name, 0.0) + seconds
-        if best.alternatives is not None:  # the runner-up run's answer: an independent solution
+        if best.alternatives is not None:
             for k in todo:
-                runner_up = sorted(answers[k], key=lambda answer: answer[0])[1][1]  # the best is the lowest χ
-                best.alternatives[k] = np.repeat(runner_up[None], best.alternatives.shape[1], 0)
+                best.alternatives[k] = _independent(answers[k], floors[k], best.alternatives[k])
     return best, runs

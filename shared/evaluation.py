@@ -131,13 +131,13 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
 def trust_of(stage, intensity) -> list[dict]:
     """Per scan of a ``converge`` result: noise floor, mean phase uncertainty over the crystal, verdict."""
     rows = []
-    for obj, alternatives, volume in zip(stage.obj, stage.alternatives, intensity):
+    for obj, alternatives, fitted, volume in zip(stage.obj, stage.alternatives, stage.support, intensity):
         floor = trust.noise_floor(volume)
         spread = trust.phase_spread(obj, list(alternatives))
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
-        chi = metrics.chi(obj, volume)
-        rows.append({"chi": chi, "floor": floor, "uncertainty": float(spread[support].mean()),
-                     "verdict": trust.verdict(chi, floor, spread, support)})
+        chi, free = metrics.chi(obj, volume), trust.free_fraction(fitted)
+        rows.append({"chi": chi, "floor": floor, "fitted_floor": trust.fitted_floor(floor, free),
+                     "uncertainty": float(spread[support].mean()), "verdict": trust.verdict(chi, floor, spread, support, free)})
     return rows
 
 
@@ -271,9 +271,10 @@ def report(s: dict) -> str:
     v = c["verdicts"]
     called = v["converged"]["right"] + v["converged"]["wrong"]
     lines += ["", "## Trust: verdict and uncertainty against the truth (`shared/trust.py`)", "",
-              "Each refined answer carries a verdict (converged when its χ is within 10 % of the data's Poisson "
-              "floor + 0.005, the floor is ≤ 0.125 and its two finalists agree; uncertain otherwise) and a per-voxel "
-              "phase uncertainty (the finalists' spread after alignment).", "",
+              "Each refined answer carries a verdict and a per-voxel phase uncertainty (the spread of independent "
+              "solutions after alignment). The χ a right answer reaches is the data's Poisson floor lowered by the "
+              "noise its free voxels fit: floor·√(1 − 2·support/measured voxels), the fitted floor. Rule: "
+              f"{trust.RULE}.", "",
               "| verdict | right (< 0.1 rad) | wrong |", "|---|---|---|",
               f"| converged | {v['converged']['right']} | {v['converged']['wrong']} |",
               f"| uncertain | {v['uncertain']['right']} | {v['uncertain']['wrong']} |", "",

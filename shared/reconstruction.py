@@ -160,8 +160,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, result)  # small grids only
     amps, phases, supports, chis, spreads, verdicts, finalists = [], [], [], [], [], [], []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
-    for obj, alternatives, volume, region, m in zip(
-            result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions)):
+    for k, (obj, alternatives, volume, region, m) in enumerate(zip(
+            result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions))):
         finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
         on_input = fullgrid.place_back(embed(obj, region.shape), region)
         chis.append(metrics.chi(on_input, volume, m))  # against the frames as given, on every path
@@ -172,7 +172,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
                        else np.zeros(a.shape, np.float32))
-        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if len(alternatives) else None, s))
+        free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
+        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if len(alternatives) else None, s, free))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
     info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
@@ -220,7 +221,8 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         a, p, s = metrics.canonical(best, phase_outside=True)
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
-        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if others else None, s))
+        free = trust.free_fraction(fitted.support, inside)
+        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if others else None, s, free))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.cli.options import positive_float, positive_int, read_geometry
-from shared import __version__, detector
+from shared import __version__, detector, trust
 from shared.errors import InputError
 from shared.files import read_array, read_measurement, write_result, write_vti
 from shared.pipeline import REFINE_PLAN, REFINE_SIZE
@@ -120,8 +120,7 @@ def run(args):
                      "chi_floor": np.array(info["chi_floor"]) if was_batch else float(info["chi_floor"][0]),
                      "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
                      "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
-                     "verdict_rule": "converged: χ ≤ 1.1·chi_floor + 0.005, chi_floor ≤ 0.125 and the two finalists' "
-                                     "phases agree (mean spread ≤ 0.06 rad); else uncertain"}
+                     "verdict_rule": trust.RULE}
         extra["/phase_uncertainty"] = trusted.uncertainty[pick]
         region = tuple(info["region"][0]["shape"])
         if "full" in stages:
