@@ -36,14 +36,19 @@ def needs_more(result: Converged, floors, measured: np.ndarray | None) -> list[i
     it was fitted to, and its support as the free voxels)."""
     todo = []
     for k, obj in enumerate(result.obj):
+        free = trust.free_fraction(result.support[k], None if measured is None else measured[k])
+        chi = float(result.chi[k])
+        if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the fitted floor
+            if not trust.reached_floor(chi, floors[k], free, AGAIN_SLACK):
+                todo.append(k)
+            continue
+        if not trust.reached_floor(chi, floors[k], free):  # uncertain whatever its solutions' spread
+            todo.append(k)
+            continue
         others = list(result.alternatives[k]) if result.alternatives is not None else []
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
         spread = trust.phase_spread(obj, others) if others else None
-        free = trust.free_fraction(result.support[k], None if measured is None else measured[k])
-        chi = float(result.chi[k])
-        if trust.verdict(chi, floors[k], spread, support, free) == "converged":
-            continue
-        if floors[k] <= trust.NOISE_LIMIT or not trust.reached_floor(chi, floors[k], free, AGAIN_SLACK):
+        if trust.verdict(chi, floors[k], spread, support, free) != "converged":
             todo.append(k)
     return todo
 
