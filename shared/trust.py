@@ -4,7 +4,9 @@
                  E‖√N − √λ‖ / ‖√N‖, each voxel's E(√N − √λ)² from an exact table at λ estimated
                  as the data smoothed by a Gaussian of 0.5 voxel (the data themselves put λ = 0
                  where a faint voxel counted nothing, and underestimate the floor by a quarter);
-                 data that are not whole numbers are taken as noise-free: floor 0
+                 counts scaled by one factor (normalised to a maximum of 1, as the paper's example)
+                 are counts again once divided by the one-photon step, the smallest non-zero value;
+                 other data that are not whole numbers are taken as noise-free: floor 0
     uncertainty  per voxel, the circular spread of the stage's independent finalists' phases
                  once their offset, sub-voxel shift, ramp and twin are aligned (rad, 0 outside
                  the crystal)
@@ -60,12 +62,34 @@ def is_counting(intensity: np.ndarray) -> bool:
     return bool(values.size) and bool(np.all(values == np.round(values)))
 
 
+def photon_step(values: np.ndarray) -> float | None:
+    """The intensity of one photon: 1 for whole-number counts; for counts scaled by one factor, the
+    smallest non-zero value, when every value below SCALED_LEVELS of it is a whole multiple of it
+    (to SCALED_TOLERANCE); None for data that are not counts."""
+    values = np.asarray(values, np.float64)
+    if is_counting(values):
+        return 1.0
+    positive = values[values > 0]
+    if positive.size == 0:
+        return None
+    step = float(positive.min())
+    low = positive[positive < SCALED_LEVELS * step] / step
+    if len(np.unique(np.round(low))) < 3 or np.abs(low - np.round(low)).max() > SCALED_TOLERANCE:
+        return None
+    return step
+
+
+SCALED_LEVELS, SCALED_TOLERANCE = 1000, 0.01  # (float32 keeps whole multiples to 1e-4 there)
+
+
 def noise_floor(intensity: np.ndarray, measured: np.ndarray | None = None, smooth: float = 0.5) -> float:
     """The χ of the true object against these data, as their Poisson noise sets it (0 for non-counts)."""
     values = np.clip(np.asarray(intensity, np.float64), 0, None)
     inside = np.ones(values.shape, bool) if measured is None else np.broadcast_to(measured, values.shape)
-    if not is_counting(values[inside]) or values[inside].sum() <= 0:
+    step = photon_step(values[inside])
+    if step is None or values[inside].sum() <= 0:
         return 0.0
+    values = values / step
     weight = ndimage.gaussian_filter(inside.astype(np.float64), smooth)  # unmeasured voxels do not count
     rate = ndimage.gaussian_filter(np.where(inside, values, 0), smooth) / np.maximum(weight, 1e-12)
     variance = np.interp(rate[inside], _LAMBDA, _TABLE, right=0.25)

@@ -1,5 +1,6 @@
 """`cdi-live reconstruct` with the shipped weights: a real check, not a hard-coded one."""
 
+import json
 
 import h5py
 import numpy as np
@@ -105,6 +106,8 @@ def test_evaluate_writes_a_report(tmp_path):
     for row in ("| 3D-CDI-NN |", "| ER/HIO, 4 random starts |", "| refined stage", "| zero phase, true support |", "plain phase", "Partial scans",
                 "| cohere-core, 1 start |", "| cohere-core, best of 4 |", "| cohere-core, GA (4×3) |"):
         assert row in report
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())  # the numbers, for scripts
+    assert summary["count"] == 2 and {"converged", "uncertain"} == set(summary["calibration"]["verdicts"])
     for figure in ("errors.png", "slices.png", "partial.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000
     if REAL_DATA.exists():

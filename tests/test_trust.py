@@ -23,6 +23,17 @@ def test_noise_floor_matches_poisson_statistics():
     assert trust.noise_floor(lam * 1.5 + 0.25) == 0.0  # not counts: noise-free
 
 
+def test_counts_normalised_to_one_keep_their_floor():
+    """Counts scaled to a maximum of 1 in float32 (as the paper's example is stored) are recognised by their
+    one-photon step and keep the floor of the counts; smooth floats still have none."""
+    counts = np.round(crystals.simulated_scan(32, 4303, 0, 0, True, (1e6, 1e6))[0])
+    scaled = (counts / counts.max()).astype(np.float32)
+    assert trust.photon_step(scaled) == pytest.approx(1 / counts.max(), rel=1e-5)
+    assert trust.noise_floor(scaled) == pytest.approx(trust.noise_floor(counts), rel=1e-3)
+    smooth = crystals.simulated_scan(32, 4303, 0, 0, True, (0.0, 0.0))[0]  # noise-free
+    assert trust.photon_step(smooth / smooth.max()) is None and trust.noise_floor(smooth) == 0.0
+
+
 def test_floor_is_the_true_objects_chi_on_simulated_counts():
     """On simulated noisy crystals (seed 4300, not the calibration seeds), the truth's χ is within 10 % of
     the floor estimated from the data alone."""
