@@ -158,7 +158,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     floors = [trust.noise_floor(raw, m) for raw, m in  # the counts as measured (on the input's grid)
               zip(measured_counts, measured if measured is not None else [None] * len(regions))]
     result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, result)  # small grids only
-    amps, phases, supports, chis, spreads, verdicts, finalists = [], [], [], [], [], [], []
+    amps, phases, supports, chis, spreads, verdicts, finalists, fitted_floors = [], [], [], [], [], [], [], []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
     for k, (obj, alternatives, volume, region, m) in enumerate(zip(
             result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions))):
@@ -173,9 +173,10 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
                        else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
-        verdicts.append(trust.verdict(chis[-1], floors[-1], spreads[-1] if len(alternatives) else None, s, free))
+        fitted_floors.append(trust.fitted_floor(floors[k], free))
+        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if len(alternatives) else None, s, free))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
-    info = {"verdict": verdicts, "chi_floor": floors, "grid": list(grid),
+    info = {"verdict": verdicts, "chi_floor": floors, "chi_floor_fitted": fitted_floors, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
             "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
             "start": result.start, "runs": runs, "chi_refinement_grid": [float(c) for c in result.chi],
@@ -203,7 +204,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
     started = time.perf_counter()
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
-    amps, phases, supports, chis, spreads, verdicts, details = [], [], [], [], [], [], []
+    amps, phases, supports, chis, spreads, verdicts, details, fitted_floors = [], [], [], [], [], [], [], []
     floors = list(refined_info["chi_floor"])
     for k, volume in enumerate(intensity):
         region = fullgrid.Region.from_dict(refined_info["region"][k])
@@ -222,12 +223,14 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(fitted.support, inside)
+        fitted_floors.append(trust.fitted_floor(floors[k], free))
         verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if others else None, s, free))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
     shape = list(intensity.shape[1:])
-    info = {"verdict": verdicts, "chi_floor": floors, "grid": shape, "downsampled": False,
+    info = {"verdict": verdicts, "chi_floor": floors, "chi_floor_fitted": fitted_floors, "grid": shape,
+            "downsampled": False,
             "phase_ramp": "kept" if keep_ramp else "removed", "region": refined_info["region"],
             "bragg_peak_offset": refined_info["bragg_peak_offset"],
             "plan": plan.describe(), "fit": details}

@@ -21,7 +21,7 @@ import numpy as np
 from shared.files import write_result
 
 STAGES = ("nn", "refined", "full")
-SUMMARY = ("frames_used", "chi", "chi_on", "seconds", "verdict", "chi_floor", "grid",
+SUMMARY = ("frames_used", "chi", "chi_on", "seconds", "verdict", "chi_floor", "chi_floor_fitted", "grid",
            "chi_refinement_grid")  # a result's fields on its scan's record
 
 

@@ -87,6 +87,7 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         assert [v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]] and len(f.attrs["verdict"]) == 2
         assert set(v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]) <= {"converged", "uncertain"}
         assert f.attrs["chi_floor"].shape == (2,) and (f.attrs["chi_floor"] > 0).all()
+        assert (f.attrs["chi_floor_fitted"] < f.attrs["chi_floor"]).all()
         assert f["phase_uncertainty"].shape == f["phase"].shape
 
 

@@ -118,6 +118,9 @@ def run(args):
                      "verdict": np.array(trusted.info["verdict"], dtype=h5py.string_dtype()) if was_batch
                      else trusted.info["verdict"][0],
                      "chi_floor": np.array(info["chi_floor"]) if was_batch else float(info["chi_floor"][0]),
+                     # the χ a right answer reaches once its support's voxels have fitted part of the noise
+                     "chi_floor_fitted": np.array(trusted.info["chi_floor_fitted"]) if was_batch
+                     else float(trusted.info["chi_floor_fitted"][0]),
                      "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
                      "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
                      "verdict_rule": trust.RULE}

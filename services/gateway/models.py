@@ -21,6 +21,9 @@ class StageSummary(BaseModel):
     verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined and full-grid stages': "
                                                                  "whether the answer can be trusted (shared.trust)")
     chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (refined, full)")
+    chi_floor_fitted: float | None = Field(None, description="the χ a right answer reaches once its support's voxels "
+                                           "have fitted part of that noise: chi_floor·√(1 − 2·support/voxels); the "
+                                           "verdict compares chi with it")
     grid: list[int] | None = Field(None, description="the grid of the stage's arrays (full: the input's)")
     chi_refinement_grid: float | None = Field(None, description="the refined stage's χ on its own (binned) grid, "
                                               "`grid`; not against the measured frames")

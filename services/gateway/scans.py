@@ -110,7 +110,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         amplitude, phase, info = stage_arrays(scan, stage)
         attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
                  "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0),
-                 **{k: info[k] for k in ("verdict", "chi_floor") if k in info}}
+                 **{k: info[k] for k in ("verdict", "chi_floor", "chi_floor_fitted") if k in info}}
         uncertainty = uncertainty_of(scan, stage, amplitude.shape)
         extra = {"phase_uncertainty": uncertainty} if uncertainty is not None else {}
         if record.get("geometry"):
@@ -183,7 +183,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
                 pass
         drawn = drawn or views.page_view(amplitude, phase, level, uncertainty=uncertainty)
         return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
-                **{k: info[k] for k in ("verdict", "chi_floor") if k in info}, **drawn}
+                **{k: info[k] for k in ("verdict", "chi_floor", "chi_floor_fitted") if k in info}, **drawn}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):

@@ -206,6 +206,7 @@ class RefinementWorker:
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
                   "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
                   "verdict": extra["verdict"][0], "chi_floor": float(extra["chi_floor"][0]),
+                  "chi_floor_fitted": float(extra["chi_floor_fitted"][0]),
                   "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
                   "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
@@ -234,7 +235,8 @@ class RefinementWorker:
         fit = stage.info["fit"][0]
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
                   "seconds": fit["seconds"], "verdict": stage.info["verdict"][0],
-                  "chi_floor": float(stage.info["chi_floor"][0]), "wall_seconds": time.perf_counter() - began,
+                  "chi_floor": float(stage.info["chi_floor"][0]),
+                  "chi_floor_fitted": float(stage.info["chi_floor_fitted"][0]), "wall_seconds": time.perf_counter() - began,
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
                   "region": info["region"], "downsampled": False, "phase_ramp": stage.info["phase_ramp"],
                   "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],
