@@ -36,8 +36,7 @@ def needs_more(result: Converged, floors, measured: np.ndarray | None) -> list[i
     it was fitted to, and its support as the free voxels)."""
     todo = []
     for k, obj in enumerate(result.obj):
-        free = trust.free_fraction(result.support[k], None if measured is None else measured[k])
-        chi = float(result.chi[k])
+        chi, _, free = _answer(result, k, measured)
         if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the fitted floor
             if not trust.reached_floor(chi, floors[k], free, AGAIN_SLACK):
                 todo.append(k)

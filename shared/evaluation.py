@@ -51,8 +51,6 @@ def timed(fn):
 def cohere_rows(intensity, bar=None) -> dict[str, tuple[np.ndarray, float]]:
     """cohere-core as its users run it, on the same crystals: (objects, seconds) for 1 start, the best of
     4 (whose first start is the 1-start row) and its genetic algorithm."""
-    from shared import yardstick
-
     starts, ga, start_s, ga_s = [], [], 0.0, 0.0
     for k, volume in enumerate(intensity):
         runs, seconds = timed(lambda: [yardstick.cohere_phase(volume, seed=4 * k + j) for j in range(4)])
@@ -64,7 +62,7 @@ def cohere_rows(intensity, bar=None) -> dict[str, tuple[np.ndarray, float]]:
         if bar is not None:
             bar.update(1)
     return {"cohere-core, 1 start": (np.stack([runs[0][0] for runs in starts]), start_s / 4),
-            "cohere-core, best of 4": (np.stack([min(runs, key=lambda r: r[1])[0] for runs in starts]), start_s),
+            "cohere-core, best of 4": (np.stack([yardstick.lowest_error(runs) for runs in starts]), start_s),
             f"cohere-core, GA ({yardstick.GA_POPULATION}×{yardstick.GA_GENERATIONS})": (np.stack(ga), ga_s)}
 
 
@@ -91,6 +89,7 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
                 phasing.phase_retrieve(intensity[i:i + 16], starts=starts, seed=i,
                                        progress=lambda k, b=len(intensity[i:i + 16]) * starts: bar.update(k * b))[0]
                 for i in range(0, count, 16)]))
+    yardsticks = {}
     cohere = cohere and yardstick.available()
     if cohere:
         with tqdm(total=count, desc="cohere-core ×4 and GA", unit="scan") as bar:
@@ -100,10 +99,9 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
                "3D-CDI-NN": (nn, nn_s),
                "ER/HIO, 1 random start": baselines[1],
                "ER/HIO, 4 random starts": baselines[4],
+               **yardsticks,
                "NN amplitude, flat phase": (np.abs(nn).astype(np.complex64), nn_s),
                "zero phase, true support": (np.abs(truth).astype(np.complex64), None)}
-    if cohere:
-        methods = dict(list(methods.items())[:5]) | yardsticks | dict(list(methods.items())[5:])
     results = {}
     for name, (estimates, _) in tqdm(methods.items(), desc="metrics"):
         results[name] = all_errors(estimates, truth)

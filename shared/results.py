@@ -23,6 +23,7 @@ from shared.files import write_result
 STAGES = ("nn", "refined", "full")
 SUMMARY = ("frames_used", "chi", "chi_on", "seconds", "verdict", "chi_floor", "chi_floor_fitted", "grid",
            "chi_refinement_grid")  # a result's fields on its scan's record
+TRUST = ("verdict", "chi_floor", "chi_floor_fitted")  # the refined and full stages' trust fields
 
 
 def summary_of(info: dict) -> dict:

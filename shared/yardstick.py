@@ -40,9 +40,9 @@ def available() -> bool:
     return True
 
 
-def _reconstruct(data_file: Path, start: Path | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def _reconstruct(data_file: Path, start: Path | None = None) -> tuple[np.ndarray, float]:
     """One cohere reconstruction (from random, or continuing from ``start``'s image.npy and support.npy)
-    → (object in cohere's convention, support, cohere's final error)."""
+    → (object in cohere's convention, cohere's final error)."""
     from cohere_core.controller import phasing as cohere
 
     settings = dict(SETTINGS) | ({"continue_dir": str(start)} if start is not None else {})
@@ -50,7 +50,7 @@ def _reconstruct(data_file: Path, start: Path | None = None) -> tuple[np.ndarray
         rec = cohere.create_rec(settings, str(data_file), "np", -1, debug=True)
         rec.iterate()
     error = float(rec.errs[-1]) if rec.errs else float("inf")
-    return np.asarray(rec.ds_image), np.asarray(rec.support), error
+    return np.asarray(rec.ds_image), error
 
 
 def _data_file(folder: str, intensity: np.ndarray) -> Path:
@@ -67,14 +67,18 @@ def cohere_phase(intensity: np.ndarray, seed: int = 0) -> tuple[np.ndarray, floa
     """One cohere reconstruction of a centred intensity → (object in our convention, cohere's final error)."""
     np.random.seed(seed)  # cohere's random start draws from numpy's global generator
     with tempfile.TemporaryDirectory() as folder:
-        image, _, error = _reconstruct(_data_file(folder, intensity))
+        image, error = _reconstruct(_data_file(folder, intensity))
     return ours(image), error
 
 
-def cohere_best_of(intensity: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
-    """cohere from ``starts`` random starts, the lowest cohere error kept (what a careful cohere user does)."""
-    runs = [cohere_phase(intensity, seed=seed + k) for k in range(starts)]
+def lowest_error(runs: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Of several (object, cohere error) runs, the object a careful cohere user keeps."""
     return min(runs, key=lambda run: run[1])[0]
+
+
+def cohere_best_of(intensity: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
+    """cohere from ``starts`` random starts, the lowest cohere error kept."""
+    return lowest_error([cohere_phase(intensity, seed=seed + k) for k in range(starts)])
 
 
 def cohere_ga(intensity: np.ndarray, seed: int = 0, population: int = GA_POPULATION,
@@ -89,12 +93,12 @@ def cohere_ga(intensity: np.ndarray, seed: int = 0, population: int = GA_POPULAT
         data = _data_file(folder, intensity)
         members: list[Path | None] = [None] * population
         for generation in range(generations):
-            results = sorted((_reconstruct(data, start) for start in members), key=lambda r: r[2])
+            results = sorted((_reconstruct(data, start) for start in members), key=lambda r: r[1])
             if generation == generations - 1:
                 return ours(results[0][0])
             alpha = results[0][0]
             members = []
-            for k, (image, _, _) in enumerate(results):
+            for k, (image, _) in enumerate(results):
                 child = dvc_utils.breed(GA_BREED, alpha, image)
                 home = Path(folder) / f"member{k}"
                 home.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ def add_arguments(p):
     p.add_argument("--real-size", type=positive_int, default=128,
                    help="the APS scan is DCT-downsampled to this size per axis for both tools")
     p.add_argument("--no-cohere", action="store_true",
-                   help="leave out the cohere-core rows (1 start, best of 4, GA: about 15 s per crystal)")
+                   help="leave out the cohere-core rows (1 start, best of 4, GA: about 20 s per crystal)")
 
 
 def run(args):

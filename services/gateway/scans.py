@@ -17,6 +17,7 @@ from services.gateway import exports, views
 from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, State
 from services.gateway.security import api_key_guard
 from shared.errors import InputError
+from shared.results import TRUST
 from shared.messages import SCAN_ID
 from shared.physics.downsample import to_input_grid
 from shared.physics.strain import lab_maps
@@ -110,7 +111,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         amplitude, phase, info = stage_arrays(scan, stage)
         attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
                  "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0),
-                 **{k: info[k] for k in ("verdict", "chi_floor", "chi_floor_fitted") if k in info}}
+                 **{k: info[k] for k in TRUST if k in info}}
         uncertainty = uncertainty_of(scan, stage, amplitude.shape)
         extra = {"phase_uncertainty": uncertainty} if uncertainty is not None else {}
         if record.get("geometry"):
@@ -183,7 +184,7 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
                 pass
         drawn = drawn or views.page_view(amplitude, phase, level, uncertainty=uncertainty)
         return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
-                **{k: info[k] for k in ("verdict", "chi_floor", "chi_floor_fitted") if k in info}, **drawn}
+                **{k: info[k] for k in TRUST if k in info}, **drawn}
 
     @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
     def rerun_refinement(request: RefineRequest, scan: str = ScanId):
