@@ -177,7 +177,8 @@ DETECTOR_PIXEL_M = {"34idcTIM1": 55e-6, "34idcTIM2": 55e-6}  # areaDetector pref
 def geometry_from_spec(path: str | Path, scan: int) -> dict:
     """The geometry of a rocking scan as APS 34-ID-C writes it in SPEC (read with silx): the scan
     command (rocking motor, θ₀, step), motor positions Delta, Gamma, camdist (mm), Energy (keV), and
-    the detector's pixel from #UIMDET. One clear error names what is missing."""
+    the detector's pixel from #UIMDET; exactly the start message's geometry fields (the frame count is the
+    start's own). One clear error names what is missing."""
     from silx.io.specfile import SpecFile
 
     path = Path(path)
@@ -208,5 +209,4 @@ def geometry_from_spec(path: str | Path, scan: int) -> dict:
     return {"beamline": "34idc", "energy_kev": motor_value("Energy", "energy_kev"),
             "distance_m": motor_value("camdist", "distance_m") / 1000.0, "pixel_m": DETECTOR_PIXEL_M[detector],
             "rocking_step_deg": abs(last - first) / intervals, "delta_deg": motor_value("Delta", "delta_deg"),
-            "gamma_deg": motor_value("Gamma", "gamma_deg"), "rocking_motor": motor, "theta0_deg": first,
-            "frames": intervals + 1}
+            "gamma_deg": motor_value("Gamma", "gamma_deg"), "rocking_motor": motor, "theta0_deg": first}

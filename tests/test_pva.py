@@ -1,8 +1,10 @@
 """areaDetector frames over EPICS pvAccess, against a real pvapy server on loopback (never a mock)."""
 
+import argparse
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -141,3 +143,40 @@ def test_dropped_frames_compressed_frames_restarts_and_bad_frames(private):
     finally:
         ingest.close()
         detector.close(0)
+
+
+def test_pvapy_own_area_detector_simulator_with_spec_geometry(private, tmp_path):
+    """pvapy's `pvapy-ad-sim-server` streams frames from a .npy as an areaDetector would; the ingest cuts them
+    into scans of N and takes their geometry from the recorded scan's SPEC file (`--spec`): every scan is
+    accepted (the SPEC geometry fits the start message) and carries that geometry."""
+    import os
+    import shutil
+    import subprocess
+
+    from services.cli.options import read_geometry
+    from tests.conftest import REAL_DATA
+
+    spec = REAL_DATA / "aps-34idc-scan54" / "scan54.spec"
+    if not spec.exists():
+        pytest.skip(f"the real data are not beside this checkout ({spec})")
+    server = shutil.which("pvapy-ad-sim-server") or str(Path(__file__).parents[1] / ".venv/bin/pvapy-ad-sim-server")
+    prefix, folder = private
+    name = channel()
+    np.save(tmp_path / "frames.npy", simulated_volume(32, 23, 0, 1e7).astype(np.uint16))
+    geometry = read_geometry(argparse.Namespace(geometry=None, spec=spec, scan=54))
+    env = {**os.environ, "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+           "EPICS_PVA_AUTO_ADDR_LIST": "NO"}
+    ingest = PvaIngest(prefix, folder, name, frames_per_scan=32, geometry=geometry)
+    simulator = subprocess.Popen([server, "-if", str(tmp_path / "frames.npy"), "-cn", name, "-fps", "100",
+                                  "-rt", "8", "-std", "1", "-shd", "0", "-rp", "0", "-dc"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        state = wait_for(lambda: next((s for s in map(ingest.store.scan, ("pva-1", "pva-2", "pva-3"))
+                                       if s and s.get("state") == "complete"), None), timeout=60, every=0.1)
+        assert state["geometry"]["delta_deg"] == pytest.approx(32.174) and state["frames_received"] == 32
+        assert state["geometry"]["rocking_motor"] == "th"
+        assert not any(k.startswith("rejected:malformed") for k in ingest.store.counters())
+    finally:
+        simulator.terminate()
+        simulator.wait(10)
+        ingest.close()

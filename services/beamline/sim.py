@@ -26,9 +26,7 @@ def spec_geometry(spec, scan: int) -> dict:
     """The start message's geometry of a recorded scan, read from its SPEC file (``shared.files``)."""
     from shared.files import geometry_from_spec
 
-    geometry = geometry_from_spec(spec, scan)
-    geometry.pop("frames", None)  # the start message carries the frame count itself
-    return geometry
+    return geometry_from_spec(spec, scan)
 
 
 def simulated_volume(size: int, seed: int, index: int, photons: float) -> np.ndarray:

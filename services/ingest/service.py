@@ -49,6 +49,15 @@ class Rejected(Exception):
     """A message that is dropped; its text is the counted reason."""
 
 
+def scan_named(parts: list[bytes]) -> str | None:
+    """The scan id a message's header names, if it names one (even a header rejected as malformed)."""
+    try:
+        scan = json.loads(parts[0]).get("scan") if parts and len(parts[0]) <= 65536 else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return scan[:128] if isinstance(scan, str) else None
+
+
 def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> np.ndarray:
     """Payload bytes → frame array of the start message's shape and dtype."""
     if len(payload) > max_bytes:
@@ -85,6 +94,7 @@ class Ingest:
         self.counters: dict[str, int] = {}
         self.dirty: set[str] = set()
         self.outbox: list = []  # callables queuing Redis commands on a pipeline
+        self.announced_rejections: set = set()  # (scan, reason) pairs already published as an event
         self.redis_down = False
         self.last_sync = time.monotonic()
         # OpenMP's thread count is per thread: the loop that receives must be the one that constructs us.
@@ -191,18 +201,26 @@ class Ingest:
         try:
             self._handle(parts)
         except Rejected as reason:
-            self.reject(str(reason))
+            self.reject(str(reason), scan_named(parts))
         except Exception:  # a bug or a full disk must cost one message, never the ingest
             log.exception("internal error on a message (dropped, counted)")
             self.reject("internal error")
         self.sync()
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, scan: str | None = None) -> None:
+        """Counted by reason (``/metrics``), logged once per reason, and an event ``rejected`` for operators
+        once per scan and reason (the page shows it): a scan refused at its start is seen, not only logged."""
         self.count(f"rejected:{reason}")
         self.count("rejected")
         if reason not in self.logged_reasons:
             self.logged_reasons.add(reason)
             log.warning("rejected a message: %s (further ones are only counted)", reason)
+        if (scan, reason) not in self.announced_rejections:
+            if len(self.announced_rejections) >= 10_000:  # bounded: a flood of bad messages costs no memory
+                self.announced_rejections.clear()
+            self.announced_rejections.add((scan, reason))
+            event = {"event": "rejected", "reason": reason, **({"scan": scan} if scan else {})}
+            self.outbox.append(lambda pipe: self.store.publish(event, pipe))
 
     def _handle(self, parts: list[bytes]) -> None:
         if not parts or len(parts[0]) > 65536:

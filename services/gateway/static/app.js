@@ -258,6 +258,7 @@ function onEvent(e) {
   }
   if (ev.event === "deleted") { state.scans.delete(ev.scan); renderList(); return; }
   if (ev.event === "refused") { showAlarm(`scan ${ev.scan} refused: ${ev.reason}`); return; }
+  if (ev.event === "rejected") { showAlarm(`${ev.scan ? `scan ${ev.scan}: ` : ""}message rejected: ${ev.reason}`); return; }
   if (ev.event === "progress" && known) {
     known.frames_received = ev.frames_received;
     known.duplicates = ev.duplicates;
