@@ -22,13 +22,6 @@ GEOMETRY_34IDC = {"energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocki
                   "delta_deg": 32.174, "gamma_deg": 12.6346, "hkl": [1, 1, 1], "lattice_nm": 0.408}
 
 
-def spec_geometry(spec, scan: int) -> dict:
-    """The start message's geometry of a recorded scan, read from its SPEC file (``shared.files``)."""
-    from shared.files import geometry_from_spec
-
-    return geometry_from_spec(spec, scan)
-
-
 def simulated_volume(size: int, seed: int, index: int, photons: float) -> np.ndarray:
     """A crystal's noisy rocking curve as uint32 detector counts."""
     intensity = crystals.simulated_scan(size, seed, index, index, True, (photons, photons))[0]

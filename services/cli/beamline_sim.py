@@ -40,15 +40,16 @@ def run(args):
     import time
 
     from services.beamline.sim import (GEOMETRY_34IDC, Beamline, DectrisDetector, detector_flaws, recorded_volume,
-                                       simulated_volume, spec_geometry)
+                                       simulated_volume)
     from shared.errors import InputError
+    from shared.files import geometry_from_spec
 
     dectris, pva = args.protocol.startswith("dectris"), args.protocol == "pva"
     endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
     encoding = args.encoding or ("bslz4" if dectris else "raw")
     if args.spec is not None and args.scan is None:
         raise InputError("--spec needs --scan N")
-    recorded_geometry = spec_geometry(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
+    recorded_geometry = geometry_from_spec(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
     if pva:
         from services.beamline.sim import PvaDetector
 

@@ -37,8 +37,8 @@ def add_arguments(p):
 
 
 def play_scans(args, endpoint: str) -> None:
-    from services.beamline.sim import (GEOMETRY_34IDC, Beamline, detector_flaws, recorded_volume, simulated_volume,
-                                       spec_geometry)
+    from services.beamline.sim import GEOMETRY_34IDC, Beamline, detector_flaws, recorded_volume, simulated_volume
+    from shared.files import geometry_from_spec
 
     stamp = time.strftime("%H%M%S")
     plays = [(f"sim-{stamp}-{i}", lambda i=i: (simulated_volume(args.size, int(stamp), i, 1e8), None), args.rate,
@@ -52,7 +52,7 @@ def play_scans(args, endpoint: str) -> None:
     plays.append((f"gaps-{stamp}", with_gap, args.rate, GEOMETRY_34IDC))
     if args.recorded and args.recorded.exists():
         spec = args.recorded.with_name("scan54.spec")  # the geometry as the beamline wrote it, when beside the frames
-        geometry = spec_geometry(spec, 54) if spec.exists() else GEOMETRY_34IDC
+        geometry = geometry_from_spec(spec, 54) if spec.exists() else GEOMETRY_34IDC
         plays.append((f"aps-scan54-{stamp}", lambda: (recorded_volume(args.recorded), None), 100.0, geometry))
     elif args.recorded:
         print(f"(recorded scan {args.recorded} not found: playing simulated scans only)")

@@ -45,6 +45,9 @@ from shared.store import Store
 log = logging.getLogger("cdi-live.ingest")
 
 
+MAX_HEADER_BYTES = 65536  # a longer first part is no header
+
+
 class Rejected(Exception):
     """A message that is dropped; its text is the counted reason."""
 
@@ -52,7 +55,7 @@ class Rejected(Exception):
 def scan_named(parts: list[bytes]) -> str | None:
     """The scan id a message's header names, if it names one (even a header rejected as malformed)."""
     try:
-        scan = json.loads(parts[0]).get("scan") if parts and len(parts[0]) <= 65536 else None
+        scan = json.loads(parts[0]).get("scan") if parts and len(parts[0]) <= MAX_HEADER_BYTES else None
     except (ValueError, AttributeError, UnicodeDecodeError):
         return None
     return scan[:128] if isinstance(scan, str) else None
@@ -223,7 +226,7 @@ class Ingest:
             self.outbox.append(lambda pipe: self.store.publish(event, pipe))
 
     def _handle(self, parts: list[bytes]) -> None:
-        if not parts or len(parts[0]) > 65536:
+        if not parts or len(parts[0]) > MAX_HEADER_BYTES:
             raise Rejected("missing or oversize header")
         try:
             header = parse_header(parts[0])
@@ -473,7 +476,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     context = zmq.Context.instance()
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)
-    socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + 65536)
+    socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + MAX_HEADER_BYTES)
     translator = DectrisTranslator(version=dectris_version) if dectris else None
     if dectris:
         socket.connect(dectris)
