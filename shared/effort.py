@@ -1,13 +1,13 @@
 """Adaptive effort: more work for a scan whose answer is not trusted yet, none for one that is.
 
-    judge     after a run of the refined stage each scan gets its verdict (``shared.trust``): χ against
-              its noise floor, and whether its independent solutions agree
+    judge     after a run of the refined stage each scan gets its verdict (``shared.trust``): χ_free against
+              its withheld voxels' noise floor, and whether its independent solutions agree
     again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
               random phases, a new seed), up to MAX_RUNS runs in all, when its data could allow a verdict
-              (floor ≤ NOISE_LIMIT) or, on noisier data, while its χ is above the fitted floor (a right
-              answer fits the noise down to it, a wrong basin stays above); a scan that reached its
-              floor stops at once
-    answer    the lowest-χ answer of all its runs; its other solutions are the best answer of each other
+              (floor ≤ NOISE_LIMIT) or, on noisier data, while its χ_free is above the free floor (a
+              right answer predicts the withheld voxels down to it, a wrong basin stays above); a scan
+              that reached its floor stops at once
+    answer    the lowest-χ_free answer of all its runs; its other solutions are the best answer of each other
               run (independent searches: where they disagree is the phase uncertainty)
     where     on refinement grids of at most SMALL_GRID voxels (a run ≲ 1 s on 2 cores, so a run that
               cannot yield keeps live work waiting no longer than that); a larger, binned scan gets its
@@ -26,61 +26,63 @@ from shared import trust
 from shared.pipeline import Converged, Plan, converge
 
 MAX_RUNS = 2
-AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ is above the fitted floor
+AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
 AGAIN_STARTS = ("random", "random", "flat", "twin")
 SMALL_GRID = 64**3
 
 
-def needs_more(result: Converged, floors, measured: np.ndarray | None) -> list[int]:
-    """The scans of a run that get another: judged on their own grid (the run's χ, against the intensity
-    it was fitted to, and its support as the free voxels)."""
+def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | None) -> list[int]:
+    """The scans of a run that get another: judged on their own grid (the run's χ_free against its withheld
+    voxels' floor, its support as the free voxels)."""
     todo = []
     for k, obj in enumerate(result.obj):
-        chi, _, free = _answer(result, k, measured)
-        if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the fitted floor
-            if not trust.reached_floor(chi, floors[k], free, AGAIN_SLACK):
+        chi_free, _, free = _answer(result, k, measured)
+        if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the free floor
+            if chi_free > AGAIN_SLACK * trust.free_floor(free_floors[k], free):
                 todo.append(k)
             continue
-        if not trust.reached_floor(chi, floors[k], free):  # uncertain whatever its solutions' spread
+        if not trust.reached_free_floor(chi_free, free_floors[k], free):  # uncertain whatever the spread
             todo.append(k)
             continue
         others = list(result.alternatives[k]) if result.alternatives is not None else []
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
         spread = trust.phase_spread(obj, others) if others else None
-        if trust.verdict(chi, floors[k], spread, support, free) != "converged":
+        if trust.verdict(chi_free, free_floors[k], floors[k], free, spread, support) != "converged":
             todo.append(k)
     return todo
 
 
 def _answer(result: Converged, k: int, measured: np.ndarray | None) -> tuple[float, np.ndarray, float]:
-    """A run's answer for scan k: (χ, object, free fraction of its support)."""
-    return (float(result.chi[k]), result.obj[k],
+    """A run's answer for scan k: (χ_free, object, free fraction of its support)."""
+    return (float(result.chi_free[k]), result.obj[k],
             trust.free_fraction(result.support[k], None if measured is None else measured[k]))
 
 
-def _independent(answers: list, floor: float, own: np.ndarray) -> np.ndarray:
+def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarray:
     """The other solutions that stand for the best answer's uncertainty: the best answer of another run
-    when that one reached the fitted floor too (two independent searches that both fit), else the best
+    when that one reached the free floor too (two independent searches that both fit), else the best
     run's own other finalists (a run stuck in a wrong basin says nothing about the right answer's spread)."""
     ranked = sorted(answers, key=lambda answer: answer[0])
-    good = [obj for chi, obj, free in ranked[1:] if trust.reached_floor(chi, floor, free)]
+    good = [obj for chi_free, obj, free in ranked[1:] if trust.reached_free_floor(chi_free, free_floor, free)]
     return np.repeat(good[0][None], len(own), 0) if good else own
 
 
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
-                       floors, first: Converged) -> tuple[Converged, list[int]]:
+                       floors, free_floors, first: Converged) -> tuple[Converged, list[int]]:
     """``first`` (a run of ``converge``), with more runs for the scans that need them; returns the merged
-    result and the number of runs per scan."""
+    result and the number of runs per scan. ``floors``: each scan's Poisson floor; ``free_floors``: its
+    withheld voxels' (``trust.noise_floor(…, over=first.free)``)."""
     runs = [1] * len(first.obj)
     if np.prod(first.obj.shape[1:]) > SMALL_GRID:
         return first, runs
     best = dataclasses.replace(first, obj=np.array(first.obj), support=np.array(first.support),
-                               chi=np.array(first.chi), start=list(first.start), seconds=dict(first.seconds),
+                               chi=np.array(first.chi), chi_free=np.array(first.chi_free), start=list(first.start),
+                               seconds=dict(first.seconds),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
     again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS)
     for attempt in range(1, MAX_RUNS):
-        todo = needs_more(best, floors, measured)
+        todo = needs_more(best, floors, free_floors, measured)
         if not todo:
             break
         again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
@@ -88,8 +90,9 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         for j, k in enumerate(todo):
             runs[k] += 1
             answers[k].append(_answer(again, j, None if measured is None else measured[todo]))
-            if again.chi[j] < best.chi[k]:
+            if again.chi_free[j] < best.chi_free[k]:  # the answer that predicts the withheld voxels best
                 best.obj[k], best.support[k], best.chi[k] = again.obj[j], again.support[j], again.chi[j]
+                best.chi_free[k] = again.chi_free[j]
                 best.start[k] = f"{again.start[j]} (run {attempt + 1})"
                 if best.alternatives is not None:
                     best.alternatives[k] = again.alternatives[j]
@@ -97,5 +100,5 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
             best.seconds[name] = best.seconds.get(name, 0.0) + seconds
         if best.alternatives is not None:
             for k in todo:
-                best.alternatives[k] = _independent(answers[k], floors[k], best.alternatives[k])
+                best.alternatives[k] = _independent(answers[k], free_floors[k], best.alternatives[k])
     return best, runs

@@ -49,6 +49,7 @@ class Plan:
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
     tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
+    final: str = "20*ER"  # on all the measured data, the withheld voxels included, before the AD polish
     polish_steps: int = 50
     polish_loss: str = "gaussian"
     polish_rate: float = 0.02
@@ -64,13 +65,14 @@ class Plan:
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
         steps += [self.converge] if self.converge else []
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
+        steps += [f"{self.final} on all data"] if self.final else []
         steps += [f"≤ {self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
         return " → ".join(steps)
 
 
 REFINE_PLAN = Plan()
 # The live preview: the network's shape, a flat phase, one short projection run (≤ 0.3 s at 32³).
-PREVIEW_PLAN = Plan(starts=("flat",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", polish_steps=0)
+PREVIEW_PLAN = Plan(starts=("flat",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", final="", polish_steps=0)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Converged:
     start: list  # name of the start kept, per scan
     seconds: dict = field(default_factory=dict)  # per stage, whole batch
     alternatives: np.ndarray | None = None  # (B, finalists − 1, …): the other finalists, best first
+    chi_free: np.ndarray | None = None  # over the withheld voxels, of the answer before the polish (all data)
+    free: np.ndarray | None = None  # bool, one grid, centred: the withheld voxels (``phasing.free_voxels``)
 
 
 CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ with 4 starts on 2 cores;
@@ -140,6 +144,9 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     batch, count = len(intensity), len(plan.starts)
     magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity, 0, None)), axes=AXES).astype(np.float32)
     mask = None if measured is None else sfft.ifftshift(np.broadcast_to(measured, intensity.shape), axes=AXES)
+    free = phasing.free_voxels(intensity.shape[1:])  # withheld from every projection; χ_free judges on them
+    free_unshifted = sfft.ifftshift(free) if measured is None else sfft.ifftshift(free) & mask
+    fit = ~sfft.ifftshift(free) if mask is None else mask & ~sfft.ifftshift(free)
     rounds = list(plan.explore) or [("", 1)]
     phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
     if resume is None:
@@ -154,11 +161,17 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         obj, support, iteration = arrays.pop("obj"), arrays.pop("support"), resume.iteration
     alive = names.shape[1]
     state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
-                                 None if mask is None else np.repeat(mask, alive, axis=0),
+                                 np.repeat(np.broadcast_to(fit, magnitude.shape), alive, axis=0),
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
     if phases.index(phase) > phases.index("converge"):
         state.threshold = plan.tight_threshold
     clock = time.perf_counter()
+
+    def chi_free(objects: np.ndarray) -> np.ndarray:
+        """χ over the withheld voxels of the runs in ``state`` (any number per scan)."""
+        rows = len(objects) // batch
+        return phasing.masked_chi(objects, state.magnitude,
+                                  np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), rows, axis=0))
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -182,8 +195,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             schedule, keep = rounds[int(phase.split(":")[1])]
             if schedule:
                 run_chunked(schedule, 1, {})
-            chi = phasing.project_chi(state.obj * state.support, state.magnitude, state.measured)
-            ranked = np.argsort(chi.reshape(batch, -1), axis=1)[:, :keep]
+            ranked = np.argsort(chi_free(state.obj * state.support).reshape(batch, -1), axis=1)[:, :keep]
             alive = names.shape[1]
             names = np.take_along_axis(names, ranked, axis=1)
             state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
@@ -199,18 +211,21 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 phasing.shrink_wrap(state)
             loose, loose_support = arrays["loose"], arrays["loose_support"]
             tight = run_chunked(plan.tighten, 10, {"loose": loose, "loose_support": loose_support}) * state.support
-            keep = (phasing.project_chi(tight, state.magnitude, state.measured)
-                    < (1 + plan.tight_tolerance) * phasing.project_chi(loose, state.magnitude, state.measured))
+            keep = chi_free(tight) < (1 + plan.tight_tolerance) * chi_free(loose)
             obj = np.where(keep[:, None, None, None], tight, loose)
             state.support = np.where(keep[:, None, None, None], state.support, loose_support)
             lap("tighten")
         elif phase == "polish" and names.shape[1] > 1:  # the best finalist is polished, the others kept as
-            chi = phasing.project_chi(obj, state.magnitude, state.measured)  # independent solutions
-            order = np.argsort(chi.reshape(batch, -1), axis=1)
+            order = np.argsort(chi_free(obj).reshape(batch, -1), axis=1)  # independent solutions
             rows = order + names.shape[1] * np.arange(batch)[:, None]
             arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
             obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
             state = phasing.select(state, rows[:, 0])
+        if phase == "polish" and "chi_free" not in arrays:
+            arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
+            if plan.final:  # every measured voxel again, the withheld ones too (cannot yield: ≤ 20 iterations)
+                state.obj, state.measured = obj, np.broadcast_to(True if mask is None else mask, state.magnitude.shape)
+                obj = phasing.ScheduleRun(plan.final, 1).advance(state) or state.obj * state.support
         if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
             result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
@@ -219,7 +234,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             lap("polish")
             if result.interrupted:
                 raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
-                                           {"obj": obj, "support": state.support,
+                                           {"obj": obj, "support": state.support, "chi_free": arrays["chi_free"],
                                             **({"alternatives": arrays["alternatives"]} if "alternatives" in arrays
                                                else {}),
                                             **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
@@ -231,6 +246,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays.pop("mean", None)
     else:
         support = state.support
-        chi = phasing.project_chi(obj, state.magnitude, state.measured)
+        chi = phasing.project_chi(obj, magnitude, mask)
+    final_free = arrays["chi_free"] if "chi_free" in arrays else chi_free(obj)
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
-                     arrays.get("alternatives"))
+                     arrays.get("alternatives"), np.asarray(final_free, np.float64), free)

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft as sfft
 
 from shared import detector, effort, fullgrid, trust
 from shared.nn.inference import Predictor
-from shared.physics import downsample, metrics
+from shared.physics import downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
 from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
 
@@ -157,8 +158,11 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     measured_counts = counts if counts is not None else intensity
     floors = [trust.noise_floor(raw, m) for raw, m in  # the counts as measured (on the input's grid)
               zip(measured_counts, measured if measured is not None else [None] * len(regions))]
-    result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, result)  # small grids only
-    amps, phases, supports, chis, spreads, verdicts, finalists, fitted_floors = [], [], [], [], [], [], [], []
+    free_floors = [free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
+                   for raw, r, m, f in zip(measured_counts, regions,
+                                           measured if measured is not None else [None] * len(regions), floors)]
+    result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result)  # small grids only
+    amps, phases, supports, chis, spreads, finalists, judged = [], [], [], [], [], [], []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
     for k, (obj, alternatives, volume, region, m) in enumerate(zip(
             result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions))):
@@ -173,16 +177,33 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
                        else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
-        fitted_floors.append(trust.fitted_floor(floors[k], free))
-        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if len(alternatives) else None, s, free))
+        judged.append(trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free,
+                                   spreads[-1] if len(alternatives) else None, s))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
-    info = {"verdict": verdicts, "chi_floor": floors, "chi_floor_fitted": fitted_floors, "grid": list(grid),
+    info = {**{key: [j[key] for j in judged] for key in judged[0]}, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
             "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
             "start": result.start, "runs": runs, "chi_refinement_grid": [float(c) for c in result.chi],
             "stage_seconds": result.seconds}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads), np.stack(finalists))
+
+
+def free_floor_of(counts: np.ndarray, inside: np.ndarray, grid, free: np.ndarray, floor: float) -> float:
+    """The Poisson floor of the withheld voxels, from the counts of the region they were withheld from; where
+    the region was binned (no longer counts there) the whole data's floor stands for it."""
+    if tuple(grid) != counts.shape:
+        return floor
+    free_floor = trust.noise_floor(counts, inside, over=free)
+    return free_floor if free_floor > 0 or floor == 0 else floor
+
+
+def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support) -> dict:
+    """One answer's trust, as the file, the API and the page show it (``shared.trust``)."""
+    verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support)
+    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free,
+            "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
+            "chi_floor_fitted": trust.fitted_floor(floor, free)}
 
 
 def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
@@ -204,17 +225,21 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
     started = time.perf_counter()
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
-    amps, phases, supports, chis, spreads, verdicts, details, fitted_floors = [], [], [], [], [], [], [], []
+    amps, phases, supports, chis, spreads, details, judged = [], [], [], [], [], [], []
     floors = list(refined_info["chi_floor"])
     for k, volume in enumerate(intensity):
         region = fullgrid.Region.from_dict(refined_info["region"][k])
         m = None if measured is None else measured[k]
-        inside = region.inside() & (True if m is None else region.take(m))
+        inside = np.broadcast_to(region.inside() & (True if m is None else region.take(m)), region.shape)
+        withheld = phasing.free_voxels(region.shape) & inside  # cross-validation, as in the refined stage
         seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
-        fitted = fullgrid.fit(region.take(volume), None if np.all(inside) else np.broadcast_to(inside, region.shape),
-                              seeds, plan, yield_now, None if resume is None else resume.arrays, progress)
+        fitted = fullgrid.fit(region.take(volume), inside & ~withheld, seeds, plan, yield_now,
+                              None if resume is None else resume.arrays, progress)
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
+        magnitude = sfft.ifftshift(np.sqrt(np.clip(region.take(volume), 0, None)))[None]
+        chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None])[0])
+        fitted = fullgrid.polish(region.take(volume), None if np.all(inside) else inside, fitted, plan)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
         chis.append(metrics.chi(best, volume, m))
         if not keep_ramp:
@@ -223,13 +248,14 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(fitted.support, inside)
-        fitted_floors.append(trust.fitted_floor(floors[k], free))
-        verdicts.append(trust.verdict(chis[-1], floors[k], spreads[-1] if others else None, s, free))
+        judged.append(trust_fields(chi_free, free_floor_of(region.take(volume), inside, region.shape, withheld,
+                                                           floors[k]), floors[k], free,
+                                   spreads[-1] if others else None, s))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
     shape = list(intensity.shape[1:])
-    info = {"verdict": verdicts, "chi_floor": floors, "chi_floor_fitted": fitted_floors, "grid": shape,
+    info = {**{key: [j[key] for j in judged] for key in judged[0]}, "grid": shape,
             "downsampled": False,
             "phase_ramp": "kept" if keep_ramp else "removed", "region": refined_info["region"],
             "bragg_peak_offset": refined_info["bragg_peak_offset"],

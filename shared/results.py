@@ -21,9 +21,10 @@ import numpy as np
 from shared.files import write_result
 
 STAGES = ("nn", "refined", "full")
-SUMMARY = ("frames_used", "chi", "chi_on", "seconds", "verdict", "chi_floor", "chi_floor_fitted", "grid",
+TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor",
+         "chi_floor_fitted")  # the refined and full stages' trust fields (``shared.reconstruction.trust_fields``)
+SUMMARY = ("frames_used", "chi", "chi_on", "seconds", *TRUST, "grid",
            "chi_refinement_grid")  # a result's fields on its scan's record
-TRUST = ("verdict", "chi_floor", "chi_floor_fitted")  # the refined and full stages' trust fields
 
 
 def summary_of(info: dict) -> dict:
@@ -40,7 +41,8 @@ def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase:
     ``finalists_imag``, the full-grid stage's seeds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
-             **{k: v for k, v in summary_of(info).items() if isinstance(v, (int, float, str))}}
+             **{k: v for k, v in summary_of(info).items() if isinstance(v, (int, float, str))},
+             **({"verdict_reason": info.get("verdict_reason") or ""} if "verdict" in info else {})}  # "": converged
     write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs,
                  extra={k: np.asarray(v, np.float32) for k, v in (extra or {}).items()})
 

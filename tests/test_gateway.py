@@ -199,6 +199,8 @@ def test_refined_results_carry_a_verdict_a_floor_and_an_uncertainty_map(service)
             assert f.attrs["verdict"] == refined["verdict"] and f.attrs["chi_floor"] == pytest.approx(refined["chi_floor"])
             assert f.attrs["chi_floor_fitted"] == pytest.approx(refined["chi_floor_fitted"])
             assert refined["chi_floor_fitted"] < refined["chi_floor"]
+            assert f.attrs["chi_free"] == pytest.approx(refined["chi_free"]) and refined["chi_free_floor"] > 0
+            assert f.attrs["verdict_reason"] == (refined["verdict_reason"] or "")
             assert f["phase_uncertainty"].shape == f["phase"].shape
         base = f"/api/scans/{scan}/reconstruction"
         npz = np.load(io.BytesIO(get(service, base, stage="refined", format="npz").content))

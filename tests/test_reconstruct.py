@@ -100,15 +100,21 @@ def test_evaluate_writes_a_report(tmp_path):
     figures, partial scans and real data."""
     from tests.conftest import REAL_DATA
 
-    result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA, "--real-size", 64)
+    result = cli("evaluate", "--count", 2, "--seed", 9100, "--out", tmp_path / "report", "--data", REAL_DATA, "--real-size", 64,
+                 "--family", "facets", "--family", "fill")
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "report" / "README.md").read_text()
     for row in ("| 3D-CDI-NN |", "| ER/HIO, 4 random starts |", "| refined stage", "| zero phase, true support |", "plain phase", "Partial scans",
                 "| cohere-core, 1 start |", "| cohere-core, best of 4 |", "| cohere-core, GA (4×3) |"):
         assert row in report
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())  # the numbers, for scripts
-    assert summary["count"] == 2 and {"converged", "uncertain"} == set(summary["calibration"]["verdicts"])
-    for figure in ("errors.png", "slices.png", "partial.png"):
+    assert summary["count"] == 2 and set(summary["families"]) == {"facets", "fill"}
+    assert summary["families"]["facets"]["tuning"] and not summary["families"]["fill"]["tuning"]
+    assert "| facets ✱ |" in report and "## Family fill (never tuned on)" in report
+    for family in summary["families"].values():
+        assert {"converged", "uncertain"} == set(family["calibration"]["verdicts"])
+        assert set(family["calibration"]["reasons"]) == {"search", "model", "photons", "disagreement"}
+    for figure in ("errors_facets.png", "slices_fill.png", "partial_fill.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000
     if REAL_DATA.exists():
         assert "paper example" in report and (tmp_path / "report" / "real_0.png").exists()

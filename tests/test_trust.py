@@ -65,6 +65,29 @@ def test_a_right_answer_fits_the_noise_down_to_the_fitted_floor():
                                    slack=1.06)
 
 
+def test_free_chi_gives_no_credit_for_fitting_noise():
+    """χ_free (5 % of the voxels withheld from every projection): a right answer predicts them at their floor
+    raised by its parameters' share, √(1 + 2·support/voxels), whatever its support (seed 4303, 10⁵ photons: where
+    the noise, not the fit's own misfit, sets χ_free); plain ER/HIO
+    with a loose support fits the noise (χ below the floor) but gains nothing on the withheld voxels."""
+    import dataclasses
+
+    from shared.pipeline import REFINE_PLAN, converge
+
+    scans = [crystals.simulated_scan(32, 4303, i, i, True, (1e5, 1e5)) for i in range(3)]
+    counts = np.stack([s[0] for s in scans]).astype(np.float32)
+    truth = np.stack([fourier.make_object(s[1], s[2]) for s in scans]).astype(np.complex64)
+    fit = converge(counts, truth, plan=dataclasses.replace(REFINE_PLAN, starts=("nn",), explore=()))
+    loose = converge(counts, truth, plan=dataclasses.replace(REFINE_PLAN, starts=("nn",), explore=(), tighten="",
+                                                            polish_steps=0, threshold=0.01))
+    for k in range(3):
+        free_floor = trust.free_floor(trust.noise_floor(counts[k], over=fit.free), trust.free_fraction(fit.support[k]))
+        assert 0.9 * free_floor < fit.chi_free[k] < np.hypot(trust.FREE_SLACK * free_floor, trust.MODEL_ALLOWANCE)
+        assert trust.reached_free_floor(fit.chi_free[k], trust.noise_floor(counts[k], over=fit.free),
+                                        trust.free_fraction(fit.support[k]))
+        assert loose.chi[k] < fit.chi[k] and loose.chi_free[k] > fit.chi_free[k]  # overfitting is no credit
+
+
 def test_uncertainty_is_zero_for_agreeing_solutions_and_sees_where_they_differ():
     obj = fourier.make_object(*crystals.simulated_scan(32, 4301, 0, 0, True)[1:3])
     shifted = np.roll(obj, 2, axis=0) * np.exp(0.7j)  # same answer: shift and offset are ambiguities
@@ -74,9 +97,12 @@ def test_uncertainty_is_zero_for_agreeing_solutions_and_sees_where_they_differ()
     spread = trust.phase_spread(obj, [other])
     inside = np.abs(obj) > 0.1 * np.abs(obj).max()
     assert spread[inside].mean() > trust.AGREEMENT and spread[inside].max() > 0.12 and spread[~inside].max() == 0
-    assert trust.verdict(0.02, 0.0, None) == "uncertain" and trust.verdict(0.008, 0.0, None) == "converged"
-    assert trust.verdict(0.05, 0.05, spread, inside) == "uncertain"
-    assert trust.verdict(0.05, 0.2, None) == "uncertain"  # too few photons to promise 0.1 rad
+    # judge(chi_free, its floor, the data's floor, support fraction, uncertainty, support)
+    assert trust.judge(0.05, 0.0, 0.0, 0.1, None) == ("uncertain", "model")
+    assert trust.judge(0.02, 0.0, 0.0, 0.1, None) == ("converged", None)
+    assert trust.judge(0.05, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "disagreement")
+    assert trust.judge(0.1, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "search")  # above, and they differ
+    assert trust.judge(0.05, 0.2, 0.2, 0.1, None) == ("uncertain", "photons")  # too few photons to promise 0.1 rad
 
 
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
@@ -88,6 +114,11 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         assert set(v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]) <= {"converged", "uncertain"}
         assert f.attrs["chi_floor"].shape == (2,) and (f.attrs["chi_floor"] > 0).all()
         assert (f.attrs["chi_floor_fitted"] < f.attrs["chi_floor"]).all()
+        assert f.attrs["chi_free"].shape == (2,) and (f.attrs["chi_free_floor"] > 0).all()
+        reasons = [v if isinstance(v, str) else v.decode() for v in f.attrs["verdict_reason"]]
+        verdicts = [v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]]
+        assert all((r == "") == (v == "converged") for r, v in zip(reasons, verdicts))
+        assert set(reasons) <= {"", *trust.REASONS}
         assert f["phase_uncertainty"].shape == f["phase"].shape
 
 
@@ -101,9 +132,10 @@ def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_nev
     prediction = (np.abs(truth) * np.exp(1j * 0.0)).astype(np.complex64)
     floors = [trust.noise_floor(v) for v in intensity]
     first = converge(intensity, prediction, plan=REFINE_PLAN)
-    todo = effort.needs_more(first, floors, None)
-    best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, first)
+    free_floors = [trust.noise_floor(v, over=first.free) for v in intensity]
+    todo = effort.needs_more(first, floors, free_floors, None)
+    best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, free_floors, first)
     for k in range(len(intensity)):
         assert (runs[k] == 1) == (k not in todo)
-        assert 1 <= runs[k] <= effort.MAX_RUNS and best.chi[k] <= first.chi[k]
+        assert 1 <= runs[k] <= effort.MAX_RUNS and best.chi_free[k] <= first.chi_free[k]
     assert best.alternatives.shape == first.alternatives.shape

@@ -121,6 +121,13 @@ def run(args):
                      # the χ a right answer reaches once its support's voxels have fitted part of the noise
                      "chi_floor_fitted": np.array(trusted.info["chi_floor_fitted"]) if was_batch
                      else float(trusted.info["chi_floor_fitted"][0]),
+                     # cross-validation: χ on the withheld voxels, what a right answer reaches there, and why not
+                     "chi_free": np.array(trusted.info["chi_free"]) if was_batch else float(trusted.info["chi_free"][0]),
+                     "chi_free_floor": np.array(trusted.info["chi_free_floor"]) if was_batch
+                     else float(trusted.info["chi_free_floor"][0]),
+                     "verdict_reason": np.array([r or "" for r in trusted.info["verdict_reason"]],
+                                                dtype=h5py.string_dtype()) if was_batch
+                     else trusted.info["verdict_reason"][0] or "",
                      "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
                      "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
                      "verdict_rule": trust.RULE}
@@ -163,7 +170,10 @@ def run(args):
     if refined is not None:
         verdicts = trusted.info["verdict"]
         summary += (f"; {verdicts.count('converged')} of {len(verdicts)} converged" if was_batch else
-                    f"; verdict {verdicts[0]} (χ floor {refined.info['chi_floor'][0]:.4f})")
+                    f"; verdict {verdicts[0]}"
+                    + (f" ({trusted.info['verdict_reason'][0]})" if trusted.info['verdict_reason'][0] else "")
+                    + f" (chi_free {trusted.info['chi_free'][0]:.4f} against {trusted.info['chi_free_floor'][0]:.4f}, "
+                      f"χ floor {refined.info['chi_floor'][0]:.4f})")
         summary += "; every χ against the input"
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
 

@@ -21,9 +21,17 @@ class StageSummary(BaseModel):
     verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined and full-grid stages': "
                                                                  "whether the answer can be trusted (shared.trust)")
     chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (refined, full)")
+    verdict_reason: Literal["search", "model", "photons", "disagreement"] | None = Field(
+        None, description="why an answer is uncertain: search (above the floor, more work may help), model (the "
+                          "floor is not reachable with this forward model), photons (the floor is too high to promise "
+                          "0.1 rad), disagreement (independent solutions differ); null when converged")
+    chi_free: float | None = Field(None, description="χ on 5 % of the measured voxels withheld from the fit "
+                                   "(cross-validation, as crystallography's R-free): fitting noise gets no credit there")
+    chi_free_floor: float | None = Field(None, description="the chi_free a right answer reaches: the withheld voxels' "
+                                         "Poisson floor·√(1 + 2·support/voxels); the verdict compares chi_free with it")
     chi_floor_fitted: float | None = Field(None, description="the χ a right answer reaches once its support's voxels "
-                                           "have fitted part of that noise: chi_floor·√(1 − 2·support/voxels); the "
-                                           "verdict compares chi with it")
+                                           "have fitted part of that noise: chi_floor·√(1 − 2·support/voxels) "
+                                           "(informative; the verdict reads chi_free)")
     grid: list[int] | None = Field(None, description="the grid of the stage's arrays (full: the input's)")
     chi_refinement_grid: float | None = Field(None, description="the refined stage's χ on its own (binned) grid, "
                                               "`grid`; not against the measured frames")

@@ -22,6 +22,7 @@ import numpy as np
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
 from shared import detector, fullgrid, scheduling
+from shared.results import TRUST
 from shared.errors import InputError
 from shared.messages import Start
 from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
@@ -205,8 +206,7 @@ class RefinementWorker:
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
                   "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
-                  "verdict": extra["verdict"][0], "chi_floor": float(extra["chi_floor"][0]),
-                  "chi_floor_fitted": float(extra["chi_floor_fitted"][0]),
+                  **{key: extra[key][0] for key in TRUST},
                   "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
                   "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
@@ -234,9 +234,8 @@ class RefinementWorker:
                            keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
         fit = stage.info["fit"][0]
         result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
-                  "seconds": fit["seconds"], "verdict": stage.info["verdict"][0],
-                  "chi_floor": float(stage.info["chi_floor"][0]),
-                  "chi_floor_fitted": float(stage.info["chi_floor_fitted"][0]), "wall_seconds": time.perf_counter() - began,
+                  "seconds": fit["seconds"], **{key: stage.info[key][0] for key in TRUST},
+                  "wall_seconds": time.perf_counter() - began,
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
                   "region": info["region"], "downsampled": False, "phase_ramp": stage.info["phase_ramp"],
                   "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],

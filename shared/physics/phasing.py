@@ -269,6 +269,24 @@ def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, measured: np.n
     return np.sqrt((diff**2).sum(AXES) / (magnitude_unshifted**2).sum(AXES))
 
 
+FREE_FRACTION = 0.05  # of the measured voxels, withheld from every projection and gradient (cross-validation)
+FREE_SEED = 20261203  # one fixed draw per grid shape: a resumed or repeated run withholds the same voxels
+
+
+def free_voxels(shape, fraction: float = FREE_FRACTION, seed: int = FREE_SEED) -> np.ndarray:
+    """A random ``fraction`` of a grid's voxels (bool, ``shape``), the same for every call with this shape:
+    crystallography's R-free set, for χ that no fit can lower by fitting noise."""
+    return np.random.default_rng([seed, *shape]).random(shape) < fraction
+
+
+def masked_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """χ per scan over the ``mask`` voxels alone (unshifted frame), normalised by the data there:
+    ‖(|FFT ρ| − M)·mask‖ / ‖M·mask‖."""
+    mask = np.broadcast_to(mask, magnitude_unshifted.shape)
+    diff = (np.abs(sfft.fftn(obj, axes=AXES, workers=-1)) - magnitude_unshifted) * mask
+    return np.sqrt((diff**2).sum(AXES) / np.maximum(((magnitude_unshifted * mask) ** 2).sum(AXES), 1e-30))
+
+
 def select(state: PhasingState, index: np.ndarray) -> PhasingState:
     """The runs ``index`` of a batch, to go on alone (dropping starts that lost)."""
     pick = lambda a: None if a is None else a[index]  # noqa: E731

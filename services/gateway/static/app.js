@@ -100,7 +100,7 @@ function renderDetail(s) {
     if (stage === "full" && !r && !(s.refining && s.refining.stage === "full") && !(s.queue && s.queue.stage === "full")) continue;
     const row = document.createElement("tr");
     const verdict = r && r.verdict
-      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="χ floor of the data: ${r.chi_floor.toFixed(3)}${r.chi_floor_fitted != null ? `, fitted: ${r.chi_floor_fitted.toFixed(3)}` : ""}">${r.verdict}</span>`
+      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"} (5 % of voxels withheld from the fit) against ${r.chi_free_floor != null ? r.chi_free_floor.toFixed(4) : "—"} for a right answer; χ floor of the data: ${r.chi_floor.toFixed(3)}${r.verdict_reason ? `; reason: ${r.verdict_reason}` : ""}">${r.verdict}${r.verdict_reason ? ` · ${r.verdict_reason}` : ""}</span>`
       : "";
     // every χ against the measured frames, unless labelled with the grid it was measured on
     const onGrid = r && r.chi_on && r.chi_on !== "measured frames" ? ` <span class="hint">(${r.chi_on})</span>` : "";
