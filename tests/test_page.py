@@ -69,6 +69,8 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
     # Trust: the refined row's verdict badge, and its uncertainty map on request.
     page.wait_for_function("/converged|uncertain/.test(document.querySelector('#stages tbody').textContent)",
                            timeout=20000)
+    page.wait_for_function("/chi_free/.test(document.querySelector('#stages tbody td:nth-child(5) .badge').title)",
+                           timeout=20000)  # the badge's tooltip names the cross-validated χ
     page.check("#show-uncertainty")
     page.wait_for_function("!document.getElementById('uncertainty-row').hidden")
     assert page.locator("#unc-0 canvas").count() == 1
