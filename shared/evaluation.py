@@ -95,10 +95,12 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     (amp, phase), nn_s = timed(lambda: predictor.predict_magnitudes(magnitudes))
     nn = (amp * np.exp(1j * phase)).astype(np.complex64)
 
+    from shared.reconstruction import free_floor_of
+
     def refined_with_effort():  # as the service runs it
         first = converge(intensity, nn, plan=REFINE_PLAN)
         floors = [trust.noise_floor(v) for v in intensity]
-        free_floors = [trust.noise_floor(v, over=first.free) or f for v, f in zip(intensity, floors)]
+        free_floors = [free_floor_of(v, True, v.shape, first.free, f) for v, f in zip(intensity, floors)]
         return effort.refine_with_effort(intensity, nn, None, REFINE_PLAN, floors, free_floors, first)[0], free_floors
 
     (stage, free_floors), refine_s = timed(refined_with_effort)

@@ -2,13 +2,15 @@
 
     starts    flat, NN, twin, flat twin          (from the network's shape and phase)
     explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep 2 (the finalists)
-              (successive halving on χ, all scans batched: dropping losing starts early is the speed)
+              (successive halving on χ_free, the misfit on 5 % of the voxels withheld from every
+              projection; all scans batched: dropping losing starts early is the speed)
     converge  HIO**80 * ER**20
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
-              kept per scan only where χ rises by less than 10 % (a real crystal's faint rim is not noise)
+              kept per scan only where χ_free rises by less than 10 % (a real crystal's faint rim is not noise)
+    final     ER**20 on every measured voxel, the withheld ones too
     polish    the best finalist: ≤ 50 Adam steps by AD through the forward model, unmeasured voxels free, until χ
               gains < 0.1 % over 10 steps
-    answer    the finalist with the lowest χ before the polish, polished; the other finalist is an
+    answer    the finalist with the lowest χ_free before the polish, polished; the other finalist is an
               independent solution, and where the two disagree is the answer's phase uncertainty
               (``shared.trust``)
 

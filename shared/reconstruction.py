@@ -233,13 +233,14 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         inside = np.broadcast_to(region.inside() & (True if m is None else region.take(m)), region.shape)
         withheld = phasing.free_voxels(region.shape) & inside  # cross-validation, as in the refined stage
         seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
-        fitted = fullgrid.fit(region.take(volume), inside & ~withheld, seeds, plan, yield_now,
+        data = region.take(volume)
+        fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
                               None if resume is None else resume.arrays, progress)
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
-        magnitude = sfft.ifftshift(np.sqrt(np.clip(region.take(volume), 0, None)))[None]
+        magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
         chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None])[0])
-        fitted = fullgrid.polish(region.take(volume), None if np.all(inside) else inside, fitted, plan)
+        fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
         chis.append(metrics.chi(best, volume, m))
         if not keep_ramp:
@@ -248,8 +249,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(fitted.support, inside)
-        judged.append(trust_fields(chi_free, free_floor_of(region.take(volume), inside, region.shape, withheld,
-                                                           floors[k]), floors[k], free,
+        judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
                                    spreads[-1] if others else None, s))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "chi_history": [round(c, 5) for c in fitted.history],
