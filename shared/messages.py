@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
@@ -35,8 +35,28 @@ class Geometry(BaseModel):
     gamma_deg: float = 0.0
     hkl: tuple[int, int, int] = (1, 1, 1)
     lattice_nm: float = Field(0.40782, gt=0, le=10)
-    beamline: Literal["34idc"] = Field("34idc", description="diffractometer circles (shared.physics.geometry)")
-    rocking_motor: str = Field("th", max_length=32, description="the motor that rocks (the outermost sample circle)")
+    beamline: Literal["34idc", "id01", "p10", "28idb"] = Field(
+        "34idc", description="diffractometer circles (shared.physics.geometry.DIFFRACTOMETERS)")
+    angles_deg: dict[str, float] | None = Field(
+        None, max_length=16, description="each circle of that beamline → its angle at the peak, e.g. "
+                                         "{'mu': 0, 'eta': 17.4, 'phi': 0, 'nu': 0.8, 'delta': 34.9} at ID01; "
+                                         "34-ID-C may give delta_deg/gamma_deg instead")
+    rocking_motor: str | None = Field(None, max_length=32, description="the sample circle that rocks "
+                                                                       "(default: the beamline's, th at 34-ID-C)")
+    pixel_directions: tuple[str, str] | None = Field(
+        None, description="lab direction of increasing (row, column) at zero detector angles, e.g. ('y-', 'x+') "
+                          "(default: the beamline's)")
+
+    @model_validator(mode="after")
+    def _circles(self):
+        from shared.errors import InputError
+        from shared.physics.geometry import check_circles
+
+        try:
+            self.rocking_motor = check_circles(self.model_dump())["rocking_motor"]
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return self
     theta0_deg: float | None = Field(None, description="rocking angle of the first frame")
     detector_roi: tuple[int, int] | None = Field(None, description="(row, column) of the frames' first pixel "
                                                                    "on the whole detector, if they are a crop")

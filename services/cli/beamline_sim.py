@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.cli.options import positive_int, whole_number
+from services.cli.options import add_geometry_arguments, positive_int, read_geometry, whole_number
 
 
 def add_arguments(p):
@@ -22,8 +22,7 @@ def add_arguments(p):
     p.add_argument("--photons", type=float, default=1e7, help="photons per simulated scan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--file", type=Path, action="append", default=[], help="recorded scan(s) to push too")
-    p.add_argument("--spec", type=Path, help="SPEC file of the recorded scan(s): their geometry is read from it")
-    p.add_argument("--scan", type=int, help="scan number in --spec (e.g. 54)")
+    add_geometry_arguments(p, "the recorded scan(s)'")
     p.add_argument("--rate", type=float, default=100.0, help="frames per second (0 = as fast as possible)")
     p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default=None,
                    help="frame encoding (default raw for native, bslz4 for dectris)")
@@ -41,15 +40,11 @@ def run(args):
 
     from services.beamline.sim import (GEOMETRY_34IDC, Beamline, DectrisDetector, detector_flaws, recorded_volume,
                                        simulated_volume)
-    from shared.errors import InputError
-    from shared.files import geometry_from_spec
 
     dectris, pva = args.protocol.startswith("dectris"), args.protocol == "pva"
     endpoint = args.endpoint or ("tcp://127.0.0.1:9999" if dectris else "tcp://127.0.0.1:5555")
     encoding = args.encoding or ("bslz4" if dectris else "raw")
-    if args.spec is not None and args.scan is None:
-        raise InputError("--spec needs --scan N")
-    recorded_geometry = geometry_from_spec(args.spec, args.scan) if args.spec is not None else GEOMETRY_34IDC
+    recorded_geometry = read_geometry(args) or GEOMETRY_34IDC
     if pva:
         from services.beamline.sim import PvaDetector
 

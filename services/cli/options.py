@@ -57,30 +57,47 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_geometry_arguments(p, scans: str = "the scan's") -> None:
+    """--geometry, --metadata/--spec and --scan: where a scan's diffractometer geometry comes from."""
+    p.add_argument("--geometry", type=Path, help=f"GEOMETRY.json: {scans} geometry fields (the start message's); "
+                   "with --metadata, fields it sets win")
+    p.add_argument("--metadata", type=Path, help=f"the beamline's file to read {scans} geometry from (with --scan): "
+                   "SPEC (APS 34-ID-C), BLISS HDF5 (ESRF ID01) or .fio (PETRA III P10), found from the file")
+    p.add_argument("--spec", type=Path, help="a SPEC file (as --metadata)")
+    p.add_argument("--scan", type=int, help="scan number in --metadata/--spec")
+
+
 def read_geometry(args) -> dict | None:
-    """--geometry JSON or --spec/--scan → a checked geometry dict (None if neither is given)."""
+    """--geometry JSON and/or --metadata (--spec)/--scan → a checked geometry dict (None if none is given).
+    The metadata file gives what it holds; the JSON completes or corrects it."""
     import json
 
     from shared.physics.geometry import check
 
-    if args.geometry is not None and args.spec is not None:
-        raise InputError("give --geometry or --spec, not both")
-    if args.spec is not None:
+    metadata = getattr(args, "metadata", None)
+    if metadata is not None and args.spec is not None:
+        raise InputError("give --metadata or --spec, not both")
+    metadata = metadata if metadata is not None else args.spec
+    geometry = {}
+    if metadata is not None:
         if args.scan is None:
-            raise InputError("--spec needs --scan N")
-        from shared.files import geometry_from_spec
+            raise InputError(f"{'--spec' if args.spec is not None else '--metadata'} needs --scan N")
+        from shared.metadata import read_metadata
 
-        return check(geometry_from_spec(args.spec, args.scan))
-    if args.geometry is None:
+        geometry = read_metadata(metadata, args.scan)
+    if args.geometry is not None:
+        try:
+            given = json.loads(args.geometry.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{args.geometry}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{args.geometry}: not JSON ({exc})") from None
+        if not isinstance(given, dict):
+            raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
+        angles = {**(geometry.get("angles_deg") or {}), **(given.get("angles_deg") or {})}
+        geometry = {**geometry, **given, **({"angles_deg": angles} if angles else {})}
+    if metadata is None and args.geometry is None:
         return None
-    try:
-        geometry = json.loads(args.geometry.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{args.geometry}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{args.geometry}: not JSON ({exc})") from None
-    if not isinstance(geometry, dict):
-        raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
     return check(geometry)
 
 
@@ -95,9 +112,7 @@ def add_pva_arguments(p) -> None:
                    help="frames without scan attributes are cut into scans of N consecutive frames")
     p.add_argument("--pva-idle", type=positive_float, default=10.0, metavar="SECONDS",
                    help="a PVA scan with no frame for this long ends (its missing frames stay missing)")
-    p.add_argument("--geometry", type=Path, help="GEOMETRY.json (the start message's geometry fields) for PVA scans")
-    p.add_argument("--spec", type=Path, help="SPEC file to read the PVA scans' geometry from (with --scan)")
-    p.add_argument("--scan", type=int, help="scan number in --spec")
+    add_geometry_arguments(p, "the PVA scans'")
 
 
 def pva_config(args) -> dict | None:
@@ -122,7 +137,8 @@ def pva_command_line(args) -> list[str]:
         return []
     out = ["--pva", args.pva, "--pva-idle", str(args.pva_idle)]
     for flag, value in (("--pva-attributes", args.pva_attributes), ("--pva-frames", args.pva_frames),
-                        ("--geometry", args.geometry), ("--spec", args.spec), ("--scan", args.scan)):
+                        ("--geometry", args.geometry), ("--metadata", args.metadata), ("--spec", args.spec),
+                        ("--scan", args.scan)):
         if value is not None:
             out += [flag, str(value)]
     return out

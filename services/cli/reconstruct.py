@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from services.cli.options import positive_float, positive_int, read_geometry
+from services.cli.options import add_geometry_arguments, positive_float, positive_int, read_geometry
 from shared import __version__, detector, trust
 from shared.errors import InputError
 from shared.files import read_array, read_measurement, write_result, write_vti
@@ -45,10 +45,8 @@ def add_arguments(p):
     p.add_argument("--no-full-grid", dest="full_grid", action="store_false",
                    help="skip the full-grid stage (on by default when the signal's region is larger than "
                         "--refine-size: the binned answer fitted to every measured frame at the detector's resolution)")
-    p.add_argument("--geometry", type=Path, help="GEOMETRY.json (the start message's geometry fields): also write "
-                   "the group 'lab', maps on an orthonormal lab grid with strain along G")
-    p.add_argument("--spec", type=Path, help="SPEC file to read the geometry from (with --scan)")
-    p.add_argument("--scan", type=int, help="scan number in --spec")
+    add_geometry_arguments(p, "the scan's (then the file also holds the group 'lab', maps on an orthonormal lab "
+                              "grid with strain along G):")
     p.add_argument("--mask", type=Path, help="non-zero where a voxel was NOT measured (detector gaps, bad pixels, "
                    "missing frames): INPUT's shape, or one detector frame's (a pixel mask, as DECTRIS sends it); "
                    "those voxels are left free. Pixels at the integer dtype's maximum (DECTRIS' flag) are always")
@@ -65,7 +63,7 @@ def run(args):
         raise InputError("--refine-size must be at least 32")
     geometry = read_geometry(args)
     if geometry is not None and (len(intensity) > 1 or args.network_grid):
-        raise InputError("--geometry/--spec take one scan on its own grid (no batch, no --network-grid)")
+        raise InputError("--geometry/--metadata take one scan on its own grid (no batch, no --network-grid)")
     unmeasured = flagged
     if args.mask is not None:
         mask = read_array(args.mask)

@@ -1,18 +1,21 @@
 """Detector-to-lab geometry of a Bragg rocking scan: reciprocal steps, voxel vectors, lab-frame maps.
 
-Convention (APS 34-ID-C, as in cohere-beamlines and xrayutilities): lab z along the
-incident beam, y vertical up, x = y × z. The detector arm is R₊y(δ)·R₋x(γ) (δ outer,
-γ inner); at δ = γ = 0 the detector sits on the beam at distance D, its columns along
-+x and its rows along −y (first row on top). The sample rocks about the first
-(outermost) sample circle: frame k is taken at θ₀ + k·Δθ. A scan's array axes are
-(frames, rows, cols).
+Each beamline is a diffractometer written as xrayutilities writes circles (cohere-beamlines'
+notation): sample circles and detector circles, outermost first, each a named motor turning
+about a lab axis, and the incident beam's direction. The lab frame is that beamline's own
+(APS 34-ID-C, ESRF ID01, PETRA III P10: z along the beam, y up; APS 28-ID-B: y along the
+beam, z up). A geometry gives each circle's angle in ``angles_deg`` (34-ID-C also reads
+``delta_deg``/``gamma_deg``); the ``rocking_motor`` is one of the sample circles: frame k is
+taken at θ₀ + k·Δθ. A scan's array axes are (frames, rows, cols); at zero detector angles
+the detector faces the beam, its rows and columns along the detector's ``pixel_directions``.
 
-The reciprocal step per frame, row and column is the change of Q = k(k̂_f − ẑ) in the
-sample frame, taken at the Bragg peak by xrayutilities' ``QConversion`` (the library
-cohere uses) with the rocking angle counted from the peak's frame, so the sample frame
-there is the lab frame. With B the three steps as columns, the real-space voxel vectors
-are the columns of A = 2π(B⁻¹)ᵀ·diag(1/N): the grid conjugate to the measured one,
-sheared in the lab. Another beamline is one more entry in ``DIFFRACTOMETERS``.
+The reciprocal step per frame, row and column is the change of Q = k(k̂_f − k̂_i), taken at
+the Bragg peak by xrayutilities' ``QConversion`` (the library cohere and bcdi use) in the
+sample frame and turned back into the lab with the peak's sample angles, so a rocking
+circle inside another (ID01's eta inside mu) rocks about its tilted axis. With B the three
+steps as columns, the real-space voxel vectors are the columns of A = 2π(B⁻¹)ᵀ·diag(1/N):
+the grid conjugate to the measured one, sheared in the lab. Another beamline is one more
+entry in ``DIFFRACTOMETERS``.
 """
 
 from __future__ import annotations
@@ -29,16 +32,78 @@ HC_KEV_NM = 1.239841984
 
 @dataclass(frozen=True)
 class Diffractometer:
-    sample_circles: tuple  # outermost first; the first one rocks
-    detector_circles: tuple  # outermost first
-    beam: tuple  # incident beam direction
+    sample_circles: tuple  # (motor, xrayutilities axis), outermost first
+    detector_circles: tuple  # (motor, axis), outermost first
+    beam: tuple  # incident beam direction in the lab
     pixel_directions: tuple  # lab direction of increasing (row, column) at zero detector angles
+    rocking_motor: str  # the usual rocking circle
+
+    @property
+    def sample_motors(self) -> tuple:
+        return tuple(name for name, _ in self.sample_circles)
+
+    @property
+    def detector_motors(self) -> tuple:
+        return tuple(name for name, _ in self.detector_circles)
 
 
-DIFFRACTOMETERS = {
-    "34idc": Diffractometer(("y+", "z-", "y+"), ("y+", "x-"), (0, 0, 1), ("y-", "x+")),
+DIFFRACTOMETERS = {  # as cohere-beamlines describes them (xrayutilities notation)
+    "34idc": Diffractometer((("th", "y+"), ("chi", "z-"), ("phi", "y+")), (("delta", "y+"), ("gamma", "x-")),
+                            (0, 0, 1), ("y-", "x+"), "th"),
+    "id01": Diffractometer((("mu", "y-"), ("eta", "x-"), ("phi", "y-")), (("nu", "y-"), ("delta", "x-")),
+                           (0, 0, 1), ("y-", "x+"), "eta"),
+    "p10": Diffractometer((("mu", "y+"), ("om", "x-"), ("chi", "z+"), ("phi", "y-")), (("gam", "y+"), ("del", "x-")),
+                          (0, 0, 1), ("y-", "x+"), "om"),
+    "28idb": Diffractometer((("mu", "z-"), ("eta", "x+"), ("chi", "y+"), ("phi", "z-")), (("nu", "z-"), ("del", "x+")),
+                            (0, 1, 0), ("z-", "x-"), "eta"),
 }
-REQUIRED = ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg", "delta_deg", "gamma_deg")
+REQUIRED = ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg")
+LEGACY_DETECTOR_FIELDS = {"delta": "delta_deg", "gamma": "gamma_deg"}  # 34-ID-C's flat fields
+
+
+def diffractometer(geometry: dict) -> Diffractometer:
+    beamline = geometry.get("beamline") or "34idc"
+    if beamline not in DIFFRACTOMETERS:
+        raise InputError(f"geometry: unknown beamline {beamline!r}; known: {', '.join(DIFFRACTOMETERS)}")
+    return DIFFRACTOMETERS[beamline]
+
+
+def circle_angles(geometry: dict) -> tuple[list[float], list[float]]:
+    """(sample angles, detector angles) in degrees, in circle order: ``angles_deg`` first, then 34-ID-C's
+    ``delta_deg``/``gamma_deg``, else 0 (a circle the file does not name stands at zero)."""
+    setup = diffractometer(geometry)
+    angles = geometry.get("angles_deg") or {}
+
+    def angle(motor: str) -> float:
+        if motor in angles and angles[motor] is not None:
+            return float(angles[motor])
+        legacy = LEGACY_DETECTOR_FIELDS.get(motor) if setup is DIFFRACTOMETERS["34idc"] else None
+        return float(geometry.get(legacy) or 0.0) if legacy else 0.0
+
+    return [angle(m) for m in setup.sample_motors], [angle(m) for m in setup.detector_motors]
+
+
+def check_circles(geometry: dict) -> dict:
+    """The circles a geometry names are its beamline's, and it rocks one of the sample circles (default: the
+    beamline's usual one, filled in); one clear error otherwise. The start message runs this too."""
+    geometry = dict(geometry)
+    setup = diffractometer(geometry)
+    beamline = geometry.get("beamline") or "34idc"
+    known = setup.sample_motors + setup.detector_motors
+    unknown = sorted(set(geometry.get("angles_deg") or {}) - set(known))
+    if unknown:
+        raise InputError(f"geometry: {beamline} has no circle {unknown[0]!r}; its circles: {', '.join(known)}")
+    geometry["rocking_motor"] = geometry.get("rocking_motor") or setup.rocking_motor
+    if geometry["rocking_motor"] not in setup.sample_motors:
+        raise InputError(f"geometry: rocking_motor {geometry['rocking_motor']!r} is not a sample circle of "
+                         f"{beamline} ({', '.join(setup.sample_motors)})")
+    for direction in geometry.get("pixel_directions") or ():
+        if direction not in PIXEL_DIRECTIONS:
+            raise InputError(f"geometry: pixel direction {direction!r} is not one of {', '.join(PIXEL_DIRECTIONS)}")
+    return geometry
+
+
+PIXEL_DIRECTIONS = ("x+", "x-", "y+", "y-", "z+", "z-")
 
 
 def check(geometry: dict) -> dict:
@@ -46,17 +111,20 @@ def check(geometry: dict) -> dict:
     if not geometry:
         raise InputError("geometry is missing")
     geometry = dict(geometry)
+    setup = diffractometer(geometry)
     for name in REQUIRED:
         if geometry.get(name) is None:
             raise InputError(f"geometry lacks {name}")
+    if setup is DIFFRACTOMETERS["34idc"] and "delta" not in (geometry.get("angles_deg") or {}) \
+            and geometry.get("delta_deg") is None:
+        raise InputError("geometry lacks delta_deg")
     for name in ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg"):
         if not float(geometry[name]) > 0:
             raise InputError(f"geometry: {name} must be positive, got {geometry[name]}")
-    if float(geometry["delta_deg"]) == 0 and float(geometry["gamma_deg"]) == 0:
-        raise InputError("geometry: delta_deg and gamma_deg are both 0, the detector on the direct beam: no Bragg peak")
-    beamline = geometry.get("beamline", "34idc")
-    if beamline not in DIFFRACTOMETERS:
-        raise InputError(f"geometry: unknown beamline {beamline!r}; known: {', '.join(DIFFRACTOMETERS)}")
+    geometry = check_circles(geometry)
+    if not any(circle_angles(geometry)[1]):
+        raise InputError(f"geometry: the detector circles ({', '.join(setup.detector_motors)}) are all 0, "
+                         "the detector on the direct beam: no Bragg peak")
     return geometry
 
 
@@ -66,22 +134,25 @@ def reciprocal_steps(geometry: dict, shape, peak=None) -> tuple[np.ndarray, np.n
     import xrayutilities as xu
 
     g = check(geometry)
-    setup = DIFFRACTOMETERS[g.get("beamline", "34idc")]
+    setup = diffractometer(g)
     frames, rows, cols = (int(n) for n in shape)
     frame, row, col = (int(p) for p in (peak if peak is not None else (frames // 2, rows // 2, cols // 2)))
     roi_row, roi_col = g.get("detector_roi") or (0, 0)  # the frames' first pixel on the whole detector
     full_rows, full_cols = g.get("detector_shape") or (rows + roi_row, cols + roi_col)
     centre_row, centre_col = g.get("beam_center_px") or (full_rows / 2, full_cols / 2)  # on the arm's axis
-    convert = xu.experiment.QConversion(setup.sample_circles, setup.detector_circles, setup.beam,
+    directions = tuple(g.get("pixel_directions") or setup.pixel_directions)
+    convert = xu.experiment.QConversion([axis for _, axis in setup.sample_circles],
+                                        [axis for _, axis in setup.detector_circles], setup.beam,
                                         en=1000 * float(g["energy_kev"]))
-    convert.init_area(*setup.pixel_directions, cch1=centre_row - roi_row, cch2=centre_col - roi_col,
+    convert.init_area(*directions, cch1=centre_row - roi_row, cch2=centre_col - roi_col,
                       Nch1=rows, Nch2=cols, distance=float(g["distance_m"]), pwidth1=float(g["pixel_m"]),
                       pwidth2=float(g["pixel_m"]))
-    rocking = np.array([0.0, float(g["rocking_step_deg"])])  # from the peak's frame, one step on
-    zeros = np.zeros(2)
-    inner = [zeros] * (len(setup.sample_circles) - 1)  # inner circles only orient the crystal
-    detector = [np.full(2, float(g["delta_deg"])), np.full(2, float(g["gamma_deg"]))]
-    q = np.stack(convert.area(rocking, *inner, *detector, deg=True), axis=-1) * 10.0  # 1/Å → 1/nm
+    sample, detector = circle_angles(g)
+    rocking = setup.sample_motors.index(g["rocking_motor"])
+    circles = [np.array([a, a + (float(g["rocking_step_deg"]) if i == rocking else 0.0)]) for i, a in enumerate(sample)]
+    q = np.stack(convert.area(*circles, *[np.full(2, a) for a in detector], deg=True), axis=-1) * 10.0  # 1/Å → 1/nm
+    to_lab = np.stack([convert.transformSample2Lab(axis, *sample) for axis in np.eye(3)], axis=1)  # at the peak
+    q = q @ to_lab.T
     row, col = min(row, rows - 2), min(col, cols - 2)
     steps = [q[1, row, col] - q[0, row, col], q[0, row + 1, col] - q[0, row, col], q[0, row, col + 1] - q[0, row, col]]
     return np.stack(steps, axis=1), q[0, row, col]
