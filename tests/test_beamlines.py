@@ -16,6 +16,7 @@ from shared.errors import InputError
 from shared.messages import Geometry
 from shared.metadata import read_metadata
 from shared.physics import geometry as geo
+from shared.physics.crystals import sphere_in_geometry
 from tests.test_cli import cli
 
 BEAMLINES = {  # a realistic Bragg condition at each (Au 111 near 8–9 keV), voxels near 20 nm on 64³
@@ -95,29 +96,12 @@ def test_contract_example_is_a_start_message_geometry():
         geo.check({**example, "angles_deg": {"eta": 17.4}})
 
 
-def sphere_in(geometry: dict, n: int = 64, radius_voxels: float = 7.0, a: float = 2e-6):
-    """A sphere cut flat on one side, u = a·s² along Ĝ, on the detector-conjugate grid of ``geometry``."""
-    steps, q_peak = geo.reciprocal_steps(geometry, (n, n, n))
-    voxels = geo.voxel_matrix(steps, (n, n, n))
-    radius = radius_voxels * float(np.median(np.linalg.norm(voxels, axis=0)))  # ~150 nm, as 34-ID-C's test
-    g_hat, g_norm = geo.bragg_direction(q_peak)
-    up = np.eye(3)["xyz".index(geo.DIFFRACTOMETERS[geometry["beamline"]].pixel_directions[0][0])]  # rows run down
-    fill = np.zeros(n**3)
-    index = np.indices((n, n, n)).reshape(3, -1).T - n // 2
-    for sub in np.stack(np.meshgrid(*[[-0.25, 0.25]] * 3, indexing="ij"), -1).reshape(-1, 3):
-        r = (index + sub) @ voxels.T
-        fill += (np.linalg.norm(r, axis=1) < radius) & (r @ up > -0.75 * radius)
-    r = index @ voxels.T
-    obj = (fill / 8 * np.exp(1j * g_norm * a * (r @ g_hat) ** 2)).reshape(n, n, n)
-    return np.abs(np.fft.fftshift(np.fft.fftn(obj))) ** 2, radius, up
-
-
 @pytest.mark.parametrize("name", ["id01", "p10", "28idb"])
 def test_strained_sphere_comes_back_in_each_beamlines_lab_frame(tmp_path, name):
     geometry = {**BEAMLINES[name], "detector_shape": [256, 256], "detector_roi": [96, 96]}
-    a = 2e-6
-    intensity, radius, up = sphere_in(geometry, a=a)
-    np.save(tmp_path / "sphere.npy", intensity.astype(np.float32))
+    intensity, truth = sphere_in_geometry(geometry)
+    radius, up, a = truth["radius_nm"], truth["vertical"], truth["strain_coefficient"]
+    np.save(tmp_path / "sphere.npy", intensity)
     (tmp_path / "geometry.json").write_text(json.dumps(geometry))
     result = cli("reconstruct", tmp_path / "sphere.npy", "--refine", "--geometry", tmp_path / "geometry.json",
                  "--out", tmp_path / "out.h5")

@@ -185,3 +185,29 @@ def simulated_scan(size: int, seed: int, index: int, shape_index: int, strained:
     low, high = photons
     count = 0.0 if high <= 0 else float(np.exp(noise_rng.uniform(np.log(low), np.log(high))))
     return fourier.poisson_counts(ideal, count, noise_rng), amplitude, phase, params, count
+
+
+def sphere_in_geometry(geometry: dict, n: int = 64, radius_voxels: float = 7.0, strain: float = 2e-6,
+                       cut: float = 0.75) -> tuple[np.ndarray, dict]:
+    """A gold sphere cut flat below (as on its substrate: a whole sphere with an even phase stalls phase
+    retrieval between its twins), u = a·s² along Ĝ with s the lab position along Ĝ, sampled on the
+    detector-conjugate grid of a beamline ``geometry`` (n³ frames × rows × columns about the Bragg peak)
+    and passed through the exact forward model. Returns (intensity, truth): the radius (nm, ``radius_voxels``
+    median voxel lengths), a, Ĝ and the vertical lab axis the cut is across: what a lab-frame map must recover."""
+    from shared.physics import geometry as geo
+
+    steps, q_peak = geo.reciprocal_steps(geometry, (n, n, n))
+    voxels = geo.voxel_matrix(steps, (n, n, n))
+    radius = radius_voxels * float(np.median(np.linalg.norm(voxels, axis=0)))
+    g_hat, g_norm = geo.bragg_direction(q_peak)
+    up = np.eye(3)["xyz".index(geo.diffractometer(geometry).pixel_directions[0][0])]  # detector rows run down
+    fill = np.zeros(n**3)
+    index = np.indices((n, n, n)).reshape(3, -1).T - n // 2
+    for sub in np.stack(np.meshgrid(*[[-0.25, 0.25]] * 3, indexing="ij"), -1).reshape(-1, 3):
+        r = (index + sub) @ voxels.T
+        fill += (np.linalg.norm(r, axis=1) < radius) & (r @ up > -cut * radius)
+    r = index @ voxels.T
+    obj = (fill / 8 * np.exp(1j * g_norm * strain * (r @ g_hat) ** 2)).reshape(n, n, n)
+    intensity = np.abs(np.fft.fftshift(np.fft.fftn(obj))) ** 2
+    return intensity.astype(np.float32), {"radius_nm": radius, "strain_coefficient": strain, "g_hat": g_hat,
+                                          "vertical": up}
