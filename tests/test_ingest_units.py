@@ -158,7 +158,7 @@ def test_dectris_stream_over_zeromq(tmp_path):
 def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_path):
     """The same scan sent as DECTRIS stream v2 (CBOR, bslz4; the ingest tells the version itself) and natively
     (bslz4) gives the same HDF5 chunks, byte for byte; v2's lz4 and uncompressed images give the same frames;
-    the geometry rides in the start's user_data; a malformed CBOR message is counted, not fatal."""
+    the geometry (34-ID-C's, ID01's) rides in the start's user_data; a malformed CBOR message is counted, not fatal."""
     import threading
     import uuid
 
@@ -191,6 +191,8 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
         settings = Settings(key_prefix=prefix, data_dir=tmp_path / uuid.uuid4().hex[:6], **kwargs.pop("settings", {}))
         return conftest.ingest_running(settings, send, **kwargs)
 
+    ID01 = {"beamline": "id01", "energy_kev": 8.0, "distance_m": 1.0, "pixel_m": 55e-6, "rocking_motor": "eta",
+            "rocking_step_deg": 0.005, "angles_deg": {"mu": 0, "eta": 17.4, "phi": 0, "nu": 0.8, "delta": 34.9}}
     reason = "rejected:DECTRIS stream v2 message that is not a CBOR map with type and series_id"
     try:
         detector_at = f"tcp://127.0.0.1:{free_port()}"
@@ -198,7 +200,7 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
 
         def send_v2():
             detector.play(7, volume, encoding="bslz4", geometry=GEOMETRY_34IDC)
-            detector.play(8, volume, encoding="lz4")
+            detector.play(8, volume, encoding="lz4", geometry=ID01)
             detector.play(9, volume, encoding="raw")
             detector.socket.send(b"\xa1\x64type\x65image")  # a CBOR map without series_id
             states = [finished(f"series-{n}") for n in (7, 8, 9)]
@@ -220,6 +222,7 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
 
         native = ingest_running(send_native, settings={"ingest_bind": native_at})
         assert v2["frames_received"] == 12 and v2["geometry"]["delta_deg"] == GEOMETRY_34IDC["delta_deg"]
+        assert lz4_scan["geometry"]["beamline"] == "id01" and lz4_scan["geometry"]["angles_deg"] == ID01["angles_deg"]
         with h5py.File(v2["raw_file"]) as a, h5py.File(native["raw_file"]) as b:
             assert a["frames"].dtype == b["frames"].dtype == np.uint32
             for k in range(12):
