@@ -10,7 +10,7 @@ adaptive rocking scan that stops when the service says more frames would not cha
 
 A run maps to one scan: its id is the start document's ``cdi_live_scan`` (else ``bluesky-`` and the
 run uid's first 8 characters), its frame count ``num_points``, its geometry the callback's
-``geometry`` or the start document's ``geometry``; each event carrying ``image_field`` is the next
+``geometry`` or the start document's ``geometry``, its proposal the start document's ``proposal_id``; each event carrying ``image_field`` is the next
 frame, in event order. A run that ends with exit status ``abort`` or ``fail`` ends its scan as
 failed (frames kept). Needs the optional extra ``bluesky`` (bluesky, ophyd, event-model).
 """
@@ -59,7 +59,7 @@ class CdiLiveCallback(DocumentRouter):
             self.run = None
             return
         self.run = {"scan": scan_id(doc), "frames": int(frames), "geometry": self.geometry or doc.get("geometry"),
-                    "sent": 0, "started": False}
+                    "proposal": doc.get("proposal_id"), "sent": 0, "started": False}
         self.streams = set()
 
     def descriptor(self, doc):
@@ -76,7 +76,7 @@ class CdiLiveCallback(DocumentRouter):
         dtype = "float32" if image.dtype.kind == "f" else "uint32" if image.dtype.kind in "ub" else "int32"
         if not run["started"]:
             start = {"type": "start", "scan": run["scan"], "frames": run["frames"], "shape": list(image.shape),
-                     "dtype": dtype}
+                     "dtype": dtype, **({"proposal": str(run["proposal"])} if run["proposal"] else {})}
             if run["geometry"]:
                 start["geometry"] = run["geometry"]
             self.send(start)

@@ -1,7 +1,7 @@
 """The one message model every service shares: the native ingest protocol and the job records.
 
 Native protocol (ZeroMQ PUSH → ingest PULL), names exact:
-    {"type":"start","scan":"<id>","frames":N,"shape":[H,W],"dtype":"uint32", "geometry":{…}?,
+    {"type":"start","scan":"<id>","frames":N,"shape":[H,W],"dtype":"uint32", "geometry":{…}?, "proposal":"<id>"?,
      "pixel_mask":{"dtype":"uint32","encoding":"raw"|"lz4"|"bslz4","source":"…"}?, "saturation_value":S?}
       + with pixel_mask, one part: the H×W mask's little-endian bytes, non-zero = bad pixel (DECTRIS'
       convention). saturation_value: counts at or above which a pixel is saturated. Pixels at the
@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PROPOSAL_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # the experiment's proposal: whose data a scan is
 DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
 MAX_FRAMES = 10_000
 MAX_SIDE = 4096
@@ -94,6 +95,8 @@ class Start(_Message):
     geometry: Geometry | None = None
     pixel_mask: PixelMask | None = None
     saturation_value: float | None = Field(None, gt=0, description="counts at or above which a pixel is saturated")
+    proposal: str | None = Field(None, pattern=PROPOSAL_ID.pattern, description="the experiment's proposal (1–64 "
+                                 "letters, digits, '.', '_', '-'): who may read the scan (default DEFAULT_PROPOSAL)")
 
     def mask_array(self, payload: bytes):
         """The pixel mask part as an (H, W) array; ValueError if it does not decode."""

@@ -36,11 +36,11 @@ def stage_path(data_dir: Path, scan: str, stage: str) -> Path:
 
 
 def write_stage(path: Path, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
-                extra: dict[str, np.ndarray] | None = None) -> None:
+                extra: dict[str, np.ndarray] | None = None, proposal: str | None = None) -> None:
     """``extra``: further root datasets (``phase_uncertainty``; the refined stage's ``finalists_real`` and
-    ``finalists_imag``, the full-grid stage's seeds)."""
+    ``finalists_imag``, the full-grid stage's seeds). ``proposal``: whose data it is (an attribute)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    attrs = {"scan": scan, "stage": stage, "info": json.dumps(info),
+    attrs = {"scan": scan, "stage": stage, "info": json.dumps(info), **({"proposal": proposal} if proposal else {}),
              **{k: v for k, v in summary_of(info).items() if isinstance(v, (int, float, str))},
              **({"verdict_reason": info.get("verdict_reason") or ""} if "verdict" in info else {})}  # "": converged
     write_result(path, amplitude, phase, np.asarray(amplitude) > 0.1 * max(float(np.max(amplitude)), 1e-30), attrs,
@@ -94,7 +94,7 @@ def record_from_files(folder: Path) -> tuple[dict, dict[str, dict]] | None:
               "frames_received": int(received.sum()), "missing": int(start.frames - received.sum()),
               "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
               "geometry": start.geometry.model_dump() if start.geometry else None, "started": started,
-              "raw_file": str(folder / "frames.h5"), "restored_from_disk": True,
+              "raw_file": str(folder / "frames.h5"), "restored_from_disk": True, "proposal": start.proposal,
               "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value},
               "reason": "acquisition interrupted: its state was lost with Redis's (frames kept on disk)"}
     if ending:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,11 +61,35 @@ class Settings(BaseSettings):
     full_grid: bool = Field(True, description="after a binned refined stage, fit every measured voxel at the "
                             "detector's resolution (shared.fullgrid): the lowest-priority refinement work")
     max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
-    api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>' on "
-                                          "routes that change anything (none set: those routes answer 401)")
+    api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>': staff "
+                                          "keys (read every proposal, write; none set: writes answer 401)")
+    default_proposal: str = Field("commissioning", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                  description="the proposal of a scan whose start names none")
+    access_file: Path | None = Field(None, description="JSON object: SHA-256 hex digest of a key → {name, role "
+                                     "(reader, beamline, staff), proposals}; with it (or API_KEYS, or OIDC) every read "
+                                     "needs credentials and sees only its proposals")
+    oidc_issuer: str = Field("", description="OIDC issuer whose bearer tokens (JWT) are accepted (empty: no tokens)")
+    oidc_audience: str = Field("cdi-live", description="the audience an OIDC token must name")
+    oidc_jwks: str = Field("", description="the issuer's signing keys: a JWKS URL or file")
+    oidc_proposals_claim: str = Field("proposals", description="token claim listing the caller's proposals")
+    oidc_role_claim: str = Field("cdi_live_role", description="token claim with the role (reader, beamline, staff; "
+                                                              "absent: reader)")
+    audit_max_mb: float = Field(16, gt=0, description="DATA_DIR/audit/reads.jsonl rotates at this size")
+    audit_backups: int = Field(10, ge=1, description="rotated audit files kept")
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty: CORS off)")
     max_live_subscribers: int = Field(200, description="open Server-Sent-Event streams per gateway")
     max_request_bytes: int = Field(65536, description="largest request body the gateway accepts")
+
+    @field_validator("access_file", "pixel_mask_file", "flat_field_file", "dark_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """An empty variable (compose's ``${VAR:-}``) means unset, not the current folder."""
+        return None if value == "" else value
+
+    @property
+    def access_configured(self) -> bool:
+        """Reads need credentials (else the gateway is open, and serves on loopback only)."""
+        return bool(self.access_file or self.oidc_issuer)
 
     def api_key_set(self) -> set[str]:
         return {k.strip() for k in self.api_keys.split(",") if k.strip()}

@@ -195,11 +195,13 @@ class Store:
         """Changes whenever any scan record does: a page of the list read at one version is still right."""
         return int(self.redis.get(self.keys.scans_version) or 0)
 
-    def list_scans(self, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
-        """Newest first; with ``state``, only scans in that state. Returns (page, total matching).
+    def list_scans(self, state: str | None, limit: int, offset: int, proposals: frozenset | None = None,
+                   default_proposal: str | None = None) -> tuple[list[dict], int]:
+        """Newest first; with ``state``, only scans in that state; with ``proposals``, only those proposals'
+        scans (a record without one is ``default_proposal``'s). Returns (page, total matching).
 
-        Without a filter only the page's records are read; with one, every record's state is."""
-        if state is None:
+        Without a filter only the page's records are read; with one, every record's state and proposal are."""
+        if state is None and proposals is None:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrevrange(self.keys.scans, offset, offset + limit - 1)
             pipe.zcard(self.keys.scans)
@@ -208,8 +210,11 @@ class Store:
             ids = self.redis.zrevrange(self.keys.scans, 0, -1)
             pipe = self.redis.pipeline(transaction=False)
             for scan in ids:
-                pipe.hget(self.keys.scan(scan.decode()), "state")
-            ids = [i for i, s in zip(ids, pipe.execute()) if s is not None and json.loads(s) == state]
+                pipe.hmget(self.keys.scan(scan.decode()), "state", "proposal")
+            default = json.dumps(default_proposal).encode()
+            ids = [i for i, (s, p) in zip(ids, pipe.execute()) if s is not None
+                   and (state is None or json.loads(s) == state)
+                   and (proposals is None or json.loads(p or default) in proposals)]
             total, ids = len(ids), ids[offset:offset + limit]
         pipe = self.redis.pipeline(transaction=False)
         for scan in ids:
@@ -249,7 +254,9 @@ class Store:
         if not force and existing and json.loads(existing).get("seq", -1) > info.get("seq", 0):
             return False
         path = results.stage_path(self.settings.data_dir, scan, stage)
-        results.write_stage(path, scan, stage, amplitude, phase, info, extra)
+        proposal = self.redis.hget(self.keys.scan(scan), "proposal")
+        results.write_stage(path, scan, stage, amplitude, phase, info, extra,
+                            json.loads(proposal) if proposal else self.settings.default_proposal)
         self.redis.hset(key, mapping={"info": json.dumps(info), "file": str(path)})
         self.cache_put(scan, stage, amplitude, phase)
         summary = results.summary_of(info)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from services.cli.options import positive_int
-from services.cli.services_common import add_settings_arguments, settings_from
+from services.cli.services_common import add_settings_arguments, refuse_open_exposure, settings_from
 from services.cli.up import services_running, wait_until_ready, wait_while_running
 
 REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -68,6 +68,7 @@ def play_scans(args, endpoint: str) -> None:
 
 def run(args):
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+    refuse_open_exposure(settings, insecure=False)  # the demo serves loopback unless access is configured
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.data_dir / "services.log"  # their logs and the access log: the terminal shows progress

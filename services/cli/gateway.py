@@ -1,11 +1,12 @@
 """Run the HTTP gateway (FastAPI + uvicorn)."""
 
-from services.cli.services_common import add_settings_arguments, settings_from
+from services.cli.services_common import add_exposure_arguments, add_settings_arguments, refuse_open_exposure, \
+    settings_from
 
 
 def add_arguments(p):
     add_settings_arguments(p)
-    p.add_argument("--host", help="default $GATEWAY_HOST or 127.0.0.1")
+    add_exposure_arguments(p)
     p.add_argument("--port", type=int, help="default $GATEWAY_PORT or 8000")
 
 
@@ -19,6 +20,10 @@ def run(args):
     import signal
 
     settings = settings_from(args, gateway_host=args.host, gateway_port=args.port)
+    refuse_open_exposure(settings, args.insecure)
+    from services.gateway.access import Access
+
+    Access(settings)  # a broken ACCESS_FILE or OIDC_JWKS is one line here, not a worker's traceback
     # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found: make that one
     # quiet, so Ctrl-C ends the gateway cleanly instead of with a KeyboardInterrupt traceback.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -105,9 +105,9 @@ def add_pva_arguments(p) -> None:
     """areaDetector frames over EPICS pvAccess (``services.ingest.pva``), for `ingest` and `up`."""
     p.add_argument("--pva", metavar="CHANNEL", help="also subscribe to this areaDetector NTNDArray channel "
                    "(NDPluginPva) over EPICS pvAccess")
-    p.add_argument("--pva-attributes", metavar="scan=NAME,frames=NAME,index=NAME,geometry=NAME",
-                   help="the frames' NDAttribute names holding the scan id, its frame count, the 0-based index "
-                   "and the geometry JSON (default: scan, frames, index, geometry)")
+    p.add_argument("--pva-attributes", metavar="scan=NAME,frames=NAME,index=NAME,geometry=NAME,proposal=NAME",
+                   help="the frames' NDAttribute names holding the scan id, its frame count, the 0-based index, "
+                   "the geometry JSON and the proposal (default: scan, frames, index, geometry, proposal)")
     p.add_argument("--pva-frames", type=positive_int, metavar="N",
                    help="frames without scan attributes are cut into scans of N consecutive frames")
     p.add_argument("--pva-idle", type=positive_float, default=10.0, metavar="SECONDS",

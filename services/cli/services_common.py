@@ -14,6 +14,24 @@ def add_settings_arguments(p):
     p.add_argument("--data-dir", help="raw frames folder (default $DATA_DIR or data/live)")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_exposure_arguments(p) -> None:
+    p.add_argument("--host", help="gateway address (default $GATEWAY_HOST or 127.0.0.1)")
+    p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without access control "
+                   "(no ACCESS_FILE, no OIDC_ISSUER): anyone who reaches it reads every proposal's data")
+
+
+def refuse_open_exposure(settings: Settings, insecure: bool) -> None:
+    """A gateway without access control serves loopback only, unless the operator says --insecure."""
+    from shared.errors import InputError
+
+    if not settings.access_configured and settings.gateway_host not in LOOPBACK and not insecure:
+        raise InputError(f"refusing to serve {settings.gateway_host} with no access control: set ACCESS_FILE or "
+                         "OIDC_ISSUER, serve 127.0.0.1, or give --insecure")
+
+
 def settings_from(args, **overrides) -> Settings:
     values = {k: v for k, v in {"redis_url": getattr(args, "redis_url", None),
                                 "data_dir": getattr(args, "data_dir", None), **overrides}.items() if v is not None}

@@ -21,13 +21,15 @@ from urllib.parse import urlparse
 import redis
 
 from services.cli.options import add_pva_arguments, pva_command_line, pva_config
-from services.cli.services_common import add_settings_arguments, settings_from
+from services.cli.services_common import add_exposure_arguments, add_settings_arguments, refuse_open_exposure, \
+    settings_from
 from shared.errors import InputError
 
 
 def add_arguments(p):
     add_settings_arguments(p)
     p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
+    add_exposure_arguments(p)
     p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
     add_pva_arguments(p)
 
@@ -55,14 +57,14 @@ def ensure_redis(url: str):
     raise InputError(f"could not start redis-server for {url}")
 
 
-def start_services(settings, extra_env=None, log=None, ingest_args=()) -> list[subprocess.Popen]:
+def start_services(settings, extra_env=None, log=None, ingest_args=(), gateway_args=()) -> list[subprocess.Popen]:
     """The four services as children in our process group (a terminal's Ctrl-C reaches each; each
     stops cleanly on it). ``log``: an open file for their output (default: ours)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATA_DIR": str(settings.data_dir),
            "INGEST_BIND": settings.ingest_bind, "GATEWAY_PORT": str(settings.gateway_port),
            "GATEWAY_HOST": settings.gateway_host, **(extra_env or {})}
     exe = [sys.executable, "-m", "services.cli.main"]
-    commands = [["ingest", *ingest_args], ["worker", "infer"], ["worker", "refine"], ["gateway"]]
+    commands = [["ingest", *ingest_args], ["worker", "infer"], ["worker", "refine"], ["gateway", *gateway_args]]
     return [subprocess.Popen(exe + c, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
             for c in commands]
 
@@ -87,11 +89,11 @@ def stop_all(processes, timeout: float = 10.0, interrupted: bool = False) -> Non
 
 
 @contextlib.contextmanager
-def services_running(settings, log=None, ingest_args=()):
+def services_running(settings, log=None, ingest_args=(), gateway_args=()):
     """Redis (embedded if none answers) and the four services, all stopped cleanly on leaving —
     on Ctrl-C too. Yields (processes, stopping): ``stopping`` fills on SIGTERM."""
     embedded = ensure_redis(settings.redis_url)
-    processes = start_services(settings, log=log, ingest_args=ingest_args)
+    processes = start_services(settings, log=log, ingest_args=ingest_args, gateway_args=gateway_args)
     stopping: list = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     interrupted = False
@@ -145,10 +147,13 @@ def wait_while_running(processes, stopping, seconds: float | None = None) -> Non
 
 
 def run(args):
-    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
+    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind, gateway_host=args.host)
+    refuse_open_exposure(settings, args.insecure)
     pva = pva_config(args)  # checked here: the ingest child would only log it
     also = f" and pvAccess channel {pva['channel']}" if pva else ""
-    with services_running(settings, ingest_args=pva_command_line(args)) as (processes, stopping):
+    gateway_args = ["--insecure"] if args.insecure else []
+    with services_running(settings, ingest_args=pva_command_line(args), gateway_args=gateway_args) as (processes,
+                                                                                                        stopping):
         print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
               f"ingest {settings.ingest_bind}{also}, Redis {settings.redis_url}. Ctrl-C stops it.")
         wait_while_running(processes, stopping)

@@ -13,12 +13,13 @@ import anyio
 import plotly
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway import metrics
+from services.gateway.access import Access, AuditLog, Identity
 from services.gateway.housekeeping import Housekeeping
 from services.gateway.live import Subscribers
 from services.gateway.scans import ScanId, scans_router
@@ -34,7 +35,9 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # v
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = Store(settings)
-    subscribers = Subscribers(settings.max_live_subscribers)
+    access, audit = Access(settings), AuditLog(settings)
+    reader = Depends(access.identify)
+    subscribers = Subscribers(settings.max_live_subscribers, settings.default_proposal)
     clients = {}
 
     def async_redis() -> aioredis.Redis:
@@ -59,7 +62,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET"])
-    app.include_router(scans_router(settings, store))
+    app.include_router(scans_router(settings, store, access, audit))
+
+    @app.get("/api/access", tags=["service"])
+    def who_am_i(request: Request):
+        """Whether reads need credentials ("open: no access control" when not) and who the caller is (null when
+        its credential is missing or not accepted): the page says it."""
+        try:
+            identity = access.identify(request)
+        except HTTPException:
+            identity = None
+        return {"open": access.open, "mode": "open: no access control" if access.open else "access control",
+                "who": identity.name if identity else None, "role": identity.role if identity else None,
+                "proposals": sorted(identity.proposals) if identity and not identity.reads_all else None,
+                "reads_all": bool(identity and identity.reads_all)}
 
     @app.get("/health", tags=["service"])
     async def health():
@@ -92,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/queue", tags=["service"])
     async def queue():
         """The backlog per stage: jobs waiting or running and the oldest one's age (what KEDA scales the
-        refinement workers on, through its metrics-api scaler)."""
+        refinement workers on, through its metrics-api scaler). Aggregates only, like /metrics: no scan ids."""
         pipe = async_redis().pipeline(transaction=False)
         store.queue_snapshot(pipe)
         snapshot = store.parse_snapshot(await pipe.execute(raise_on_error=False))
@@ -109,14 +125,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "max_data_gb": settings.max_data_gb}
 
     @app.get("/api/events", tags=["live"])
-    def all_events(request: Request):
-        """Server-Sent Events for every scan (the page's scan list)."""
-        return subscribers.stream(request, settings)
+    def all_events(request: Request, identity: Identity = reader):
+        """Server-Sent Events for every scan of the caller's proposals (the page's scan list)."""
+        audit.read(identity, None, "events")
+        return subscribers.stream(request, settings, identity)
 
     @app.get("/api/scans/{scan}/events", tags=["live"])
-    def scan_events(request: Request, scan: str = ScanId):
-        """Server-Sent Events of one scan: progress, completion, each result as it lands."""
-        return subscribers.stream(request, settings, scan)
+    def scan_events(request: Request, scan: str = ScanId, identity: Identity = reader):
+        """Server-Sent Events of one scan: progress, completion, each result as it lands. 404 for a scan of
+        another proposal and, for callers who do not read every proposal, for one not started yet (the same
+        answer: another proposal's scan ids are not confirmed); staff may subscribe ahead of a start."""
+        record = store.scan(scan)
+        if not identity.reads_all and (record is None or not identity.may_read(record.get("proposal")
+                                                                               or settings.default_proposal)):
+            raise HTTPException(404, f"unknown scan {scan!r}")
+        audit.read(identity, scan, "events")
+        return subscribers.stream(request, settings, identity, scan)
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js():

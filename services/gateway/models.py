@@ -46,6 +46,7 @@ class QueuePlace(BaseModel):
 class ScanView(BaseModel):
     scan: str
     state: State
+    proposal: str | None = Field(None, description="the experiment's proposal: who may read this scan")
     frames_expected: int
     frames_received: int
     duplicates: int

@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from services.gateway import exports, views
+from services.gateway.access import Access, AuditLog, Identity
 from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, State
-from services.gateway.security import api_key_guard
 from shared.errors import InputError
 from shared.results import TRUST
 from shared.messages import SCAN_ID
@@ -27,14 +27,17 @@ from shared.store import Store
 ScanId = Path(pattern=SCAN_ID.pattern, max_length=64, description="scan id as sent in the start message")
 
 
-def scans_router(settings: Settings, store: Store) -> APIRouter:
+def scans_router(settings: Settings, store: Store, access: Access, audit: AuditLog) -> APIRouter:
     router = APIRouter(prefix="/api/scans", tags=["scans"])
-    guard = Depends(api_key_guard(settings))
+    reader, writer = Depends(access.identify), Depends(access.writer)
 
-    def load(scan: str) -> dict:
+    def load(scan: str, identity: Identity, what: str) -> dict:
+        """The scan's record if ``identity`` may read its proposal, audited; else 404, the same answer as for a
+        scan that does not exist (another proposal's scan ids are not confirmed either)."""
         record = store.scan(scan)
-        if record is None:
+        if record is None or not identity.may_read(record.get("proposal") or settings.default_proposal):
             raise HTTPException(404, f"unknown scan {scan!r}")
+        audit.read(identity, scan, what)
         return record
 
     def stage_arrays(scan: str, stage: str, on_crop_grid: bool = True):
@@ -84,13 +87,14 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
 
     @router.get("", response_model=ScanPage)
     def list_scans(state: State | None = None, limit: int = Query(20, ge=1, le=100),
-                   offset: int = Query(0, ge=0, le=1_000_000)):
-        """Scans, newest first. A page is rebuilt only when some scan record changed since it was built
-        (one Redis GET otherwise): operators' pages and scripts poll this."""
-        query, version = (state, limit, offset), store.scans_version()
+                   offset: int = Query(0, ge=0, le=1_000_000), identity: Identity = reader):
+        """Scans of the caller's proposals, newest first. A page is rebuilt only when some scan record changed
+        since it was built (one Redis GET otherwise): operators' pages and scripts poll this."""
+        proposals = None if identity.reads_all else identity.proposals
+        query, version = (state, limit, offset, proposals), store.scans_version()
         cached = pages.get(query)
         if cached is None or cached[0] != version:
-            records, total = store.list_scans(state, limit, offset)
+            records, total = store.list_scans(state, limit, offset, proposals, settings.default_proposal)
             page = ScanPage(scans=[ScanView.from_record(r) for r in records], total=total, limit=limit, offset=offset)
             if len(pages) > 256:
                 pages.clear()
@@ -98,18 +102,18 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         return Response(cached[1], media_type="application/json")
 
     @router.get("/{scan}", response_model=ScanView)
-    def scan_detail(scan: str = ScanId):
-        return ScanView.from_record(load(scan))
+    def scan_detail(scan: str = ScanId, identity: Identity = reader):
+        return ScanView.from_record(load(scan, identity, "detail"))
 
     @router.get("/{scan}/reconstruction", response_class=Response,
                 responses={200: {"content": {"application/octet-stream": {}}}})
     def reconstruction(scan: str = ScanId, stage: Stage = "nn",
-                       format: Literal["npz", "h5", "cxi", "vti"] = "npz"):
+                       format: Literal["npz", "h5", "cxi", "vti"] = "npz", identity: Identity = reader):
         """float32 ``amplitude`` and ``phase``: on an orthonormal lab grid (x, y, z; nm) when the scan has a
         geometry, else on the real-space grid of the measured volume (voxel 1)."""
-        record = load(scan)
+        record = load(scan, identity, f"reconstruction:{stage}:{format}")
         amplitude, phase, info = stage_arrays(scan, stage)
-        attrs = {"scan": scan, "stage": stage, "chi": info.get("chi", float("nan")),
+        attrs = {"scan": scan, "stage": stage, "proposal": record.get("proposal") or settings.default_proposal, "chi": info.get("chi", float("nan")),
                  "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0),
                  **{k: info[k] for k in TRUST if k in info}}
         uncertainty = uncertainty_of(scan, stage, amplitude.shape)
@@ -127,10 +131,11 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
     @router.get("/{scan}/strain", response_class=Response, responses={
         409: {"description": "the scan has no geometry"}, 422: {"description": "the geometry gives no reflection"}})
     def strain(scan: str = ScanId, stage: Stage = "refined", format: Literal["npz", "vti"] = "npz",
-               threshold: float = Query(0.3, gt=0.0, lt=1.0, description="support: amplitude above this × max")):
+               threshold: float = Query(0.3, gt=0.0, lt=1.0, description="support: amplitude above this × max"),
+               identity: Identity = reader):
         """Displacement (nm) and strain along the Bragg vector on an orthonormal lab grid (x, y, z), from the
         scan's geometry (detector shear and the measured Bragg direction included)."""
-        record = load(scan)
+        record = load(scan, identity, f"strain:{stage}:{format}")
         if not record.get("geometry"):
             raise HTTPException(409, "this scan's start message carried no geometry: strain needs it")
         maps = in_lab(record, *stage_arrays(scan, stage), threshold)
@@ -139,12 +144,13 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
                   "support": support.astype(np.float32)}
         if format == "npz":
             arrays["bragg_direction"] = maps["bragg_direction"]
-        return download(arrays, format, {}, maps["voxel_nm"], f"{scan}_{stage}_strain")
+        return download(arrays, format, {"proposal": record.get("proposal") or settings.default_proposal},
+                        maps["voxel_nm"], f"{scan}_{stage}_strain")
 
     @router.get("/{scan}/frames", response_class=FileResponse, responses={409: {"description": "still acquiring"}})
-    def raw_frames(scan: str = ScanId):
+    def raw_frames(scan: str = ScanId, identity: Identity = reader):
         """The raw frames as written by the ingest (HDF5, Bitshuffle-LZ4; 'received' marks frames present)."""
-        if load(scan).get("state") == "acquiring":
+        if load(scan, identity, "frames").get("state") == "acquiring":
             raise HTTPException(409, "the scan is still acquiring; its file is complete after 'end'")
         path = (settings.data_dir / scan / "frames.h5").resolve()
         if settings.data_dir.resolve() not in path.parents or not path.is_file():
@@ -152,10 +158,10 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         return FileResponse(path, media_type="application/x-hdf5", filename=f"{scan}_frames.h5")
 
     @router.get("/{scan}/detector")
-    def detector_image(scan: str = ScanId):
+    def detector_image(scan: str = ScanId, identity: Identity = reader):
         """The detector image summed over the scan's frames (log10(1 + counts), binned to ≤ 128 per axis) and
         the fraction of each bin that is masked, flagged or saturated: the page overlays it."""
-        record = load(scan)
+        record = load(scan, identity, "detector")
         path = pathlib.Path(record.get("raw_file") or settings.data_dir / scan / "frames.h5")
         if not path.is_file():
             raise HTTPException(404, f"no raw frames for scan {scan!r}")
@@ -165,10 +171,11 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
             raise HTTPException(409, f"raw frames not readable now ({type(exc).__name__})") from None
 
     @router.get("/{scan}/view")
-    def page_view(scan: str = ScanId, stage: Stage = "nn", level: float = Query(0.5, gt=0.05, lt=0.95)):
+    def page_view(scan: str = ScanId, stage: Stage = "nn", level: float = Query(0.5, gt=0.05, lt=0.95),
+                  identity: Identity = reader):
         """What the operators' page draws: isosurface mesh coloured by phase and central slices; with a
         geometry, in the lab frame (true shape, nm) with the strain along G (units of 10⁻⁴)."""
-        record = load(scan)
+        record = load(scan, identity, f"view:{stage}")
         amplitude, phase, info = stage_arrays(scan, stage, on_crop_grid=False)
         uncertainty = uncertainty_of(scan, stage, amplitude.shape)
         drawn = None
@@ -186,19 +193,19 @@ def scans_router(settings: Settings, store: Store) -> APIRouter:
         return {"scan": scan, "stage": stage, "frames_used": info.get("frames_used"), "chi": info.get("chi"),
                 **{k: info[k] for k in TRUST if k in info}, **drawn}
 
-    @router.post("/{scan}/refine", status_code=202, dependencies=[guard])
-    def rerun_refinement(request: RefineRequest, scan: str = ScanId):
-        """Queue the refined stage again with these AD-polish parameters (API key required)."""
-        record = load(scan)
+    @router.post("/{scan}/refine", status_code=202)
+    def rerun_refinement(request: RefineRequest, scan: str = ScanId, identity: Identity = writer):
+        """Queue the refined stage again with these AD-polish parameters (a beamline or staff key)."""
+        record = load(scan, identity, "refine")
         if "result_nn" not in record or record.get("state") == "acquiring":
             raise HTTPException(409, "refinement needs the complete scan's NN result")
         store.queue_refinement(scan, record, request.model_dump(exclude_none=True))
         return {"scan": scan, "queued": True, **request.model_dump(exclude_none=True)}
 
-    @router.delete("/{scan}", status_code=204, dependencies=[guard])
-    def delete_scan(scan: str = ScanId):
-        """Forget a finished scan and delete its raw frames (API key required)."""
-        if load(scan).get("state") == "acquiring":
+    @router.delete("/{scan}", status_code=204)
+    def delete_scan(scan: str = ScanId, identity: Identity = writer):
+        """Forget a finished scan and delete its raw frames (a beamline or staff key)."""
+        if load(scan, identity, "delete").get("state") == "acquiring":
             raise HTTPException(409, "the scan is still acquiring")
         store.delete_scan(scan)
         folder = (settings.data_dir / scan).resolve()

@@ -1,29 +1,8 @@
-"""API keys on the routes that change anything, and a bound on request bodies."""
+"""A bound on request bodies (who may read and write: ``services.gateway.access``)."""
 
 from __future__ import annotations
 
-import secrets
-
-from fastapi import Depends, HTTPException
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from shared.settings import Settings
-
-bearer = HTTPBearer(auto_error=False, description="an API key from the API_KEYS setting")
-
-
-def api_key_guard(settings: Settings):
-    """A dependency answering 401 unless the request carries one of the configured keys."""
-    keys = settings.api_key_set()
-
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        given = credentials.credentials if credentials else ""
-        if not given or not any(secrets.compare_digest(given, key) for key in keys):
-            raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 class BodyLimit:

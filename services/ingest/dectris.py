@@ -12,7 +12,7 @@ Stream v2 (``format: cbor``, the SIMPLON 1.8+ default): one CBOR map per message
 start / image / end. Images are RFC 8746 typed arrays (tag 40 around a typed-array tag),
 compressed with DECTRIS tag 56500 (``bslz4`` in the HDF5 filter's framing, which is the
 native bslz4 payload and goes to disk unchanged; ``lz4`` in HDF5-LZ4 framing). The first
-channel (threshold) is kept. A start's ``user_data`` may carry ``{"geometry": {...}}``
+channel (threshold) is kept. A start's ``user_data`` may carry ``{"geometry": {...}, "proposal": "..."}``
 (SIMPLON's ``header_appendix``), as the native start message does.
 
 The version is told (``version=1`` or ``2``) or detected per message: v2 messages are one
@@ -157,11 +157,13 @@ class DectrisTranslator:
             raise ValueError("DECTRIS stream v2 start without number_of_images and image_size_x/y") from None
         user = message.get("user_data")
         geometry = user.get("geometry") if isinstance(user, dict) else None
+        proposal = user.get("proposal") if isinstance(user, dict) else None
         channel = channels[0] if channels else None
         masks = message.get("pixel_mask") if isinstance(message.get("pixel_mask"), dict) else {}
         mask = masks.get(channel, next(iter(masks.values()), None)) if masks else None
         saturation = message.get("saturation_value")
         self.pending[scan] = {"frames": frames, "shape": shape, "channel": channel, "geometry": geometry,
+                              "proposal": proposal,
                               "pixel_mask": None if mask is None else v2_array(mask, shape, "pixel mask"),
                               "saturation": float(saturation) if isinstance(saturation, (int, float)) else None}
         return []
@@ -171,6 +173,8 @@ class DectrisTranslator:
         start = {"type": "start", "scan": scan, "frames": series["frames"], "shape": series["shape"], "dtype": dtype}
         if series["geometry"]:
             start["geometry"] = series["geometry"]
+        if series.get("proposal") is not None:
+            start["proposal"] = series["proposal"]
         if series.get("saturation"):
             start["saturation_value"] = series["saturation"]
         mask = series.get("pixel_mask")

@@ -6,6 +6,7 @@ motor's readback):
 
     scan      str, the scan id          frames    int, frames in the scan
     index     int, 0-based              geometry  str (optional), JSON of the start's geometry fields
+    proposal  str (optional), the experiment's proposal (else DEFAULT_PROPOSAL)
 
 renamed per beamline with ``attributes``. Without them, ``frames_per_scan`` cuts consecutive frames
 into scans of N (ids ``<prefix>-<n>``), indexed by ``uniqueId`` (a frame the server dropped stays
@@ -32,7 +33,8 @@ import numpy as np
 
 log = logging.getLogger("cdi-live.pva")
 
-DEFAULT_ATTRIBUTES = {"scan": "scan", "frames": "frames", "index": "index", "geometry": "geometry"}
+DEFAULT_ATTRIBUTES = {"scan": "scan", "frames": "frames", "index": "index", "geometry": "geometry",
+                      "proposal": "proposal"}
 UNION_DTYPES = {"ubyteValue": "uint8", "ushortValue": "uint16", "uintValue": "uint32", "intValue": "int32",
                 "floatValue": "float32", "byteValue": "int8", "shortValue": "int16"}
 CODEC_DTYPES = {1: "int8", 5: "uint8", 2: "int16", 6: "uint16", 3: "int32", 7: "uint32", 9: "float32"}  # pvData ScalarType
@@ -133,7 +135,8 @@ class PvaTranslator:
         if self.last_unique is not None and unique > self.last_unique + 1:
             self.dropped += unique - self.last_unique - 1
         payload, encoding, dtype, shape = frame_of(update, selected)
-        scan, frames, index, geometry = self.context(attributes_of(update), unique, restarted)
+        attributes = attributes_of(update)
+        scan, frames, index, geometry = self.context(attributes, unique, restarted)
         self.last_unique = unique
         out = []
         if self.open is not None and self.open.scan != scan:
@@ -142,6 +145,8 @@ class PvaTranslator:
             start = {"type": "start", "scan": scan, "frames": frames, "shape": list(shape), "dtype": dtype}
             if geometry:
                 start["geometry"] = geometry
+            if attributes.get(self.names["proposal"]) not in (None, ""):  # whose data it is
+                start["proposal"] = str(attributes[self.names["proposal"]])
             out.append([json.dumps(start).encode()])
             self.open = OpenScan(scan, frames)
         self.open.last_seen = time.monotonic()

@@ -264,13 +264,15 @@ class Ingest:
             existing = None  # Redis away: the files are the record until it is back
         if existing and existing.get("state") in ("acquiring", "complete"):
             raise Rejected("scan id already used")
+        if start.proposal is None:  # whose data the scan is, in the record and in every file of it
+            start = start.model_copy(update={"proposal": self.settings.default_proposal})
         mask, source = self.pixel_mask(start, parts)
         dark = self.detector_file(self.settings.dark_file, start.shape)
         flat = self.detector_file(self.settings.flat_field_file, start.shape)
         record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
-                  "ingest": self.name,
+                  "ingest": self.name, "proposal": start.proposal,
                   "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value,
                                "dark": str(self.settings.dark_file) if dark is not None else None,
                                "flat_field": str(self.settings.flat_field_file) if flat is not None else None}}

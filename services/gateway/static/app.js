@@ -15,6 +15,27 @@ async function getJSON(url) {
   return response.json();
 }
 
+// ---- access: "open: no access control", or who the page reads as (its key rides in a same-site cookie) ----
+async function loadAccess() {
+  const a = await getJSON("/api/access");
+  const badge = $("access");
+  if (a.open) {
+    badge.textContent = a.mode; badge.className = "badge failed";
+  } else if (a.who) {
+    badge.textContent = `${a.who} · ${a.role}` + (a.reads_all ? "" : ` · ${a.proposals.join(", ") || "no proposals"}`);
+    badge.className = "badge complete";
+  } else {
+    badge.textContent = "sign in to read"; badge.className = "badge failed";
+  }
+  $("access-form").hidden = a.open || Boolean(a.who);
+  return a;
+}
+$("access-form").onsubmit = (e) => {
+  e.preventDefault();
+  document.cookie = `cdi_live_key=${encodeURIComponent($("access-key").value)}; path=/; SameSite=Strict`;
+  location.reload();
+};
+
 function fmtSeconds(s) { return s < 1 ? `${(1000 * s).toFixed(0)} ms` : `${s.toFixed(2)} s`; }
 
 // ---- scan list ---------------------------------------------------------
@@ -330,7 +351,10 @@ for (const radio of document.querySelectorAll("input[name=stage]")) {
 }
 $("phase-fixed").onchange = () => { if (state.view) drawView(state.view); };
 $("show-uncertainty").onchange = () => { if (state.view) drawUncertainty(state.view); };
-connect();
-loadScans();
-loadStorage();
-setInterval(loadStorage, 15000);
+loadAccess().then((a) => {
+  if (!a.open && !a.who) return;  // nothing to read until signed in
+  connect();
+  loadScans();
+  loadStorage();
+  setInterval(loadStorage, 15000);
+});
