@@ -194,13 +194,14 @@ def partial_scans(predictor, magnitudes, truth) -> dict:
     series = {"preview": [], "3D-CDI-NN": [], "flat phase": []}
     better = []
     size = magnitudes.shape[1]
+    previous = None  # as live: each preview warm-starts from the one before it (fewer frames)
     for fraction in tqdm(FRACTIONS, desc="partial scans"):
         kept = int(round(fraction * size))
         partial = truncate_frames(magnitudes, np.full(len(magnitudes), kept))
         measured = np.broadcast_to((np.arange(size) < kept)[:, None, None], partial.shape[1:])
         a, p = predictor.predict_magnitudes(partial)
         nn = (a * np.exp(1j * p)).astype(np.complex64)
-        preview = converge(partial**2, nn, measured, PREVIEW_PLAN).obj
+        preview = previous = converge(partial**2, nn, measured, PREVIEW_PLAN, warm=previous).obj
         errs = {"preview": all_errors(preview, truth)["phase_unweighted"],
                 "3D-CDI-NN": all_errors(nn, truth)["phase_unweighted"],
                 "flat phase": all_errors(np.abs(nn).astype(np.complex64), truth)["phase_unweighted"]}

@@ -73,8 +73,9 @@ class Plan:
 
 
 REFINE_PLAN = Plan()
-# The live preview: the network's shape, a flat phase, one short projection run (≤ 0.3 s at 32³).
-PREVIEW_PLAN = Plan(starts=("flat",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", final="", polish_steps=0)
+# The live preview: the refined plan on the frames received so far (those not yet taken left free), warm-started
+# from the last preview, without the AD polish (~0.3 s per 32³ scan here; docs/BENCHMARKS.md "Live preview").
+PREVIEW_PLAN = Plan(starts=("previous", *REFINE_PLAN.starts), polish_steps=0)
 
 
 @dataclass
@@ -135,8 +136,10 @@ class Preempted(Exception):
 
 
 def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
-             plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None) -> Converged:
-    """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid.
+             plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None,
+             warm=None) -> Converged:
+    """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid. ``warm``: per
+    scan, the start ``previous`` of the plan (the last preview; None where there is none).
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
     its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
@@ -152,7 +155,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     rounds = list(plan.explore) or [("", 1)]
     phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
     if resume is None:
-        starts = scale_to_data(candidate_starts(prediction, plan.starts, seed), np.repeat(magnitude, count, axis=0))
+        starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
+                               np.repeat(magnitude, count, axis=0))
         amp = np.abs(starts)
         names = np.array(plan.starts * batch).reshape(batch, count)
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)

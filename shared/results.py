@@ -24,7 +24,7 @@ STAGES = ("nn", "refined", "full")
 TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor",
          "chi_floor_fitted")  # the refined and full stages' trust fields (``shared.reconstruction.trust_fields``)
 SUMMARY = ("frames_used", "chi", "chi_on", "seconds", *TRUST, "grid",
-           "chi_refinement_grid")  # a result's fields on its scan's record
+           "chi_refinement_grid", "partial", "frames_expected")  # a result's fields on its scan's record
 
 
 def summary_of(info: dict) -> dict:

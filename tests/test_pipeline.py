@@ -121,3 +121,16 @@ def test_bad_mask_is_one_line(tmp_path):
 def test_fourier_convention_matches_the_readme(crystal):
     obj, intensity = crystal
     assert np.allclose(fourier.intensity(obj), np.abs(np.fft.fftshift(np.fft.fftn(obj))) ** 2, rtol=1e-3)
+
+
+def test_the_live_preview_starts_from_the_last_one():
+    """``previous`` is the scan's last preview where it has one, a flat phase on the prediction otherwise."""
+    from shared.physics.starts import candidate_starts
+
+    rng = np.random.default_rng(3)
+    prediction = (rng.random((2, 8, 8, 8)) * np.exp(1j * rng.random((2, 8, 8, 8)))).astype(np.complex64)
+    last = (rng.random((8, 8, 8)) * np.exp(2j * rng.random((8, 8, 8)))).astype(np.complex64)
+    starts = candidate_starts(prediction, PREVIEW_PLAN.starts, warm=[last, None]).reshape(2, len(PREVIEW_PLAN.starts),
+                                                                                          8, 8, 8)
+    assert PREVIEW_PLAN.starts[0] == "previous" and PREVIEW_PLAN.polish_steps == 0
+    assert np.array_equal(starts[0, 0], last) and np.array_equal(starts[1, 0], np.abs(prediction[1]))

@@ -35,6 +35,9 @@ class StageSummary(BaseModel):
     grid: list[int] | None = Field(None, description="the grid of the stage's arrays (full: the input's)")
     chi_refinement_grid: float | None = Field(None, description="the refined stage's χ on its own (binned) grid, "
                                               "`grid`; not against the measured frames")
+    partial: bool | None = Field(None, description="the preview's: true while it rests on part of the frames "
+                                 "(frames_used of frames_expected): not yet the final answer's quality")
+    frames_expected: int | None = Field(None, description="the scan's frames, beside frames_used (the preview's)")
 
 
 class QueuePlace(BaseModel):

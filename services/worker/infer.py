@@ -1,9 +1,10 @@
 """Inference worker: micro-batches preview and final jobs across scans through 3D-CDI-NN.
 
-The network's shape then seeds a short projection run on its own 32³ input
-(``shared.pipeline.PREVIEW_PLAN``: flat phase, ER/HIO, frames not yet taken
-left free), whose phase beats both the network's and a flat one; that is the
-``nn`` stage operators see.
+The network's prediction then seeds the refined plan without its AD polish on
+its own 32³ input (``shared.pipeline.PREVIEW_PLAN``: frames not yet taken left
+free, χ_free withheld), warm-started from the scan's last preview when it was
+made on the same crop; that is the ``nn`` stage operators see while the scan is
+taken, marked ``partial`` until every frame is in.
 
 A partial job is skipped when a newer job for the same scan is already known
 (only the freshest preview is worth computing); final jobs are never skipped.
@@ -78,9 +79,11 @@ class InferenceWorker:
         network_seconds = (time.perf_counter() - started) / len(work)
         records = [self.store.scan(w["job"]["scan"].decode()) or {} for w in work]  # one read per job
         measured = np.stack([self.measured(w["job"], r) for w, r in zip(work, records)])
-        preview = converge(inputs**2, amp * np.exp(1j * phase), measured, PREVIEW_PLAN)
+        warm = [self.last_preview(w["job"]) for w in work]
+        preview = converge(inputs**2, amp * np.exp(1j * phase), measured, PREVIEW_PLAN, warm=warm)
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m, obj, mask, record in zip(work, amp, phase, inputs, preview.obj, measured, records):
+        for w, a, p, m, obj, mask, record, free, start in zip(work, amp, phase, inputs, preview.obj, measured,
+                                                              records, preview.chi_free, warm):
             job = w["job"]
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
@@ -88,7 +91,10 @@ class InferenceWorker:
                     "chi_on": "32×32×32 network grid", "grid": [32, 32, 32],
                     "chi_network": metrics.chi(a * np.exp(1j * p), m**2, mask), "seconds": seconds,
                     "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
-                    "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"])}
+                    "crop": json.loads(job["crop"]), "latency": time.time() - float(job["queued"]),
+                    "chi_free": float(free), "partial": bool(mask[:, 0, 0].sum() < len(mask)),
+                    "frames_expected": int(record.get("frames_expected") or job["frames_used"]),
+                    "warm_start": start is not None}
             if not w["final"]:
                 info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], obj, info["frames_used"])
             self.store.put_result(scan, "nn", ca, cp, info)
@@ -119,6 +125,14 @@ class InferenceWorker:
             log.info("scan %s converged at %d of %s frames (signal left %.4f)", scan, frames_used,
                      record.get("frames_expected"), verdict["signal_left"])
         return verdict
+
+    def last_preview(self, job: dict) -> np.ndarray | None:
+        """The scan's last preview, to start the next one (or the final) from; None for the first, or after a
+        preview made on another crop (its grid is not this one's)."""
+        previous = self.store.result(job["scan"].decode(), "nn")
+        if previous is None or previous[2].get("crop") != json.loads(job["crop"]) or previous[0].shape != (32, 32, 32):
+            return None
+        return (previous[0] * np.exp(1j * previous[1])).astype(np.complex64)
 
     def measured(self, job: dict, record: dict) -> np.ndarray:
         """The network-grid voxels resting on frames already taken (all, for a complete scan)."""

@@ -9,7 +9,9 @@ its twin. So several starts are run side by side and the data decide:
 - ``twin``: the prediction's twin, conj(ρ(−r));
 - ``flat_twin``: the inverted amplitude with a flat phase;
 - ``random``: the predicted amplitude with a random phase (an ordinary
-  random start, but inside the network's support).
+  random start, but inside the network's support);
+- ``previous``: the last answer for the same scan (``warm``: the live view's
+  preview from fewer frames), else the predicted amplitude with a flat phase.
 """
 
 from __future__ import annotations
@@ -38,10 +40,19 @@ def _random(obj, rng):
 STARTS = {"flat": _flat, "nn": _nn, "twin": lambda obj, rng: twin(obj), "flat_twin": _flat_twin, "random": _random}
 
 
-def candidate_starts(prediction: np.ndarray, names, seed: int = 0) -> np.ndarray:
-    """(B, n, n, n) complex predictions → (B·S, n, n, n) starts, scan-major (scan b's starts are rows b·S … b·S+S−1)."""
-    unknown = [n for n in names if n not in STARTS]
+def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) -> np.ndarray:
+    """(B, n, n, n) complex predictions → (B·S, n, n, n) starts, scan-major (scan b's starts are rows b·S … b·S+S−1).
+    ``warm``: per scan, the start ``previous`` (None where a scan has none)."""
+    unknown = [n for n in names if n not in STARTS and n != "previous"]
     if unknown:
-        raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)}")
+        raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)} or previous")
     rng = np.random.default_rng(seed)
-    return np.stack([STARTS[name](obj, rng) for obj in prediction for name in names]).astype(np.complex64)
+    warm = [None] * len(prediction) if warm is None else warm
+
+    def start(name, obj, previous):
+        if name == "previous":
+            return previous if previous is not None else _flat(obj, rng)
+        return STARTS[name](obj, rng)
+
+    return np.stack([start(name, obj, previous) for obj, previous in zip(prediction, warm)
+                     for name in names]).astype(np.complex64)

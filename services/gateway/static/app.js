@@ -120,14 +120,17 @@ function renderDetail(s) {
     const r = s.results[stage];
     if (stage === "full" && !r && !(s.refining && s.refining.stage === "full") && !(s.queue && s.queue.stage === "full")) continue;
     const row = document.createElement("tr");
-    const verdict = r && r.verdict
-      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"} (5 % of voxels withheld from the fit) against ${r.chi_free_floor != null ? r.chi_free_floor.toFixed(4) : "—"} for a right answer; χ floor of the data: ${r.chi_floor.toFixed(3)}${r.verdict_reason ? `; reason: ${r.verdict_reason}` : ""}">${r.verdict}${r.verdict_reason ? ` · ${r.verdict_reason}` : ""}</span>`
+    const partial = r && r.partial
+      ? `<span class="badge acquiring" title="the preview rests on ${r.frames_used} of ${r.frames_expected} frames (those not yet taken are left free); chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"}: wait for the scan's end for the final answer's quality">partial · wait</span>`
       : "";
+    const verdict = partial || (r && r.verdict
+      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"} (5 % of voxels withheld from the fit) against ${r.chi_free_floor != null ? r.chi_free_floor.toFixed(4) : "—"} for a right answer; χ floor of the data: ${r.chi_floor.toFixed(3)}${r.verdict_reason ? `; reason: ${r.verdict_reason}` : ""}">${r.verdict}${r.verdict_reason ? ` · ${r.verdict_reason}` : ""}</span>`
+      : "");
     // every χ against the measured frames, unless labelled with the grid it was measured on
     const onGrid = r && r.chi_on && r.chi_on !== "measured frames" ? ` <span class="hint">(${r.chi_on})</span>` : "";
     const binned = r && r.chi_refinement_grid != null && r.grid
       ? ` <span class="hint" title="χ on the refinement grid, not against the frames">· ${r.chi_refinement_grid.toFixed(3)} on ${r.grid.join("×")}</span>` : "";
-    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}</td><td>${r.chi.toFixed(3)}${onGrid}${binned}</td><td>${fmtSeconds(r.seconds)}</td><td>${verdict}</td>`
+    row.innerHTML = r ? `<td>${label}</td><td>${r.frames_used}${r.partial ? ` / ${r.frames_expected}` : ""}</td><td>${r.chi.toFixed(3)}${onGrid}${binned}</td><td>${fmtSeconds(r.seconds)}</td><td>${verdict}</td>`
                       : `<td>${label}</td><td colspan="4" class="hint">${s.state === "failed" ? "—" : "pending"}</td>`;
     body.appendChild(row);
   }
