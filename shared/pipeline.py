@@ -76,6 +76,10 @@ REFINE_PLAN = Plan()
 # The live preview: the refined plan on the frames received so far (those not yet taken left free), warm-started
 # from the last preview, without the AD polish (~0.3 s per 32³ scan here; docs/BENCHMARKS.md "Live preview").
 PREVIEW_PLAN = Plan(starts=("previous", *REFINE_PLAN.starts), polish_steps=0)
+# The network's answer to a finished scan, shown until the refined stage lands (~2 s later): one short projection
+# run from the last preview (≤ 0.05 s at 32³), so the refined stage is not kept waiting.
+FINAL_NN_PLAN = Plan(starts=("previous",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", final="",
+                     polish_steps=0)
 
 
 @dataclass

@@ -4,7 +4,9 @@ The network's prediction then seeds the refined plan without its AD polish on
 its own 32³ input (``shared.pipeline.PREVIEW_PLAN``: frames not yet taken left
 free, χ_free withheld), warm-started from the scan's last preview when it was
 made on the same crop; that is the ``nn`` stage operators see while the scan is
-taken, marked ``partial`` until every frame is in.
+taken, marked ``partial`` until every frame is in. A finished scan's job runs
+``FINAL_NN_PLAN`` (one short run from the last preview): the refined stage is
+queued right after it.
 
 A partial job is skipped when a newer job for the same scan is already known
 (only the freshest preview is worth computing); final jobs are never skipped.
@@ -24,7 +26,7 @@ from services.worker.queue import JobQueue, run_forever
 from shared import convergence
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
-from shared.pipeline import PREVIEW_PLAN, converge
+from shared.pipeline import FINAL_NN_PLAN, PREVIEW_PLAN, converge
 from shared.settings import Settings
 from shared.store import Store
 
@@ -80,10 +82,16 @@ class InferenceWorker:
         records = [self.store.scan(w["job"]["scan"].decode()) or {} for w in work]  # one read per job
         measured = np.stack([self.measured(w["job"], r) for w, r in zip(work, records)])
         warm = [self.last_preview(w["job"]) for w in work]
-        preview = converge(inputs**2, amp * np.exp(1j * phase), measured, PREVIEW_PLAN, warm=warm)
+        objects, chi_free = np.empty(inputs.shape, np.complex64), np.empty(len(work))
+        for final, plan in ((False, PREVIEW_PLAN), (True, FINAL_NN_PLAN)):  # the refined stage follows a final
+            rows = [k for k, w in enumerate(work) if w["final"] == final]
+            if rows:
+                done = converge(inputs[rows]**2, (amp * np.exp(1j * phase))[rows], measured[rows], plan,
+                                warm=[warm[k] for k in rows])
+                objects[rows], chi_free[rows] = done.obj, done.chi_free
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m, obj, mask, record, free, start in zip(work, amp, phase, inputs, preview.obj, measured,
-                                                              records, preview.chi_free, warm):
+        for w, a, p, m, obj, mask, record, free, start in zip(work, amp, phase, inputs, objects, measured,
+                                                              records, chi_free, warm):
             job = w["job"]
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
