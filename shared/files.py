@@ -171,6 +171,21 @@ def write_vti(path: str | Path, arrays: dict[str, np.ndarray], spacing=(1.0, 1.0
     Path(path).write_text(xml)
 
 
+def read_json_object(path: str | Path, what: str) -> dict:
+    """A JSON file that must hold one object (``what`` it maps, for the error); one clear error otherwise."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: must hold a JSON object of {what}")
+    return value
+
+
 DETECTOR_PIXEL_M = {"34idcTIM1": 55e-6, "34idcTIM2": 55e-6}  # areaDetector prefix → pixel size (Timepix)
 
 

@@ -235,7 +235,6 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
             if plan.final:  # every measured voxel again, the withheld ones too (cannot yield: ≤ 20 iterations)
                 state.obj, state.measured = obj, np.broadcast_to(True if mask is None else mask, state.magnitude.shape)
-                state.shrink_every = 0  # the support is settled: the tight threshold's shrink-wrap would eat a real crystal's rim
                 obj = phasing.ScheduleRun(plan.final, 1).advance(state) or state.obj * state.support
         if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None

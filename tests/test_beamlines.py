@@ -19,16 +19,7 @@ from shared.physics import geometry as geo
 from shared.physics.crystals import sphere_in_geometry
 from tests.test_cli import cli
 
-BEAMLINES = {  # a realistic Bragg condition at each (Au 111 near 8–9 keV), voxels near 20 nm on 64³
-    "34idc": {"beamline": "34idc", "energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_step_deg": 0.01,
-              "delta_deg": 32.174, "gamma_deg": 12.6346},
-    "id01": {"beamline": "id01", "energy_kev": 8.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
-             "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 17.4, "phi": 0, "nu": 0.8, "delta": 34.9}},
-    "p10": {"beamline": "p10", "energy_kev": 9.0, "distance_m": 0.7, "pixel_m": 75e-6, "rocking_motor": "om",
-            "rocking_step_deg": 0.01, "angles_deg": {"mu": 0.5, "om": 16.0, "chi": 0, "phi": 0, "gam": 6.0, "del": 31.0}},
-    "28idb": {"beamline": "28idb", "energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
-              "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 16.0, "chi": 0, "phi": 0, "nu": 4.0, "del": 31.5}},
-}
+BEAMLINES = geo.EXAMPLES
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:

@@ -70,8 +70,6 @@ def add_geometry_arguments(p, scans: str = "the scan's") -> None:
 def read_geometry(args) -> dict | None:
     """--geometry JSON and/or --metadata (--spec)/--scan → a checked geometry dict (None if none is given).
     The metadata file gives what it holds; the JSON completes or corrects it."""
-    import json
-
     from shared.physics.geometry import check
 
     metadata = getattr(args, "metadata", None)
@@ -86,14 +84,9 @@ def read_geometry(args) -> dict | None:
 
         geometry = read_metadata(metadata, args.scan)
     if args.geometry is not None:
-        try:
-            given = json.loads(args.geometry.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{args.geometry}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{args.geometry}: not JSON ({exc})") from None
-        if not isinstance(given, dict):
-            raise InputError(f"{args.geometry}: must hold a JSON object of geometry fields")
+        from shared.files import read_json_object
+
+        given = read_json_object(args.geometry, "geometry fields")
         angles = {**(geometry.get("angles_deg") or {}), **(given.get("angles_deg") or {})}
         geometry = {**geometry, **given, **({"angles_deg": angles} if angles else {})}
     if metadata is None and args.geometry is None:

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 from fastapi import HTTPException, Request
 
 from shared.errors import InputError
+from shared.files import read_json_object
 from shared.messages import PROPOSAL_ID
 from shared.settings import Settings
 
@@ -66,13 +67,9 @@ def digest(key: str) -> str:
 def read_access_file(path: Path) -> dict[str, Identity]:
     """ACCESS_FILE → {key digest: identity}; one clear error for anything malformed (the gateway does not start)."""
     try:
-        entries = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"ACCESS_FILE {path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"ACCESS_FILE {path}: not JSON ({exc})") from None
-    if not isinstance(entries, dict):
-        raise InputError(f"ACCESS_FILE {path}: must hold a JSON object of key digest → identity")
+        entries = read_json_object(path, "key digest → identity")
+    except InputError as exc:
+        raise InputError(f"ACCESS_FILE {exc}") from None
     identities = {}
     for key_digest, entry in entries.items():
         where = f"ACCESS_FILE {path}: entry {key_digest[:12]}…"

@@ -57,6 +57,16 @@ DIFFRACTOMETERS = {  # as cohere-beamlines describes them (xrayutilities notatio
     "28idb": Diffractometer((("mu", "z-"), ("eta", "x+"), ("chi", "y+"), ("phi", "z-")), (("nu", "z-"), ("del", "x+")),
                             (0, 1, 0), ("z-", "x-"), "eta"),
 }
+EXAMPLES = {  # a typical Au 111 Bragg condition at each (8–9 keV), voxels near 20 nm on 64³: docs and tests
+    "34idc": {"beamline": "34idc", "energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_step_deg": 0.01,
+              "delta_deg": 32.174, "gamma_deg": 12.6346},
+    "id01": {"beamline": "id01", "energy_kev": 8.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
+             "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 17.4, "phi": 0, "nu": 0.8, "delta": 34.9}},
+    "p10": {"beamline": "p10", "energy_kev": 9.0, "distance_m": 0.7, "pixel_m": 75e-6, "rocking_motor": "om",
+            "rocking_step_deg": 0.01, "angles_deg": {"mu": 0.5, "om": 16.0, "chi": 0, "phi": 0, "gam": 6.0, "del": 31.0}},
+    "28idb": {"beamline": "28idb", "energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
+              "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 16.0, "chi": 0, "phi": 0, "nu": 4.0, "del": 31.5}},
+}
 REQUIRED = ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg")
 LEGACY_DETECTOR_FIELDS = {"delta": "delta_deg", "gamma": "gamma_deg"}  # 34-ID-C's flat fields
 
