@@ -200,7 +200,7 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
 
         def send_v2():
             detector.play(7, volume, encoding="bslz4", geometry=GEOMETRY_34IDC)
-            detector.play(8, volume, encoding="lz4", geometry=ID01)
+            detector.play(8, volume, encoding="lz4", geometry=ID01, proposal="MA-6021")
             detector.play(9, volume, encoding="raw")
             detector.socket.send(b"\xa1\x64type\x65image")  # a CBOR map without series_id
             states = [finished(f"series-{n}") for n in (7, 8, 9)]
@@ -223,6 +223,7 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
         native = ingest_running(send_native, settings={"ingest_bind": native_at})
         assert v2["frames_received"] == 12 and v2["geometry"]["delta_deg"] == GEOMETRY_34IDC["delta_deg"]
         assert lz4_scan["geometry"]["beamline"] == "id01" and lz4_scan["geometry"]["angles_deg"] == ID01["angles_deg"]
+        assert lz4_scan["proposal"] == "MA-6021" and v2["proposal"] == "commissioning"  # user_data, else the default
         with h5py.File(v2["raw_file"]) as a, h5py.File(native["raw_file"]) as b:
             assert a["frames"].dtype == b["frames"].dtype == np.uint32
             for k in range(12):

@@ -1,6 +1,7 @@
 """areaDetector frames over EPICS pvAccess, against a real pvapy server on loopback (never a mock)."""
 
 import argparse
+import json
 import threading
 import time
 import uuid
@@ -180,3 +181,16 @@ def test_pvapy_own_area_detector_simulator_with_spec_geometry(private, tmp_path)
         simulator.terminate()
         simulator.wait(10)
         ingest.close()
+
+
+def test_the_proposal_rides_in_an_nd_attribute():
+    """The proposal NDAttribute (renamed with --pva-attributes proposal=NAME) goes into the scan's start."""
+    names = parse_attribute_map("proposal=EXPERIMENT")
+    translator = PvaTranslator(attributes=names, frames_per_scan=2)
+    frame = {"dimension": [{"size": 4}, {"size": 2}], "value": ({"ushortValue": np.zeros(8, np.uint16)},),
+             "codec": {"name": ""}, "uniqueId": 1,
+             "attribute": [{"name": "EXPERIMENT", "value": ({"value": "GUP-81234"}, {})}]}
+    start = json.loads(translator.translate(frame)[0][0])
+    assert start["type"] == "start" and start["proposal"] == "GUP-81234"
+    plain = json.loads(PvaTranslator(frames_per_scan=2).translate({**frame, "attribute": []})[0][0])
+    assert "proposal" not in plain  # the ingest gives it DEFAULT_PROPOSAL

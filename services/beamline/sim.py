@@ -69,13 +69,15 @@ class Beamline:
 
     def play(self, scan: str, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "raw",
              geometry: dict | None = None, order=None, end: bool = True, progress=None,
-             pixel_mask: np.ndarray | None = None, saturation: float | None = None) -> None:
+             pixel_mask: np.ndarray | None = None, saturation: float | None = None, proposal: str | None = None) -> None:
         """Start, frames (in ``order``, default 0..N-1) at ``rate_hz`` (0 = as fast as possible), end;
-        a ``pixel_mask`` rides with the start (lz4), as does the detector's ``saturation`` value."""
+        a ``pixel_mask`` rides with the start (lz4), as do the detector's ``saturation`` value and the proposal."""
         start = {"type": "start", "scan": scan, "frames": int(volume.shape[0]), "shape": list(volume.shape[1:]),
                  "dtype": str(volume.dtype)}
         if geometry:
             start["geometry"] = geometry
+        if proposal:
+            start["proposal"] = proposal
         if saturation is not None:
             start["saturation_value"] = float(saturation)
         if pixel_mask is not None:
@@ -142,7 +144,8 @@ TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70}  # RFC 8746, little
 
 
 def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geometry: dict | None = None,
-                      pixel_mask: np.ndarray | None = None, saturation: float | None = None):
+                      pixel_mask: np.ndarray | None = None, saturation: float | None = None,
+                      proposal: str | None = None):
     """The messages of one DECTRIS stream-v2 series (start, images, end), each one CBOR part; the
     geometry, if any, rides in the start's ``user_data`` (SIMPLON's header_appendix); a pixel mask
     in the start's ``pixel_mask`` (per channel, a tag-40 array, bslz4-compressed with tag 56500)."""
@@ -158,8 +161,9 @@ def dectris2_messages(series, volume: np.ndarray, encoding: str = "bslz4", geome
         mask = np.ascontiguousarray(pixel_mask, "<u4")
         packed = cbor2.CBORTag(56500, ["bslz4", 4, codecs.encode(mask, "bslz4")])
         start["pixel_mask"] = {"threshold_1": cbor2.CBORTag(40, [[height, width], cbor2.CBORTag(70, packed)])}
-    if geometry:
-        start["user_data"] = {"geometry": geometry}
+    user_data = {**({"geometry": geometry} if geometry else {}), **({"proposal": proposal} if proposal else {})}
+    if user_data:
+        start["user_data"] = user_data
     yield [cbor2.dumps(start)]
     tag = TYPED_ARRAY_TAGS[str(volume.dtype)]
     for k, frame in enumerate(volume):
@@ -189,11 +193,12 @@ class DectrisDetector:
         self.socket.bind(endpoint)
 
     def play(self, series, volume: np.ndarray, rate_hz: float = 0.0, encoding: str = "bslz4", progress=None,
-             geometry: dict | None = None, pixel_mask: np.ndarray | None = None, saturation: float | None = None):
-        """One series; stream v1 carries no geometry, v2 carries it in the start's user_data; both carry
-        a pixel mask and the saturation value in their start."""
+             geometry: dict | None = None, pixel_mask: np.ndarray | None = None, saturation: float | None = None,
+             proposal: str | None = None):
+        """One series; stream v1 carries no geometry or proposal, v2 carries them in the start's user_data; both
+        carry a pixel mask and the saturation value in their start."""
         began = time.perf_counter()
-        messages = dectris2_messages(series, volume, encoding, geometry, pixel_mask, saturation) \
+        messages = dectris2_messages(series, volume, encoding, geometry, pixel_mask, saturation, proposal) \
             if self.version == 2 else dectris_messages(series, volume, encoding, pixel_mask, saturation)
         for k, parts in enumerate(messages):
             self.socket.send_multipart(parts)

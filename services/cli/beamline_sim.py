@@ -27,6 +27,8 @@ def add_arguments(p):
     p.add_argument("--encoding", choices=["raw", "lz4", "bslz4"], default=None,
                    help="frame encoding (default raw for native, bslz4 for dectris)")
     p.add_argument("--prefix", default="sim", help="scan id prefix")
+    p.add_argument("--proposal", help="the scans' proposal (native start; DECTRIS v2 user_data); default: the "
+                                      "ingest's DEFAULT_PROPOSAL")
     p.add_argument("--gaps", action="store_true", help="a module gap: two detector columns beside the Bragg peak "
                    "flagged at the dtype's maximum, as a DECTRIS detector with its pixel mask applied sends them")
     p.add_argument("--dead", default="", help="dead pixels ROW,COL;ROW,COL… flagged likewise")
@@ -66,7 +68,7 @@ def run(args):
                 gaps = [c for c in (peak_column + 2, peak_column + 3) if c < volume.shape[2]] if args.gaps else []
                 volume, mask = detector_flaws(volume, gaps, dead, args.saturation)
                 mask = None if args.no_mask or not mask.any() else mask
-            flaws = {"pixel_mask": mask, "saturation": args.saturation}
+            flaws = {"pixel_mask": mask, "saturation": args.saturation, "proposal": args.proposal}
             with tqdm(total=volume.shape[0], desc=scan, unit="frame") as bar:
                 if pva:  # the scan context rides in each frame's NDAttributes
                     beamline.play(scan, volume, args.rate, encoding, geometry, progress=bar.update)
