@@ -51,9 +51,11 @@ def engine(service):
 def test_run_engine_rocking_scan_comes_back_refined_with_its_convergence(service, engine):
     motor, image = rocking_devices(counts(7100, 0))
     scan = f"bs-{uuid.uuid4().hex[:6]}"
-    engine(bp.scan([image], motor, START, STOP, POINTS, md={"cdi_live_scan": scan}, per_step=paced_step))
+    engine(bp.scan([image], motor, START, STOP, POINTS, md={"cdi_live_scan": scan, "proposal_id": "2026-3-BCDI"},
+                   per_step=paced_step))
     state = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"] and s, timeout=240)
     assert state["state"] == "complete" and state["frames_received"] == POINTS and state["missing"] == 0
+    assert state["proposal"] == "2026-3-BCDI"  # the start document's proposal_id
     assert state["geometry"]["delta_deg"] == GEOMETRY_34IDC["delta_deg"]
     assert state["converged_at_frames"] is not None and state["converged_at_frames"] < POINTS, state["convergence"]
 
