@@ -11,9 +11,13 @@
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
 
-Previews are not scheduled here: the inference worker skips a preview made
-stale by a newer one of the same scan (``services.worker.infer``). Pure
-functions of (job, time): the Redis side is ``services.worker.backlog``.
+    previews  the inference worker computes at most PREVIEWS_PER_STEP previews
+              per step, of the scans started last (the one being taken now);
+              the others are dropped (their scans' next previews come), final
+              jobs always run; a preview made stale by a newer one of the same
+              scan is dropped too (``services.worker.infer``)
+
+Pure functions of (job, time): the Redis side is ``services.worker.backlog``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ DEFAULT_S_PER_VOXEL = 2e-5  # before any refinement was timed (≈ 35 s for a 12
 
 
 REFINED, FULL = "refined", "full"  # the stages this policy orders
+PREVIEWS_PER_STEP = 2  # each costs ~0.3 s at 32³ on 2 cores (the refined plan without its polish)
+
+
+def previews_to_run(started: dict[str, float], limit: int = PREVIEWS_PER_STEP) -> list[str]:
+    """Of the scans with a preview waiting (scan → its start time), those to compute now: the newest first."""
+    return sorted(started, key=lambda scan: -started[scan])[:limit]
 
 
 @dataclass(frozen=True)

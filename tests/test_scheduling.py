@@ -94,3 +94,9 @@ def test_backlog_serves_the_newest_live_job_and_reclaims_a_dead_workers_lease(ba
     time.sleep(0.6)
     assert b.take() is None and dead and "crashed" in dead[0]
     assert client.zcard(f"{k.refine_jobs}:running") == 0 and client.xlen(k.dead_letters) == 1
+
+
+def test_previews_of_the_scan_being_taken_now_come_first():
+    started = {"burst-1": 100.0, "live": 300.0, "burst-2": 200.0}
+    assert scheduling.previews_to_run(started) == ["live", "burst-2"]
+    assert scheduling.previews_to_run(started, limit=1) == ["live"] and scheduling.previews_to_run({}) == []

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from services.worker.queue import JobQueue, run_forever
-from shared import convergence
+from shared import convergence, scheduling
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
 from shared.pipeline import FINAL_NN_PLAN, PREVIEW_PLAN, converge
@@ -60,11 +60,17 @@ class InferenceWorker:
                 chosen[scan] = entry
             else:
                 skipped.append(job_id)
+        started = {}
         for scan, entry in list(chosen.items()):  # a preview older than the newest one queued is stale
-            newest = int((self.store.scan(scan) or {}).get("latest_seq", entry["seq"]))
-            if not entry["final"] and entry["seq"] < newest:
+            record = self.store.scan(scan) or {}
+            if not entry["final"] and entry["seq"] < int(record.get("latest_seq", entry["seq"])):
                 skipped.append(entry["id"])
                 del chosen[scan]
+            elif not entry["final"]:
+                started[scan] = float(record.get("started") or 0.0)
+        keep = set(scheduling.previews_to_run(started))  # the scan being taken now first (shared.scheduling)
+        for scan in set(started) - keep:
+            skipped.append(chosen.pop(scan)["id"])
         if skipped:
             self.store.count("jobs_skipped_stale", len(skipped))
             self.queue.done(*skipped)
