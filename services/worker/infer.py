@@ -87,7 +87,8 @@ class InferenceWorker:
         network_seconds = (time.perf_counter() - started) / len(work)
         records = [self.store.scan(w["job"]["scan"].decode()) or {} for w in work]  # one read per job
         measured = np.stack([self.measured(w["job"], r) for w, r in zip(work, records)])
-        warm = [self.last_preview(w["job"]) for w in work]
+        previous = [self.store.result(w["job"]["scan"].decode(), "nn") for w in work]  # the last preview, read once
+        warm = [self.warm_start(w["job"], last) for w, last in zip(work, previous)]
         objects, chi_free = np.empty(inputs.shape, np.complex64), np.empty(len(work))
         for final, plan in ((False, PREVIEW_PLAN), (True, FINAL_NN_PLAN)):  # the refined stage follows a final
             rows = [k for k, w in enumerate(work) if w["final"] == final]
@@ -96,8 +97,8 @@ class InferenceWorker:
                                 warm=[warm[k] for k in rows])
                 objects[rows], chi_free[rows] = done.obj, done.chi_free
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m, obj, mask, record, free, start in zip(work, amp, phase, inputs, objects, measured,
-                                                              records, chi_free, warm):
+        for w, a, p, m, obj, mask, record, free, start, last in zip(work, amp, phase, inputs, objects, measured,
+                                                                    records, chi_free, warm, previous):
             job = w["job"]
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
@@ -110,7 +111,8 @@ class InferenceWorker:
                     "frames_expected": int(record.get("frames_expected") or job["frames_used"]),
                     "warm_start": start is not None}
             if not w["final"]:
-                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], obj, info["frames_used"])
+                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], obj, info["frames_used"],
+                                                       last)
             self.store.put_result(scan, "nn", ca, cp, info)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
@@ -119,10 +121,10 @@ class InferenceWorker:
             self.queue.done(w["id"])
 
     def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,
-                    preview: np.ndarray, frames_used: int) -> dict:
-        """Ask ``shared.convergence`` whether more frames would change this scan's answer; the first time it
-        says no, mark the record (``converged_at_frames``) and publish a ``converged`` event."""
-        previous = self.store.result(scan, "nn")
+                    preview: np.ndarray, frames_used: int, previous) -> dict:
+        """Ask ``shared.convergence`` whether more frames would change this scan's answer (``previous``: its last
+        stored preview, or None); the first time it says no, mark the record (``converged_at_frames``) and
+        publish a ``converged`` event."""
         earlier = None
         if previous is not None and previous[2].get("frames_used", frames_used) < frames_used:
             earlier = previous[0] * np.exp(1j * previous[1])
@@ -140,10 +142,10 @@ class InferenceWorker:
                      record.get("frames_expected"), verdict["signal_left"])
         return verdict
 
-    def last_preview(self, job: dict) -> np.ndarray | None:
-        """The scan's last preview, to start the next one (or the final) from; None for the first, or after a
-        preview made on another crop (its grid is not this one's)."""
-        previous = self.store.result(job["scan"].decode(), "nn")
+    @staticmethod
+    def warm_start(job: dict, previous) -> np.ndarray | None:
+        """The scan's last preview (``previous``, as stored), to start the next one (or the final) from; None for
+        the first, or after a preview made on another crop (its grid is not this one's)."""
         if previous is None or previous[2].get("crop") != json.loads(job["crop"]) or previous[0].shape != (32, 32, 32):
             return None
         return (previous[0] * np.exp(1j * previous[1])).astype(np.complex64)
