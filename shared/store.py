@@ -195,10 +195,10 @@ class Store:
         """Changes whenever any scan record does: a page of the list read at one version is still right."""
         return int(self.redis.get(self.keys.scans_version) or 0)
 
-    def list_scans(self, state: str | None, limit: int, offset: int, proposals: frozenset | None = None,
-                   default_proposal: str | None = None) -> tuple[list[dict], int]:
+    def list_scans(self, state: str | None, limit: int, offset: int,
+                   proposals: frozenset | None = None) -> tuple[list[dict], int]:
         """Newest first; with ``state``, only scans in that state; with ``proposals``, only those proposals'
-        scans (a record without one is ``default_proposal``'s). Returns (page, total matching).
+        scans (``proposal_of`` each record). Returns (page, total matching).
 
         Without a filter only the page's records are read; with one, every record's state and proposal are."""
         if state is None and proposals is None:
@@ -211,10 +211,9 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for scan in ids:
                 pipe.hmget(self.keys.scan(scan.decode()), "state", "proposal")
-            default = json.dumps(default_proposal).encode()
             ids = [i for i, (s, p) in zip(ids, pipe.execute()) if s is not None
                    and (state is None or json.loads(s) == state)
-                   and (proposals is None or json.loads(p or default) in proposals)]
+                   and (proposals is None or self.proposal_of({"proposal": json.loads(p or b"null")}) in proposals)]
             total, ids = len(ids), ids[offset:offset + limit]
         pipe = self.redis.pipeline(transaction=False)
         for scan in ids:
@@ -233,6 +232,10 @@ class Store:
         pipe.zrem(self.keys.scans, scan)
         pipe.execute()
         self.publish({"event": "deleted", "scan": scan, **({"reason": reason} if reason else {})})
+
+    def proposal_of(self, record: dict) -> str:
+        """Whose data a scan is: its record's proposal (records from before proposals: DEFAULT_PROPOSAL)."""
+        return record.get("proposal") or self.settings.default_proposal
 
     def scan(self, scan: str) -> dict | None:
         raw = self.redis.hgetall(self.keys.scan(scan))
@@ -256,7 +259,7 @@ class Store:
         path = results.stage_path(self.settings.data_dir, scan, stage)
         proposal = self.redis.hget(self.keys.scan(scan), "proposal")
         results.write_stage(path, scan, stage, amplitude, phase, info, extra,
-                            json.loads(proposal) if proposal else self.settings.default_proposal)
+                            self.proposal_of({"proposal": json.loads(proposal) if proposal else None}))
         self.redis.hset(key, mapping={"info": json.dumps(info), "file": str(path)})
         self.cache_put(scan, stage, amplitude, phase)
         summary = results.summary_of(info)

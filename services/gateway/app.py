@@ -136,8 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         another proposal and, for callers who do not read every proposal, for one not started yet (the same
         answer: another proposal's scan ids are not confirmed); staff may subscribe ahead of a start."""
         record = store.scan(scan)
-        if not identity.reads_all and (record is None or not identity.may_read(record.get("proposal")
-                                                                               or settings.default_proposal)):
+        if not identity.reads_all and (record is None or not identity.may_read(store.proposal_of(record))):
             raise HTTPException(404, f"unknown scan {scan!r}")
         audit.read(identity, scan, "events")
         return subscribers.stream(request, settings, identity, scan)

@@ -35,7 +35,7 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
         """The scan's record if ``identity`` may read its proposal, audited; else 404, the same answer as for a
         scan that does not exist (another proposal's scan ids are not confirmed either)."""
         record = store.scan(scan)
-        if record is None or not identity.may_read(record.get("proposal") or settings.default_proposal):
+        if record is None or not identity.may_read(store.proposal_of(record)):
             raise HTTPException(404, f"unknown scan {scan!r}")
         audit.read(identity, scan, what)
         return record
@@ -94,7 +94,7 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
         query, version = (state, limit, offset, proposals), store.scans_version()
         cached = pages.get(query)
         if cached is None or cached[0] != version:
-            records, total = store.list_scans(state, limit, offset, proposals, settings.default_proposal)
+            records, total = store.list_scans(state, limit, offset, proposals)
             page = ScanPage(scans=[ScanView.from_record(r) for r in records], total=total, limit=limit, offset=offset)
             if len(pages) > 256:
                 pages.clear()
@@ -113,8 +113,9 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
         geometry, else on the real-space grid of the measured volume (voxel 1)."""
         record = load(scan, identity, f"reconstruction:{stage}:{format}")
         amplitude, phase, info = stage_arrays(scan, stage)
-        attrs = {"scan": scan, "stage": stage, "proposal": record.get("proposal") or settings.default_proposal, "chi": info.get("chi", float("nan")),
-                 "frames_used": info.get("frames_used", 0), "seconds": info.get("seconds", 0.0),
+        attrs = {"scan": scan, "stage": stage, "proposal": store.proposal_of(record),
+                 "chi": info.get("chi", float("nan")), "frames_used": info.get("frames_used", 0),
+                 "seconds": info.get("seconds", 0.0),
                  **{k: info[k] for k in TRUST if k in info}}
         uncertainty = uncertainty_of(scan, stage, amplitude.shape)
         extra = {"phase_uncertainty": uncertainty} if uncertainty is not None else {}
@@ -144,8 +145,8 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
                   "support": support.astype(np.float32)}
         if format == "npz":
             arrays["bragg_direction"] = maps["bragg_direction"]
-        return download(arrays, format, {"proposal": record.get("proposal") or settings.default_proposal},
-                        maps["voxel_nm"], f"{scan}_{stage}_strain")
+        return download(arrays, format, {"proposal": store.proposal_of(record)}, maps["voxel_nm"],
+                        f"{scan}_{stage}_strain")
 
     @router.get("/{scan}/frames", response_class=FileResponse, responses={409: {"description": "still acquiring"}})
     def raw_frames(scan: str = ScanId, identity: Identity = reader):
