@@ -186,7 +186,11 @@ def read_json_object(path: str | Path, what: str) -> dict:
     return value
 
 
-DETECTOR_PIXEL_M = {"34idcTIM1": 55e-6, "34idcTIM2": 55e-6}  # areaDetector prefix → pixel size (Timepix)
+DETECTOR_PIXEL_M = {  # a detector as the beamline's files name it → its pixel pitch
+    "34idcTIM1": 55e-6, "34idcTIM2": 55e-6,  # APS 34-ID-C's Timepix (areaDetector prefix, SPEC #UIMDET)
+    "mpx1x4": 55e-6, "mpxgaas": 55e-6, "maxipix": 55e-6, "eiger2m": 75e-6, "eiger1m": 75e-6,  # ESRF ID01, BLISS
+    "eiger4m": 75e-6, "e4m": 75e-6, "eiger500k": 75e-6, "lambda": 55e-6,  # PETRA III P10, .fio
+}
 
 
 def geometry_from_spec(path: str | Path, scan: int) -> dict:

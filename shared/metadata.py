@@ -16,12 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import InputError
+from shared.files import DETECTOR_PIXEL_M, geometry_from_spec
 from shared.physics.geometry import DIFFRACTOMETERS, HC_KEV_NM
 
-DETECTOR_PIXEL_M = {  # detector name as the beamline's files write it → pixel pitch
-    "mpx1x4": 55e-6, "mpxgaas": 55e-6, "maxipix": 55e-6, "eiger2m": 75e-6, "eiger1m": 75e-6,
-    "eiger4m": 75e-6, "e4m": 75e-6, "eiger500k": 75e-6, "lambda": 55e-6,
-}
 ROCKING_COMMANDS = ("ascan", "dscan", "a2scan", "d2scan", "lup", "fscan")
 
 
@@ -38,8 +35,6 @@ def read_metadata(path: str | Path, scan: int) -> dict:
     if re.search(r"^%[cpd]\s*$", head, re.M):
         return geometry_from_fio(path, scan)
     if re.search(r"^#[FSE] ", head, re.M):
-        from shared.files import geometry_from_spec
-
         return geometry_from_spec(path, scan)
     raise InputError(f"{path}: not a SPEC, BLISS HDF5 or .fio file")
 
