@@ -11,6 +11,7 @@ import scipy.ndimage as ndi
 from shared.errors import InputError
 from shared.files import geometry_from_spec
 from shared.physics import geometry as geo
+from shared.physics.crystals import sphere_in_geometry
 from tests.conftest import real_file
 from tests.test_cli import cli
 
@@ -64,19 +65,9 @@ def strained_sphere(tmp_path_factory):
     grid of scan 54 at 0.01° steps and passed through the exact forward model."""
     folder = tmp_path_factory.mktemp("sphere")
     geometry = {**SCAN54, "rocking_step_deg": 0.01, "detector_shape": [256, 256], "detector_roi": [96, 96]}
-    n, radius, a = 64, 150.0, 2e-6
-    steps, q_peak = geo.reciprocal_steps(geometry, (n, n, n))
-    voxels = geo.voxel_matrix(steps, (n, n, n))
-    g_hat, g_norm = geo.bragg_direction(q_peak)
-    fill = np.zeros(n**3)
-    index = np.indices((n, n, n)).reshape(3, -1).T - n // 2
-    for sub in np.stack(np.meshgrid(*[[-0.25, 0.25]] * 3, indexing="ij"), -1).reshape(-1, 3):
-        r = (index + sub) @ voxels.T
-        fill += (np.linalg.norm(r, axis=1) < radius) & (r[:, 1] > -0.75 * radius)
-    r = index @ voxels.T
-    obj = (fill / 8 * np.exp(1j * g_norm * a * (r @ g_hat) ** 2)).reshape(n, n, n)
-    intensity = np.abs(np.fft.fftshift(np.fft.fftn(obj))) ** 2
-    np.save(folder / "sphere.npy", intensity.astype(np.float32))
+    radius, a = 150.0, 2e-6
+    intensity, _ = sphere_in_geometry(geometry, 64, strain=a, cut=0.75, radius_nm=radius)
+    np.save(folder / "sphere.npy", intensity)
     (folder / "geometry.json").write_text(json.dumps(geometry))
     result = cli("reconstruct", folder / "sphere.npy", "--refine", "--geometry", folder / "geometry.json",
                  "--out", folder / "out.h5", "--vti", folder / "out.vti")

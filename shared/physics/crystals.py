@@ -188,17 +188,18 @@ def simulated_scan(size: int, seed: int, index: int, shape_index: int, strained:
 
 
 def sphere_in_geometry(geometry: dict, n: int = 64, radius_voxels: float = 7.0, strain: float = 2e-6,
-                       cut: float = 0.75) -> tuple[np.ndarray, dict]:
+                       cut: float = 0.75, radius_nm: float | None = None) -> tuple[np.ndarray, dict]:
     """A gold sphere cut flat below (as on its substrate: a whole sphere with an even phase stalls phase
     retrieval between its twins), u = a·s² along Ĝ with s the lab position along Ĝ, sampled on the
     detector-conjugate grid of a beamline ``geometry`` (n³ frames × rows × columns about the Bragg peak)
-    and passed through the exact forward model. Returns (intensity, truth): the radius (nm, ``radius_voxels``
-    median voxel lengths), a, Ĝ and the vertical lab axis the cut is across: what a lab-frame map must recover."""
+    and passed through the exact forward model. Returns (intensity, truth): the radius (nm: ``radius_nm``, else
+    ``radius_voxels`` median voxel lengths), a, Ĝ and the vertical lab axis the cut is across: what a lab-frame
+    map must recover."""
     from shared.physics import geometry as geo
 
     steps, q_peak = geo.reciprocal_steps(geometry, (n, n, n))
     voxels = geo.voxel_matrix(steps, (n, n, n))
-    radius = radius_voxels * float(np.median(np.linalg.norm(voxels, axis=0)))
+    radius = radius_nm or radius_voxels * float(np.median(np.linalg.norm(voxels, axis=0)))
     g_hat, g_norm = geo.bragg_direction(q_peak)
     up = np.eye(3)["xyz".index(geo.diffractometer(geometry).pixel_directions[0][0])]  # detector rows run down
     fill = np.zeros(n**3)
