@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import requests  # noqa: E402
 
+from services.cli.up import wait_until_answering  # noqa: E402
 from benchmarks.gateway_load import wrk  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -91,12 +91,7 @@ def main():
         gateway = subprocess.Popen([sys.executable, "-m", "services.cli.main", "gateway"], env=env,
                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if requests.get(f"{base}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_until_answering(base, gateway)
         newest, oldest = f"s54-{args.scans - 1:04d}", "s54-0000"  # the newest is cached, the oldest was evicted
         routes = {"list": "/api/scans?limit=20", "detail": f"/api/scans/{newest}",
                   "download (cached)": f"/api/scans/{newest}/reconstruction?stage=refined&format=npz",

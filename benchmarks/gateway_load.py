@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
+from services.cli.up import wait_until_answering  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
@@ -101,12 +102,7 @@ def run_gateway(args, store, prefix, mode, extra_env, headers):
     base = f"http://127.0.0.1:{port}"
     received, stop = [0] * args.subscribers, threading.Event()
     try:
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_until_answering(base, gateway)
 
         def subscribe(k):
             try:

@@ -20,6 +20,8 @@ import pytest
 import redis
 import requests
 
+from services.cli.up import wait_until_answering
+from shared.errors import InputError
 from tests.conftest import REDIS_URL, free_port, ingest_running
 
 ISSUER, AUDIENCE = "https://sso.example-facility.org/realms/users", "cdi-live"
@@ -113,15 +115,11 @@ def gateway(tmp_path_factory, rsa_key):
     process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "gateway", "--port", str(port)], env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if requests.get(f"{base}/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_until_answering(base, process)
+    except InputError as exc:
         process.kill()
-        pytest.fail("gateway did not start: " + (folder / "gateway.log").read_text()[-2000:])
+        pytest.fail(f"{exc}: " + (folder / "gateway.log").read_text()[-2000:])
     yield {"base": base, "scans": scans, "store": store, "data": data, "prefix": prefix, "rsa": rsa_key,
            "log": folder / "gateway.log"}
     os.killpg(process.pid, signal.SIGINT)

@@ -107,6 +107,20 @@ def services_running(settings, log=None, ingest_args=(), gateway_args=()):
             embedded.terminate()
 
 
+def wait_until_answering(base: str, process, timeout: float = 60.0) -> None:
+    """A gateway on its own (no workers): until its /health answers; InputError if it stops or takes too long."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise InputError(f"the gateway stopped while starting (exit code {process.returncode})")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise InputError(f"the gateway at {base} did not answer within {timeout:g} s")
+
+
 def wait_until_ready(base: str, processes, timeout: float = 300.0, progress=None, where: str = "the log lines above"):
     """The workers load TensorFlow and build their graphs first; /ready says when they are done.
     ``progress`` (e.g. print) is told each step as it happens."""
