@@ -9,9 +9,9 @@
 - **Roles**: ``beamline`` writes and reads its own proposals, ``reader`` reads its proposals,
   ``staff`` reads all (and writes).
 
-Without ACCESS_FILE or OIDC_ISSUER the gateway is **open** for reads (API_KEYS alone guard writes): every reader sees every scan (the page says
-so), and it serves on loopback only unless ``--insecure``. A scan of another proposal answers 404,
-as one that does not exist.
+Without ACCESS_FILE or OIDC_ISSUER the gateway is **open** for reads (API_KEYS alone guard writes):
+every reader sees every scan (the page says so), and it serves on loopback only unless ``--insecure``.
+A scan of another proposal answers 404, as one that does not exist.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from shared.files import read_json_object
 from shared.messages import PROPOSAL_ID
 from shared.settings import Settings
 
-log = logging.getLogger("cdi-live.gateway.access")
 ROLES = ("reader", "beamline", "staff")
 COOKIE = "cdi_live_key"  # the operators' page keeps the key or token it was given here (SameSite=Strict)
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -73,7 +72,7 @@ def read_access_file(path: Path) -> dict[str, Identity]:
     identities = {}
     for key_digest, entry in entries.items():
         where = f"ACCESS_FILE {path}: entry {key_digest[:12]}…"
-        if not (isinstance(key_digest, str) and len(key_digest) == 64 and all(c in "0123456789abcdef" for c in key_digest)):
+        if len(key_digest) != 64 or any(c not in "0123456789abcdef" for c in key_digest):  # JSON keys are strings
             raise InputError(f"{where}: keys are SHA-256 hex digests (64 lowercase hex digits)")
         if not isinstance(entry, dict) or entry.get("role") not in ROLES or not isinstance(entry.get("name"), str):
             raise InputError(f"{where}: needs name and role ({', '.join(ROLES)})")
@@ -164,7 +163,8 @@ class Access:
             return OPEN
         identity = self.credential_identity(request)
         if identity is None:
-            raise HTTPException(401, "credentials required (Authorization: Bearer <key or token>)", headers=UNAUTHORIZED)
+            raise HTTPException(401, "credentials required (Authorization: Bearer <key or token>)",
+                                headers=UNAUTHORIZED)
         return identity
 
     def writer(self, request: Request) -> Identity:

@@ -63,9 +63,11 @@ EXAMPLES = {  # a typical Au 111 Bragg condition at each (8–9 keV), voxels nea
     "id01": {"beamline": "id01", "energy_kev": 8.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
              "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 17.4, "phi": 0, "nu": 0.8, "delta": 34.9}},
     "p10": {"beamline": "p10", "energy_kev": 9.0, "distance_m": 0.7, "pixel_m": 75e-6, "rocking_motor": "om",
-            "rocking_step_deg": 0.01, "angles_deg": {"mu": 0.5, "om": 16.0, "chi": 0, "phi": 0, "gam": 6.0, "del": 31.0}},
+            "rocking_step_deg": 0.01,
+            "angles_deg": {"mu": 0.5, "om": 16.0, "chi": 0, "phi": 0, "gam": 6.0, "del": 31.0}},
     "28idb": {"beamline": "28idb", "energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_motor": "eta",
-              "rocking_step_deg": 0.01, "angles_deg": {"mu": 0, "eta": 16.0, "chi": 0, "phi": 0, "nu": 4.0, "del": 31.5}},
+              "rocking_step_deg": 0.01,
+              "angles_deg": {"mu": 0, "eta": 16.0, "chi": 0, "phi": 0, "nu": 4.0, "del": 31.5}},
 }
 REQUIRED = ("energy_kev", "distance_m", "pixel_m", "rocking_step_deg")
 LEGACY_DETECTOR_FIELDS = {"delta": "delta_deg", "gamma": "gamma_deg"}  # 34-ID-C's flat fields
