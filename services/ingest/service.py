@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from services.ingest import assembly
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
+from services.ingest.receive import Receiver
 from shared import codecs, detector, retention
 from shared.files import read_array
 from shared.messages import End, Frame, Start, parse_header
@@ -476,14 +477,10 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     ingest = Ingest(settings, name=dectris or settings.ingest_bind)
     ingest.resume()
     context = zmq.Context.instance()
-    socket = context.socket(zmq.PULL)
-    socket.setsockopt(zmq.RCVHWM, settings.ingest_hwm)
-    socket.setsockopt(zmq.MAXMSGSIZE, settings.max_frame_bytes + MAX_HEADER_BYTES)
     translator = DectrisTranslator(version=dectris_version) if dectris else None
-    if dectris:
-        socket.connect(dectris)
-    else:
-        socket.bind(settings.ingest_bind)
+    receiver = Receiver(context, dectris or settings.ingest_bind, not dectris, ingest.scratch, settings.ingest_hwm,
+                        settings.max_frame_bytes + MAX_HEADER_BYTES)
+    socket = receiver.socket
     log.info("ingest %s %s", "connected to DECTRIS stream" if dectris else "listening on", dectris or settings.ingest_bind)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
@@ -509,6 +506,9 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
             if not ready:
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
             if time.monotonic() - last_expiry > 1:
+                if receiver.restart_if_dead():
+                    log.error("the receiving process died; another one receives now")
+                    ingest.count("receiver_restarts")
                 if source is not None:
                     drain_pva(source, ingest)
                 ingest.expire_idle()
@@ -520,8 +520,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 ingest.handle(from_pva.recv_multipart())
             drain_pva(source, ingest)
             from_pva.close(linger=0)
+        receiver.close()  # the stream's address is free; what was handed over is still stored
+        while socket.poll(200):
+            for message in native_messages(socket.recv_multipart(), translator, ingest):
+                ingest.handle(message)
         ingest.close()
-        socket.close(linger=0)
+        receiver.close_socket()
 
 
 def pva_source(pva: dict, context: zmq.Context):
