@@ -45,7 +45,8 @@ class CdiLiveCallback(DocumentRouter):
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, 100000)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
-        self.socket.connect(endpoint)
+        for address in endpoint.split(","):  # several ingest receivers: ZeroMQ deals the documents' frames
+            self.socket.connect(address.strip())
         self.run: dict | None = None  # the run being acquired: scan id, frames, geometry, frames sent
         self.streams: set[str] = set()  # descriptors whose events carry the image
 

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data/live"), description="raw frames (HDF5 per scan) are written here")
     ingest_bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PULL address of the ingest")
     ingest_hwm: int = Field(10000, description="ZeroMQ receive high-water mark (messages)")
+    ingest_receivers: int = Field(1, ge=1, le=64, description="receivers sharing one stream (ZeroMQ deals its "
+                                  "messages among them); each writes its own file, frames.h5 joins them")
+    ingest_receiver: int = Field(0, ge=0, description="this receiver's index among INGEST_RECEIVERS (natively "
+                                 "it binds INGEST_BIND's port plus this index)")
     max_concurrent_scans: int = Field(16, description="scans acquiring at once; more are rejected")
     scan_idle_timeout_s: float = Field(600.0, description="an acquiring scan silent this long is closed as failed")
     max_frame_bytes: int = Field(64 * 2**20, description="largest frame payload accepted")

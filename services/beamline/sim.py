@@ -61,7 +61,8 @@ class Beamline:
         self.context = zmq.Context()  # its own, so close() can wait for delivery without touching others
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
-        self.socket.connect(endpoint)
+        for address in endpoint.split(","):  # several receivers: ZeroMQ deals the messages among them
+            self.socket.connect(address.strip())
 
     def send(self, header: dict, payload: bytes | None = None) -> None:
         parts = [json.dumps(header).encode()] + ([payload] if payload is not None else [])

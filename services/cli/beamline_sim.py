@@ -10,7 +10,8 @@ from services.cli.options import add_geometry_arguments, positive_int, read_geom
 
 
 def add_arguments(p):
-    p.add_argument("--endpoint", help="native: the ingest's address (default tcp://127.0.0.1:5555); "
+    p.add_argument("--endpoint", help="native: the ingest's address (default tcp://127.0.0.1:5555; several "
+                   "receivers' addresses comma-separated, as `cdi-live up --receivers N` prints them); "
                                       "dectris: the address this detector binds (default tcp://127.0.0.1:9999)")
     p.add_argument("--protocol", choices=["native", "dectris", "dectris2", "pva"], default="native",
                    help="dectris / dectris2: act as a DECTRIS detector, stream v1 (JSON) / v2 (CBOR); "

@@ -31,6 +31,9 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
     add_exposure_arguments(p)
     p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
+    p.add_argument("--receivers", type=int, default=None, metavar="N",
+                   help="ingest receivers sharing the stream (default $INGEST_RECEIVERS or 1); receiver K binds "
+                        "--bind's port + K, and a sender connects its PUSH socket to all N")
     add_pva_arguments(p)
 
 
@@ -58,13 +61,17 @@ def ensure_redis(url: str):
 
 
 def start_services(settings, extra_env=None, log=None, ingest_args=(), gateway_args=()) -> list[subprocess.Popen]:
-    """The four services as children in our process group (a terminal's Ctrl-C reaches each; each
-    stops cleanly on it). ``log``: an open file for their output (default: ours)."""
+    """The services as children in our process group (a terminal's Ctrl-C reaches each; each stops
+    cleanly on it): one ingest per receiver (INGEST_RECEIVERS), the workers, the gateway. ``log``: an
+    open file for their output (default: ours)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATA_DIR": str(settings.data_dir),
            "INGEST_BIND": settings.ingest_bind, "GATEWAY_PORT": str(settings.gateway_port),
            "GATEWAY_HOST": settings.gateway_host, **(extra_env or {})}
     exe = [sys.executable, "-m", "services.cli.main"]
-    commands = [["ingest", *ingest_args], ["worker", "infer"], ["worker", "refine"], ["gateway", *gateway_args]]
+    n = settings.ingest_receivers
+    ingests = [["ingest", *ingest_args, *(["--receivers", str(n), "--receiver", str(k)] if n > 1 else [])]
+               for k in range(n)]
+    commands = [*ingests, ["worker", "infer"], ["worker", "refine"], ["gateway", *gateway_args]]
     return [subprocess.Popen(exe + c, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
             for c in commands]
 
@@ -160,16 +167,28 @@ def wait_while_running(processes, stopping, seconds: float | None = None) -> Non
         time.sleep(0.5)
 
 
+def ingest_addresses(settings) -> str:
+    """Where senders connect: the ingest address, or each receiver's (comma-separated, as Beamline takes them)."""
+    from services.ingest.receive import part_address
+
+    return ",".join(part_address(settings.ingest_bind, k) for k in range(settings.ingest_receivers))
+
+
 def run(args):
-    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind, gateway_host=args.host)
+    if args.receivers is not None and args.receivers < 1:
+        raise InputError(f"--receivers must be at least 1, not {args.receivers}")
+    settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind, gateway_host=args.host,
+                             ingest_receivers=args.receivers)
     refuse_open_exposure(settings, args.insecure)
     pva = pva_config(args)  # checked here: the ingest child would only log it
+    if pva and settings.ingest_receivers > 1:
+        raise InputError("--pva takes one receiver: a pvAccess monitor is not dealt among several")
     also = f" and pvAccess channel {pva['channel']}" if pva else ""
     gateway_args = ["--insecure"] if args.insecure else []
     with services_running(settings, ingest_args=pva_command_line(args), gateway_args=gateway_args) as (processes,
                                                                                                         stopping):
         print(f"cdi-live is up: gateway http://{settings.gateway_host}:{settings.gateway_port}, "
-              f"ingest {settings.ingest_bind}{also}, Redis {settings.redis_url}. Ctrl-C stops it.")
+              f"ingest {ingest_addresses(settings)}{also}, Redis {settings.redis_url}. Ctrl-C stops it.")
         wait_while_running(processes, stopping)
     failed = [p.args[-1] for p in processes if p.returncode not in (0, -2, -15, None, 130)]
     if failed:

@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 from services.gateway import exports, views
 from services.gateway.access import Access, AuditLog, Identity
 from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, State
+from shared import framefiles
 from shared.errors import InputError
 from shared.results import TRUST
 from shared.messages import SCAN_ID
@@ -156,7 +157,9 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
         path = (settings.data_dir / scan / "frames.h5").resolve()
         if settings.data_dir.resolve() not in path.parents or not path.is_file():
             raise HTTPException(404, f"no raw frames for scan {scan!r}")
-        return FileResponse(path, media_type="application/x-hdf5", filename=f"{scan}_frames.h5")
+        # several receivers' files joined by a virtual dataset: one file to download, as from one receiver
+        return FileResponse(framefiles.self_contained(path), media_type="application/x-hdf5",
+                            filename=f"{scan}_frames.h5")
 
     @router.get("/{scan}/detector")
     def detector_image(scan: str = ScanId, identity: Identity = reader):

@@ -52,8 +52,10 @@ class ScanAssembly:
     can tell a saturated peak from a peak on a gap; they are zero in the summed detector image."""
 
     def __init__(self, start: Start, roi_px: int = 128, scratch: Path | None = None,
-                 pixel_mask: np.ndarray | None = None, dark: np.ndarray | None = None, flat: np.ndarray | None = None):
+                 pixel_mask: np.ndarray | None = None, dark: np.ndarray | None = None, flat: np.ndarray | None = None,
+                 follower: bool = False):
         self.start = start
+        self.follower = follower  # another receiver places the ROI (``parts``): frames are not summed here
         if flat is not None:  # a pixel of zero gain holds nothing
             pixel_mask = (flat == 0) if pixel_mask is None else (pixel_mask != 0) | (flat == 0)
         self.pixel_mask = None if pixel_mask is None or not pixel_mask.any() else pixel_mask != 0
@@ -87,6 +89,8 @@ class ScanAssembly:
             self.out_of_order += 1
         self.last_index = max(self.last_index, index)
         self.received[index] = True
+        if self.follower and self.volume is None:
+            return True
         if self.volume is not None:
             r, c = self.roi
             self.volume[index] = self.counts(frame[r:r + self.roi_px[0], c:c + self.roi_px[1]], (r, c))
@@ -126,7 +130,7 @@ class ScanAssembly:
 
     def peak_is_clear(self) -> bool:
         """True once the summed frames show a Bragg peak well above their mean (or a quarter of the scan is in)."""
-        if self.placed or self.count % 4:  # looked at every 4th frame: a cheap receive path
+        if self.placed or self.follower or self.count % 4:  # looked at every 4th frame: a cheap receive path
             return False
         top = self.detector.max()
         return (top >= ROI_PEAK_MIN_COUNTS and top >= ROI_PEAK_CONTRAST * self.detector.mean()) or \
@@ -149,6 +153,16 @@ class ScanAssembly:
         self.path = self.scratch / f"cdi-live-roi-{os.getpid()}-{uuid.uuid4().hex[:12]}.f32"
         self.volume = np.memmap(self.path, np.float32, "w+", shape=(self.start.frames, *self.roi_px))
         self.detector = None
+
+    def join(self, path: str, corner: tuple[int, int], read: Callable[[int, slice, slice], np.ndarray]) -> None:
+        """Write into another receiver's ROI volume (``path``, placed at ``corner``): this receiver's frames so
+        far from its file (``read``), then each as it comes. The volume is the owner's to free."""
+        self.roi, self.path = tuple(corner), None
+        self.volume = np.memmap(path, np.float32, "r+", shape=(self.start.frames, *self.roi_px))
+        self.detector = None
+        rows, cols = slice(corner[0], corner[0] + self.roi_px[0]), slice(corner[1], corner[1] + self.roi_px[1])
+        for index in np.flatnonzero(self.received):
+            self.volume[index] = self.counts(read(int(index), rows, cols), self.roi)
 
     def release(self) -> None:
         """Free the ROI volume (its assembler jobs are done or were never asked)."""

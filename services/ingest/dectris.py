@@ -78,9 +78,10 @@ def is_v2(parts: list[bytes]) -> bool:
 class DectrisTranslator:
     """Turns one DECTRIS message into native messages (each a list of parts); ValueError if malformed."""
 
-    def __init__(self, prefix: str = "series", version: int | None = None):
+    def __init__(self, prefix: str = "series", version: int | None = None, shared: bool = False):
         self.prefix = prefix
         self.version = version  # None: detected per message
+        self.shared = shared  # one of several receivers on the stream: its series' starts may reach another
         self.pending: dict[str, dict] = {}  # v2 series started, waiting for their first image (its dtype)
         self.started: dict[str, dict] = {}  # v2 series whose native start has gone out
 
@@ -186,15 +187,17 @@ class DectrisTranslator:
 
     def v2_image(self, scan: str, message: dict) -> list[list[bytes]]:
         series = self.pending.get(scan) or self.started.get(scan)
-        if series is None:
+        if series is None and not self.shared:
             raise ValueError("DECTRIS stream v2 image of a series that did not start")
         data = message.get("data")
         if not isinstance(data, dict) or not data:
             raise ValueError("DECTRIS stream v2 image without data")
-        image = data.get(series["channel"], next(iter(data.values())))
+        # a series started at another receiver (``shared``): the image carries its own type and shape, and the
+        # ingest checks it against the start that receiver announces
+        image = data.get(series["channel"], next(iter(data.values()))) if series else next(iter(data.values()))
         if not isinstance(image, MultiDimArray) or not isinstance(image.array, TypedArray):
             raise ValueError("DECTRIS stream v2 image that is not a typed multi-dimensional array")
-        if list(image.shape) != series["shape"]:
+        if series and list(image.shape) != series["shape"]:
             raise ValueError("DECTRIS stream v2 image of another size than its start message says")
         encoding, payload, dtype = unpack(image.array)
         try:

@@ -32,14 +32,27 @@ class ScanFile:
         self.seq = int(record.get("latest_seq", 0))
         self.since_preview = 0
         self.last_activity = time.monotonic()
+        self.owner = True  # this receiver got the start (always, with one receiver): it keeps the record
+        self.others = 0  # frames counted by the other receivers on the stream (``parts``)
+        self.previewed_at = 0  # frames in at the last preview asked for (several receivers)
+        self.part_done = False
+        self.others_duplicates = 0
+        self.roi_announced = False
+
+    @property
+    def frames_in(self) -> int:
+        """The scan's frames received, by this receiver and the others sharing its stream."""
+        return self.assembly.count + self.others
 
     @classmethod
     def create(cls, start: Start, folder: Path, record: dict, roi_px: int = 128,
                scratch: Path | None = None, pixel_mask: np.ndarray | None = None,
                mask_source: str | None = None, dark: np.ndarray | None = None,
-               flat: np.ndarray | None = None) -> "ScanFile":
+               flat: np.ndarray | None = None, name: str = "frames.h5", follower: bool = False) -> "ScanFile":
+        """``name``: this receiver's file (``frames-<k>.h5`` when several share the stream); a ``follower``
+        leaves placing the ROI to the receiver that got the start."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "frames.h5"
+        path = folder / name
         handle = h5py.File(path, "w")
         handle.create_dataset("frames", (start.frames, *start.shape), start.dtype, chunks=(1, *start.shape),
                               fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
@@ -52,17 +65,18 @@ class ScanFile:
         for name, values in (("dark", dark), ("flat_field", flat)):  # as configured when the scan started
             if values is not None:
                 handle.create_dataset(name, data=np.asarray(values, np.float32), compression="gzip")
-        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch, pixel_mask, dark, flat),
+        return cls(path, handle, start, ScanAssembly(start, roi_px, scratch, pixel_mask, dark, flat, follower),
                    {**record, "raw_file": str(path)})
 
     @classmethod
-    def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None) -> "ScanFile":
+    def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None,
+               follower: bool = False) -> "ScanFile":
         """Continue a scan whose ingest stopped: the frames it had marked received are kept."""
         handle = h5py.File(path, "r+")
         try:
             start = Start.model_validate_json(handle.attrs["start"])
             mask, dark, flat = (handle[k][()] if k in handle else None for k in ("pixel_mask", "dark", "flat_field"))
-            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask, dark, flat), record)
+            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask, dark, flat, follower), record)
             for index in np.flatnonzero(handle["received"][()]):
                 scan.assembly.add(int(index), handle["frames"][index])
             scan.place_roi_if_clear()
@@ -79,10 +93,13 @@ class ScanFile:
         self.place_roi_if_clear()
         return True
 
+    def read_block(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        return self.dataset[index, rows, cols]
+
     def place_roi_if_clear(self, now: bool = False) -> None:
         """Place the region of interest once the Bragg peak is clear (or ``now``: a network input is asked)."""
         if not self.assembly.placed and (now or self.assembly.peak_is_clear()):
-            self.assembly.place_around_peak(lambda index, rows, cols: self.dataset[index, rows, cols])
+            self.assembly.place_around_peak(self.read_block)
 
     def write(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> None:
         """Store one frame as one ready-compressed chunk (HDF5's bitshuffle-LZ4 chunk layout is the
