@@ -47,7 +47,7 @@ def merge(base: dict, patch: dict) -> None:
             base[key] = copy.deepcopy(value)
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "overlays/autoscale"])
+@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "overlays/autoscale", "overlays/receivers"])
 def test_manifests_match_the_kubernetes_schema_and_each_other(overlay):
     docs = documents(K8S / overlay)
     by_kind = {}
@@ -64,6 +64,9 @@ def test_manifests_match_the_kubernetes_schema_and_each_other(overlay):
         for volume in pod["spec"].get("volumes", []):
             if "secret" in volume:  # the gateway's ACCESS_FILE
                 assert volume["secret"]["secretName"] == "cdi-live-access" and name == "gateway"
+                continue
+            if "emptyDir" in volume:  # the receivers' shared /dev/shm
+                assert volume["emptyDir"]["medium"] == "Memory" and name == "ingest"
                 continue
             assert volume["persistentVolumeClaim"]["claimName"] in claims
         for container in pod["spec"]["containers"]:
@@ -93,6 +96,10 @@ def test_manifests_match_the_kubernetes_schema_and_each_other(overlay):
         infer = by_kind["Deployment"]["infer"]["spec"]["template"]["spec"]["containers"][0]
         assert infer["resources"]["limits"]["nvidia.com/gpu"] == 1 and infer["image"].endswith(":gpu")
         assert {"name": "KERAS_BACKEND", "value": "jax"} in infer["env"]
+    if overlay == "overlays/receivers":  # one container per receiver, each told its index
+        containers = by_kind["Deployment"]["ingest"]["spec"]["template"]["spec"]["containers"]
+        indices = [{e["name"]: e["value"] for e in c["env"]}.get("INGEST_RECEIVER") for c in containers]
+        assert indices == ["0", "1"] and len(by_kind["Service"]["ingest"]["spec"]["ports"]) == 2
     if overlay == "overlays/autoscale":
         scaler = by_kind["ScaledObject"]["infer"]
         assert scaler["spec"]["scaleTargetRef"]["name"] in by_kind["Deployment"]
@@ -113,6 +120,9 @@ def test_compose_file():
     assert "--appendonly" in services["redis"]["command"] and services["redis"]["volumes"]
     assert services["infer"]["deploy"]["replicas"] >= 2
     assert "5555:5555" in services["ingest"]["ports"]
+    second = services["ingest-1"]  # a second receiver on the stream, with its profile
+    assert second["profiles"] == ["receivers"] and second["environment"]["INGEST_RECEIVER"] == "1"
+    assert second["ipc"] == "service:ingest"  # the ROI volume in /dev/shm is shared
     assert services["gateway"]["ports"] == ["${CDI_GATEWAY_PUBLISH:-127.0.0.1}:8000:8000"]  # open: loopback only
     for name, service in services.items():
         for key in service.get("environment", {}):
