@@ -1,181 +1,197 @@
-"""Ingest throughput for 256×256 uint32 frames vs a bare pyzmq receive-and-discard loop (same run).
+"""Ingest throughput against a bare pyzmq receive-and-discard loop, in the same run.
 
-Two workloads, each against the bare loop in the same run:
-- one long scan of N frames, previews off (the receive path alone);
-- a day of scans: 15 rocking scans of 200 frames pushed back to back, default settings
-  (previews on), as a fast detector delivers them; also the frames kept, the previews
-  published and the time from the last `end` to the last final job.
-A separate process pushes as fast as it can; both receivers are timed from the first start
-message to the last end (the ingest's own record times, so the pusher's start-up is not
-counted for either); the ingest has then validated every frame, written it to HDF5 and
-counted it.
-    .venv/bin/python benchmarks/ingest_throughput.py [--frames 5000] [--scans 15]
+Workloads, each pushed as fast as a separate process can, with default settings (previews on):
+- a day of scans: 15 rocking scans of 200 frames of 256² uint32, back to back;
+- Eiger-1M-size frames: 3 scans of 200 frames of 1062×1028 uint16, Bitshuffle-LZ4 as DECTRIS sends them.
+Each runs through `cdi-live ingest` processes (one receiver, then two on the same stream: the sender's
+PUSH socket connects to both) and through the bare loop. The ingest's rate is its scans' frames over
+the time from the first start to the last end in their records: every frame is then validated, on disk
+and counted. Also: frames kept, the last final network input after the last scan's end, and the ingest's
+peak memory (all its processes: storing, receiving, assembling).
+
+The receive loop's own cost: the bare loop behind the receiving process (ZeroMQ's proxy, no Python per
+frame) against the bare loop alone.
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--scans 15] [--eiger-scans 3] [--receivers 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
+import os
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
-mp = multiprocessing.get_context("spawn")  # a forked child must not inherit the parent's ZeroMQ context
 import zmq  # noqa: E402
 
 from services.beamline.sim import Beamline  # noqa: E402
+from services.ingest.receive import Receiver, part_address  # noqa: E402
 from shared import codecs  # noqa: E402
-from services.ingest.service import serve  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 
-
-def pusher(endpoint, frames, scan, encoding="raw"):
-    volume = np.random.default_rng(0).poisson(3, (64, 256, 256)).astype(np.uint32)
-    payloads = [codecs.encode(frame, encoding) for frame in volume]
-    extra = {} if encoding == "raw" else {"encoding": encoding}
-    beamline = Beamline(endpoint)
-    beamline.send({"type": "start", "scan": scan, "frames": frames, "shape": [256, 256], "dtype": "uint32"})
-    for k in range(frames):
-        beamline.send({"type": "frame", "scan": scan, "index": k, **extra}, payloads[k % 64])
-    beamline.send({"type": "end", "scan": scan})
-    beamline.close()
+mp = multiprocessing.get_context("spawn")  # a forked child must not inherit the parent's ZeroMQ context
+WORKLOADS = {"day": {"shape": (256, 256), "dtype": "uint32", "encoding": "raw", "frames": 200},
+             "eiger1m": {"shape": (1062, 1028), "dtype": "uint16", "encoding": "bslz4", "frames": 200}}
 
 
-def day_pusher(endpoint, scans, frames, prefix, encoding="raw"):
-    """Rocking scans back to back: a crystal's Bragg peak moving through the frames, on Poisson background."""
+def payloads(workload: str) -> list[bytes]:
+    """A rocking curve: a Bragg peak rising and falling through the frames, on Poisson background."""
+    w = WORKLOADS[workload]
     rng = np.random.default_rng(1)
-    rows = np.arange(256)[:, None]
-    cols = np.arange(256)[None, :]
-    spot = np.exp(-((rows - 128) ** 2 + (cols - 127) ** 2) / (2 * 6.0**2))
-    payloads = []
-    for k in range(frames):
-        weight = 1e4 * np.exp(-((k - frames / 2) ** 2) / (2 * (frames / 12) ** 2))
-        payloads.append(codecs.encode((rng.poisson(0.2, (256, 256)) + weight * spot).astype(np.uint32), encoding))
-    extra = {} if encoding == "raw" else {"encoding": encoding}
+    height, width = w["shape"]
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    spot = np.exp(-((rows - height // 2) ** 2 + (cols - width // 2 + 1) ** 2) / (2 * 6.0**2))
+    out = []
+    for k in range(w["frames"]):
+        weight = 1e4 * np.exp(-((k - w["frames"] / 2) ** 2) / (2 * (w["frames"] / 12) ** 2))
+        frame = (rng.poisson(0.2, w["shape"]) + weight * spot).astype(w["dtype"])
+        out.append(codecs.encode(frame, w["encoding"]))
+    return out
+
+
+def pusher(endpoint: str, workload: str, scans: int, prefix: str) -> None:
+    w = WORKLOADS[workload]
+    data = payloads(workload)
+    extra = {} if w["encoding"] == "raw" else {"encoding": w["encoding"]}
     beamline = Beamline(endpoint)
+    time.sleep(0.5)  # every receiver connected: ZeroMQ deals only among connected peers
     for n in range(scans):
         scan = f"{prefix}-{n}"
-        beamline.send({"type": "start", "scan": scan, "frames": frames, "shape": [256, 256], "dtype": "uint32"})
-        for k in range(frames):
-            beamline.send({"type": "frame", "scan": scan, "index": k, **extra}, payloads[k])
+        beamline.send({"type": "start", "scan": scan, "frames": w["frames"], "shape": list(w["shape"]),
+                       "dtype": w["dtype"]})
+        for k in range(w["frames"]):
+            beamline.send({"type": "frame", "scan": scan, "index": k, **extra}, data[k])
         beamline.send({"type": "end", "scan": scan})
     beamline.close()
 
 
-def bare(endpoint, frames, scans=0):
-    """Receive-and-discard: one scan of ``frames`` frames, or ``scans`` scans of ``frames`` (day workload)."""
-    socket = zmq.Context.instance().socket(zmq.PULL)
-    socket.bind(endpoint)
-    if scans:
-        process = mp.Process(target=day_pusher, args=(endpoint, scans, frames, "bare"))
-        messages, counted = scans * (frames + 2) - 1, scans * frames
+def bare(endpoint: str, workload: str, scans: int, behind_receiver: bool = False) -> float:
+    """Receive-and-discard, frames/s from the first start to the last end (optionally behind the receiving process)."""
+    context = zmq.Context.instance()
+    receiver = None
+    if behind_receiver:
+        receiver = Receiver(context, endpoint, True, Path(tempfile.gettempdir()), 10000, 2**30)
+        socket = receiver.socket
     else:
-        process = mp.Process(target=pusher, args=(endpoint, frames, "bare"))
-        messages, counted = frames + 1, frames
+        socket = context.socket(zmq.PULL)
+        socket.bind(endpoint)
+    frames = WORKLOADS[workload]["frames"]
+    process = mp.Process(target=pusher, args=(endpoint, workload, scans, "bare"))
     process.start()
-    socket.recv_multipart()  # start
+    socket.recv_multipart()  # the first start
     began = time.perf_counter()
-    for _ in range(messages):
+    for _ in range(scans * (frames + 2) - 1):
         socket.recv_multipart()
     elapsed = time.perf_counter() - began
     process.join()
-    socket.close(linger=0)
-    return counted / elapsed
+    if receiver is not None:
+        receiver.close()
+        receiver.close_socket()
+    else:
+        socket.close(linger=0)
+    return scans * frames / elapsed
 
 
-def ingest_day(endpoint, scans, frames, encoding="raw"):
-    """The day-of-scans workload through `serve` with default settings (previews on)."""
-    prefix = f"day-{uuid.uuid4().hex[:6]}"
+def peak_memory_mb(pids: list[int]) -> float:
+    """Peak resident memory (VmHWM) of the processes and their children, summed."""
+    total = 0
+    for pid in pids:
+        for p in [pid, *children(pid)]:
+            try:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        found = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return found + [g for c in found for g in children(c)]
+
+
+def ingest(bind: str, workload: str, scans: int, receivers: int) -> dict:
+    """The workload through `cdi-live ingest` processes (``receivers`` of them on the stream)."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as folder:
-        settings = Settings(ingest_bind=endpoint, data_dir=Path(folder), key_prefix=f"bench{uuid.uuid4().hex[:6]}")
+        settings = Settings(data_dir=Path(folder), key_prefix=prefix)
         store = Store(settings)
-        stop = threading.Event()
-        thread = threading.Thread(target=serve, args=(settings, stop))
-        thread.start()
-        time.sleep(0.5)
-        process = mp.Process(target=day_pusher, args=(endpoint, scans, frames, prefix, encoding))
-        process.start()
+        env = {**os.environ, "DATA_DIR": folder, "KEY_PREFIX": prefix, "INGEST_BIND": bind}
+        processes = [subprocess.Popen([sys.executable, "-m", "services.cli.main", "ingest", "--receivers",
+                                       str(receivers), "--receiver", str(k)], cwd=ROOT, env=env,
+                                      stderr=subprocess.DEVNULL) for k in range(receivers)]
+        while len(store.live_workers("ingest")) < receivers:
+            time.sleep(0.1)
+        endpoints = ",".join(part_address(bind, k) for k in range(receivers))
         names = [f"{prefix}-{n}" for n in range(scans)]
+        sender = mp.Process(target=pusher, args=(endpoints, workload, scans, prefix))
+        sender.start()
         while any((store.scan(name) or {}).get("state") != "complete" for name in names):
             time.sleep(0.01)
-        received_at = time.perf_counter()
+        complete_at = time.time()
 
-        def jobs():
-            return [f for _, f in store.redis.xrange(store.keys.infer_jobs) if f[b"scan"].decode().startswith(prefix)]
+        def finals():
+            return [f for _, f in store.redis.xrange(store.keys.infer_jobs) if f[b"final"] == b"1"]
 
-        while sum(f[b"final"] == b"1" for f in jobs()) < scans:
+        while len(finals()) < scans:
             time.sleep(0.01)
-        finals_at = time.perf_counter()
-        process.join()
-        stop.set()
-        thread.join()
+        finals_at = time.time()
+        sender.join()
+        memory = peak_memory_mb([p.pid for p in processes])
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.wait(60)
         records = [store.scan(name) for name in names]
-        kept = sum(r["frames_received"] for r in records)
-        receiving = records[-1]["ended"] - records[0]["started"]
-        previews = sum(f[b"final"] == b"0" for f in jobs())
         counters = store.counters()
-        for key in store.redis.scan_iter(f"{settings.key_prefix}:*"):
+        for key in store.redis.scan_iter(f"{prefix}:*"):
             store.redis.delete(key)
-    return {"rate": scans * frames / receiving, "kept": kept, "previews": previews,
-            "skipped": sum(int(counters.get(k, 0)) for k in ("previews_skipped_busy", "previews_skipped_backpressure")),
-            "last_final_after_s": finals_at - received_at}
-
-
-def ingest(endpoint, frames, encoding="raw"):
-    scan = f"bench-{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory() as folder:
-        settings = Settings(ingest_bind=endpoint, data_dir=Path(folder), key_prefix=f"bench{uuid.uuid4().hex[:6]}",
-                            preview_every=10**9)
-        store = Store(settings)
-        stop = threading.Event()
-        thread = threading.Thread(target=serve, args=(settings, stop))
-        thread.start()
-        time.sleep(0.5)
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        process = mp.Process(target=pusher, args=(endpoint, frames, scan, encoding))
-        process.start()
-        while (store.scan(scan) or {}).get("state") != "complete":
-            time.sleep(0.01)
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        process.join()
-        stop.set()
-        thread.join()
-        state = store.scan(scan)
-        elapsed = state["ended"] - state["started"]
-        for key in store.redis.scan_iter(f"{settings.key_prefix}:*"):
-            store.redis.delete(key)
-    cores = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / elapsed
-    return frames / elapsed, cores, state["frames_received"]
+    frames = WORKLOADS[workload]["frames"]
+    return {"rate": scans * frames / (records[-1]["ended"] - records[0]["started"]),
+            "kept": sum(r["frames_received"] for r in records), "sent": scans * frames,
+            "rejected": int(counters.get("rejected", 0)),
+            "last_final_after_s": finals_at - max(r["ended"] for r in records),
+            "seen_complete_after_s": complete_at - max(r["ended"] for r in records), "memory_mb": memory}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=5000)
-    parser.add_argument("--scans", type=int, default=15, help="scans of 200 frames in the day-of-scans workload")
+    parser.add_argument("--scans", type=int, default=15, help="scans of 200 frames of 256² in the day workload")
+    parser.add_argument("--eiger-scans", type=int, default=3, help="scans of 200 Eiger-1M-size frames")
+    parser.add_argument("--receivers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    base = bare("tcp://127.0.0.1:5591", args.frames)
-    print(f"bare pyzmq receive-and-discard (raw frames): {base:8.0f} frames/s")
-    for port, encoding in ((5592, "raw"), (5594, "bslz4")):
-        rate, cores, received = ingest(f"tcp://127.0.0.1:{port}", args.frames, encoding)
-        print(f"cdi-live ingest, {encoding:5s} frames (HDF5 + Redis): {rate:8.0f} frames/s, {cores:.2f} cores, "
-              f"{received}/{args.frames} frames kept — {rate / base:.2f}× the bare loop")
-    day = bare("tcp://127.0.0.1:5595", 200, args.scans)
-    print(f"\nday of scans ({args.scans} × 200 frames back to back, default settings, previews on)")
-    print(f"bare pyzmq receive-and-discard: {day:8.0f} frames/s")
-    for port, encoding in ((5596, "raw"), (5597, "bslz4")):
-        r = ingest_day(f"tcp://127.0.0.1:{port}", args.scans, 200, encoding)
-        print(f"cdi-live ingest, {encoding:5s}: {r['rate']:8.0f} frames/s — {r['rate'] / day:.2f}× the bare loop; "
-              f"{r['kept']}/{args.scans * 200} frames kept, {r['previews']} previews queued, {r['skipped']} skipped "
-              f"as stale, last final job {r['last_final_after_s']:.2f} s after the last frame was in")
+    port = 5600
+    for workload, scans in (("day", args.scans), ("eiger1m", args.eiger_scans)):
+        w = WORKLOADS[workload]
+        print(f"\n{workload}: {scans} scans × {w['frames']} frames of {w['shape'][0]}×{w['shape'][1]} {w['dtype']} "
+              f"({w['encoding']}), pushed as fast as possible")
+        base = bare(f"tcp://127.0.0.1:{port}", workload, scans)
+        proxied = bare(f"tcp://127.0.0.1:{port + 1}", workload, scans, behind_receiver=True)
+        print(f"  bare pyzmq loop:                     {base:8.0f} frames/s")
+        print(f"  bare loop behind the receiver:       {proxied:8.0f} frames/s ({proxied / base:.2f}×; "
+              f"{(1 / proxied - 1 / base) * 1e6:+.0f} µs a frame)")
+        for n in args.receivers:
+            port += 10
+            r = ingest(f"tcp://127.0.0.1:{port}", workload, scans, n)
+            print(f"  cdi-live ingest, {n} receiver{'s' if n > 1 else ' '}:        {r['rate']:8.0f} frames/s "
+                  f"({r['rate'] / base:.2f}× bare); {r['kept']}/{r['sent']} kept, {r['rejected']} rejected; "
+                  f"last final input {r['last_final_after_s']:.2f} s after the last end; "
+                  f"peak memory {r['memory_mb']:.0f} MB")
+        port += 10
 
 
 if __name__ == "__main__":

@@ -96,3 +96,27 @@ def peak_flags(gaps: np.ndarray, saturated: np.ndarray | None, peak: tuple) -> l
     if saturated is not None and saturated[box].any():
         flags.append("saturated peak")
     return flags
+
+
+WINDOW_PX = 512  # detector pixels per axis that refinement reads around the signal (larger detectors)
+
+
+def signal_window(shape, roi: dict | None, limit: int = WINDOW_PX) -> tuple[slice, slice]:
+    """The part of a detector of ``shape`` (rows, columns) that the refinement reads: all of it up to
+    ``limit`` per axis; on a larger one (4–16 Mpixel), ``limit`` pixels centred on the region of interest
+    the ingest placed around the Bragg peak (``roi``: {"corner", "shape"}), so a 9-Mpixel scan costs what
+    the same signal on a small detector does."""
+    out = []
+    for n, corner, size in zip(shape, (roi or {}).get("corner", (None, None)), (roi or {}).get("shape", (0, 0))):
+        if n <= limit or corner is None:
+            out.append(slice(0, n))
+            continue
+        first = int(np.clip(corner + size // 2 - limit // 2, 0, n - limit))
+        out.append(slice(first, first + limit))
+    return out[0], out[1]
+
+
+def window_shift(shape, window: tuple[slice, slice]) -> list[int]:
+    """(frames, rows, columns) from the window's centre to the detector's: an offset from the centre of the
+    window's volume plus this is the offset from the centre of the whole detector's."""
+    return [0, *(w.start + (w.stop - w.start) // 2 - n // 2 for n, w in zip(shape, window))]

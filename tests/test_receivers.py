@@ -5,6 +5,7 @@ gives."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from shared import framefiles
 from shared.physics import crystals
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import REPO, free_port, ingest_running, require_redis
+from tests.conftest import REPO, free_port, ingest_running, require_redis, scan_state, wait_for
 
 FRAMES = 40
 
@@ -175,3 +176,30 @@ def test_receiver_options_out_of_range_are_one_line_and_exit_2(args):
     done = subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_large_detector_scan_is_refined_from_its_signal_window_like_the_same_frames_on_a_small_one(service):
+    """Eiger-2M-size frames (bslz4, as DECTRIS sends them) with the crystal's signal off-centre: the refinement
+    reads a window around the region the ingest placed, and answers as for the same frames on 256²."""
+    from services.beamline.sim import simulated_volume
+
+    small = simulated_volume(32, 12, 0, 1e8)  # 32 frames of 32×32 around the peak
+    small = np.pad(small, ((0, 0), (112, 112), (112, 112)))  # a 256² detector, peak at its centre
+    large = np.zeros((32, 1100, 1300), np.uint32)
+    corner = (700 - 128, 300 - 128)
+    large[:, corner[0]:corner[0] + 256, corner[1]:corner[1] + 256] = small
+    names = {f"small-{uuid.uuid4().hex[:6]}": small, f"large-{uuid.uuid4().hex[:6]}": large}
+    beamline = Beamline(service["zmq"])
+    for scan, volume in names.items():
+        beamline.play(scan, volume, encoding="bslz4")
+    beamline.close()
+    done = {scan: wait_for(lambda scan=scan: (s := scan_state(service, scan)) and "refined" in s["results"] and s,
+                           timeout=300) for scan in names}
+    refined = {scan: json.loads(service["redis"].hget(f"{service['prefix']}:result:{scan}:refined", "info"))
+               for scan in names}
+    small_id, large_id = names
+    assert done[large_id]["roi"]["shape"] == [128, 128]  # the ingest's region of interest, around the peak
+    shift = [0, 700 - 550, 300 - 650]  # the peak's place on the large detector, from its centre
+    assert refined[large_id]["bragg_peak_offset"] == [a + b for a, b in
+                                                       zip(refined[small_id]["bragg_peak_offset"], shift)]
+    assert abs(refined[large_id]["chi"] - refined[small_id]["chi"]) < 0.05 * refined[small_id]["chi"] + 1e-3

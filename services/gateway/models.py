@@ -59,6 +59,8 @@ class ScanView(BaseModel):
     started: float | None = Field(None, description="Unix time of the start message")
     ended: float | None = Field(None, description="Unix time of the end message")
     geometry: dict | None = Field(None, description="the start message's geometry, if it had one")
+    roi: dict | None = Field(None, description="the detector region the ingest kept around the Bragg peak "
+                             "(corner: first row and column; shape): refinement reads the detector around it")
     converged_at_frames: int | None = Field(None, description="frames in when more would not change the "
                                             "reconstruction materially (shared.convergence); null until then")
     convergence: dict | None = Field(None, description="the latest preview's verdict: frames, signal_left, "

@@ -16,12 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from shared import detector
+from shared import codecs, detector
 from shared.messages import Start
 from shared.physics import downsample
 
 ROI_PEAK_CONTRAST = 10.0  # the summed detector's brightest pixel, in units of its mean, that makes a peak clear
 ROI_PEAK_MIN_COUNTS = 50.0
+SUM_EVERY = 4  # compressed frames summed to find the peak before the ROI is placed: one in this many
 
 
 def scratch_dir(fallback: Path) -> Path:
@@ -63,7 +64,8 @@ class ScanAssembly:
         self.flag = detector.flag_value(start.dtype)
         self.limit = min(v for v in (self.flag, start.saturation_value, np.inf) if v is not None)
         self.saturation = start.saturation_value
-        self.saturated = 0  # saturated pixel readings in the ROI (or whole frames before it is placed)
+        self.saturated = 0  # saturated pixel readings in the ROI (or whole frames summed before it is placed)
+        self.compressed_seen = 0
         self.received = np.zeros(start.frames, bool)
         self.duplicates = 0
         self.out_of_order = 0
@@ -80,8 +82,10 @@ class ScanAssembly:
             self.place((0, 0))
 
     # receiving -----------------------------------------------------------
-    def add(self, index: int, frame: np.ndarray) -> bool:
-        """Place a frame; False (and counted) if that index arrived before."""
+    def add(self, index: int, frame: np.ndarray | codecs.Received) -> bool:
+        """Place a frame (an array, or as received: only its ROI rows are decoded once the ROI is placed,
+        and before that a compressed frame is summed one in ``SUM_EVERY``); False (and counted) if that
+        index arrived before."""
         if self.received[index]:
             self.duplicates += 1
             return False
@@ -93,16 +97,25 @@ class ScanAssembly:
             return True
         if self.volume is not None:
             r, c = self.roi
-            self.volume[index] = self.counts(frame[r:r + self.roi_px[0], c:c + self.roi_px[1]], (r, c))
-        else:  # summed as integers, invalid pixels zeroed only where there are any (the receive path is hot)
-            bad = frame >= self.limit if np.isfinite(self.limit) else None
-            if bad is not None and bad.any():
-                if self.saturation is not None:
-                    self.saturated += int(np.count_nonzero(bad & (frame < self.flag) if self.flag else bad))
-                frame = np.where(bad, 0, frame)
-            if self.pixel_mask is not None:
-                frame = np.where(self.pixel_mask, 0, frame)
-            np.add(self.detector, frame, out=self.detector, casting="unsafe")
+            block = frame.rows(r, r + self.roi_px[0]) if isinstance(frame, codecs.Received) \
+                else frame[r:r + self.roi_px[0]]
+            self.volume[index] = self.counts(block[:, c:c + self.roi_px[1]], (r, c))
+            return True
+        if isinstance(frame, codecs.Received):
+            if frame.array is None:  # still compressed: the peak shows in a sample of the frames
+                self.compressed_seen += 1
+                if (self.compressed_seen - 1) % SUM_EVERY:
+                    return True
+            frame = frame.full()
+        # summed as integers, invalid pixels zeroed only where there are any (the receive path is hot)
+        bad = frame >= self.limit if np.isfinite(self.limit) else None
+        if bad is not None and bad.any():
+            if self.saturation is not None:
+                self.saturated += int(np.count_nonzero(bad & (frame < self.flag) if self.flag else bad))
+            frame = np.where(bad, 0, frame)
+        if self.pixel_mask is not None:
+            frame = np.where(self.pixel_mask, 0, frame)
+        np.add(self.detector, frame, out=self.detector, casting="unsafe")
         return True
 
     def counts(self, block: np.ndarray, corner: tuple[int, int]) -> np.ndarray:

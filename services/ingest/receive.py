@@ -7,8 +7,8 @@ it on whole, without copying it in Python or looking inside, to the storing proc
 so a slow HDF5 write or a Redis round trip never holds the detector's socket. Validation,
 decoding, the ROI, compression, HDF5 and Redis are the storing process's (``service.Ingest``).
 
-Messages queue in the receiver up to the high-water marks (INGEST_HWM on each side), then ZeroMQ
-pushes back on the sender: nothing accepted is dropped.
+Messages queue in the receiver up to INGEST_HWM (and a tenth of it on the way to the storing process),
+then ZeroMQ pushes back on the sender: nothing accepted is dropped, and memory is bounded.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def part_address(address: str, part: int) -> str:
     return f"{address}-{part}"
 
 
+def handover_hwm(hwm: int) -> int:
+    """Messages on their way from the receiver to the storing process: the queue is the receiver's."""
+    return max(100, hwm // 10)
+
+
 def die_with_parent() -> None:
     """Linux: this process is killed when the ingest that started it dies, even by SIGKILL, so the stream's
     address is never left held by an orphan."""
@@ -52,7 +57,7 @@ def proxy(frontend: str, bind: bool, backend: str, control: str, hwm: int, max_b
     stream.setsockopt(zmq.RCVHWM, hwm)
     stream.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     storer = context.socket(zmq.PUSH)
-    storer.setsockopt(zmq.SNDHWM, hwm)
+    storer.setsockopt(zmq.SNDHWM, handover_hwm(hwm))
     storer.connect(backend)
     steer = context.socket(zmq.PAIR)
     steer.connect(control)
@@ -78,7 +83,7 @@ class Receiver:
     def __init__(self, context: zmq.Context, frontend: str, bind: bool, scratch: Path, hwm: int, max_bytes: int):
         name = f"cdi-live-recv-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.socket = context.socket(zmq.PULL)  # the storing process's end
-        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.RCVHWM, handover_hwm(hwm))
         backend = f"ipc://{scratch / name}"
         self.socket.bind(backend)
         self.control = context.socket(zmq.PAIR)

@@ -85,15 +85,20 @@ class ScanFile:
             raise
         return scan
 
-    def add(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> bool:
+    def add(self, index: int, frame: codecs.Received | np.ndarray) -> bool:
         """Keep a new frame (on disk whole, in memory its ROI); False for a duplicate."""
         if not self.assembly.add(index, frame):
             return False
-        self.write(index, frame, bslz4)
+        self.write(index, frame)
         self.place_roi_if_clear()
         return True
 
     def read_block(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        """A frame's block as stored: a Bitshuffle-LZ4 chunk decompresses only the blocks of those rows."""
+        mask, chunk = self.dataset.id.read_direct_chunk((index, *(0,) * (self.dataset.ndim - 1)))
+        if mask == 0 and np.dtype(self.dataset.dtype).kind in "ui":
+            return codecs.Received(chunk, "bslz4", self.dataset.shape[1:], self.dataset.dtype).rows(
+                rows.start, rows.stop)[:, cols]
         return self.dataset[index, rows, cols]
 
     def place_roi_if_clear(self, now: bool = False) -> None:
@@ -101,12 +106,15 @@ class ScanFile:
         if not self.assembly.placed and (now or self.assembly.peak_is_clear()):
             self.assembly.place_around_peak(self.read_block)
 
-    def write(self, index: int, frame: np.ndarray, bslz4: bytes | None = None) -> None:
+    def write(self, index: int, frame: codecs.Received | np.ndarray) -> None:
         """Store one frame as one ready-compressed chunk (HDF5's bitshuffle-LZ4 chunk layout is the
         DECTRIS bslz4 payload): a bslz4 frame goes to disk as received, with no recompression, and
         any other is compressed once here, bypassing HDF5's slower filter pipeline."""
-        chunk = bslz4 if bslz4 is not None else codecs.encode(frame, "bslz4")
-        self.dataset.id.write_direct_chunk((index, *(0,) * (frame.ndim)), chunk)
+        if isinstance(frame, codecs.Received):
+            chunk = frame.payload if frame.encoding == "bslz4" else codecs.encode(frame.full(), "bslz4")
+        else:
+            chunk = codecs.encode(frame, "bslz4")
+        self.dataset.id.write_direct_chunk((index, *(0,) * (self.dataset.ndim - 1)), chunk)
 
     def sync(self) -> None:
         """Record which frames are in and push HDF5's buffers to the OS."""

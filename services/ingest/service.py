@@ -65,17 +65,26 @@ def scan_named(parts: list[bytes]) -> str | None:
     return scan[:128] if isinstance(scan, str) else None
 
 
-def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> np.ndarray:
-    """Payload bytes → frame array of the start message's shape and dtype."""
+def receive_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> codecs.Received:
+    """Payload bytes → the frame as received, checked against the start message's shape and dtype (a
+    compressed integer frame by its framing: its pixels are decoded where they are read)."""
     if len(payload) > max_bytes:
         raise Rejected("oversize payload")
     try:
-        frame = codecs.decode(payload, header.encoding, start.shape, start.dtype)
+        frame = codecs.Received(payload, header.encoding, start.shape, start.dtype)
     except codecs.CodecError as exc:
         raise Rejected(str(exc)) from None
-    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+    if frame.array is not None and frame.array.dtype.kind == "f" and not np.isfinite(frame.array).all():
         raise Rejected("non-finite values in frame")
     return frame
+
+
+def decode_frame(header: Frame, payload: bytes, start: Start, max_bytes: int) -> np.ndarray:
+    """Payload bytes → the whole frame array (every pixel decoded)."""
+    try:
+        return receive_frame(header, payload, start, max_bytes).full()
+    except codecs.CodecError as exc:
+        raise Rejected(str(exc)) from None
 
 
 SYNC_SECONDS = 0.05  # files flushed and Redis state sent at least this often while frames flow
@@ -353,10 +362,15 @@ class Ingest:
             raise Rejected("frame message without exactly one data part")
         if header.index >= scan.start.frames:
             raise Rejected("frame index beyond the declared frame count")
-        frame = decode_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
+        frame = receive_frame(header, parts[1], scan.start, self.settings.max_frame_bytes)
         self.dirty.add(header.scan)
         scan.last_activity = time.monotonic()
-        if not scan.add(header.index, frame, parts[1] if header.encoding == "bslz4" else None):
+        try:
+            added = scan.add(header.index, frame)
+        except codecs.CodecError as exc:  # ROI blocks that do not decompress: nothing was kept
+            scan.assembly.received[header.index] = False
+            raise Rejected(str(exc)) from None
+        if not added:
             self.count("duplicates")
             return
         self.count("frames_in")
@@ -393,6 +407,9 @@ class Ingest:
             fields = {"state": "failed", "reason": f"acquisition aborted: {end.aborted}", "frames_received": count}
         close({**fields, "ended": time.time()})
         missing = scan.start.frames - count
+        if scan.assembly.placed:  # where the signal is on the detector: refinement reads around it
+            fields["roi"] = {"corner": [int(c) for c in scan.assembly.roi],
+                             "shape": [int(n) for n in scan.assembly.roi_px]}
         event = {"event": "complete", "missing": missing} if fields["state"] == "complete" else \
             {"event": "failed", "reason": fields["reason"]}
         self.later(end.scan, event, missing=missing, ended=time.time(), **fields)

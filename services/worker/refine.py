@@ -160,11 +160,14 @@ class RefinementWorker:
 
     def frames(self, state: dict):
         """The scan's frames as the refinement sees them: (corrected volume, counts as measured, measured
-        voxels or None), padded to ≥ 32 per axis."""
+        voxels or None), padded to ≥ 32 per axis; on a large detector only the signal's window of it
+        (``detector.signal_window``: ``state["window_shift"]`` is set to its offset)."""
         with h5py.File(state["raw_file"], "r") as f:
-            raw = f["frames"][()]
+            window = detector.signal_window(f["frames"].shape[1:], state.get("roi"))
+            state["window_shift"] = detector.window_shift(f["frames"].shape[1:], window)
+            raw = f["frames"][(slice(None), *window)]
             received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
-            pixel_mask, dark, flat = (f[k][()] if k in f else None for k in ("pixel_mask", "dark", "flat_field"))
+            pixel_mask, dark, flat = (f[k][window] if k in f else None for k in ("pixel_mask", "dark", "flat_field"))
             start = Start.model_validate_json(f.attrs["start"]) if "start" in f.attrs else None
         if flat is not None:  # a pixel of zero gain holds nothing
             pixel_mask = (flat == 0) if pixel_mask is None else (pixel_mask != 0) | (flat == 0)
@@ -211,7 +214,8 @@ class RefinementWorker:
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
                   "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
                   "region": extra["region"][0], "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
-                  "bragg_peak_offset": extra["bragg_peak_offset"][0], "start": extra["start"][0], "plan": extra["plan"]}
+                  "bragg_peak_offset": on_detector(extra["bragg_peak_offset"][0], state["window_shift"]),
+                  "start": extra["start"][0], "plan": extra["plan"]}
         finalists = stage.finalists[0]  # the full-grid stage's seeds
         arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
                   "finalists_imag": finalists.imag}
@@ -228,7 +232,9 @@ class RefinementWorker:
         info = refined[2]
         volume, _, measured = self.frames(state)
         began = time.perf_counter()
-        stage = full_stage(volume[None], {k: [info[k]] for k in ("region", "chi_floor", "bragg_peak_offset")},
+        in_window = on_detector(info["bragg_peak_offset"], [-k for k in state["window_shift"]])
+        stage = full_stage(volume[None], {"region": [info["region"]], "chi_floor": [info["chi_floor"]],
+                                          "bragg_peak_offset": [in_window]},
                            (real + 1j * imag)[None].astype(np.complex64), None if measured is None else measured[None],
                            fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),
                            keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
@@ -262,6 +268,12 @@ class RefinementWorker:
                 self.store.update_scan(scans[job_id], pipe=pipe, queue=place)
         self.store.publish({"event": "queue", "waiting": len(places)}, pipe)
         pipe.execute()
+
+
+def on_detector(offset, shift) -> list[int]:
+    """The Bragg peak's offset from the centre of the volume refined (a window of a large detector) →
+    from the centre of the whole detector, which is what the lab-frame maps read (and back, with -shift)."""
+    return [int(k) + int(d) for k, d in zip(offset, shift)]
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, consumer: str | None = None) -> None:
