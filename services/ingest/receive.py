@@ -77,10 +77,67 @@ def proxy(frontend: str, bind: bool, backend: str, control: str, hwm: int, max_b
         context.term()
 
 
-class Receiver:
-    """The receiving process of one ingest and the socket the storing process reads it from."""
+def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -> None:
+    """The pvAccess receiver's whole life: pvapy's monitor threads translate each NTNDArray update to native
+    messages and hand them to the storing process; once a second, scans ended by idleness go the same way,
+    and rejections and loss counters go to ``reports`` (JSON). Until the control socket says TERMINATE."""
+    import json
+    import threading
 
-    def __init__(self, context: zmq.Context, frontend: str, bind: bool, scratch: Path, hwm: int, max_bytes: int):
+    from services.ingest.pva import PvaSource, PvaTranslator, loopback_defaults
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loopback_defaults()
+    context = zmq.Context()
+    storer = context.socket(zmq.PUSH)
+    storer.setsockopt(zmq.SNDHWM, hwm)
+    storer.connect(backend)
+    report = context.socket(zmq.PUSH)
+    report.connect(reports)
+    steer = context.socket(zmq.PAIR)
+    steer.connect(control)
+    rejected: list[str] = []
+    lock = threading.Lock()  # the reasons list, appended to from pvapy's threads
+    options = {k: v for k, v in pva.items() if k != "channel"}
+
+    def reject(reason: str) -> None:
+        with lock:
+            rejected.append(reason)
+
+    try:
+        source = PvaSource(pva["channel"], PvaTranslator(**options), storer.send_multipart, reject)
+    except Exception as exc:
+        steer.send(f"cannot subscribe to pvAccess channel {pva['channel']}: {exc}".encode())
+        return
+    steer.send(b"ready")
+    try:
+        while not (steer.poll(1000) and steer.recv() == b"TERMINATE"):
+            ended, lost = source.poll()
+            with source.lock:  # the data socket is the monitor threads' too
+                for message in ended:
+                    storer.send_multipart(message)
+            with lock:
+                reasons, rejected[:] = list(rejected), []
+            if reasons or lost:
+                report.send(json.dumps({"rejected": reasons, "counters": lost}).encode())
+    finally:
+        source.close()
+        with source.lock:
+            ended, lost = source.poll()
+            for message in ended:
+                storer.send_multipart(message)
+        for socket in (storer, report, steer):
+            socket.close(linger=2000)  # what was handed over reaches the storing process
+        context.term()
+
+
+class Receiver:
+    """The receiving process of one ingest and the socket the storing process reads it from: ZeroMQ's
+    proxy for a ZeroMQ stream, or (``pva``) pvapy's monitor of an areaDetector channel."""
+
+    def __init__(self, context: zmq.Context, frontend: str | None, bind: bool, scratch: Path, hwm: int,
+                 max_bytes: int, pva: dict | None = None):
         name = f"cdi-live-recv-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.socket = context.socket(zmq.PULL)  # the storing process's end
         self.socket.setsockopt(zmq.RCVHWM, handover_hwm(hwm))
@@ -90,12 +147,19 @@ class Receiver:
         control = f"ipc://{scratch / name}-control"
         self.control.bind(control)
         self.paths = [scratch / name, scratch / f"{name}-control"]
-        self.args = (frontend, bind, backend, control, hwm, max_bytes)
+        self.reports = None
+        if pva is not None:  # rejections and loss counters of the monitor
+            self.reports = context.socket(zmq.PULL)
+            self.reports.bind(f"ipc://{scratch / name}-reports")
+            self.paths.append(scratch / f"{name}-reports")
+            self.target, self.args = pva_monitor, (pva, backend, control, hwm, f"ipc://{scratch / name}-reports")
+        else:
+            self.target, self.args = proxy, (frontend, bind, backend, control, hwm, max_bytes)
         self.start()
 
     def start(self) -> None:
         spawn = multiprocessing.get_context("spawn")  # a fork would copy the ingest's threads and sockets
-        self.process = spawn.Process(target=proxy, args=self.args, name="cdi-live-receiver", daemon=True)
+        self.process = spawn.Process(target=self.target, args=self.args, name="cdi-live-receiver", daemon=True)
         self.process.start()
         answer = b"the receiving process exited"
         for _ in range(600):  # its start is the interpreter's (spawned), about a second
@@ -108,6 +172,15 @@ class Receiver:
             self.close()
             self.close_socket()
             raise RuntimeError(answer.decode())
+
+    def reported(self) -> list[dict]:
+        """What a pvAccess receiver reported since the last call: rejection reasons and loss counters."""
+        import json
+
+        out = []
+        while self.reports is not None and self.reports.poll(0):
+            out.append(json.loads(self.reports.recv()))
+        return out
 
     def restart_if_dead(self) -> bool:
         """A receiving process that died (killed, out of memory) is replaced; True if it was."""
@@ -131,5 +204,7 @@ class Receiver:
 
     def close_socket(self) -> None:
         self.socket.close(linger=0)
+        if self.reports is not None:
+            self.reports.close(linger=0)
         for path in self.paths:
             path.unlink(missing_ok=True)

@@ -607,13 +607,13 @@ class Ingest:
         """Ask the assembler for the current (possibly partial) network input; its job is queued by
         :meth:`collect` when it is ready.
 
-        Previews are skipped while Redis is away, the inference backlog is deep, or a preview
-        of the same scan is still being computed (back-pressure: they would be stale anyway);
-        final jobs always go, and never through MAXLEN trimming (the workers trim what they have
-        acknowledged)."""
+        Previews are skipped while Redis is away, the inference backlog is deep, or the assembler
+        is still computing an input (back-pressure: they would be stale anyway, and a final input
+        asked next waits for one input at most); final jobs always go, and never through MAXLEN
+        trimming (the workers trim what they have acknowledged)."""
         scan.since_preview = 0
         if not final:
-            busy = any(s is scan and not f.done() for s, _, f in self.computing)
+            busy = any(not f.done() for _, _, f in self.computing)
             if busy or self.redis_down or self.backlog() > self.settings.stream_maxlen // 2:
                 self.count("previews_skipped_busy" if busy else "previews_skipped_backpressure")
                 return
@@ -742,10 +742,13 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
              f" (receiver {k} of {settings.ingest_receivers})" if settings.ingest_receivers > 1 else "")
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
-    source = from_pva = None
-    if pva:
-        source, from_pva = pva_source(pva, context)
+    pva_receiver = from_pva = None
+    if pva:  # the areaDetector channel: a receiving process of its own, the same hand-over
+        pva_receiver = Receiver(context, None, False, ingest.scratch, settings.ingest_hwm, 0, pva=pva)
+        from_pva = pva_receiver.socket
         poller.register(from_pva, zmq.POLLIN)
+        log.info("ingest subscribed to pvAccess channel %s", pva["channel"])
+    receivers = [r for r in (receiver, pva_receiver) if r is not None]
     name, last_beat, last_expiry = f"{socketlib.gethostname()}-{os.getpid()}", 0.0, time.monotonic()
     try:
         while not stop.is_set():
@@ -765,57 +768,33 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 ingest.last_idle = time.monotonic()  # everything handed over so far is handled
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
             if time.monotonic() - last_expiry > 1:
-                if receiver.restart_if_dead():
-                    log.error("the receiving process died; another one receives now")
-                    ingest.count("receiver_restarts")
-                if source is not None:
-                    drain_pva(source, ingest)
+                for r in receivers:
+                    if r.restart_if_dead():
+                        log.error("a receiving process died; another one receives now")
+                        ingest.count("receiver_restarts")
+                if pva_receiver is not None:
+                    counted(pva_receiver, ingest)
                 ingest.expire_idle()
                 last_expiry = time.monotonic()
     finally:
-        if source is not None:
-            source.close()
-            while from_pva.poll(0):  # frames already handed over are not lost
-                ingest.handle(from_pva.recv_multipart())
-            drain_pva(source, ingest)
-            from_pva.close(linger=0)
-        receiver.close()  # the stream's address is free; what was handed over is still stored
-        while socket.poll(200):
-            for message in native_messages(socket.recv_multipart(), translator, ingest):
-                ingest.handle(message)
+        for r in receivers:
+            r.close()  # the stream's address is free; what was handed over is still stored
+        for r in receivers:
+            while r.socket.poll(200):
+                for message in native_messages(r.socket.recv_multipart(), translator if r is receiver else None,
+                                               ingest):
+                    ingest.handle(message)
+        if pva_receiver is not None:
+            counted(pva_receiver, ingest)
         ingest.close()
-        receiver.close_socket()
+        for r in receivers:
+            r.close_socket()
 
 
-def pva_source(pva: dict, context: zmq.Context):
-    """The PVA subscription, delivering native messages from pvapy's threads over an inproc socket (one PUSH
-    socket, used only under the source's lock, so messages keep their order)."""
-    from services.ingest.pva import PvaSource, PvaTranslator, loopback_defaults
-
-    loopback_defaults()
-    address = f"inproc://cdi-live-pva-{id(pva)}"
-    pull = context.socket(zmq.PULL)
-    pull.bind(address)
-    push = context.socket(zmq.PUSH)
-    push.connect(address)
-    rejected: list[str] = []
-
-    def deliver(message: list[bytes]) -> None:  # called under the source's lock
-        push.send_multipart(message)
-
-    options = {k: v for k, v in pva.items() if k != "channel"}
-    source = PvaSource(pva["channel"], PvaTranslator(**options), deliver, rejected.append)
-    source.rejected = rejected  # reasons from pvapy's thread, counted by the loop
-    log.info("ingest subscribed to pvAccess channel %s", pva["channel"])
-    return source, pull
-
-
-def drain_pva(source, ingest: Ingest) -> None:
-    """Scans the PVA source ended by idleness, its rejections and its loss counters, into the ingest."""
-    ended, lost = source.poll()
-    for message in ended:
-        ingest.handle(message)
-    while source.rejected:
-        ingest.reject(source.rejected.pop(0))
-    for counter, amount in lost.items():
-        ingest.count(counter, amount)
+def counted(receiver: Receiver, ingest: Ingest) -> None:
+    """A pvAccess receiver's rejections and loss counters, into the ingest's."""
+    for report in receiver.reported():
+        for reason in report["rejected"]:
+            ingest.reject(reason)
+        for counter, amount in report["counters"].items():
+            ingest.count(counter, amount)
