@@ -207,7 +207,7 @@ class RefinementWorker:
                               yield_now=self.yield_now(taken), resume=resume, counts=counts[None])
         extra = stage.info
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": chi_on(volume, state),
                   "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
                   **{key: extra[key][0] for key in TRUST},
                   "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
@@ -239,7 +239,7 @@ class RefinementWorker:
                            fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),
                            keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
         fit = stage.info["fit"][0]
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": "measured frames",
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": chi_on(volume, state),
                   "seconds": fit["seconds"], **{key: stage.info[key][0] for key in TRUST},
                   "wall_seconds": time.perf_counter() - began,
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
@@ -268,6 +268,14 @@ class RefinementWorker:
                 self.store.update_scan(scans[job_id], pipe=pipe, queue=place)
         self.store.publish({"event": "queue", "waiting": len(places)}, pipe)
         pipe.execute()
+
+
+def chi_on(volume: np.ndarray, state: dict) -> str:
+    """What χ is measured on: the scan's frames, or on a large detector the window of them refined."""
+    shape = state.get("shape") or volume.shape[1:]
+    if all(n <= detector.WINDOW_PX for n in shape):
+        return "measured frames"
+    return f"measured frames, {detector.WINDOW_PX}-pixel window of the {shape[0]}×{shape[1]} detector"
 
 
 def on_detector(offset, shift) -> list[int]:
