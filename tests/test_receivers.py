@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import redis
+import requests
 
 from services.beamline.sim import Beamline, DectrisDetector
 from shared import framefiles
@@ -203,3 +204,8 @@ def test_a_large_detector_scan_is_refined_from_its_signal_window_like_the_same_f
     assert refined[large_id]["bragg_peak_offset"] == [a + b for a, b in
                                                        zip(refined[small_id]["bragg_peak_offset"], shift)]
     assert abs(refined[large_id]["chi"] - refined[small_id]["chi"]) < 0.05 * refined[small_id]["chi"] + 1e-3
+    assert "window" in refined[large_id]["chi_on"] and refined[small_id]["chi_on"] == "measured frames"
+    view = wait_for(lambda: (r := requests.get(f"{service['base']}/api/scans/{large_id}/detector", timeout=30)).ok
+                    and r.json())  # the page's detector view: the signal's window, not 14 Mpixel a frame
+    assert view["shape"] == [512, 512] and view["window"]["detector_shape"] == [1100, 1300]
+    assert np.allclose(view["window"]["corner"], [700 - 256, 300 - 256], atol=2)  # centred on the signal

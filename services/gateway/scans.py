@@ -170,7 +170,7 @@ def scans_router(settings: Settings, store: Store, access: Access, audit: AuditL
         if not path.is_file():
             raise HTTPException(404, f"no raw frames for scan {scan!r}")
         try:
-            return views.detector_view(path)
+            return views.detector_view(path, roi=record.get("roi"))
         except (OSError, KeyError) as exc:  # being written: a frame not yet readable
             raise HTTPException(409, f"raw frames not readable now ({type(exc).__name__})") from None
 

@@ -54,10 +54,11 @@ def page_view(amplitude: np.ndarray, phase: np.ndarray, level: float = 0.5, stra
     return view
 
 
-def detector_view(raw_file, max_side: int = 128) -> dict:
+def detector_view(raw_file, max_side: int = 128, roi: dict | None = None) -> dict:
     """The scan's detector image (valid counts summed over its frames, log10(1 + counts)) and its mask
     (pixel mask, or flagged/saturated in any frame), binned to at most ``max_side`` per axis: what the
-    page draws with the mask overlaid."""
+    page draws with the mask overlaid. On a large detector (4–16 Mpixel) only the signal's window around
+    the ingest's region of interest (``roi``) is read, as the refinement reads it; ``window`` says where."""
     import h5py
 
     from shared import detector
@@ -65,16 +66,19 @@ def detector_view(raw_file, max_side: int = 128) -> dict:
 
     with h5py.File(raw_file, "r") as f:
         start = Start.model_validate_json(f.attrs["start"])
-        mask = f["pixel_mask"][()] != 0 if "pixel_mask" in f else np.zeros(start.shape, bool)
-        summed = np.zeros(start.shape, np.float64)
+        window = detector.signal_window(start.shape, roi)
+        shape = tuple(w.stop - w.start for w in window)
+        mask = f["pixel_mask"][window] != 0 if "pixel_mask" in f else np.zeros(shape, bool)
+        summed = np.zeros(shape, np.float64)
         for k in np.flatnonzero(f["received"][()]):
-            frame = f["frames"][k]
+            frame = f["frames"][(k, *window)]
             bad = detector.invalid(frame, start.dtype, start.saturation_value, mask)
             summed += np.where(bad, 0, frame)
             mask |= bad
-    step = max(1, -(-max(start.shape) // max_side))
-    rows, cols = (n // step * step for n in start.shape)
+    step = max(1, -(-max(shape) // max_side))
+    rows, cols = (n // step * step for n in shape)
     binned = summed[:rows, :cols].reshape(rows // step, step, cols // step, step).sum(axis=(1, 3))
     masked = mask[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
     return {"image": np.round(np.log10(1 + binned), 3).tolist(), "mask": np.round(masked, 2).tolist(), "bin": step,
-            "masked_pixels": int(mask.sum()), "shape": list(start.shape)}
+            "masked_pixels": int(mask.sum()), "shape": list(shape),
+            "window": {"corner": [window[0].start, window[1].start], "detector_shape": list(start.shape)}}

@@ -317,7 +317,11 @@ async function loadDetector() {
     xaxis: { ...axis, title: { text: `column${unit}`, standoff: 8 } },
     yaxis: { ...axis, autorange: "reversed", scaleanchor: "x", title: { text: `row${unit}`, standoff: 8 } } },
     { displayModeBar: false });
-  $("detector-note").textContent = `${d.shape[0]}×${d.shape[1]} pixels` + (d.bin > 1 ? `, binned ${d.bin}×${d.bin}` : "")
+  const whole = d.window && (d.window.detector_shape[0] !== d.shape[0] || d.window.detector_shape[1] !== d.shape[1]);
+  $("detector-note").textContent = `${d.shape[0]}×${d.shape[1]} pixels`
+    + (whole ? ` around the signal (from row ${d.window.corner[0]}, column ${d.window.corner[1]} of `
+       + `${d.window.detector_shape[0]}×${d.window.detector_shape[1]})` : "")
+    + (d.bin > 1 ? `, binned ${d.bin}×${d.bin}` : "")
     + ` · ${d.masked_pixels} masked or flagged (red)`;
 }
 $("detector-box").ontoggle = loadDetector;
