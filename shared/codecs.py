@@ -59,6 +59,16 @@ def decode(payload: bytes, encoding: str, shape, dtype) -> np.ndarray:
 
 
 _SIZE = struct.Struct(">I")
+BITSHUFFLE_BLOCK_BYTES = 8192  # bitshuffle's default block (block size 0), as areaDetector's codec and simulators use
+
+
+def with_bslz4_header(payload: bytes, nbytes: int) -> bytes:
+    """A bitshuffle-LZ4 payload in the HDF5 filter's layout (12-byte header: uncompressed size, block size),
+    the layout stored and decoded here: bare bitshuffle output (areaDetector's NDPluginCodec, ALBA's
+    eiger-simulator) gets the header of bitshuffle's default block in front; one that has it is kept."""
+    if len(payload) >= 12 and struct.unpack_from(">Q", payload)[0] == nbytes:
+        return payload
+    return struct.pack(">QI", nbytes, BITSHUFFLE_BLOCK_BYTES) + payload
 
 
 def bslz4_blocks(payload: bytes, shape, dtype) -> tuple[int, list[int]]:

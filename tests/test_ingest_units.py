@@ -112,6 +112,26 @@ def test_memory_is_bounded_by_the_roi_and_gives_the_full_detector_input(tmp_path
     scan.assembly.release()
 
 
+def test_bare_bitshuffle_images_as_alba_eiger_simulator_sends_them_get_the_hdf5_header():
+    """ALBA's eiger-simulator (stream v1, ``bs16-lz4<``) sends bitshuffle's output without the HDF5 filter's
+    12-byte header: it is put in front, so the frame is stored, read and decoded like a DECTRIS one."""
+    import bitshuffle
+
+    from services.ingest.dectris import DectrisTranslator
+
+    frame = np.random.default_rng(4).poisson(2, (37, 53)).astype(np.uint16)
+    bare = bitshuffle.compress_lz4(frame).tobytes()
+    parts = [json.dumps({"htype": "dimage-1.0", "series": 3, "frame": 0}).encode(),
+             json.dumps({"htype": "dimage_d-1.0", "shape": [53, 37], "encoding": "bs16-lz4<", "type": "uint16"}).encode(),
+             bare]
+    [(header, payload)] = DectrisTranslator().translate(parts)
+    assert json.loads(header)["encoding"] == "bslz4" and payload[12:] == bare
+    received = codecs.Received(payload, "bslz4", (37, 53), "uint16")
+    assert np.array_equal(received.full(), frame) and np.array_equal(received.rows(5, 9), frame[5:9])
+    with_header = codecs.encode(frame, "bslz4")  # one that has it is kept as it is
+    assert codecs.with_bslz4_header(with_header, frame.nbytes) == with_header
+
+
 def test_dectris_stream_over_zeromq(tmp_path):
     """A simulated DECTRIS detector binds PUSH; the ingest connects and assembles the series."""
     import threading

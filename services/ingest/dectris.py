@@ -122,8 +122,15 @@ class DectrisTranslator:
             encoding = ENCODINGS.get(detail.get("encoding", "<"))
             if encoding is None:
                 raise ValueError(f"DECTRIS encoding {detail.get('encoding')!r} not supported")
+            payload = parts[2]
+            if encoding == "bslz4":  # some senders leave out the HDF5 filter's 12-byte header
+                try:
+                    nbytes = int(np.prod(detail["shape"])) * np.dtype(detail.get("type", "uint32")).itemsize
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError("DECTRIS bslz4 image without its shape and type") from None
+                payload = codecs.with_bslz4_header(payload, nbytes)
             return [native({"type": "frame", "scan": self.scan_id(head["series"]), "index": int(head["frame"]),
-                            "encoding": encoding}, parts[2])]
+                            "encoding": encoding}, payload)]
         if htype == "dseries_end-1.0":
             return [native({"type": "end", "scan": self.scan_id(head["series"])})]
         raise ValueError(f"DECTRIS htype {htype!r} not expected")

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from shared import codecs
 
 log = logging.getLogger("cdi-live.pva")
 
@@ -39,7 +40,6 @@ UNION_DTYPES = {"ubyteValue": "uint8", "ushortValue": "uint16", "uintValue": "ui
                 "floatValue": "float32", "byteValue": "int8", "shortValue": "int16"}
 CODEC_DTYPES = {1: "int8", 5: "uint8", 2: "int16", 6: "uint16", 3: "int32", 7: "uint32", 9: "float32"}  # pvData ScalarType
 NATIVE_DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
-BSLZ4_BLOCK_BYTES = 8192  # bitshuffle's default block (block size 0, as areaDetector's codec uses)
 
 
 class Rejected(ValueError):
@@ -102,8 +102,7 @@ def frame_of(update: dict, selected: str | None) -> tuple[bytes, str, str, tuple
     if codec == "lz4":
         return raw, "lz4", dtype, shape
     if codec == "bslz4":  # the HDF5 bitshuffle filter's chunk: 12-byte header + areaDetector's payload
-        return struct.pack(">QI", shape[0] * shape[1] * np.dtype(dtype).itemsize, BSLZ4_BLOCK_BYTES) + raw, \
-            "bslz4", dtype, shape
+        return codecs.with_bslz4_header(raw, shape[0] * shape[1] * np.dtype(dtype).itemsize), "bslz4", dtype, shape
     raise Rejected(f"pva codec {codec!r} not supported")
 
 
