@@ -15,7 +15,6 @@ full-grid results, χ of each, frames received.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

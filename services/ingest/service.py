@@ -27,7 +27,6 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-import h5py
 import numpy as np
 import pydantic
 import redis
@@ -37,8 +36,8 @@ from threadpoolctl import threadpool_limits
 from services.ingest import assembly
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
-from services.ingest import parts as parts_module
-from services.ingest.parts import Ending, Parts
+from services.ingest.parts import SharedStream
+from services.ingest.rejected import Rejected
 from services.ingest.receive import Receiver, part_address
 from shared import codecs, detector, framefiles, retention
 from shared.files import read_array
@@ -50,10 +49,6 @@ log = logging.getLogger("cdi-live.ingest")
 
 
 MAX_HEADER_BYTES = 65536  # a longer first part is no header
-
-
-class Rejected(Exception):
-    """A message that is dropped; its text is the counted reason."""
 
 
 def scan_named(parts: list[bytes]) -> str | None:
@@ -121,14 +116,9 @@ class Ingest:
         self.assembler = self.start_assembler()
         self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
         self.mask_files: dict = {}  # PIXEL_MASK_FILE, read once
-        # several receivers on one stream (``parts``): this one's part of each scan, met in Redis
-        self.parts = Parts(self.store.redis, settings.key_prefix, settings.ingest_receiver,
-                           settings.ingest_receivers) if settings.ingest_receivers > 1 else None
-        self.ending = Ending()
-        self.held: dict[str, list] = {}  # frames of scans whose start another receiver has not announced yet
-        self.held_since: dict[str, float] = {}
+        # several receivers on one stream: this one's part of each scan, met in Redis (``parts``)
+        self.shared = SharedStream(self) if settings.ingest_receivers > 1 else None
         self.last_idle = 0.0  # when the receive loop last found its socket empty
-        self.settling = False
 
     @staticmethod
     def start_assembler() -> ProcessPoolExecutor:
@@ -169,8 +159,8 @@ class Ingest:
                 if a.saturated != known.get("saturated_pixels", 0):
                     self.count("saturated_pixels", a.saturated - known.get("saturated_pixels", 0))
                     known["saturated_pixels"] = a.saturated
-                if self.parts is not None:
-                    self.parts.report(pipe, name, self.part_state(scan))
+                if self.shared is not None:
+                    self.shared.report(pipe, scan)
                 if not scan.owner:
                     continue  # the receiver that got the start keeps the record
                 scan.record.update(frames_received=scan.frames_in, duplicates=a.duplicates + scan.others_duplicates,
@@ -193,14 +183,8 @@ class Ingest:
         self.outbox.clear()
         self.dirty.clear()
         self.counters.clear()
-        if self.parts is not None and not self.settling:
-            self.settling = True
-            try:
-                self.settle()
-            except redis.RedisError as exc:
-                log.warning("cannot read the other receivers' parts now (%s)", exc)
-            finally:
-                self.settling = False
+        if self.shared is not None:
+            self.shared.settle()
 
     def later(self, name: str, event: dict | None, **fields) -> None:
         """Queue an update of scan ``name``'s record and an event about it for the next successful sync
@@ -314,9 +298,8 @@ class Ingest:
                                self.scratch, mask, source, dark, flat, name=self.file_name())
         self.scans[start.scan] = scan
         self.outbox.append(lambda pipe: self.store.create_scan(start.scan, scan.record, pipe))
-        if self.parts is not None:  # the other receivers open their parts from it
-            mask_part = parts[1] if start.pixel_mask is not None else None
-            self.outbox.append(lambda pipe: self.parts.announce_start(pipe, start.model_dump_json(), mask_part))
+        if self.shared is not None:  # the other receivers open their parts from it
+            self.shared.announce_start(start, parts[1] if start.pixel_mask is not None else None)
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
@@ -348,12 +331,12 @@ class Ingest:
         return None, "dtype maximum only"
 
     def file_name(self) -> str:
-        return "frames.h5" if self.parts is None else framefiles.part_name(self.settings.ingest_receiver)
+        return "frames.h5" if self.shared is None else framefiles.part_name(self.settings.ingest_receiver)
 
     def on_frame(self, header: Frame, parts) -> None:
         scan = self.scans.get(header.scan)
-        if scan is None and self.parts is not None:
-            scan = self.join(header.scan, parts)
+        if scan is None and self.shared is not None:
+            scan = self.shared.join(header.scan, parts)
             if scan is None:
                 return  # held until the receiver that got its start announces it
         if scan is None:
@@ -374,20 +357,16 @@ class Ingest:
             self.count("duplicates")
             return
         self.count("frames_in")
-        if self.parts is not None:
-            return  # previews: asked by the scan's owner from every receiver's count (``settle``)
+        if self.shared is not None:
+            return  # previews: asked by the scan's owner from every receiver's count (``parts``)
         scan.since_preview += 1
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
         if scan.since_preview >= every and scan.assembly.count < scan.start.frames:
             self.enqueue(scan, final=False)
 
     def on_end(self, end: End, parts) -> None:
-        if self.parts is not None:
-            if end.scan not in self.scans and (end.scan in self.held or self.parts.lookup(end.scan) is None):
-                self.hold(end.scan, parts)  # its start has not been announced yet: after it, or rejected
-                return
-            self.outbox.append(lambda pipe: self.parts.announce_end(pipe, end.scan, end.model_dump_json()))
-            self.sync(force=True)  # every receiver settles its part; the owner then ends the scan
+        if self.shared is not None:  # every receiver settles its part; the owner then ends the scan
+            self.shared.on_end(end, parts)
             return
         if end.scan not in self.scans:
             raise Rejected("end for an unknown or finished scan")
@@ -419,189 +398,6 @@ class Ingest:
             self.enqueue(scan, final=True)
         self.sync(force=True)  # the scan is known complete before its (slower) final input is computed
         self.release_if_idle(scan)
-
-    # several receivers on one stream (``parts``) -------------------------------------------
-    @staticmethod
-    def part_state(scan: ScanFile) -> dict:
-        a = scan.assembly
-        return {"frames": a.count, "duplicates": a.duplicates, "out_of_order": a.out_of_order,
-                "saturated": a.saturated, "roi_written": a.placed, "done": scan.part_done}
-
-    def join(self, name: str, message: list[bytes]) -> ScanFile | None:
-        """This receiver's part of a scan another receiver started, opened at its first frame here; None
-        while no receiver has announced the start (the frame is held, and handled once it is)."""
-        if name not in self.held:
-            try:
-                shared = self.parts.lookup(name)
-            except redis.RedisError:
-                shared = None
-            if shared is not None:
-                if shared["finished"]:
-                    raise Rejected("frame for an unknown or finished scan")
-                return self.open_part(name, shared)
-        self.hold(name, message)
-        return None
-
-    def hold(self, name: str, message: list[bytes]) -> None:
-        """Keep a message of a scan whose start no receiver has announced yet (it may be on its way)."""
-        if sum(map(len, self.held.values())) >= parts_module.HOLD_MAX:
-            raise Rejected("frame for an unknown or finished scan")
-        self.held.setdefault(name, []).append(message)
-        self.held_since.setdefault(name, time.monotonic())
-
-    def open_part(self, name: str, shared: dict) -> ScanFile:
-        start = Start.model_validate_json(shared["start"])
-        if len(self.scans) >= self.settings.max_concurrent_scans:
-            raise Rejected("too many concurrent scans")
-        mask, source = self.pixel_mask(start, [b"", shared["mask"]])
-        dark = self.detector_file(self.settings.dark_file, start.shape)
-        flat = self.detector_file(self.settings.flat_field_file, start.shape)
-        record = {"scan": name, "started": time.time(), "ingest": self.name}  # this part's; the owner's is the record
-        scan = ScanFile.create(start, self.settings.data_dir / name, record, self.settings.ingest_roi_px,
-                               self.scratch, mask, source, dark, flat, name=self.file_name(), follower=True)
-        scan.owner = False
-        self.scans[name] = scan
-        self.dirty.add(name)
-        self.join_roi(scan, shared)
-        return scan
-
-    @staticmethod
-    def join_roi(scan: ScanFile, shared: dict) -> None:
-        """Write this part's frames into the owner's ROI volume once it is placed (on this node)."""
-        roi = shared.get("roi")
-        if roi and not scan.assembly.placed and os.path.exists(roi["path"]):
-            scan.assembly.join(roi["path"], roi["corner"], scan.read_block)
-
-    def settle(self) -> None:
-        """Bring each open scan's part up to date with the other receivers' (one Redis round trip): release
-        held frames whose start is announced, join the ROI, ask for previews (owner), close a part whose
-        end is known and whose frames are all in, and end a scan whose parts are all done (owner)."""
-        now = time.monotonic()
-        states, ending = self.parts.read(list({*self.scans, *self.held}))
-        others = [name for name in ending if name not in self.scans and name not in states]
-        if others:
-            states.update(self.parts.read(others)[0])
-        for name in list(self.held):
-            if name in states and not states[name]["finished"]:
-                messages = self.held.pop(name)
-                self.held_since.pop(name, None)
-                try:
-                    self.scans.get(name) or self.open_part(name, states[name])
-                except Rejected as reason:
-                    for _ in messages:
-                        self.reject(str(reason), name)
-                    continue
-                for message in messages:
-                    self.handle(message)
-            elif now - self.held_since.get(name, now) > parts_module.HOLD_S or name in states:
-                for message in self.held.pop(name):
-                    self.reject("frame for an unknown or finished scan", name)
-                self.held_since.pop(name, None)
-        for name, shared in states.items():
-            scan = self.scans.get(name)
-            if scan is None:  # a scan none of whose frames came here: say so once its end is known
-                if shared["end"] and self.parts.receiver not in shared["parts"] and \
-                        self.ending.drained(name, self.last_idle, now):
-                    self.outbox.append(lambda pipe, name=name: self.parts.report(
-                        pipe, name, {"frames": 0, "duplicates": 0, "out_of_order": 0, "saturated": 0,
-                                     "roi_written": True, "done": True}))
-                    self.ending.forget(name)
-                continue
-            total = self.parts.total(shared, scan.assembly.count)
-            scan.others = total - scan.assembly.count
-            scan.others_duplicates = sum(p.get("duplicates", 0) for k, p in shared["parts"].items()
-                                         if k != self.parts.receiver)
-            if shared["end"] is not None:
-                self.ending.learnt.setdefault(name, now)
-            if scan.owner:
-                self.settle_owner(scan, shared, total, now)
-            else:
-                self.settle_follower(scan, shared, total, now)
-
-    def settle_owner(self, scan: ScanFile, shared: dict, total: int, now: float) -> None:
-        name = scan.start.scan
-        if scan.assembly.placed and not scan.roi_announced:
-            scan.roi_announced = True
-            self.outbox.append(lambda pipe: self.parts.announce_roi(pipe, name, str(scan.assembly.path),
-                                                                    scan.assembly.roi))
-            self.dirty.add(name)
-        if shared["end"] is None:
-            every = self.settings.preview_every or max(4, scan.start.frames // 8)
-            if total - scan.previewed_at >= every and total < scan.start.frames:
-                scan.previewed_at = total
-                self.enqueue(scan, final=False)
-            return
-        if not scan.assembly.placed:  # the end is known: the others write their frames into the ROI now
-            scan.place_roi_if_clear(now=True)
-            self.dirty.add(name)
-            return
-        if not scan.part_done and (total >= scan.start.frames or self.ending.drained(name, self.last_idle, now)):
-            scan.part_done = True
-            self.dirty.add(name)
-            return
-        waited = now - self.ending.learnt.get(name, now)
-        if scan.part_done and (self.parts.all_done(shared) or waited > parts_module.WAIT_FOR_PARTS_S):
-            if not self.parts.all_done(shared):
-                log.warning("scan %s: receivers %s did not report; ended with the frames their files hold", name,
-                            sorted(set(range(self.parts.receivers)) - {k for k, p in shared["parts"].items()
-                                                                       if p.get("done")}))
-            self.end_parts(scan, shared)
-
-    def settle_follower(self, scan: ScanFile, shared: dict, total: int, now: float) -> None:
-        name = scan.start.scan
-        if not scan.assembly.placed:
-            self.join_roi(scan, shared)
-            if scan.assembly.placed:
-                self.dirty.add(name)
-        if shared["end"] is None:
-            return
-        drained = total >= scan.start.frames or self.ending.drained(name, self.last_idle, now)
-        roi_waited = now - self.ending.learnt.get(name, now) > parts_module.GRACE_S * 10
-        if drained and (scan.assembly.placed or roi_waited):
-            scan.part_done = True
-            scan.close()
-            self.scans.pop(name)
-            scan.assembly.release()  # the volume is the owner's: only this view of it goes
-            self.ending.forget(name)
-            self.outbox.append(lambda pipe: self.parts.report(pipe, name, self.part_state(scan)))
-
-    def end_parts(self, scan: ScanFile, shared: dict) -> None:
-        """The owner ends a scan every receiver is done with: ``frames.h5`` over their files, the frames
-        whose ROI no receiver wrote read from it, then the end as with one receiver."""
-        name = scan.start.scan
-        self.scans.pop(name)
-        self.ending.forget(name)
-        folder = scan.path.parent
-        end = End.model_validate_json(json.dumps(shared["end"]))
-        own = scan.assembly.received.copy()
-
-        def close(ending: dict) -> None:
-            scan.close(ending)
-            parts = sorted(folder.glob("frames-*.h5"))
-            framefiles.write_virtual(folder, parts, {"start": scan.start.model_dump_json(),
-                                                     "started": scan.record["started"], "end": json.dumps(ending)})
-            scan.record["raw_file"] = str(folder / "frames.h5")
-            self.later(name, None, raw_file=scan.record["raw_file"])
-
-        received, a = own.copy(), scan.assembly
-        rows, cols = (slice(c, c + n) for c, n in zip(a.roi, a.roi_px))
-        for path in folder.glob("frames-*.h5"):
-            if path == scan.path:
-                continue
-            written = shared["parts"].get(int(path.stem.split("-")[1]), {}).get("roi_written")
-            try:
-                with h5py.File(path, "r") as f:
-                    theirs = f["received"][()]
-                    if not written:  # a receiver on another node: its frames' ROI read from its file
-                        for index in np.flatnonzero(theirs & ~received):
-                            a.volume[index] = a.counts(f["frames"][index, rows, cols], a.roi)
-            except (OSError, KeyError) as exc:
-                log.warning("scan %s: %s unreadable (%s); its frames are left out", name, path.name, exc)
-                continue
-            received |= theirs
-        scan.others = int(received.sum()) - a.count
-        self.finish(scan, end, close, received)
-        self.outbox.append(lambda pipe: self.parts.finished(pipe, name))
 
     def enqueue(self, scan: ScanFile, final: bool) -> None:
         """Ask the assembler for the current (possibly partial) network input; its job is queued by
@@ -683,11 +479,7 @@ class Ingest:
                 reason = f"no message for {self.settings.scan_idle_timeout_s:g} s; closed with " \
                          f"{scan.assembly.count} of {scan.start.frames} frames on disk"
                 if not scan.owner:  # another receiver's scan: this part is closed, the owner says the rest
-                    self.scans.pop(name).close()
-                    scan.assembly.release()
-                    scan.part_done = True
-                    self.outbox.append(lambda pipe, name=name, scan=scan: self.parts.report(
-                        pipe, name, self.part_state(scan)))
+                    self.shared.close_part(scan)
                     continue
                 self.scans.pop(name).close({"state": "failed", "reason": reason, "ended": time.time()})
                 self.release_if_idle(scan)
