@@ -13,6 +13,7 @@ The receive loop's own cost: the bare loop behind the receiving process (ZeroMQ'
 frame) against the bare loop alone.
 
     .venv/bin/python benchmarks/ingest_throughput.py [--scans 15] [--eiger-scans 3] [--receivers 1 2]
+    .venv/bin/python benchmarks/ingest_throughput.py --rates 250 500 1000 --receivers 1   # at a detector's pace
 """
 
 from __future__ import annotations
@@ -59,19 +60,29 @@ def payloads(workload: str) -> list[bytes]:
     return out
 
 
-def pusher(endpoint: str, workload: str, scans: int, prefix: str) -> None:
+def pusher(endpoint: str, workload: str, scans: int, prefix: str, rate_hz: float = 0.0, sent_at=None) -> None:
+    """The scans, as fast as possible or (``rate_hz``) at a detector's frame rate; ``sent_at`` (a shared
+    double) gets the time the last end was sent."""
     w = WORKLOADS[workload]
     data = payloads(workload)
     extra = {} if w["encoding"] == "raw" else {"encoding": w["encoding"]}
     beamline = Beamline(endpoint)
     time.sleep(0.5)  # every receiver connected: ZeroMQ deals only among connected peers
+    began, sent = time.perf_counter(), 0
     for n in range(scans):
         scan = f"{prefix}-{n}"
         beamline.send({"type": "start", "scan": scan, "frames": w["frames"], "shape": list(w["shape"]),
                        "dtype": w["dtype"]})
         for k in range(w["frames"]):
+            if rate_hz:
+                delay = began + sent / rate_hz - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
             beamline.send({"type": "frame", "scan": scan, "index": k, **extra}, data[k])
+            sent += 1
         beamline.send({"type": "end", "scan": scan})
+    if sent_at is not None:
+        sent_at.value = time.time()
     beamline.close()
 
 
@@ -138,8 +149,9 @@ def children(pid: int) -> list[int]:
     return found + [g for c in found for g in children(c)]
 
 
-def ingest(bind: str, workload: str, scans: int, receivers: int) -> dict:
-    """The workload through `cdi-live ingest` processes (``receivers`` of them on the stream)."""
+def ingest(bind: str, workload: str, scans: int, receivers: int, rate_hz: float = 0.0) -> dict:
+    """The workload through `cdi-live ingest` processes (``receivers`` of them on the stream), pushed as
+    fast as possible or at ``rate_hz``."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(data_dir=Path(folder), key_prefix=prefix)
@@ -154,7 +166,8 @@ def ingest(bind: str, workload: str, scans: int, receivers: int) -> dict:
         names = [f"{prefix}-{n}" for n in range(scans)]
         pids = [p.pid for p in processes]
         cpu_before, storing_before = cpu_seconds(pids), cpu_seconds(pids, False)
-        sender = mp.Process(target=pusher, args=(endpoints, workload, scans, prefix))
+        sent_at = mp.Value("d", 0.0)
+        sender = mp.Process(target=pusher, args=(endpoints, workload, scans, prefix, rate_hz, sent_at))
         sender.start()
         while any((store.scan(name) or {}).get("state") != "complete" for name in names):
             time.sleep(0.01)
@@ -183,6 +196,7 @@ def ingest(bind: str, workload: str, scans: int, receivers: int) -> dict:
             "rejected": int(counters.get("rejected", 0)),
             "last_final_after_s": finals_at - max(r["ended"] for r in records),
             "seen_complete_after_s": complete_at - max(r["ended"] for r in records), "memory_mb": memory,
+            "behind_s": max(r["ended"] for r in records) - sent_at.value,
             "cpu_us_per_frame": cpu / (scans * frames) * 1e6, "storing_us_per_frame": storing / (scans * frames) * 1e6}
 
 
@@ -191,7 +205,12 @@ def main():
     parser.add_argument("--scans", type=int, default=15, help="scans of 200 frames of 256² in the day workload")
     parser.add_argument("--eiger-scans", type=int, default=3, help="scans of 200 Eiger-1M-size frames")
     parser.add_argument("--receivers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rates", type=float, nargs="*", default=[],
+                        help="also push at these frame rates (Hz), as a detector does: does the ingest keep up?")
     args = parser.parse_args()
+    if args.rates:
+        paced(args)
+        return
     port = 5600
     for workload, scans in (("day", args.scans), ("eiger1m", args.eiger_scans)):
         w = WORKLOADS[workload]
@@ -213,6 +232,20 @@ def main():
                   f"processes, {r['storing_us_per_frame']:.0f} µs in the storing one(s) (the rest: receiving and "
                   f"network inputs)")
         port += 10
+
+
+def paced(args) -> None:
+    """At a detector's frame rate: the rate kept, and how far behind the last scan's end the ingest finished."""
+    port = 5800
+    for workload, scans in (("day", args.scans), ("eiger1m", args.eiger_scans)):
+        w = WORKLOADS[workload]
+        for rate in args.rates:
+            for n in args.receivers:
+                port += 10
+                r = ingest(f"tcp://127.0.0.1:{port}", workload, scans, n, rate)
+                print(f"{workload} ({w['shape'][0]}×{w['shape'][1]} {w['encoding']}) at {rate:.0f} Hz, {n} receiver(s): "
+                      f"{r['rate']:.0f} frames/s kept up with, {r['kept']}/{r['sent']} kept, scan complete "
+                      f"{r['behind_s']:.2f} s after the last end was sent, peak memory {r['memory_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
