@@ -216,9 +216,10 @@ class SharedStream:
         mask, source = self.ingest.pixel_mask(start, [b"", shared["mask"]])
         dark = self.ingest.detector_file(self.ingest.settings.dark_file, start.shape)
         flat = self.ingest.detector_file(self.ingest.settings.flat_field_file, start.shape)
-        record = {"scan": name, "started": time.time(), "ingest": self.ingest.name}  # this part's; the owner's is the record
-        scan = ScanFile.create(start, self.ingest.settings.data_dir / name, record, self.ingest.settings.ingest_roi_px,
-                               self.ingest.scratch, mask, source, dark, flat, name=self.ingest.file_name(), follower=True)
+        settings = self.ingest.settings
+        record = {"scan": name, "started": time.time(), "ingest": self.ingest.name}  # the owner's is the record
+        scan = ScanFile.create(start, settings.data_dir / name, record, settings.ingest_roi_px, self.ingest.scratch,
+                               mask, source, dark, flat, name=self.ingest.file_name(), follower=True)
         scan.owner = False
         self.ingest.scans[name] = scan
         self.ingest.dirty.add(name)
