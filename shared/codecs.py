@@ -132,6 +132,16 @@ class Received:
         else:
             self.array = decode(payload, encoding, shape, self.dtype)
 
+    @classmethod
+    def holding(cls, frame) -> "Received":
+        """``frame`` itself if it is one, else a decoded array (a frame read back from a file) as one."""
+        if isinstance(frame, cls):
+            return frame
+        out = cls.__new__(cls)
+        out.array = np.asarray(frame)
+        out.payload, out.encoding, out.shape, out.dtype, out.blocks = None, "raw", out.array.shape, out.array.dtype, None
+        return out
+
     def full(self) -> np.ndarray:
         if self.array is None:
             self.array = decode(self.payload, self.encoding, self.shape, self.dtype)

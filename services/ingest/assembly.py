@@ -85,29 +85,34 @@ class ScanAssembly:
     def add(self, index: int, frame: np.ndarray | codecs.Received) -> bool:
         """Place a frame (an array, or as received: only its ROI rows are decoded once the ROI is placed,
         and before that a compressed frame is summed one in ``SUM_EVERY``); False (and counted) if that
-        index arrived before."""
+        index arrived before. What is read is decoded before anything is marked: a frame whose blocks do
+        not decompress (CodecError) leaves no trace."""
         if self.received[index]:
             self.duplicates += 1
             return False
+        frame = codecs.Received.holding(frame)
+        compressed = frame.array is None
+        block = summed = None
+        if self.volume is not None:
+            r, c = self.roi
+            block = frame.rows(r, r + self.roi_px[0])[:, c:c + self.roi_px[1]]
+        elif not self.follower and not (compressed and self.compressed_seen % SUM_EVERY):
+            summed = frame.full()  # a compressed frame: the peak shows in a sample of them
+        if compressed and self.volume is None and not self.follower:
+            self.compressed_seen += 1
         if index < self.last_index:
             self.out_of_order += 1
         self.last_index = max(self.last_index, index)
         self.received[index] = True
-        if self.follower and self.volume is None:
-            return True
-        if self.volume is not None:
-            r, c = self.roi
-            block = frame.rows(r, r + self.roi_px[0]) if isinstance(frame, codecs.Received) \
-                else frame[r:r + self.roi_px[0]]
-            self.volume[index] = self.counts(block[:, c:c + self.roi_px[1]], (r, c))
-            return True
-        if isinstance(frame, codecs.Received):
-            if frame.array is None:  # still compressed: the peak shows in a sample of the frames
-                self.compressed_seen += 1
-                if (self.compressed_seen - 1) % SUM_EVERY:
-                    return True
-            frame = frame.full()
-        # summed as integers, invalid pixels zeroed only where there are any (the receive path is hot)
+        if block is not None:
+            self.volume[index] = self.counts(block, self.roi)
+        elif summed is not None:
+            self.sum(summed)
+        return True
+
+    def sum(self, frame: np.ndarray) -> None:
+        """Into the summed detector image: as integers, invalid pixels zeroed only where there are any (the
+        receive path is hot)."""
         bad = frame >= self.limit if np.isfinite(self.limit) else None
         if bad is not None and bad.any():
             if self.saturation is not None:
@@ -116,7 +121,6 @@ class ScanAssembly:
         if self.pixel_mask is not None:
             frame = np.where(self.pixel_mask, 0, frame)
         np.add(self.detector, frame, out=self.detector, casting="unsafe")
-        return True
 
     def counts(self, block: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
         """A frame's block as float32 counts, NaN where a pixel holds none (flagged, saturated, masked)."""

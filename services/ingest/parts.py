@@ -97,7 +97,7 @@ class Parts:
     def decode(raw: dict) -> dict | None:
         if not raw or b"start" not in raw:
             return None
-        out = {"start": raw[b"start"].decode(), "mask": raw.get(b"mask"), "owner": int(raw[b"owner"]),
+        out = {"start": raw[b"start"].decode(), "mask": raw.get(b"mask"),
                "finished": b"finished" in raw, "parts": {}}
         for name in ("roi", "end"):
             out[name] = json.loads(raw[name.encode()]) if name.encode() in raw else None
@@ -106,9 +106,9 @@ class Parts:
                 out["parts"][int(field[5:])] = json.loads(value)
         return out
 
-    def total(self, shared: dict, own_count: int) -> int:
-        """Frames counted by every receiver (this one's live count in place of its last report)."""
-        return own_count + sum(p.get("frames", 0) for k, p in shared["parts"].items() if k != self.receiver)
+    def others(self, shared: dict, field: str) -> int:
+        """``field`` (frames, duplicates) summed over the other receivers' last reports."""
+        return sum(p.get(field, 0) for k, p in shared["parts"].items() if k != self.receiver)
 
     def all_done(self, shared: dict) -> bool:
         return all(shared["parts"].get(k, {}).get("done") for k in range(self.receivers))
@@ -265,18 +265,16 @@ class SharedStream:
                                      "roi_written": True, "done": True}))
                     self.ending.forget(name)
                 continue
-            total = self.parts.total(shared, scan.assembly.count)
-            scan.others = total - scan.assembly.count
-            scan.others_duplicates = sum(p.get("duplicates", 0) for k, p in shared["parts"].items()
-                                         if k != self.parts.receiver)
+            scan.others = self.parts.others(shared, "frames")
+            scan.others_duplicates = self.parts.others(shared, "duplicates")
             if shared["end"] is not None:
                 self.ending.learnt.setdefault(name, now)
             if scan.owner:
-                self.settle_owner(scan, shared, total, now)
+                self.settle_owner(scan, shared, now)
             else:
-                self.settle_follower(scan, shared, total, now)
+                self.settle_follower(scan, shared, now)
 
-    def settle_owner(self, scan: ScanFile, shared: dict, total: int, now: float) -> None:
+    def settle_owner(self, scan: ScanFile, shared: dict, now: float) -> None:
         name = scan.start.scan
         if scan.assembly.placed and not scan.roi_announced:
             scan.roi_announced = True
@@ -284,16 +282,13 @@ class SharedStream:
                                                                     scan.assembly.roi))
             self.ingest.dirty.add(name)
         if shared["end"] is None:
-            every = self.ingest.settings.preview_every or max(4, scan.start.frames // 8)
-            if total - scan.previewed_at >= every and total < scan.start.frames:
-                scan.previewed_at = total
-                self.ingest.enqueue(scan, final=False)
+            self.ingest.preview_if_due(scan)
             return
         if not scan.assembly.placed:  # the end is known: the others write their frames into the ROI now
             scan.place_roi_if_clear(now=True)
             self.ingest.dirty.add(name)
             return
-        if not scan.part_done and (total >= scan.start.frames or self.ending.drained(name, self.ingest.last_idle, now)):
+        if not scan.part_done and self.drained(scan, now):
             scan.part_done = True
             self.ingest.dirty.add(name)
             return
@@ -305,7 +300,13 @@ class SharedStream:
                                                                        if p.get("done")}))
             self.end_parts(scan, shared)
 
-    def settle_follower(self, scan: ScanFile, shared: dict, total: int, now: float) -> None:
+    def drained(self, scan: ScanFile, now: float) -> bool:
+        """This receiver has every frame of ``scan`` it will get: all are counted, or its queue has drained
+        since it learnt of the end."""
+        return scan.frames_in >= scan.start.frames or \
+            self.ending.drained(scan.start.scan, self.ingest.last_idle, now)
+
+    def settle_follower(self, scan: ScanFile, shared: dict, now: float) -> None:
         name = scan.start.scan
         if not scan.assembly.placed:
             self.join_roi(scan, shared)
@@ -313,9 +314,8 @@ class SharedStream:
                 self.ingest.dirty.add(name)
         if shared["end"] is None:
             return
-        drained = total >= scan.start.frames or self.ending.drained(name, self.ingest.last_idle, now)
         roi_waited = now - self.ending.learnt.get(name, now) > GRACE_S * 10
-        if drained and (scan.assembly.placed or roi_waited):
+        if self.drained(scan, now) and (scan.assembly.placed or roi_waited):
             self.close_part(scan)
 
     def end_parts(self, scan: ScanFile, shared: dict) -> None:

@@ -30,11 +30,10 @@ class ScanFile:
         self.dataset = handle["frames"]
         self.record = record  # the scan's Redis record, rewritten at every sync
         self.seq = int(record.get("latest_seq", 0))
-        self.since_preview = 0
         self.last_activity = time.monotonic()
         self.owner = True  # this receiver got the start (always, with one receiver): it keeps the record
         self.others = 0  # frames counted by the other receivers on the stream (``parts``)
-        self.previewed_at = 0  # frames in at the last preview asked for (several receivers)
+        self.previewed_at = 0  # frames in when the last network input was asked for
         self.part_done = False
         self.others_duplicates = 0
         self.roi_announced = False
@@ -69,16 +68,16 @@ class ScanFile:
                    {**record, "raw_file": str(path)})
 
     @classmethod
-    def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None,
-               follower: bool = False) -> "ScanFile":
+    def reopen(cls, path: Path, record: dict, roi_px: int = 128, scratch: Path | None = None) -> "ScanFile":
         """Continue a scan whose ingest stopped: the frames it had marked received are kept."""
         handle = h5py.File(path, "r+")
         try:
             start = Start.model_validate_json(handle.attrs["start"])
             mask, dark, flat = (handle[k][()] if k in handle else None for k in ("pixel_mask", "dark", "flat_field"))
-            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask, dark, flat, follower), record)
+            scan = cls(path, handle, start, ScanAssembly(start, roi_px, scratch, mask, dark, flat), record)
             for index in np.flatnonzero(handle["received"][()]):
                 scan.assembly.add(int(index), handle["frames"][index])
+            scan.previewed_at = scan.assembly.count  # the next preview after the usual number of new frames
             scan.place_roi_if_clear()
         except Exception:
             handle.close()
@@ -86,7 +85,9 @@ class ScanFile:
         return scan
 
     def add(self, index: int, frame: codecs.Received | np.ndarray) -> bool:
-        """Keep a new frame (on disk whole, in memory its ROI); False for a duplicate."""
+        """Keep a new frame (on disk whole, in memory its ROI); False for a duplicate. CodecError (blocks
+        that do not decompress): nothing is kept."""
+        frame = codecs.Received.holding(frame)
         if not self.assembly.add(index, frame):
             return False
         self.write(index, frame)
@@ -106,14 +107,11 @@ class ScanFile:
         if not self.assembly.placed and (now or self.assembly.peak_is_clear()):
             self.assembly.place_around_peak(self.read_block)
 
-    def write(self, index: int, frame: codecs.Received | np.ndarray) -> None:
+    def write(self, index: int, frame: codecs.Received) -> None:
         """Store one frame as one ready-compressed chunk (HDF5's bitshuffle-LZ4 chunk layout is the
         DECTRIS bslz4 payload): a bslz4 frame goes to disk as received, with no recompression, and
         any other is compressed once here, bypassing HDF5's slower filter pipeline."""
-        if isinstance(frame, codecs.Received):
-            chunk = frame.payload if frame.encoding == "bslz4" else codecs.encode(frame.full(), "bslz4")
-        else:
-            chunk = codecs.encode(frame, "bslz4")
+        chunk = frame.payload if frame.encoding == "bslz4" else codecs.encode(frame.full(), "bslz4")
         self.dataset.id.write_direct_chunk((index, *(0,) * (self.dataset.ndim - 1)), chunk)
 
     def sync(self) -> None:

@@ -350,18 +350,19 @@ class Ingest:
         scan.last_activity = time.monotonic()
         try:
             added = scan.add(header.index, frame)
-        except codecs.CodecError as exc:  # ROI blocks that do not decompress: nothing was kept
-            scan.assembly.received[header.index] = False
+        except codecs.CodecError as exc:  # blocks that do not decompress: nothing was kept
             raise Rejected(str(exc)) from None
         if not added:
             self.count("duplicates")
             return
         self.count("frames_in")
-        if self.shared is not None:
-            return  # previews: asked by the scan's owner from every receiver's count (``parts``)
-        scan.since_preview += 1
+        if self.shared is None:  # several receivers: the scan's owner asks, from every receiver's count
+            self.preview_if_due(scan)
+
+    def preview_if_due(self, scan: ScanFile) -> None:
+        """A preview every PREVIEW_EVERY frames (about 8 a scan) while the scan is being taken."""
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
-        if scan.since_preview >= every and scan.assembly.count < scan.start.frames:
+        if scan.frames_in - scan.previewed_at >= every and scan.frames_in < scan.start.frames:
             self.enqueue(scan, final=False)
 
     def on_end(self, end: End, parts) -> None:
@@ -407,7 +408,7 @@ class Ingest:
         is still computing an input (back-pressure: they would be stale anyway, and a final input
         asked next waits for one input at most); final jobs always go, and never through MAXLEN
         trimming (the workers trim what they have acknowledged)."""
-        scan.since_preview = 0
+        scan.previewed_at = scan.frames_in
         if not final:
             busy = any(not f.done() for _, _, f in self.computing)
             if busy or self.redis_down or self.backlog() > self.settings.stream_maxlen // 2:
