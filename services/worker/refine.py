@@ -160,14 +160,14 @@ class RefinementWorker:
 
     def frames(self, state: dict):
         """The scan's frames as the refinement sees them: (corrected volume, counts as measured, measured
-        voxels or None), padded to ≥ 32 per axis; on a large detector only the signal's window of it
-        (``detector.signal_window``: ``state["window_shift"]`` is set to its offset)."""
+        voxels or None, the window read), padded to ≥ 32 per axis; on a large detector only the signal's
+        window of it (``detector.signal_window``)."""
         with h5py.File(state["raw_file"], "r") as f:
-            window = detector.signal_window(f["frames"].shape[1:], state.get("roi"))
-            state["window_shift"] = detector.window_shift(f["frames"].shape[1:], window)
-            raw = f["frames"][(slice(None), *window)]
+            window = Window(f["frames"].shape[1:], detector.signal_window(f["frames"].shape[1:], state.get("roi")))
+            raw = f["frames"][(slice(None), *window.slices)]
             received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
-            pixel_mask, dark, flat = (f[k][window] if k in f else None for k in ("pixel_mask", "dark", "flat_field"))
+            pixel_mask, dark, flat = (f[k][window.slices] if k in f else None
+                                      for k in ("pixel_mask", "dark", "flat_field"))
             start = Start.model_validate_json(f.attrs["start"]) if "start" in f.attrs else None
         if flat is not None:  # a pixel of zero gain holds nothing
             pixel_mask = (flat == 0) if pixel_mask is None else (pixel_mask != 0) | (flat == 0)
@@ -179,7 +179,7 @@ class RefinementWorker:
         counts = np.pad(counts, [(0, max(0, 32 - n)) for n in rows])
         measured = np.zeros(volume.shape, bool)  # frames that never arrived, invalid pixels and padding are
         measured[:rows[0], :rows[1], :rows[2]] = received[:, None, None] & ~bad  # free, not zeros
-        return volume, counts, None if measured.all() else measured
+        return volume, counts, None if measured.all() else measured, window
 
     def resume_of(self, taken: Taken) -> Checkpoint | None:
         if not (taken.checkpoint and os.path.exists(taken.checkpoint)):
@@ -194,7 +194,7 @@ class RefinementWorker:
         nn = self.store.result(scan, "nn")
         if state is None or nn is None:
             raise KeyError("scan or its NN result is gone")
-        volume, counts, measured = self.frames(state)
+        volume, counts, measured, window = self.frames(state)
         amp, phase, info = nn
         plan = dataclasses.replace(REFINE_PLAN, polish_steps=options.get("steps") or self.settings.refine_steps,
                                    polish_loss=options.get("loss") or REFINE_PLAN.polish_loss,
@@ -207,14 +207,14 @@ class RefinementWorker:
                               yield_now=self.yield_now(taken), resume=resume, counts=counts[None])
         extra = stage.info
         seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": chi_on(volume, state),
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": window.chi_on,
                   "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
                   **{key: extra[key][0] for key in TRUST},
                   "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
                   "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
                   "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
                   "region": extra["region"][0], "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
-                  "bragg_peak_offset": on_detector(extra["bragg_peak_offset"][0], state["window_shift"]),
+                  "bragg_peak_offset": window.on_detector(extra["bragg_peak_offset"][0]),
                   "start": extra["start"][0], "plan": extra["plan"]}
         finalists = stage.finalists[0]  # the full-grid stage's seeds
         arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
@@ -230,16 +230,15 @@ class RefinementWorker:
         if state is None or refined is None or real is None or imag is None:
             raise KeyError("scan or its refined result is gone")
         info = refined[2]
-        volume, _, measured = self.frames(state)
+        volume, _, measured, window = self.frames(state)
         began = time.perf_counter()
-        in_window = on_detector(info["bragg_peak_offset"], [-k for k in state["window_shift"]])
         stage = full_stage(volume[None], {"region": [info["region"]], "chi_floor": [info["chi_floor"]],
-                                          "bragg_peak_offset": [in_window]},
+                                          "bragg_peak_offset": [window.in_window(info["bragg_peak_offset"])]},
                            (real + 1j * imag)[None].astype(np.complex64), None if measured is None else measured[None],
                            fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),
                            keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
         fit = stage.info["fit"][0]
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": chi_on(volume, state),
+        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": window.chi_on,
                   "seconds": fit["seconds"], **{key: stage.info[key][0] for key in TRUST},
                   "wall_seconds": time.perf_counter() - began,
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
@@ -270,18 +269,33 @@ class RefinementWorker:
         pipe.execute()
 
 
-def chi_on(volume: np.ndarray, state: dict) -> str:
-    """What χ is measured on: the scan's frames, or on a large detector the window of them refined."""
-    shape = state.get("shape") or volume.shape[1:]
-    if all(n <= detector.WINDOW_PX for n in shape):
-        return "measured frames"
-    return f"measured frames, {detector.WINDOW_PX}-pixel window of the {shape[0]}×{shape[1]} detector"
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The part of the detector a refinement reads (all of it, or a large detector's signal window), and
+    how its Bragg-peak offsets (from the centre of the volume refined) map to the whole detector's, which
+    is what the lab-frame maps read."""
 
+    detector: tuple  # (rows, columns)
+    slices: tuple  # (rows, columns) read
 
-def on_detector(offset, shift) -> list[int]:
-    """The Bragg peak's offset from the centre of the volume refined (a window of a large detector) →
-    from the centre of the whole detector, which is what the lab-frame maps read (and back, with -shift)."""
-    return [int(k) + int(d) for k, d in zip(offset, shift)]
+    @property
+    def shift(self) -> list[int]:
+        return detector.window_shift(self.detector, self.slices)
+
+    def on_detector(self, offset) -> list[int]:
+        return [int(k) + int(d) for k, d in zip(offset, self.shift)]
+
+    def in_window(self, offset) -> list[int]:
+        return [int(k) - int(d) for k, d in zip(offset, self.shift)]
+
+    @property
+    def chi_on(self) -> str:
+        """What χ is measured on: the scan's frames, or the window of them refined."""
+        shape = [w.stop - w.start for w in self.slices]
+        if shape == list(self.detector):
+            return "measured frames"
+        return f"measured frames, {shape[0]}×{shape[1]}-pixel window of the {self.detector[0]}×{self.detector[1]} " \
+               f"detector"
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, consumer: str | None = None) -> None:
