@@ -59,6 +59,20 @@ class Events(threading.Thread):
                 and (stage is None or e.get("stage") == stage)]
 
 
+def stage_times(events: Events, scan: str, end: float, timeout: float = 900) -> dict:
+    """Seconds from ``end`` to a scan's last preview, refined and full-grid results, and their χ (waits for
+    the full grid)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not events.of(scan, "result", "full"):
+        time.sleep(0.5)
+    out = {}
+    for stage in ("nn", "refined", "full"):
+        seen = events.of(scan, "result", stage)
+        out[f"end_to_{stage}_s"] = round(seen[-1][0] - end, 2) if seen else None
+        out[f"chi_{stage}"] = round(seen[-1][1]["chi"], 4) if seen else None
+    return out
+
+
 class Deployment:
     def __init__(self, prefix, port, zport):
         self.prefix, self.port, self.zport = prefix, port, zport

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
-from benchmarks.beamtime_load import Deployment, Events  # noqa: E402
+from benchmarks.beamtime_load import Deployment, Events, stage_times  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import Beamline  # noqa: E402
 
@@ -51,18 +51,6 @@ def write_dataset(folder: Path, frames: np.ndarray) -> Path:
             whole[CORNER[0]:CORNER[0] + 256, CORNER[1]:CORNER[1] + 256] = np.minimum(frame, 65534)
             data[k] = whole
     return path
-
-
-def results_of(events: Events, scan: str, end: float) -> dict:
-    deadline = time.time() + 900
-    while time.time() < deadline and not events.of(scan, "result", "full"):
-        time.sleep(0.5)
-    out = {}
-    for stage in ("nn", "refined", "full"):
-        seen = events.of(scan, "result", stage)
-        out[f"end_to_{stage}_s"] = round(seen[-1][0] - end, 2) if seen else None
-        out[f"chi_{stage}"] = round(seen[-1][1]["chi"], 4) if seen else None
-    return out
 
 
 def main() -> None:
@@ -112,7 +100,7 @@ def main() -> None:
         end = time.time()
         requests.put(f"{api}/command/disarm", timeout=30)
         scan = f"series-{series}"
-        results["eiger9m_simulator"] = {**results_of(events, scan, end),
+        results["eiger9m_simulator"] = {**stage_times(events, scan, end),
                                         "frames_received": (json.loads(redis.Redis().hget(
                                             f"{prefix}:scan:{scan}", "frames_received") or b"null"))}
         print("eiger-simulator, 9M, bslz4:", results["eiger9m_simulator"], flush=True)
@@ -120,7 +108,7 @@ def main() -> None:
         beamline.play("s54-256", np.minimum(frames, 65534).astype(np.uint16), rate_hz=RATE_HZ)
         end = time.time()
         beamline.close()
-        results["256x256_native"] = results_of(events, "s54-256", end)
+        results["256x256_native"] = stage_times(events, "s54-256", end)
         print("native, 256²:", results["256x256_native"], flush=True)
     finally:
         if ingest is not None:

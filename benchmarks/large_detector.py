@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.beamtime_load import Deployment, Events  # noqa: E402
+from benchmarks.beamtime_load import Deployment, Events, stage_times  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import GEOMETRY_34IDC, Beamline  # noqa: E402
 from shared import codecs  # noqa: E402
@@ -63,15 +63,7 @@ def main() -> None:
         for name, large in (("256x256", False), ("eiger9m", True)):
             scan = f"s54-{name}"
             end = send(beamline, scan, frames, large)
-            deadline = time.time() + 900
-            while time.time() < deadline and not events.of(scan, "result", "full"):
-                time.sleep(0.5)
-            out = {}
-            for stage in ("nn", "refined", "full"):
-                seen = [e for e in events.of(scan, "result", stage) if e[1].get("final", True)]
-                out[f"end_to_{stage}_s"] = round(seen[-1][0] - end, 2) if seen else None
-                out[f"chi_{stage}"] = round(seen[-1][1]["chi"], 4) if seen else None
-            results[name] = out
+            results[name] = out = stage_times(events, scan, end)
             print(name, out, flush=True)
         beamline.close()
     finally:
