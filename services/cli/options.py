@@ -124,6 +124,14 @@ def pva_config(args) -> dict | None:
             "geometry": read_geometry(args), "idle_s": args.pva_idle}
 
 
+def check_receivers(settings, pva: dict | None) -> None:
+    """This receiver's index is one of INGEST_RECEIVERS, and a pvAccess channel has one receiver (one line, exit 2)."""
+    if settings.ingest_receiver >= settings.ingest_receivers:
+        raise InputError(f"--receiver {settings.ingest_receiver} is not one of 0 … {settings.ingest_receivers - 1}")
+    if pva and settings.ingest_receivers > 1:
+        raise InputError("--pva takes one receiver: a pvAccess monitor is not dealt among several")
+
+
 def pva_command_line(args) -> list[str]:
     """The same options, for a child `cdi-live ingest` (``cdi-live up``)."""
     if not getattr(args, "pva", None):

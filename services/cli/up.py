@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from services.cli.options import add_pva_arguments, pva_command_line, pva_config
+from services.cli.options import add_pva_arguments, check_receivers, positive_int, pva_command_line, pva_config
 from services.cli.services_common import add_exposure_arguments, add_settings_arguments, refuse_open_exposure, \
     settings_from
 from shared.errors import InputError
@@ -31,7 +31,7 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=None, help="gateway port (default 8000)")
     add_exposure_arguments(p)
     p.add_argument("--bind", help="ingest ZeroMQ address (default tcp://127.0.0.1:5555)")
-    p.add_argument("--receivers", type=int, default=None, metavar="N",
+    p.add_argument("--receivers", type=positive_int, default=None, metavar="N",
                    help="ingest receivers sharing the stream (default $INGEST_RECEIVERS or 1); receiver K binds "
                         "--bind's port + K, and a sender connects its PUSH socket to all N")
     add_pva_arguments(p)
@@ -175,14 +175,11 @@ def ingest_addresses(settings) -> str:
 
 
 def run(args):
-    if args.receivers is not None and args.receivers < 1:
-        raise InputError(f"--receivers must be at least 1, not {args.receivers}")
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind, gateway_host=args.host,
                              ingest_receivers=args.receivers)
     refuse_open_exposure(settings, args.insecure)
     pva = pva_config(args)  # checked here: the ingest child would only log it
-    if pva and settings.ingest_receivers > 1:
-        raise InputError("--pva takes one receiver: a pvAccess monitor is not dealt among several")
+    check_receivers(settings, pva)
     also = f" and pvAccess channel {pva['channel']}" if pva else ""
     gateway_args = ["--insecure"] if args.insecure else []
     with services_running(settings, ingest_args=pva_command_line(args), gateway_args=gateway_args) as (processes,
