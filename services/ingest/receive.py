@@ -14,9 +14,11 @@ then ZeroMQ pushes back on the sender: nothing accepted is dropped, and memory i
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing
 import os
 import signal
+import threading
 import uuid
 from pathlib import Path
 
@@ -81,9 +83,6 @@ def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -
     """The pvAccess receiver's whole life: pvapy's monitor threads translate each NTNDArray update to native
     messages and hand them to the storing process; once a second, scans ended by idleness go the same way,
     and rejections and loss counters go to ``reports`` (JSON). Until the control socket says TERMINATE."""
-    import json
-    import threading
-
     from services.ingest.pva import PvaSource, PvaTranslator, loopback_defaults
 
     die_with_parent()
@@ -175,8 +174,6 @@ class Receiver:
 
     def reported(self) -> list[dict]:
         """What a pvAccess receiver reported since the last call: rejection reasons and loss counters."""
-        import json
-
         out = []
         while self.reports is not None and self.reports.poll(0):
             out.append(json.loads(self.reports.recv()))
