@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from shared.detector import invalid  # noqa: E402
+from shared.wire.detector import invalid  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import crystals, fourier, metrics  # noqa: E402
-from shared.reconstruction import reconstruct  # noqa: E402
+from shared.solver.stages import reconstruct  # noqa: E402
 
 SEED, PHOTONS, FLAG = 4242, 1e6, np.iinfo(np.uint32).max
 

@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from services.cli.up import wait_until_answering  # noqa: E402
 from benchmarks.gateway_load import wrk  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import Store  # noqa: E402
+from shared.state.settings import Settings  # noqa: E402
+from shared.state.store import Store  # noqa: E402
 
 
 def crystal(size: int, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 Each simulated 32-frame rocking scan is streamed as the service sees it: a preview every
 4 frames (the ingest's cadence for 32 frames), each the ingest's network input of the
 frames so far, the network, and the preview plan, exactly as the inference worker runs
-them; ``shared.convergence.decide`` is asked at each. Where it fires, the scan is cut
+them; ``shared.solver.convergence.decide`` is asked at each. Where it fires, the scan is cut
 there and refined with the frames not taken left free (as the refinement worker does
 for a scan that ended early); every scan is also refined whole. Reported: frames saved,
 the refined plain phase error cut vs. whole, and false stops — a cut scan whose refined
@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from services.ingest.assembly import network_input_of  # noqa: E402
-from shared.convergence import CRITERION, decide  # noqa: E402
-from shared.evaluation import held_out_set  # noqa: E402
+from shared.solver.convergence import CRITERION, decide  # noqa: E402
+from shared.solver.evaluation import held_out_set  # noqa: E402
 from shared.physics import downsample, metrics  # noqa: E402
-from shared.pipeline import PREVIEW_PLAN, REFINE_PLAN, converge  # noqa: E402
+from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, converge  # noqa: E402
 
 FRAMES = 32
 EVERY = max(4, FRAMES // 8)  # the ingest's preview cadence

@@ -57,7 +57,7 @@ def run_case(name: str) -> dict:
                 "note": "χ of the iterates is plain (no best scale) and, during HIO, of the iterate outside the "
                         "support too; the final χ is the averaged answer's, best scale, like every other χ here"}
     from shared.nn.inference import Predictor
-    from shared.reconstruction import reconstruct
+    from shared.solver.stages import reconstruct
 
     if name == "paper":
         intensity = np.load(DATA / "paper-example" / "ft_crop_64.npy").astype(np.float32) ** 2

@@ -34,8 +34,8 @@ import requests  # noqa: E402
 
 from services.cli.up import wait_until_answering  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import Store  # noqa: E402
+from shared.state.settings import Settings  # noqa: E402
+from shared.state.store import Store  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 

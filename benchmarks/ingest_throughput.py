@@ -36,9 +36,9 @@ import zmq  # noqa: E402
 
 from services.beamline.sim import Beamline  # noqa: E402
 from services.ingest.receive import Receiver, part_address  # noqa: E402
-from shared import codecs  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import Store  # noqa: E402
+from shared.wire import codecs  # noqa: E402
+from shared.state.settings import Settings  # noqa: E402
+from shared.state.store import Store  # noqa: E402
 
 mp = multiprocessing.get_context("spawn")  # a forked child must not inherit the parent's ZeroMQ context
 WORKLOADS = {"day": {"shape": (256, 256), "dtype": "uint32", "encoding": "raw", "frames": 200},

@@ -25,7 +25,7 @@ import redis  # noqa: E402
 from benchmarks.beamtime_load import Deployment, Events, stage_times  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import GEOMETRY_34IDC, Beamline  # noqa: E402
-from shared import codecs  # noqa: E402
+from shared.wire import codecs  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "aps-34idc-scan54" / "frames.npz"
 EIGER_9M = (3110, 3269)

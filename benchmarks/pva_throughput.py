@@ -85,8 +85,8 @@ def bare(frames: int, shape, dtype: str) -> dict:
 
 def ingest(frames: int, shape, dtype: str) -> dict:
     from services.ingest.service import serve
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.state.settings import Settings
+    from shared.state.store import Store
 
     channel, go, done = f"bench:{uuid.uuid4().hex[:6]}", mp.Event(), mp.Event()
     server = mp.Process(target=publisher, args=(channel, frames, shape, dtype, go, done))

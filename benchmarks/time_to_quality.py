@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from shared.yardstick import available as cohere_available, cohere_best_of, cohere_phase  # noqa: E402
+from shared.solver.yardstick import available as cohere_available, cohere_best_of, cohere_phase  # noqa: E402
 from shared import plots  # noqa: E402
-from shared.evaluation import SUCCESS, held_out_set, real_sets, timed  # noqa: E402
+from shared.solver.evaluation import SUCCESS, held_out_set, real_sets, timed  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import crystals, metrics, phasing  # noqa: E402
-from shared.pipeline import REFINE_PLAN, converge  # noqa: E402
-from shared.reconstruction import reconstruct  # noqa: E402
-from shared.refinement import refine  # noqa: E402
+from shared.solver.plans import REFINE_PLAN, converge  # noqa: E402
+from shared.solver.stages import reconstruct  # noqa: E402
+from shared.solver.refinement import refine  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
 

@@ -17,7 +17,7 @@ import redis
 import requests
 
 from services.cli.up import wait_until_ready
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import crystals, fourier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import redis
 import requests
 
 from services.cli.up import wait_until_answering
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from tests.conftest import REDIS_URL, free_port, ingest_running
 
 ISSUER, AUDIENCE = "https://sso.example-facility.org/realms/users", "cdi-live"
@@ -59,8 +59,8 @@ def gateway(tmp_path_factory, rsa_key):
     import jwt
 
     from services.beamline.sim import Beamline
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.state.settings import Settings
+    from shared.state.store import Store
 
     try:
         redis.Redis.from_url(REDIS_URL).ping()

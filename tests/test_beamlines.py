@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from shared.errors import InputError
-from shared.messages import Geometry
-from shared.metadata import read_metadata
+from shared.physics.errors import InputError
+from shared.wire.messages import Geometry
+from shared.wire.metadata import read_metadata
 from shared.physics import geometry as geo
 from shared.physics.crystals import sphere_in_geometry
 from tests.test_cli import cli

@@ -1,5 +1,5 @@
 """Bluesky into a running stack: a real RunEngine with ophyd.sim devices, the callback, the convergence
-signal and the adaptive rocking scan (shared.bluesky)."""
+signal and the adaptive rocking scan (shared.wire.bluesky)."""
 
 import uuid
 
@@ -17,7 +17,7 @@ from bluesky import preprocessors as bpp  # noqa: E402
 from ophyd.sim import SynAxis, SynSignal  # noqa: E402
 
 from services.beamline.sim import GEOMETRY_34IDC  # noqa: E402
-from shared.bluesky import CdiLiveCallback, adaptive_rocking_scan  # noqa: E402
+from shared.wire.bluesky import CdiLiveCallback, adaptive_rocking_scan  # noqa: E402
 
 START, STOP, POINTS = -0.08, 0.08, 32
 

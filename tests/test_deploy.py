@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from services.gateway.app import create_app
-from shared.settings import Settings
+from shared.state.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"

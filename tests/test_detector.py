@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from services.beamline.sim import Beamline, DectrisDetector, detector_flaws, simulated_volume
-from shared import detector
+from shared.wire import detector
 from shared.nn.inference import Predictor
 from shared.physics import crystals, fourier, metrics
-from shared.reconstruction import reconstruct
-from shared.settings import Settings
-from shared.store import Store
+from shared.solver.stages import reconstruct
+from shared.state.settings import Settings
+from shared.state.store import Store
 from tests.conftest import free_port, ingest_running, require_redis, wait_for
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import downsample, fourier
 
 

@@ -15,9 +15,9 @@ import requests
 
 from services.beamline.sim import Beamline, simulated_volume
 from services.gateway.housekeeping import Housekeeping
-from shared import results, retention
-from shared.settings import Settings
-from shared.store import Store
+from shared.state import results, retention
+from shared.state.settings import Settings
+from shared.state.store import Store
 from tests.conftest import free_port, require_redis, wait_for
 from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
 

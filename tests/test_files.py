@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from shared.errors import InputError
-from shared.files import read_intensity, write_result, write_vti
+from shared.physics.errors import InputError
+from shared.wire.files import read_intensity, write_result, write_vti
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import requests
 import scipy.fft as sfft
 
 from services.beamline.sim import Beamline
-from shared import fullgrid
+from shared.solver import fullgrid
 from shared.physics import crystals, downsample
-from shared.reconstruction import embed
+from shared.solver.stages import embed
 from tests.conftest import free_port, wait_for
 from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.beamline.sim import Beamline
 from services.ingest.service import Rejected, decode_frame
-from shared.messages import Frame, Start, parse_header
+from shared.wire.messages import Frame, Start, parse_header
 from tests.conftest import scan_state, wait_for
 from tests.fuzzing import attack
 

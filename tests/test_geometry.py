@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from shared.errors import InputError
-from shared.files import geometry_from_spec
+from shared.physics.errors import InputError
+from shared.wire.files import geometry_from_spec
 from shared.physics import geometry as geo
 from shared.physics.crystals import sphere_in_geometry
 from tests.conftest import real_file

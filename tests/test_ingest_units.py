@@ -7,8 +7,8 @@ import pydantic
 import pytest
 
 from services.ingest.assembly import ScanAssembly
-from shared import codecs
-from shared.messages import Frame, Start, parse_header
+from shared.wire import codecs
+from shared.wire.messages import Frame, Start, parse_header
 from tests import conftest
 from tests.conftest import require_redis
 
@@ -21,7 +21,7 @@ def local_ingest(tmp_path):
 
 
     from services.ingest.service import Ingest
-    from shared.settings import Settings
+    from shared.state.settings import Settings
 
     made = []
 
@@ -140,8 +140,8 @@ def test_dectris_stream_over_zeromq(tmp_path):
     import h5py
 
     from services.ingest.service import serve
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.state.settings import Settings
+    from shared.state.store import Store
 
     require_redis()
     from services.beamline.sim import DectrisDetector
@@ -185,8 +185,8 @@ def test_dectris_stream_v2_scan_is_bit_identical_on_disk_to_the_native_one(tmp_p
     import h5py
 
     from services.beamline.sim import GEOMETRY_34IDC, Beamline, DectrisDetector
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.state.settings import Settings
+    from shared.state.store import Store
 
     require_redis()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import crystals, fourier, metrics, phasing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from shared.evaluation import held_out_set
+from shared.solver.evaluation import held_out_set
 from shared.nn.inference import Predictor
 from shared.physics import downsample, fourier, metrics, phasing
-from shared.pipeline import PREVIEW_PLAN, converge
-from shared.reconstruction import phase_ramp, reconstruct
-from shared.refinement import poisson_loss
+from shared.solver.plans import PREVIEW_PLAN, converge
+from shared.solver.stages import phase_ramp, reconstruct
+from shared.solver.refinement import poisson_loss
 from tests.conftest import real_file
 from tests.test_cli import cli
 
@@ -125,7 +125,7 @@ def test_fourier_convention_matches_the_readme(crystal):
 
 def test_the_live_preview_starts_from_the_last_one():
     """``previous`` is the scan's last preview where it has one, a flat phase on the prediction otherwise."""
-    from shared.physics.starts import candidate_starts
+    from shared.solver.starts import candidate_starts
 
     rng = np.random.default_rng(3)
     prediction = (rng.random((2, 8, 8, 8)) * np.exp(1j * rng.random((2, 8, 8, 8)))).astype(np.complex64)

@@ -17,8 +17,8 @@ pytest.importorskip("pvaccess", reason="pvapy is installed by `make install`")
 from services.beamline.sim import Beamline, PvaDetector, simulated_volume  # noqa: E402
 from services.ingest.pva import PvaTranslator, Rejected, attributes_of, parse_attribute_map  # noqa: E402
 from services.ingest.service import serve  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import Store  # noqa: E402
+from shared.state.settings import Settings  # noqa: E402
+from shared.state.store import Store  # noqa: E402
 from tests.conftest import free_port, require_redis, scan_state, wait_for  # noqa: E402
 
 

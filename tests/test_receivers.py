@@ -19,10 +19,10 @@ import redis
 import requests
 
 from services.beamline.sim import Beamline, DectrisDetector
-from shared import framefiles
+from shared.wire import framefiles
 from shared.physics import crystals
-from shared.settings import Settings
-from shared.store import Store
+from shared.state.settings import Settings
+from shared.state.store import Store
 from tests.conftest import REPO, free_port, ingest_running, require_redis, scan_state, wait_for
 
 FRAMES = 40

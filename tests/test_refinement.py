@@ -5,9 +5,9 @@ import pytest
 import scipy.ndimage as ndi
 import tensorflow as tf
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import crystals, fourier, metrics, phasing
-from shared.refinement import gaussian_loss, poisson_loss, refine
+from shared.solver.refinement import gaussian_loss, poisson_loss, refine
 
 
 @pytest.mark.parametrize("loss_fn", [gaussian_loss, poisson_loss])

@@ -8,11 +8,11 @@ import pytest
 import redis
 
 from services.worker.backlog import RefineBacklog
-from shared import scheduling
-from shared.evaluation import held_out_set
-from shared.pipeline import Checkpoint, Preempted, converge
-from shared.settings import Settings, keys
-from shared.scheduling import Job
+from shared.state import scheduling
+from shared.solver.evaluation import held_out_set
+from shared.solver.plans import Checkpoint, Preempted, converge
+from shared.state.settings import Settings, keys
+from shared.state.scheduling import Job
 
 
 def test_live_jobs_newest_first_then_the_backlog_oldest_first():

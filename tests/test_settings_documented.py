@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.state.settings import Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import strain
 
 

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from shared import trust
-from shared.evaluation import held_out_set
+from shared.solver import trust
+from shared.solver.evaluation import held_out_set
 from shared.physics import crystals, fourier, metrics
 from tests.test_cli import cli
 
@@ -50,7 +50,7 @@ def test_a_right_answer_fits_the_noise_down_to_the_fitted_floor():
     (seed 4302, not the tuning seeds)."""
     import dataclasses
 
-    from shared.pipeline import REFINE_PLAN, converge
+    from shared.solver.plans import REFINE_PLAN, converge
 
     scans = [crystals.simulated_scan(32, 4302, i, i, True, (1e5, 1e5)) for i in range(3)]
     counts = np.stack([s[0] for s in scans]).astype(np.float32)
@@ -71,7 +71,7 @@ def test_free_chi_gives_no_credit_for_fitting_noise():
     with a loose support fits the noise (χ below the floor) but gains nothing on the withheld voxels."""
     import dataclasses
 
-    from shared.pipeline import REFINE_PLAN, converge
+    from shared.solver.plans import REFINE_PLAN, converge
 
     scans = [crystals.simulated_scan(32, 4303, i, i, True, (1e5, 1e5)) for i in range(3)]
     counts = np.stack([s[0] for s in scans]).astype(np.float32)
@@ -124,8 +124,8 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
 def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_never_worsens_it():
     """Scans the refined stage calls converged run once; uncertain ones whose data allow a verdict, or
     whose χ is above the fitted floor, run again from new starts (at most MAX_RUNS), keep their lowest-χ answer and gain an independent solution."""
-    from shared import effort
-    from shared.pipeline import REFINE_PLAN, converge
+    from shared.solver import effort
+    from shared.solver.plans import REFINE_PLAN, converge
 
     intensity, truth = held_out_set(6, 9961)
     prediction = (np.abs(truth) * np.exp(1j * 0.0)).astype(np.complex64)

@@ -18,7 +18,7 @@ from bluesky import RunEngine  # noqa: E402
 from ophyd.sim import SynAxis, SynSignal  # noqa: E402
 
 from services.beamline.sim import GEOMETRY_34IDC  # noqa: E402
-from shared.bluesky import CdiLiveCallback, adaptive_rocking_scan  # noqa: E402
+from shared.wire.bluesky import CdiLiveCallback, adaptive_rocking_scan  # noqa: E402
 from shared.physics import crystals  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

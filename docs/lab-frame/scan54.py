@@ -23,11 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shared.files import geometry_from_spec  # noqa: E402
+from shared.wire.files import geometry_from_spec  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import downsample, metrics, phasing  # noqa: E402
 from shared.physics.strain import lab_maps  # noqa: E402
-from shared.reconstruction import embed, peak_offset, peak_to_centre, phase_ramp, reconstruct, to_grid  # noqa: E402
+from shared.solver.stages import embed, peak_offset, peak_to_centre, phase_ramp, reconstruct, to_grid  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data")) / "aps-34idc-scan54"
 

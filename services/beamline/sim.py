@@ -14,8 +14,8 @@ import cbor2
 import numpy as np
 import zmq
 
-from shared import codecs
-from shared.files import read_intensity
+from shared.wire import codecs
+from shared.wire.files import read_intensity
 from shared.physics import crystals
 
 GEOMETRY_34IDC = {"energy_kev": 9.0, "distance_m": 0.5, "pixel_m": 55e-6, "rocking_step_deg": 0.005,

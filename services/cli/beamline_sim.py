@@ -85,7 +85,7 @@ def run(args):
 
 def parse_pixels(text: str) -> list[tuple[int, int]]:
     """'3,4;10,2' → [(3, 4), (10, 2)]."""
-    from shared.errors import InputError
+    from shared.physics.errors import InputError
 
     pixels = []
     for item in filter(None, text.replace(" ", "").split(";")):

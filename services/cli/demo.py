@@ -38,7 +38,7 @@ def add_arguments(p):
 
 def play_scans(args, endpoint: str) -> None:
     from services.beamline.sim import GEOMETRY_34IDC, Beamline, detector_flaws, recorded_volume, simulated_volume
-    from shared.files import geometry_from_spec
+    from shared.wire.files import geometry_from_spec
 
     stamp = time.strftime("%H%M%S")
     plays = [(f"sim-{stamp}-{i}", lambda i=i: (simulated_volume(args.size, int(stamp), i, 1e8), None), args.rate,

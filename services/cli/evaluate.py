@@ -26,7 +26,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from shared.evaluation import evaluate
+    from shared.solver.evaluation import evaluate
     from shared.nn.inference import Predictor
 
     summary = evaluate(Predictor(args.weights), args.out, args.count, args.seed,

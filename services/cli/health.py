@@ -24,7 +24,7 @@ def run(args):
         if args.kind == "gateway":
             with urllib.request.urlopen(f"http://127.0.0.1:{settings.gateway_port}/health", timeout=3):
                 return 0
-        from shared.store import Store
+        from shared.state.store import Store
 
         host = socket.gethostname()
         alive = [w for w in Store(settings).live_workers(args.kind) if w.startswith(f"{host}-")]

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow start-up c
 import sys
 
 from shared import __version__
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 SUBCOMMANDS = ["simulate", "phase_retrieve", "reconstruct", "train", "evaluate", "up", "ingest", "worker",
                "gateway", "beamline_sim", "demo", "health"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 
 def positive_int(text: str) -> int:
@@ -80,11 +80,11 @@ def read_geometry(args) -> dict | None:
     if metadata is not None:
         if args.scan is None:
             raise InputError(f"{'--spec' if args.spec is not None else '--metadata'} needs --scan N")
-        from shared.metadata import read_metadata
+        from shared.wire.metadata import read_metadata
 
         geometry = read_metadata(metadata, args.scan)
     if args.geometry is not None:
-        from shared.files import read_json_object
+        from shared.wire.files import read_json_object
 
         given = read_json_object(args.geometry, "geometry fields")
         angles = {**(geometry.get("angles_deg") or {}), **(given.get("angles_deg") or {})}

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from services.cli.options import positive_int
 from shared import __version__
-from shared.files import read_intensity, write_result, write_vti
+from shared.wire.files import read_intensity, write_result, write_vti
 from shared.physics import metrics, phasing
 
 

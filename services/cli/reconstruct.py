@@ -2,7 +2,7 @@
 
 INPUT is a measured intensity (3D) or a batch (4D), any size ≥ 32 per axis;
 the network sees a crop around the Bragg peak DCT-downsampled to 32³. With
-``--refine`` the prediction seeds the refined stage (``shared.pipeline``) on
+``--refine`` the prediction seeds the refined stage (``shared.solver.plans``) on
 all of the input's data, so the file written reproduces the input: χ of
 |fftshift(fftn(amplitude·e^{i·phase}))| against √INPUT is the χ reported.
 """
@@ -18,10 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from services.cli.options import add_geometry_arguments, positive_float, positive_int, read_geometry
-from shared import __version__, detector, trust
-from shared.errors import InputError
-from shared.files import read_array, read_measurement, write_result, write_vti
-from shared.pipeline import REFINE_PLAN, REFINE_SIZE
+from shared import __version__
+from shared.wire import detector
+from shared.solver import trust
+from shared.physics.errors import InputError
+from shared.wire.files import read_array, read_measurement, write_result, write_vti
+from shared.solver.plans import REFINE_PLAN, REFINE_SIZE
 
 
 def add_arguments(p):
@@ -80,7 +82,7 @@ def run(args):
         counts, intensity = intensity, detector.corrected(intensity, dark, flat)
     measured = ~unmeasured if unmeasured.any() else None
     from shared.nn.inference import Predictor  # TensorFlow loads only when needed
-    from shared.reconstruction import reconstruct
+    from shared.solver.stages import reconstruct
 
     started = time.perf_counter()
     predictor = Predictor(args.weights, args.batch)
@@ -112,7 +114,7 @@ def run(args):
                      "chi_definition": "||s·|fftshift(fftn(amplitude·exp(i·phase)))| − sqrt(input)|| / ||sqrt(input)||, "
                                        "best scale s, over measured voxels",
                      "start_kept": info["start"] if was_batch else info["start"][0],
-                     # trust (shared.trust): one verdict and one noise floor per scan, of the final stage
+                     # trust (shared.solver.trust): one verdict and one noise floor per scan, of the final stage
                      "verdict": np.array(trusted.info["verdict"], dtype=h5py.string_dtype()) if was_batch
                      else trusted.info["verdict"][0],
                      "chi_floor": np.array(info["chi_floor"]) if was_batch else float(info["chi_floor"][0]),
@@ -192,7 +194,7 @@ def lab_group(volume, final, geometry: dict, refined) -> dict:
 
     from shared.physics import downsample
     from shared.physics.strain import lab_maps
-    from shared.reconstruction import phase_ramp
+    from shared.solver.stages import phase_ramp
 
     obj = final.amplitude[0] * np.exp(1j * final.phase[0])
     offset = tuple(refined.info["bragg_peak_offset"][0]) if refined is not None else (0, 0, 0)

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 
-from shared.settings import Settings
+from shared.state.settings import Settings
 
 
 def add_settings_arguments(p):
@@ -25,7 +25,7 @@ def add_exposure_arguments(p) -> None:
 
 def refuse_open_exposure(settings: Settings, insecure: bool) -> None:
     """A gateway without access control serves loopback only, unless the operator says --insecure."""
-    from shared.errors import InputError
+    from shared.physics.errors import InputError
 
     if not settings.access_configured and settings.gateway_host not in LOOPBACK and not insecure:
         raise InputError(f"refusing to serve {settings.gateway_host} with no access control: set ACCESS_FILE or "

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from services.cli.options import fraction, photon_range, positive_int
 from shared import __version__
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics import crystals
 
 

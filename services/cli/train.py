@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from services.cli.options import fraction, positive_int
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 
 def add_arguments(p):

@@ -23,7 +23,7 @@ import redis
 from services.cli.options import add_pva_arguments, check_receivers, positive_int, pva_command_line, pva_config
 from services.cli.services_common import add_exposure_arguments, add_settings_arguments, refuse_open_exposure, \
     settings_from
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 
 def add_arguments(p):

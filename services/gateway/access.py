@@ -28,10 +28,10 @@ from urllib.parse import unquote
 
 from fastapi import HTTPException, Request
 
-from shared.errors import InputError
-from shared.files import read_json_object
-from shared.messages import PROPOSAL_ID
-from shared.settings import Settings
+from shared.physics.errors import InputError
+from shared.wire.files import read_json_object
+from shared.wire.messages import PROPOSAL_ID
+from shared.state.settings import Settings
 
 ROLES = ("reader", "beamline", "staff")
 COOKIE = "cdi_live_key"  # the operators' page keeps the key or token it was given here (SameSite=Strict)

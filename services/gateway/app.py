@@ -25,8 +25,8 @@ from services.gateway.live import Subscribers
 from services.gateway.scans import ScanId, scans_router
 from services.gateway.security import BodyLimit
 from shared import __version__
-from shared.settings import Settings
-from shared.store import Store
+from shared.state.settings import Settings
+from shared.state.store import Store
 
 STATIC = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # vendored by the plotly package

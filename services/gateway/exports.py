@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.files import write_result, write_vti
+from shared.wire.files import write_result, write_vti
 
 MEDIA = {"npz": "application/octet-stream", "h5": "application/x-hdf5", "cxi": "application/x-hdf5",
          "vti": "application/xml"}

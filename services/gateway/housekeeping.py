@@ -4,7 +4,7 @@ Every gateway process runs it; a Redis lock makes one do each round. Rounds:
     every 2 s    Redis lost its index (the ``restored`` marker is gone: emptied or restarted without
                  persistence) → every scan's record rebuilt from its files (``Store.restore_from_disk``)
     every 30 s   DATA_DIR's size and the volume's free space → Redis (``/metrics``, the page, ``/ready``);
-                 retention (``shared.retention``): what it deletes is logged, counted and announced
+                 retention (``shared.state.retention``): what it deletes is logged, counted and announced
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import redis
 
-from shared import retention
-from shared.store import Store
+from shared.state import retention
+from shared.state.store import Store
 
 log = logging.getLogger("cdi-live.housekeeping")
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from shared.settings import Settings, keys
+from shared.state.settings import Settings, keys
 
 KEEPALIVE_S = 15.0
 

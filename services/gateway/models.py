@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from shared.results import STAGES
+from shared.state.results import STAGES
 
 State = Literal["acquiring", "complete", "failed"]
-Stage = Literal["nn", "refined", "full"]  # shared.results.STAGES, spelled out for the OpenAPI schema
+Stage = Literal["nn", "refined", "full"]  # shared.state.results.STAGES, spelled out for the OpenAPI schema
 
 
 class StageSummary(BaseModel):
@@ -19,7 +19,7 @@ class StageSummary(BaseModel):
     chi_on: str | None = Field(None, description="what chi is measured against: 'measured frames' or a grid")
     seconds: float
     verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined and full-grid stages': "
-                                                                 "whether the answer can be trusted (shared.trust)")
+                                                                 "whether the answer can be trusted (shared.solver.trust)")
     chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (refined, full)")
     verdict_reason: Literal["search", "model", "photons", "disagreement"] | None = Field(
         None, description="why an answer is uncertain: search (above the floor, more work may help), model (the "
@@ -62,11 +62,11 @@ class ScanView(BaseModel):
     roi: dict | None = Field(None, description="the detector region the ingest kept around the Bragg peak "
                              "(corner: first row and column; shape): refinement reads the detector around it")
     converged_at_frames: int | None = Field(None, description="frames in when more would not change the "
-                                            "reconstruction materially (shared.convergence); null until then")
+                                            "reconstruction materially (shared.solver.convergence); null until then")
     convergence: dict | None = Field(None, description="the latest preview's verdict: frames, signal_left, "
                                      "phase_change, amplitude_change, converged")
     queue: QueuePlace | None = Field(None, description="while the scan waits for a stage: its place in the "
-                                     "queue (shared.scheduling); null once the stage is running or done")
+                                     "queue (shared.state.scheduling); null once the stage is running or done")
     refining: dict | None = Field(None, description="while the refined or full-grid stage runs: since (Unix "
                                   "time), worker, resumed (it had yielded to a fresher scan before), stage")
     results: dict[str, StageSummary]

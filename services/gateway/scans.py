@@ -16,14 +16,14 @@ from starlette.background import BackgroundTask
 from services.gateway import exports, views
 from services.gateway.access import Access, AuditLog, Identity
 from services.gateway.models import RefineRequest, ScanPage, ScanView, Stage, State
-from shared import framefiles
-from shared.errors import InputError
-from shared.results import TRUST
-from shared.messages import SCAN_ID
+from shared.wire import framefiles
+from shared.physics.errors import InputError
+from shared.state.results import TRUST
+from shared.wire.messages import SCAN_ID
 from shared.physics.downsample import to_input_grid
 from shared.physics.strain import lab_maps
-from shared.settings import Settings
-from shared.store import Store
+from shared.state.settings import Settings
+from shared.state.store import Store
 
 ScanId = Path(pattern=SCAN_ID.pattern, max_length=64, description="scan id as sent in the start message")
 

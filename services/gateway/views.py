@@ -61,8 +61,8 @@ def detector_view(raw_file, max_side: int = 128, roi: dict | None = None) -> dic
     the ingest's region of interest (``roi``) is read, as the refinement reads it; ``window`` says where."""
     import h5py
 
-    from shared import detector
-    from shared.messages import Start
+    from shared.wire import detector
+    from shared.wire.messages import Start
 
     with h5py.File(raw_file, "r") as f:
         start = Start.model_validate_json(f.attrs["start"])

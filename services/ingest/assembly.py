@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from shared import codecs, detector
-from shared.messages import Start
+from shared.wire import codecs, detector
+from shared.wire.messages import Start
 from shared.physics import downsample
 
 ROI_PEAK_CONTRAST = 10.0  # the summed detector's brightest pixel, in units of its mean, that makes a peak clear
@@ -48,7 +48,7 @@ def remove_stale(folder: Path) -> None:
 class ScanAssembly:
     """The rocking curve of a scan being acquired, in its ROI; counts duplicates and gaps.
 
-    Pixels that are not counts (``shared.detector``) are not finite in the ROI volume: +inf where
+    Pixels that are not counts (``shared.wire.detector``) are not finite in the ROI volume: +inf where
     saturated, NaN where flagged (the dtype's maximum) or masked, so the assembler inpaints them and
     can tell a saturated peak from a peak on a gap; they are zero in the summed detector image."""
 

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import cbor2
 import numpy as np
 
-from shared import codecs
+from shared.wire import codecs
 
 ENCODINGS = {"<": "raw", "lz4<": "lz4", "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
 DTYPES = {8: "uint8", 16: "uint16", 32: "uint32"}

@@ -16,7 +16,7 @@ meet in Redis, in one hash per scan (``<prefix>:parts:<scan>``):
 A receiver's part is done once the end is known and either every frame of the scan is counted, or
 its own socket has been found empty ``GRACE_S`` after it learnt of the end (frames sent before the end
 were in its queue by then). The owner keeps the record (frames received: the sum of the parts), asks
-for previews, and, when every part is done, writes ``frames.h5`` (``shared.framefiles``), marks the scan
+for previews, and, when every part is done, writes ``frames.h5`` (``shared.wire.framefiles``), marks the scan
 complete and asks for the final input. ``<prefix>:parts:ending`` lists scans with an end announced, so a
 receiver that got none of a scan's frames says so too.
 """
@@ -34,8 +34,8 @@ import redis
 
 from services.ingest.rejected import Rejected
 from services.ingest.scanfile import ScanFile
-from shared import framefiles
-from shared.messages import End, Start
+from shared.wire import framefiles
+from shared.wire.messages import End, Start
 
 log = logging.getLogger("cdi-live.ingest")
 

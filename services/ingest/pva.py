@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared import codecs
+from shared.wire import codecs
 
 log = logging.getLogger("cdi-live.pva")
 

@@ -18,8 +18,8 @@ import hdf5plugin
 import numpy as np
 
 from services.ingest.assembly import ScanAssembly
-from shared import codecs
-from shared.messages import Start
+from shared.wire import codecs
+from shared.wire.messages import Start
 
 
 class ScanFile:

@@ -39,11 +39,12 @@ from services.ingest.dectris import DectrisTranslator
 from services.ingest.parts import SharedStream
 from services.ingest.rejected import Rejected
 from services.ingest.receive import Receiver, part_address
-from shared import codecs, detector, framefiles, retention
-from shared.files import read_array
-from shared.messages import End, Frame, Start, parse_header
-from shared.settings import Settings
-from shared.store import Store
+from shared.wire import codecs, detector, framefiles
+from shared.state import retention
+from shared.wire.files import read_array
+from shared.wire.messages import End, Frame, Start, parse_header
+from shared.state.settings import Settings
+from shared.state.store import Store
 
 log = logging.getLogger("cdi-live.ingest")
 

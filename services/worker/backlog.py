@@ -1,4 +1,4 @@
-"""The refinement backlog in Redis, served in the order of ``shared.scheduling`` (not arrival order).
+"""The refinement backlog in Redis, served in the order of ``shared.state.scheduling`` (not arrival order).
 
     arrive   producers XADD to the refine stream (as before: one append-only log of what was asked)
     admit    any worker moves new stream entries into the backlog: a job hash and a sorted set by the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import redis
 
 from services.worker.queue import join_group
-from shared import scheduling
+from shared.state import scheduling
 
 log = logging.getLogger("cdi-live.backlog")
 

@@ -1,7 +1,7 @@
 """Inference worker: micro-batches preview and final jobs across scans through 3D-CDI-NN.
 
 The network's prediction then seeds the refined plan without its AD polish on
-its own 32³ input (``shared.pipeline.PREVIEW_PLAN``: frames not yet taken left
+its own 32³ input (``shared.solver.plans.PREVIEW_PLAN``: frames not yet taken left
 free, χ_free withheld), warm-started from the scan's last preview when it was
 made on the same crop; that is the ``nn`` stage operators see while the scan is
 taken, marked ``partial`` until every frame is in. A finished scan's job runs
@@ -23,12 +23,13 @@ import time
 import numpy as np
 
 from services.worker.queue import JobQueue, run_forever
-from shared import convergence, scheduling
+from shared.solver import convergence
+from shared.state import scheduling
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
-from shared.pipeline import FINAL_NN_PLAN, PREVIEW_PLAN, converge
-from shared.settings import Settings
-from shared.store import Store
+from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, converge
+from shared.state.settings import Settings
+from shared.state.store import Store
 
 log = logging.getLogger("cdi-live.infer")
 
@@ -68,7 +69,7 @@ class InferenceWorker:
                 del chosen[scan]
             elif not entry["final"]:
                 started[scan] = float(record.get("started") or 0.0)
-        keep = set(scheduling.previews_to_run(started))  # the scan being taken now first (shared.scheduling)
+        keep = set(scheduling.previews_to_run(started))  # the scan being taken now first (shared.state.scheduling)
         for scan in set(started) - keep:
             skipped.append(chosen.pop(scan)["id"])
         if skipped:
@@ -122,7 +123,7 @@ class InferenceWorker:
 
     def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,
                     preview: np.ndarray, frames_used: int, previous) -> dict:
-        """Ask ``shared.convergence`` whether more frames would change this scan's answer (``previous``: its last
+        """Ask ``shared.solver.convergence`` whether more frames would change this scan's answer (``previous``: its last
         stored preview, or None); the first time it says no, mark the record (``converged_at_frames``) and
         publish a ``converged`` event."""
         earlier = None

@@ -1,7 +1,7 @@
-"""Refinement worker: the refined stage (``shared.pipeline``) of each completed scan, seeded by its final NN
-result, then, when the refined stage was binned, its full-grid stage (``shared.fullgrid``).
+"""Refinement worker: the refined stage (``shared.solver.plans``) of each completed scan, seeded by its final NN
+result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``).
 
-Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.scheduling``: the newest
+Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
 finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
 iterations when fresher work waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
 """
@@ -21,14 +21,16 @@ import numpy as np
 
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
-from shared import detector, fullgrid, scheduling
-from shared.results import TRUST
-from shared.errors import InputError
-from shared.messages import Start
-from shared.pipeline import REFINE_PLAN, Checkpoint, Preempted
-from shared.reconstruction import full_stage, refined_stage
-from shared.settings import Settings
-from shared.store import Store
+from shared.wire import detector
+from shared.solver import fullgrid
+from shared.state import scheduling
+from shared.state.results import TRUST
+from shared.physics.errors import InputError
+from shared.wire.messages import Start
+from shared.solver.plans import REFINE_PLAN, Checkpoint, Preempted
+from shared.solver.stages import full_stage, refined_stage
+from shared.state.settings import Settings
+from shared.state.store import Store
 
 log = logging.getLogger("cdi-live.refine")
 

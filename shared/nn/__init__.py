@@ -1,4 +1,5 @@
-"""3D-CDI-NN: network, physics-aware loss, training and inference.
+"""3D-CDI-NN: network, physics-aware loss, training and inference. Imports ``shared.physics`` and
+``shared.plots`` (the training curve), nothing else of ours.
 
 Keras (and TensorFlow behind it) is loaded here, once, with the process's native
 stderr pointed elsewhere: on some CPUs TensorFlow's C++ start-up notices (oneDNN,

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import scipy.fft as sfft
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics.metrics import canonical_twin
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.nn import network
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid

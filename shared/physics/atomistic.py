@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics.crystals import AU_LATTICE_NM, DISTANCE_RANGE, FAMILIES, canonical_phase, facet_normals
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.ndimage as ndi
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.physics.metrics import spans
 
 NETWORK_SIZE = 32

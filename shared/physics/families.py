@@ -191,7 +191,7 @@ NAMES = tuple(BUILDERS)
 def simulated(family: str, size: int, seed: int, index: int) -> Scan:
     """Scan ``index`` of a family's population at ``seed``."""
     if family not in BUILDERS:
-        from shared.errors import InputError
+        from shared.physics.errors import InputError
 
         raise InputError(f"unknown crystal family {family!r}; use one of {', '.join(NAMES)}")
     rng = np.random.default_rng([seed, index, sum(map(ord, family))])

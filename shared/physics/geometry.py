@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 HC_KEV_NM = 1.239841984
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 PAPER_SCHEDULE = "3*(20*ER+180*HIO)+20*ER"
 AXES = (1, 2, 3)

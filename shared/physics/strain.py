@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.restoration import unwrap_phase
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 
 def bragg_vector(hkl, lattice_nm: float) -> tuple[np.ndarray, float]:

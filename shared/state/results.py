@@ -18,11 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from shared.files import write_result
+from shared.wire.files import write_result
 
 STAGES = ("nn", "refined", "full")
 TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor",
-         "chi_floor_fitted")  # the refined and full stages' trust fields (``shared.reconstruction.trust_fields``)
+         "chi_floor_fitted")  # the refined and full stages' trust fields (``shared.solver.stages.trust_fields``)
 SUMMARY = ("frames_used", "chi", "chi_on", "seconds", *TRUST, "grid",
            "chi_refinement_grid", "partial", "frames_expected")  # a result's fields on its scan's record
 
@@ -77,8 +77,8 @@ def record_from_files(folder: Path) -> tuple[dict, dict[str, dict]] | None:
     """A scan's record rebuilt from DATA_DIR/<scan>/ alone (its raw file and result files), and each
     stage's result info: what a Redis that restarted empty lost. A scan whose file has no end was
     acquiring: it is failed with that reason unless its ingest, still running, writes its record again."""
-    from shared import detector
-    from shared.messages import Start
+    from shared.wire import detector
+    from shared.wire.messages import Start
 
     try:
         with h5py.File(folder / "frames.h5", "r") as f:

@@ -1,6 +1,6 @@
 """Scan state, results and counters in Redis: the only module that knows the record layouts.
 
-Raw frames and every stage's result live in HDF5 files in DATA_DIR (``shared.results``); Redis holds
+Raw frames and every stage's result live in HDF5 files in DATA_DIR (``shared.state.results``); Redis holds
 state, jobs, the scan index and a size-bounded cache of recent result arrays (RESULT_CACHE_MB).
 """
 
@@ -12,8 +12,8 @@ import time
 import numpy as np
 import redis
 
-from shared import results
-from shared.settings import Settings, keys
+from shared.state import results
+from shared.state.settings import Settings, keys
 
 
 class Store:
@@ -41,7 +41,7 @@ class Store:
     def queue_refinement(self, scan: str, record: dict, options: dict | None = None, pipe=None,
                          queued: float | None = None) -> None:
         """Ask for a scan's refined stage: one entry on the refine stream (the backlog admits it and
-        ``shared.scheduling`` orders it), with its cost in refined voxels for the queue's ETA."""
+        ``shared.state.scheduling`` orders it), with its cost in refined voxels for the queue's ETA."""
         frames = max(32, int(record.get("frames_expected") or 32))
         shape = [frames] + [max(32, int(n)) for n in (record.get("shape") or [32, 32])]
         voxels = int(np.prod([min(n, self.settings.refine_size) for n in shape]))
@@ -61,7 +61,7 @@ class Store:
         self.redis.hset(self.keys.metrics, "refine_s_per_voxel", 0.7 * old + 0.3 * seconds_per_voxel)
 
     def refine_speed(self, default: float | None = None) -> float:
-        from shared.scheduling import DEFAULT_S_PER_VOXEL
+        from shared.state.scheduling import DEFAULT_S_PER_VOXEL
         value = self.redis.hget(self.keys.metrics, "refine_s_per_voxel")
         return float(value) if value else (default if default is not None else DEFAULT_S_PER_VOXEL)
 
@@ -115,7 +115,7 @@ class Store:
             pipe.zcard(f"{keys.refine_jobs}:{part}")
         pipe.zrange(f"{keys.refine_jobs}:waiting", 0, 0, withscores=True)
         pipe.xlen(keys.refine_jobs)  # arrived, not yet admitted by a refinement worker
-        pipe.zcard(f"{keys.refine_jobs}:waiting:full")  # full-grid fits (``shared.fullgrid``)
+        pipe.zcard(f"{keys.refine_jobs}:waiting:full")  # full-grid fits (``shared.solver.fullgrid``)
         pipe.zrange(f"{keys.refine_jobs}:waiting:full", 0, 0, withscores=True)
         pipe.hgetall(keys.disk)
         pipe.get(keys.cache_bytes)
@@ -161,7 +161,7 @@ class Store:
 
     def disk_alarm(self, disk: dict) -> str | None:
         """Why new scans are refused, as of housekeeping's last look (None: room enough)."""
-        from shared.retention import low_on_space
+        from shared.state.retention import low_on_space
 
         return low_on_space(int(disk["free_bytes"]), self.settings.min_free_gb) if "free_bytes" in disk else None
 
@@ -244,7 +244,7 @@ class Store:
         return decode_record(raw)
 
     # results --------------------------------------------------------------
-    # The arrays live in DATA_DIR/<scan>/<stage>.h5 (``shared.results``); Redis holds each result's
+    # The arrays live in DATA_DIR/<scan>/<stage>.h5 (``shared.state.results``); Redis holds each result's
     # info (a few hundred bytes) and a cache of recent arrays bounded by RESULT_CACHE_MB (oldest read
     # evicted first).
     def put_result(self, scan: str, stage: str, amplitude: np.ndarray, phase: np.ndarray, info: dict,
@@ -337,7 +337,7 @@ class Store:
     # Redis emptied --------------------------------------------------------
     def restore_from_disk(self) -> dict:
         """Every scan in DATA_DIR that Redis does not know gets its record and result infos back from its
-        files (``shared.results``); nothing is recomputed: a complete scan with an NN result but no refined
+        files (``shared.state.results``); nothing is recomputed: a complete scan with an NN result but no refined
         one is queued for refinement, as it was; a binned refined one with no full-grid result is queued
         for its full-grid stage. Returns counts."""
         restored = queued = 0
@@ -354,7 +354,7 @@ class Store:
             for stage, info in infos.items():
                 pipe.hset(self.keys.result(scan, stage), mapping={"info": json.dumps(info)})
             if record["state"] == "complete" and "result_nn" in record and "result_refined" not in record:
-                # queued as of its end: behind every scan newer than it (shared.scheduling)
+                # queued as of its end: behind every scan newer than it (shared.state.scheduling)
                 self.queue_refinement(scan, record, pipe=pipe, queued=record.get("ended") or record["started"])
                 queued += 1
             elif (refined := infos.get("refined", {})).get("downsampled") and "region" in refined \

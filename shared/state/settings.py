@@ -37,7 +37,7 @@ class Settings(BaseSettings):
                                    "the network and refinement to frames of its shape")
     convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
                                            "this fraction of its rocking curve's intensity is estimated to be still to "
-                                           "come (shared.convergence; 0.001: no false stop measured, fewer frames saved)")
+                                           "come (shared.solver.convergence; 0.001: no false stop measured, fewer frames saved)")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
                                                   "are skipped; final jobs are never dropped")
@@ -59,11 +59,11 @@ class Settings(BaseSettings):
                                    "DATA_DIR are the results; the oldest read are evicted first)")
     refine_fresh_s: float = Field(120.0, gt=0, description="a finished scan's refinement counts as live work (newest "
                                   "first, ahead of the backlog, preempting it) this long after it was queued "
-                                  "(shared.scheduling)")
+                                  "(shared.state.scheduling)")
     refine_size: int = Field(128, description="largest refinement grid per axis (longer axes of the signal's region "
                              "are DCT-downsampled for the refined stage)")
     full_grid: bool = Field(True, description="after a binned refined stage, fit every measured voxel at the "
-                            "detector's resolution (shared.fullgrid): the lowest-priority refinement work")
+                            "detector's resolution (shared.solver.fullgrid): the lowest-priority refinement work")
     max_deliveries: int = Field(3, description="a job delivered this often without success goes to the dead-letter stream")
     api_keys: str = Field("", description="comma-separated keys accepted as 'Authorization: Bearer <key>': staff "
                                           "keys (read every proposal, write; none set: writes answer 401)")

@@ -50,7 +50,7 @@ class Geometry(BaseModel):
 
     @model_validator(mode="after")
     def _circles(self):
-        from shared.errors import InputError
+        from shared.physics.errors import InputError
         from shared.physics.geometry import check_circles
 
         try:
@@ -100,7 +100,7 @@ class Start(_Message):
 
     def mask_array(self, payload: bytes):
         """The pixel mask part as an (H, W) array; ValueError if it does not decode."""
-        from shared import codecs
+        from shared.wire import codecs
 
         try:
             return codecs.decode(payload, self.pixel_mask.encoding, self.shape, self.pixel_mask.dtype)

@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 filters for reading c
 import numpy as np
 import tifffile
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 
 READABLE = (".npy", ".npz", ".h5", ".hdf5", ".cxi", ".tif", ".tiff")
 
@@ -100,9 +100,9 @@ def read_array(path: str | Path, dataset: str | None = None) -> np.ndarray:
 def read_measurement(path: str | Path, dataset: str | None = None, min_size: int = 1,
                      saturation: float | None = None):
     """Read detector data; returns (float32 batch, was_batch, invalid): ``invalid`` marks pixels that are
-    not counts (the integer dtype's maximum, at or above ``saturation``: ``shared.detector``), which are
+    not counts (the integer dtype's maximum, at or above ``saturation``: ``shared.wire.detector``), which are
     zero in the batch."""
-    from shared import detector
+    from shared.wire import detector
 
     path = Path(path)
     raw = np.asarray(_read_raw(path, dataset))

@@ -3,12 +3,12 @@
 The refined stages use all the measured data the user gave, where its signal is:
 
 1. the Bragg peak (centre of mass, whole voxels) and the region around it that holds the signal, at
-   the detector's resolution (``shared.fullgrid.signal_region``: never the whole detector binned);
+   the detector's resolution (``shared.solver.fullgrid.signal_region``: never the whole detector binned);
 2. refined stage: only a region axis longer than ``refine_size`` is DCT-downsampled (same q-range,
    same real-space voxel, smaller field of view), and the file says so; the network's prediction, put
-   on that grid, seeds ``shared.pipeline.converge`` (seconds);
+   on that grid, seeds ``shared.solver.plans.converge`` (seconds);
 3. full-grid stage, when the region was downsampled: the refined finalists, zero-padded to the
-   region's field of view, fitted to every measured voxel of the region (``shared.fullgrid``);
+   region's field of view, fitted to every measured voxel of the region (``shared.solver.fullgrid``);
 4. each answer's far field is placed back at the region's voxels of the input's grid (zero elsewhere),
    so |fftshift(fftn(ρe^{iφ}))|² is the model of the input exactly as given, the peak's offset a
    phase ramp (``phase_ramp`` = "kept").
@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared import detector, effort, fullgrid, trust
+from shared.wire import detector
+from shared.solver import effort, fullgrid, trust
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
-from shared.pipeline import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
+from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
 
 
 @dataclass
@@ -78,7 +79,7 @@ def phase_ramp(shape, offset) -> np.ndarray:
 
 
 def fill_unmeasured(intensity: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """A batch with its unmeasured voxels inpainted from measured neighbours (``shared.detector``)."""
+    """A batch with its unmeasured voxels inpainted from measured neighbours (``shared.wire.detector``)."""
     return np.stack([detector.inpaint(v, ~m) if not m.all() else v for v, m in zip(intensity, measured)])
 
 
@@ -105,12 +106,12 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                   yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
-    It works on the signal's region (``shared.fullgrid.signal_region``: the Bragg peak's neighbourhood at
+    It works on the signal's region (``shared.solver.fullgrid.signal_region``: the Bragg peak's neighbourhood at
     the detector's resolution, one box shape for the batch), DCT-downsampled to at most ``refine_size``
     per axis. ``chi`` is always against the frames as given (the answer placed back on the input's grid);
     ``info["chi_refinement_grid"]`` is the χ on the refinement grid, labelled with it.
 
-    ``yield_now`` and ``resume``: preemption between schedule steps (``shared.pipeline.converge``).
+    ``yield_now`` and ``resume``: preemption between schedule steps (``shared.solver.plans.converge``).
     ``counts``: the frames as measured, for the noise floor, when ``intensity`` was corrected (dark, flat).
 
     ``on_input_grid`` False returns the arrays on the refinement grid, peak centred (``phase_ramp``
@@ -199,7 +200,7 @@ def free_floor_of(counts: np.ndarray, inside: np.ndarray, grid, free: np.ndarray
 
 
 def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support) -> dict:
-    """One answer's trust, as the file, the API and the page show it (``shared.trust``)."""
+    """One answer's trust, as the file, the API and the page show it (``shared.solver.trust``)."""
     verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support)
     return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free,
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
@@ -207,7 +208,7 @@ def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, 
 
 
 def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
-    """Each scan's signal region (``shared.fullgrid``), all of one shape (the largest per axis): a batch is
+    """Each scan's signal region (``shared.solver.fullgrid``), all of one shape (the largest per axis): a batch is
     refined on one grid."""
     regions = [fullgrid.signal_region(v, downsample.bragg_peak(v), None if measured is None else m)
                for v, m in zip(intensity, measured if measured is not None else [None] * len(intensity))]
@@ -218,7 +219,7 @@ def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
 def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray, measured: np.ndarray | None = None,
                plan: fullgrid.FullPlan = fullgrid.FULL_PLAN, yield_now=None, resume: Checkpoint | None = None,
                progress=None, keep_ramp: bool = True) -> Stage:
-    """The full-grid stage (``shared.fullgrid``) of each scan, seeded by the refined stage's ``finalists``
+    """The full-grid stage (``shared.solver.fullgrid``) of each scan, seeded by the refined stage's ``finalists``
     (B, F, …) on its grid, in the regions and with the floors of its ``refined_info``; on the input's grid,
     χ against the frames. ``resume``: one scan's checkpoint (the service's). ``keep_ramp`` False: the
     arrays are free of the Bragg peak's phase ramp (as the service keeps them; χ is taken with it)."""
@@ -273,7 +274,7 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
 
     ``measured`` False marks voxels that hold no count (detector gaps, flagged, saturated or masked
     pixels, frames not taken): they are inpainted for every step before the refinement (peak search,
-    crop, DCT, network input) and left free in it (``shared.detector``)."""
+    crop, DCT, network input) and left free in it (``shared.wire.detector``)."""
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
         intensity = fill_unmeasured(intensity, measured)

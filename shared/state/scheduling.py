@@ -3,7 +3,7 @@
     live      a scan's refinement queued less than FRESH_S ago: newest first
               (the scan being taken now is the one an operator is watching)
     backlog   every older refinement: oldest first, whenever no live job waits
-    full grid a scan's full-grid stage (``shared.fullgrid``), the lowest priority:
+    full grid a scan's full-grid stage (``shared.solver.fullgrid``), the lowest priority:
               oldest first, only when no refinement waits
     preempt   a running refinement yields, between schedule steps, to a waiting
               live one queued after it; a running full-grid fit yields to any

@@ -18,7 +18,7 @@ binned answer all ended at or above plain ER's χ (0.155–0.18 against 0.152 af
 binned answer already sits in the right basin and only the support's rim was too tight (0.181 with the
 binned support, 0.165, 0.157, 0.152 with 2, 5, 8 voxels of dilation). A textbook ER/HIO from a random
 start on the same grid ends at 0.151 (620 iterations): its shrink-wrapped support is as wide. The data's
-own floor there is 0.142 (``shared.trust``). On simulated crystals with their truth (seed 9900), 8 voxels
+own floor there is 0.142 (``shared.solver.trust``). On simulated crystals with their truth (seed 9900), 8 voxels
 of dilation cost ≤ 0.015 rad of phase error against 4 on four of six: a little noise is fitted.
 
 Arrays live on the first backend that works: CuPy on a GPU when it is installed and sees one, else NumPy
@@ -36,7 +36,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from shared import trust
+from shared.solver import trust
 from shared.physics import metrics
 
 SIGNAL_COUNTS = 1.0  # photons per voxel (smoothed): where counting data hold signal

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import InputError
-from shared.files import DETECTOR_PIXEL_M, geometry_from_spec
+from shared.physics.errors import InputError
+from shared.wire.files import DETECTOR_PIXEL_M, geometry_from_spec
 from shared.physics.geometry import DIFFRACTOMETERS, HC_KEV_NM
 
 ROCKING_COMMANDS = ("ascan", "dscan", "a2scan", "d2scan", "lup", "fscan")

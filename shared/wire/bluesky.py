@@ -2,7 +2,7 @@
 adaptive rocking scan that stops when the service says more frames would not change the answer.
 
     from bluesky import RunEngine
-    from shared.bluesky import CdiLiveCallback, adaptive_rocking_scan
+    from shared.wire.bluesky import CdiLiveCallback, adaptive_rocking_scan
 
     RE = RunEngine({})
     RE.subscribe(CdiLiveCallback("tcp://127.0.0.1:5555", "image", geometry={...}))

@@ -51,7 +51,7 @@ def invalid(frames: np.ndarray, dtype=None, saturation: float | None = None,
 def corrected(frames: np.ndarray, dark: np.ndarray | None = None, flat: np.ndarray | None = None) -> np.ndarray:
     """Frames after the detector's dark subtraction and flat-field gain, as APS 34-ID-C preprocessing applies
     them: (N − dark)·flat, negatives clipped to 0 (float32). The result is no longer counts: the noise floor
-    (``shared.trust``) is computed from the frames as measured."""
+    (``shared.solver.trust``) is computed from the frames as measured."""
     out = np.asarray(frames, np.float32)
     if dark is None and flat is None:
         return out

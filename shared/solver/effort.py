@@ -1,6 +1,6 @@
 """Adaptive effort: more work for a scan whose answer is not trusted yet, none for one that is.
 
-    judge     after a run of the refined stage each scan gets its verdict (``shared.trust``): χ_free against
+    judge     after a run of the refined stage each scan gets its verdict (``shared.solver.trust``): χ_free against
               its withheld voxels' noise floor, and whether its independent solutions agree
     again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
               random phases, a new seed), up to MAX_RUNS runs in all, when its data could allow a verdict
@@ -11,9 +11,9 @@
               run (independent searches: where they disagree is the phase uncertainty)
     where     on refinement grids of at most SMALL_GRID voxels (a run ≲ 1 s on 2 cores, so a run that
               cannot yield keeps live work waiting no longer than that); a larger, binned scan gets its
-              further work from the full-grid stage (``shared.fullgrid``)
+              further work from the full-grid stage (``shared.solver.fullgrid``)
 
-Pure functions on arrays, around ``shared.pipeline.converge``.
+Pure functions on arrays, around ``shared.solver.plans.converge``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import dataclasses
 
 import numpy as np
 
-from shared import trust
-from shared.pipeline import Converged, Plan, converge
+from shared.solver import trust
+from shared.solver.plans import Converged, Plan, converge
 
 MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor

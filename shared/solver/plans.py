@@ -12,7 +12,7 @@
               gains < 0.1 % over 10 steps
     answer    the finalist with the lowest χ_free before the polish, polished; the other finalist is an
               independent solution, and where the two disagree is the answer's phase uncertainty
-              (``shared.trust``)
+              (``shared.solver.trust``)
 
 The polish minimises the Gaussian (amplitude) misfit by default: at this step
 budget it beat the Poisson likelihood on the tuning set (18 against 16 of 24
@@ -37,7 +37,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from shared.physics import phasing
-from shared.physics.starts import candidate_starts
+from shared.solver.starts import candidate_starts
 
 AXES = (1, 2, 3)
 REFINE_SIZE = 128  # largest refinement grid per axis; a longer axis is DCT-downsampled
@@ -147,7 +147,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
     its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
-    from shared.refinement import refine, scale_to_data  # Keras loads only when the stage runs
+    from shared.solver.refinement import refine, scale_to_data  # Keras loads only when the stage runs
 
     intensity = np.asarray(intensity, np.float32)
     batch, count = len(intensity), len(plan.starts)

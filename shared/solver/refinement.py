@@ -23,7 +23,7 @@ import numpy as np
 import scipy.fft as sfft
 from keras import ops
 
-from shared.errors import InputError
+from shared.physics.errors import InputError
 from shared.nn.autodiff import descent_step
 from shared.nn.fft import fft3
 from shared.physics import phasing
