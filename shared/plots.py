@@ -47,11 +47,7 @@ def distributions(values: dict[str, dict[str, list[float]]], path, title: str = 
         ax.set_xticks(range(1, len(methods) + 1), methods, fontsize=8, rotation=15)
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, title)
 
 
 def curve(x, series: dict[str, list[float]], path, xlabel: str, ylabel: str, title: str = "", logx=False, logy=False):
@@ -67,8 +63,14 @@ def curve(x, series: dict[str, list[float]], path, xlabel: str, ylabel: str, tit
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def save(fig, path, title: str = "") -> None:
+    """Title, tight layout, PNG at 90 dpi, and the figure closed (a long run makes hundreds)."""
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.state.results import STAGES
 
@@ -12,63 +12,100 @@ State = Literal["acquiring", "complete", "failed"]
 Stage = Literal["nn", "refined", "full"]  # shared.state.results.STAGES, spelled out for the OpenAPI schema
 
 
-class StageSummary(BaseModel):
+# What each field means, once for every model below (the OpenAPI schema at /docs shows it); "Model.field"
+# where a name means something else in another model.
+DESCRIPTIONS = {
+    "chi": "Fourier-magnitude misfit; against the measured frames unless chi_on says otherwise (the preview's: on "
+           "the 32³ network grid)",
+    "chi_on": "what chi is measured against: 'measured frames' or a grid",
+    "verdict": "the refined and full-grid stages': whether the answer can be trusted (shared.solver.trust)",
+    "chi_floor": "the χ the data's own counting noise allows (refined, full)",
+    "verdict_reason": "why an answer is uncertain: search (above the floor, more work may help), model (the floor is "
+                      "not reachable with this forward model), photons (the floor is too high to promise 0.1 rad), "
+                      "disagreement (independent solutions differ); null when converged",
+    "chi_free": "χ on 5 % of the measured voxels withheld from the fit (cross-validation, as crystallography's "
+                "R-free): fitting noise gets no credit there",
+    "chi_free_floor": "the chi_free a right answer reaches: the withheld voxels' Poisson floor·√(1 + 2·support/voxels); "
+                      "the verdict compares chi_free with it",
+    "chi_floor_fitted": "the χ a right answer reaches once its support's voxels have fitted part of that noise: "
+                        "chi_floor·√(1 − 2·support/voxels) (informative; the verdict reads chi_free)",
+    "grid": "the grid of the stage's arrays (full: the input's)",
+    "chi_refinement_grid": "the refined stage's χ on its own (binned) grid, `grid`; not against the measured frames",
+    "partial": "the preview's: true while it rests on part of the frames (frames_used of frames_expected): not yet "
+               "the final answer's quality",
+    "StageSummary.frames_expected": "the scan's frames, beside frames_used (the preview's)",
+    "position": "jobs ahead of this one (running ones included)",
+    "eta_s": "estimated seconds until it starts",
+    "proposal": "the experiment's proposal: who may read this scan",
+    "started": "Unix time of the start message",
+    "ended": "Unix time of the end message",
+    "geometry": "the start message's geometry, if it had one",
+    "roi": "the detector region the ingest kept around the Bragg peak (corner: first row and column; shape): "
+           "refinement reads the detector around it",
+    "converged_at_frames": "frames in when more would not change the reconstruction materially "
+                           "(shared.solver.convergence); null until then",
+    "convergence": "the latest preview's verdict: frames, signal_left, phase_change, amplitude_change, converged",
+    "queue": "while the scan waits for a stage: its place in the queue (shared.state.scheduling); null once the "
+             "stage is running or done",
+    "refining": "while the refined or full-grid stage runs: since (Unix time), worker, resumed (it had yielded to a "
+                "fresher scan before), stage",
+    "total": "scans matching the filter",
+}
+
+
+def describe(schema: dict, model: type) -> None:
+    """Each property's description from DESCRIPTIONS (pydantic's json_schema_extra hook)."""
+    for name, prop in schema.get("properties", {}).items():
+        text = DESCRIPTIONS.get(f"{model.__name__}.{name}", DESCRIPTIONS.get(name))
+        if text and "description" not in prop:
+            prop["description"] = text
+
+
+class Described(BaseModel):
+    model_config = ConfigDict(json_schema_extra=describe)
+
+
+class StageSummary(Described):
     frames_used: int
-    chi: float = Field(description="Fourier-magnitude misfit; against the measured frames unless chi_on says "
-                                   "otherwise (the preview's: on the 32³ network grid)")
-    chi_on: str | None = Field(None, description="what chi is measured against: 'measured frames' or a grid")
+    chi: float
+    chi_on: str | None = None
     seconds: float
-    verdict: Literal["converged", "uncertain"] | None = Field(None, description="the refined and full-grid stages': "
-                                                                 "whether the answer can be trusted (shared.solver.trust)")
-    chi_floor: float | None = Field(None, description="the χ the data's own counting noise allows (refined, full)")
-    verdict_reason: Literal["search", "model", "photons", "disagreement"] | None = Field(
-        None, description="why an answer is uncertain: search (above the floor, more work may help), model (the "
-                          "floor is not reachable with this forward model), photons (the floor is too high to promise "
-                          "0.1 rad), disagreement (independent solutions differ); null when converged")
-    chi_free: float | None = Field(None, description="χ on 5 % of the measured voxels withheld from the fit "
-                                   "(cross-validation, as crystallography's R-free): fitting noise gets no credit there")
-    chi_free_floor: float | None = Field(None, description="the chi_free a right answer reaches: the withheld voxels' "
-                                         "Poisson floor·√(1 + 2·support/voxels); the verdict compares chi_free with it")
-    chi_floor_fitted: float | None = Field(None, description="the χ a right answer reaches once its support's voxels "
-                                           "have fitted part of that noise: chi_floor·√(1 − 2·support/voxels) "
-                                           "(informative; the verdict reads chi_free)")
-    grid: list[int] | None = Field(None, description="the grid of the stage's arrays (full: the input's)")
-    chi_refinement_grid: float | None = Field(None, description="the refined stage's χ on its own (binned) grid, "
-                                              "`grid`; not against the measured frames")
-    partial: bool | None = Field(None, description="the preview's: true while it rests on part of the frames "
-                                 "(frames_used of frames_expected): not yet the final answer's quality")
-    frames_expected: int | None = Field(None, description="the scan's frames, beside frames_used (the preview's)")
+    verdict: Literal["converged", "uncertain"] | None = None
+    chi_floor: float | None = None
+    verdict_reason: Literal["search", "model", "photons", "disagreement"] | None = None
+    chi_free: float | None = None
+    chi_free_floor: float | None = None
+    chi_floor_fitted: float | None = None
+    grid: list[int] | None = None
+    chi_refinement_grid: float | None = None
+    partial: bool | None = None
+    frames_expected: int | None = None
 
 
-class QueuePlace(BaseModel):
+class QueuePlace(Described):
     stage: Literal["refined", "full"]
-    position: int = Field(description="jobs ahead of this one (running ones included)")
-    eta_s: float = Field(description="estimated seconds until it starts")
+    position: int
+    eta_s: float
 
 
-class ScanView(BaseModel):
+class ScanView(Described):
     scan: str
     state: State
-    proposal: str | None = Field(None, description="the experiment's proposal: who may read this scan")
+    proposal: str | None = None
     frames_expected: int
     frames_received: int
     duplicates: int
     out_of_order: int = 0
     missing: int | None = None
     reason: str | None = None
-    started: float | None = Field(None, description="Unix time of the start message")
-    ended: float | None = Field(None, description="Unix time of the end message")
-    geometry: dict | None = Field(None, description="the start message's geometry, if it had one")
-    roi: dict | None = Field(None, description="the detector region the ingest kept around the Bragg peak "
-                             "(corner: first row and column; shape): refinement reads the detector around it")
-    converged_at_frames: int | None = Field(None, description="frames in when more would not change the "
-                                            "reconstruction materially (shared.solver.convergence); null until then")
-    convergence: dict | None = Field(None, description="the latest preview's verdict: frames, signal_left, "
-                                     "phase_change, amplitude_change, converged")
-    queue: QueuePlace | None = Field(None, description="while the scan waits for a stage: its place in the "
-                                     "queue (shared.state.scheduling); null once the stage is running or done")
-    refining: dict | None = Field(None, description="while the refined or full-grid stage runs: since (Unix "
-                                  "time), worker, resumed (it had yielded to a fresher scan before), stage")
+    started: float | None = None
+    ended: float | None = None
+    geometry: dict | None = None
+    roi: dict | None = None
+    converged_at_frames: int | None = None
+    convergence: dict | None = None
+    queue: QueuePlace | None = None
+    refining: dict | None = None
     results: dict[str, StageSummary]
 
     @classmethod
@@ -77,9 +114,9 @@ class ScanView(BaseModel):
         return cls(**{k: record[k] for k in cls.model_fields if k in record and k != "results"}, results=results)
 
 
-class ScanPage(BaseModel):
+class ScanPage(Described):
     scans: list[ScanView]
-    total: int = Field(description="scans matching the filter")
+    total: int
     limit: int
     offset: int
 
