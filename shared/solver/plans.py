@@ -7,7 +7,7 @@
     converge  HIO**80 * ER**20
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
               kept per scan only where χ_free rises by less than 10 % (a real crystal's faint rim is not noise)
-    final     ER**20 on every measured voxel, the withheld ones too, on the support chosen (no shrink-wrap)
+    final     ER**20 on every measured voxel, the withheld ones too
     polish    the best finalist: ≤ 50 Adam steps by AD through the forward model, unmeasured voxels free, until χ
               gains < 0.1 % over 10 steps
     answer    the finalist with the lowest χ_free before the polish, polished; the other finalist is an
