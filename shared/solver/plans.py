@@ -233,11 +233,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             state = phasing.select(state, rows[:, 0])
         if phase == "polish" and "chi_free" not in arrays:
             arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
-            if plan.final:  # every measured voxel again, the withheld ones too (cannot yield: ≤ 20 iterations),
-                # on the support the plan chose: no shrink-wrap (at the tight threshold it cut the faint rim where
-                # ``tighten`` had kept the loose support: scan 54's χ on its grid 0.148 against 0.105)
+            if plan.final:  # every measured voxel again, the withheld ones too (cannot yield: ≤ 20 iterations)
                 state.obj, state.measured = obj, np.broadcast_to(True if mask is None else mask, state.magnitude.shape)
-                state.shrink_every = 0
                 obj = phasing.ScheduleRun(plan.final, 1).advance(state) or state.obj * state.support
         if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
