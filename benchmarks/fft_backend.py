@@ -50,7 +50,7 @@ def transforms() -> list[dict]:
 
 
 def _backend(name: str):
-    """scipy's own FFT alone, or the project's rule (the global backend ``shared.physics`` installed)."""
+    """scipy's own FFT alone, or the project's rule (the global backend ``fftw.install()`` set)."""
     import contextlib
 
     import scipy.fft as sfft
@@ -63,8 +63,9 @@ def solver_case(case: str, count: int) -> dict:
     import numpy as np
     import scipy.fft as sfft
 
-    import shared.physics  # noqa: F401  (installs the backend)
+    from shared.physics import fftw
 
+    fftw.install()
     what, backend = case.split(":")
     if backend == "scipy":
         sfft.set_global_backend("scipy")
@@ -109,9 +110,9 @@ def main() -> None:
     if args.case:
         print(json.dumps(solver_case(args.case, args.count)))
         return
-    import shared.physics  # noqa: F401
     from shared.physics import fftw
 
+    fftw.install()
     print(f"pyFFTW installed: {fftw.pyfftw is not None}")
     report = {"transforms": transforms()}
     for row in report["transforms"]:

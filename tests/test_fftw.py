@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-import shared.physics  # noqa: F401  (installs the backend)
 from shared.physics import fftw
+
+fftw.install()
 
 AXES = (1, 2, 3)
 

@@ -5,8 +5,9 @@ complex64 transforms of 32³ 3.1× faster, 64³ 1.9×, 128³ 1.6×; but 201×256
 region, not a power of two) 0.47× at FFTW's default planning. So the rule: single precision, every
 transformed axis a power of two of at most ``LARGEST``; everything else stays with scipy.
 
-``install()`` makes this scipy.fft's global backend, once per process, so every ``scipy.fft`` call in
-the project takes the rule without changing its code; scipy's own backend answers what the rule
+``install()`` makes this scipy.fft's global backend, once per process (``phasing`` calls it when it is
+imported, so a process that phases, and only one, pays pyFFTW's import), and every ``scipy.fft`` call
+in it takes the rule without changing its code; scipy's own backend answers what the rule
 declines. Without pyFFTW installed nothing changes. FFTW's plans are cached per thread (pyFFTW's
 interface cache: without it, planning each call made FFTW slower than scipy).
 """
