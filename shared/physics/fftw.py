@@ -22,6 +22,7 @@ import scipy.fft as sfft
 LARGEST = 128  # longest axis measured faster
 KEEPALIVE_S = 1.0  # a cached plan (and its arrays) unused this long is freed: a refinement iteration is ≤ 0.3 s
 SINGLE = (np.dtype(np.complex64), np.dtype(np.float32))
+TAKEN = frozenset({"fftn", "ifftn", "rfftn", "irfftn"})  # the n-dimensional transforms phasing calls
 
 try:
     import pyfftw
@@ -60,7 +61,7 @@ class Backend:
     def __ua_function__(method, args, kwargs):
         global _cache_pid
         name = method.__name__
-        if not name.startswith(("fftn", "ifftn", "rfftn", "irfftn")) or not args:
+        if name not in TAKEN or not args:
             return NotImplemented
         s = kwargs.get("s", args[1] if len(args) > 1 else None)
         axes = kwargs.get("axes", args[2] if len(args) > 2 else None)
