@@ -122,11 +122,37 @@ def test_two_consumers_share_a_stream_once_each():
         client.xadd(stream, {"n": "orphan"})
         orphan = a.take(1, block_ms=50)
         assert orphan
+        a.stop()  # what its death does to its keep-alive
         time.sleep(0.3)
         claimed = b.take(1, block_ms=50)
         assert [j for j, _ in claimed] == [j for j, _ in orphan]
         b.done(*[j for j, _ in claimed])
         assert client.xpending(stream, "g")["pending"] == 0
+    finally:
+        client.delete(stream)
+
+
+def test_a_live_worker_keeps_a_long_job_and_gives_up_a_failed_one():
+    """A job that runs past the claim time is not taken by another worker while its worker lives (it would be
+    done twice); one whose step failed (the worker took again without marking it done) is retried elsewhere."""
+    client = redis.Redis.from_url(REDIS_URL)
+    stream = f"test:{uuid.uuid4().hex}:jobs"
+    try:
+        a = JobQueue(client, stream, "g", claim_idle_ms=200, consumer="a")
+        b = JobQueue(client, stream, "g", claim_idle_ms=200, consumer="b")
+        job = client.xadd(stream, {"n": "long"})
+        assert [j for j, _ in a.take(1, block_ms=50)] == [job]
+        deadline = time.monotonic() + 1.0  # five claim times
+        while time.monotonic() < deadline:
+            assert b.take(1, block_ms=50) == []
+        assert a.deliveries(job) == 1  # kept alive without counting deliveries
+        assert a.take(1, block_ms=50) == []  # a's step failed: it takes again, the job is no longer in hand
+        time.sleep(0.3)
+        assert [j for j, _ in b.take(1, block_ms=50)] == [job]
+        assert b.deliveries(job) == 2
+        b.done(job)
+        a.stop()
+        b.stop()
     finally:
         client.delete(stream)
 

@@ -1,7 +1,9 @@
 """A Redis Streams consumer-group queue: several workers share one stream, each job is done once.
 
 New jobs come with XREADGROUP; jobs left pending by a dead worker for longer
-than ``claim_idle_ms`` are taken over with XAUTOCLAIM; a job is XACKed only
+than ``claim_idle_ms`` are taken over with XAUTOCLAIM. A live worker keeps its
+own pending jobs fresh (XCLAIM to itself, JUSTID, every third of that time), so
+a job that runs longer than ``claim_idle_ms`` is not done twice. A job is XACKed only
 after its result is stored, so a crash mid-job loses nothing. A job claimed
 more than ``max_deliveries`` times (it keeps killing workers) is moved to the
 dead-letter stream and handed to ``on_dead`` instead of being run again.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
 import redis
@@ -32,6 +35,43 @@ class JobQueue:
         self.stall_s = float(os.environ.get("CDI_LIVE_TEST_STALL_S", "0"))
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ensure_group()
+        self.in_hand: set[bytes] = set()  # the jobs of the last take() not yet done; replaced by the next take()
+        self.keeping = threading.Event()  # set while jobs are in hand
+        self.stopped = threading.Event()
+        threading.Thread(target=self._keep_alive, name=f"keep-alive {stream}", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop keeping jobs alive: what is in hand is claimable by others after ``claim_idle_ms``."""
+        self.stopped.set()
+        self.keeping.set()  # wake the thread so it sees the stop
+
+    def _keep_alive(self) -> None:
+        """While jobs are in hand, reset their idle time before another worker may claim them as abandoned.
+
+        It is a thread of the worker's process: a worker that dies stops it, and its jobs go to others as before.
+        A job whose step failed is no longer in hand once the worker takes again, so it is retried (and, failing
+        again, dead-lettered) as before."""
+        while not self.stopped.is_set():
+            self.keeping.wait()
+            if self.stopped.wait(self.claim_idle_ms / 3000):
+                return
+            try:
+                self.refresh()
+            except redis.RedisError as exc:  # Redis away: the worker's own loop waits it out
+                log.debug("keep-alive of %s: %s", self.stream, exc)
+
+    def refresh(self) -> int:
+        """XCLAIM the jobs in hand, still pending on this consumer, to itself (JUSTID: delivery counts unchanged);
+        returns how many."""
+        hand = set(self.in_hand)
+        held = self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=1000,
+                                         consumername=self.consumer) if hand else []
+        ids = [entry["message_id"] for entry in held if entry["message_id"] in hand]
+        if ids:
+            self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+        else:
+            self.keeping.clear()
+        return len(ids)
 
     def ensure_group(self) -> None:
         join_group(self.redis, self.stream, self.group)
@@ -78,6 +118,9 @@ class JobQueue:
                                           block=None if jobs else block_ms)
             for _, entries in fresh or []:
                 jobs += [(job_id, fields) for job_id, fields in entries]
+        self.in_hand = {job_id for job_id, _ in jobs}
+        if jobs:
+            self.keeping.set()
         if jobs and self.stall_s:
             time.sleep(self.stall_s)
         return jobs
@@ -96,6 +139,7 @@ class JobQueue:
         self.done(job_id)
 
     def done(self, *job_ids: bytes) -> None:
+        self.in_hand.difference_update(job_ids)
         if job_ids:
             self.redis.xack(self.stream, self.group, *job_ids)
 
