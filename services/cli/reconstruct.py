@@ -111,8 +111,9 @@ def run(args):
                      "phase_ramp": info["phase_ramp"], "plan": info["plan"],
                      "bragg_peak_offset": np.array(info["bragg_peak_offset"][0] if not was_batch
                                                    else info["bragg_peak_offset"]),
-                     "chi_definition": "||s·|fftshift(fftn(amplitude·exp(i·phase)))| − sqrt(input)|| / ||sqrt(input)||, "
-                                       "best scale s, over measured voxels",
+                     "chi_definition": "||s·M − sqrt(input)|| / ||sqrt(input)||, best scale s, over measured voxels, "
+                                       "M = |fftshift(fftn(amplitude·exp(i·phase)))|, or where coherence_blur is "
+                                       "not zero sqrt(M² convolved with a Gaussian of those σ)",
                      "start_kept": info["start"] if was_batch else info["start"][0],
                      # trust (shared.solver.trust): one verdict and one noise floor per scan, of the final stage
                      "verdict": np.array(trusted.info["verdict"], dtype=h5py.string_dtype()) if was_batch
@@ -130,7 +131,10 @@ def run(args):
                      else trusted.info["verdict_reason"][0] or "",
                      "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
                      "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
-                     "verdict_rule": trust.RULE}
+                     "verdict_rule": trust.RULE,
+                     # the partial-coherence blur the χ's model was fitted with (σ, voxels; zeros: coherent)
+                     "coherence_blur": np.array(trusted.info["coherence_blur"] if was_batch
+                                                else trusted.info["coherence_blur"][0])}
         extra["/phase_uncertainty"] = trusted.uncertainty[pick]
         region = tuple(info["region"][0]["shape"])
         if "full" in stages:

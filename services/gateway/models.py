@@ -29,6 +29,9 @@ DESCRIPTIONS = {
                       "the verdict compares chi_free with it",
     "chi_floor_fitted": "the χ a right answer reaches once its support's voxels have fitted part of that noise: "
                         "chi_floor·√(1 − 2·support/voxels) (informative; the verdict reads chi_free)",
+    "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
+                      "the computed intensity the answer was fitted with (partial coherence, detector spread; "
+                      "chosen where it lowers chi_free); chi and chi_free are of that blurred model; zeros: coherent",
     "grid": "the grid of the stage's arrays (full: the input's)",
     "chi_refinement_grid": "the refined stage's χ on its own (binned) grid, `grid`; not against the measured frames",
     "partial": "the preview's: true while it rests on part of the frames (frames_used of frames_expected): not yet "
@@ -76,6 +79,7 @@ class StageSummary(Described):
     chi_free: float | None = None
     chi_free_floor: float | None = None
     chi_floor_fitted: float | None = None
+    coherence_blur: list[float] | None = None
     grid: list[int] | None = None
     chi_refinement_grid: float | None = None
     partial: bool | None = None

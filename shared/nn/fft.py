@@ -17,6 +17,22 @@ def fft3(real, imag):
     return ops.transpose(real, (0, 3, 1, 2)), ops.transpose(imag, (0, 3, 1, 2))
 
 
+def ifft3(real, imag):
+    """Inverse 3D FFT over axes 1–3 (keras.ops has no 1D inverse): conj(FFT(conj(x))) / N."""
+    real, imag = fft3(real, -imag)
+    count = real.shape[1] * real.shape[2] * real.shape[3]
+    return real / count, -imag / count
+
+
+def blurred_power(real, imag, kernel, centre):
+    """|F|² convolved with a blur given by its Fourier multiplier ``kernel`` (full layout) on the periodic grid,
+    held to at least ``centre`` (the blur's central weight) times |F|² as ``shared.physics.phasing`` does."""
+    power = real * real + imag * imag
+    spectrum_r, spectrum_i = fft3(power, ops.zeros_like(power))
+    blurred, _ = ifft3(spectrum_r * kernel, spectrum_i * kernel)
+    return ops.maximum(blurred, centre * power)
+
+
 def fftshift3(x):
     """fftshift over axes 1–3 (q = 0 to index n//2, matching measured data)."""
     for axis in (1, 2, 3):

@@ -15,13 +15,18 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.ndimage as ndi
 
+from shared.physics import coherence
+
 AXES3 = (0, 1, 2)
 
 
-def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarray | None = None) -> float:
+def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarray | None = None,
+        blur=None) -> float:
     """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor, with
-    |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None)."""
-    model = np.abs(sfft.fftshift(sfft.fftn(estimate, workers=-1)))
+    |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None). ``blur``: σ per axis (voxels) of
+    the partial-coherence blur the answer was fitted with; the model is then √(|F|² ⊛ G_σ)."""
+    multiplier = coherence.kernel(estimate.shape, [blur]) if blur is not None and np.any(blur) else None
+    model = sfft.fftshift(coherence.modulus(sfft.fftn(estimate, workers=-1)[None], multiplier)[0])
     data = np.sqrt(np.clip(measured_intensity, 0, None))
     if measured is not None:
         model, data = model[measured], data[measured]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared.physics import fftw
+from shared.physics import coherence, fftw
 from shared.physics.errors import InputError
 
 fftw.install()  # FFTW for the transforms it was measured faster at (phasing's), scipy's FFT for the rest
@@ -43,15 +43,17 @@ class PhasingState:
     iteration: int = 0
     chi: np.ndarray | None = None
     blur_kernel: np.ndarray | None = field(default=None, repr=False)
+    coherence: np.ndarray | None = field(default=None, repr=False)  # per run: ``coherence.kernel``; None: coherent
 
 
 def project_magnitude(state: PhasingState) -> np.ndarray:
     """Fourier constraint: keep the phases of FFT(obj), impose the measured magnitude.
 
+    With partial coherence F is scaled by √(I/(|F|² ⊛ blur)), so that the blurred model, not |F|, meets the data.
     Returns the new real-space estimate (a fresh array) and updates χ.
     """
     field_ = sfft.fftn(state.obj, axes=AXES, workers=-1)
-    modulus = np.abs(field_)
+    modulus = coherence.modulus(field_, state.coherence)
     diff = modulus - state.magnitude
     if state.measured is not None:
         diff *= state.measured
@@ -264,9 +266,11 @@ def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts
     return result[pick], state.support[pick], final[pick]
 
 
-def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
-    """χ of objects against unshifted magnitudes: ‖|FFT ρ| − M‖ / ‖M‖ per scan, over measured voxels."""
-    diff = np.abs(sfft.fftn(obj, axes=AXES, workers=-1)) - magnitude_unshifted
+def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, measured: np.ndarray | None = None,
+                blur: np.ndarray | None = None) -> np.ndarray:
+    """χ of objects against unshifted magnitudes: ‖|FFT ρ| − M‖ / ‖M‖ per scan, over measured voxels (the model
+    blurred by ``blur``, a ``coherence.kernel``, where given)."""
+    diff = coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur) - magnitude_unshifted
     if measured is not None:
         diff = diff * measured
     return np.sqrt((diff**2).sum(AXES) / (magnitude_unshifted**2).sum(AXES))
@@ -282,11 +286,12 @@ def free_voxels(shape, fraction: float = FREE_FRACTION, seed: int = FREE_SEED) -
     return np.random.default_rng([seed, *shape]).random(shape) < fraction
 
 
-def masked_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def masked_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, mask: np.ndarray,
+               blur: np.ndarray | None = None) -> np.ndarray:
     """χ per scan over the ``mask`` voxels alone (unshifted frame), normalised by the data there:
     ‖(|FFT ρ| − M)·mask‖ / ‖M·mask‖."""
     mask = np.broadcast_to(mask, magnitude_unshifted.shape)
-    diff = (np.abs(sfft.fftn(obj, axes=AXES, workers=-1)) - magnitude_unshifted) * mask
+    diff = (coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur) - magnitude_unshifted) * mask
     return np.sqrt((diff**2).sum(AXES) / np.maximum(((magnitude_unshifted * mask) ** 2).sum(AXES), 1e-30))
 
 
@@ -295,4 +300,4 @@ def select(state: PhasingState, index: np.ndarray) -> PhasingState:
     pick = lambda a: None if a is None else a[index]  # noqa: E731
     return PhasingState(state.magnitude[index], state.obj[index], state.support[index], pick(state.measured),
                         state.beta, state.sigma, state.threshold, state.shrink_every, state.iteration,
-                        pick(state.chi), state.blur_kernel)
+                        pick(state.chi), state.blur_kernel, pick(state.coherence))

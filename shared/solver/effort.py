@@ -28,6 +28,7 @@ from shared.solver.plans import Converged, Plan, converge
 MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
 AGAIN_STARTS = ("random", "random", "flat", "twin")
+AGAIN_COHERENCE = (0.0, 0.5, 1.0)  # the run again also tries partial coherence: a model misfit is one reason to fail
 SMALL_GRID = 64**3
 
 
@@ -77,10 +78,10 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         return first, runs
     best = dataclasses.replace(first, obj=np.array(first.obj), support=np.array(first.support),
                                chi=np.array(first.chi), chi_free=np.array(first.chi_free), start=list(first.start),
-                               seconds=dict(first.seconds),
+                               seconds=dict(first.seconds), coherence=np.array(first.coherence),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
-    again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS)
+    again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS, coherence=AGAIN_COHERENCE)
     for attempt in range(1, MAX_RUNS):
         todo = needs_more(best, floors, free_floors, measured)
         if not todo:
@@ -92,7 +93,7 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
             answers[k].append(_answer(again, j, None if measured is None else measured[todo]))
             if again.chi_free[j] < best.chi_free[k]:  # the answer that predicts the withheld voxels best
                 best.obj[k], best.support[k], best.chi[k] = again.obj[j], again.support[j], again.chi[j]
-                best.chi_free[k] = again.chi_free[j]
+                best.chi_free[k], best.coherence[k] = again.chi_free[j], again.coherence[j]
                 best.start[k] = f"{again.start[j]} (run {attempt + 1})"
                 if best.alternatives is not None:
                     best.alternatives[k] = again.alternatives[j]

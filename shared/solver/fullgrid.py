@@ -37,7 +37,7 @@ import scipy.fft as sfft
 from scipy import ndimage
 
 from shared.solver import trust
-from shared.physics import metrics
+from shared.physics import coherence, metrics
 
 SIGNAL_COUNTS = 1.0  # photons per voxel (smoothed): where counting data hold signal
 FLOAT_SIGNAL = 1e-6  # of the maximum, for data that are not counts (noise-free: nearly all of it)
@@ -188,9 +188,10 @@ def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
 
 
 def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, plan: FullPlan = FULL_PLAN,
-        yield_now=None, resume: dict | None = None, progress=None) -> FullFit:
+        yield_now=None, resume: dict | None = None, progress=None, blur=None) -> FullFit:
     """ER with a fixed support (from the first seed) of every seed (F, …) against one centred region
-    intensity (…); the answer is ordered by χ, best first.
+    intensity (…); the answer is ordered by χ, best first. ``blur``: σ per axis (voxels) of the partial-coherence
+    blur the refined stage chose (``shared.physics.coherence``); None or zeros: coherent.
 
     ``yield_now()``, asked between iterations, stops the fit (``interrupted``): its ``checkpoint`` passed
     back as ``resume`` goes on, with the same result as one run."""
@@ -209,9 +210,14 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     weight = None if free is None else (~free).astype(xp.float32)
     workers = {} if xp is not np else {"workers": -1}
     axes, interrupted, times = (1, 2, 3), False, []
+    multiplier = None if blur is None or not np.any(blur) else xp.asarray(coherence.kernel(intensity.shape, [blur]))
+
+    def model(far):
+        return coherence.modulus(far, multiplier, xp, fft)
+
     while done < plan.iterations:
         far = fft.fftn(obj, axes=axes, **workers)
-        amplitude = xp.abs(far)
+        amplitude = model(far)
         history.append(float(_misfit(xp, amplitude[:1], magnitude, weight, norm)[0]))
         times.append(time.perf_counter() - started)
         projected = far * (magnitude / xp.maximum(amplitude, 1e-30))
@@ -236,7 +242,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
                  "seconds": np.float64(seconds)}
         return FullFit(host, support, np.array([history[-1]]), done, seconds, history, times, interrupted=True,
                        checkpoint=state)
-    chi = to_host(_misfit(xp, xp.abs(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
+    chi = to_host(_misfit(xp, model(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
     return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu")
 
@@ -244,13 +250,14 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
 POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself leaves the free set out)
 
 
-def polish(intensity: np.ndarray, measured: np.ndarray | None, fitted: FullFit, plan: FullPlan = FULL_PLAN) -> FullFit:
+def polish(intensity: np.ndarray, measured: np.ndarray | None, fitted: FullFit, plan: FullPlan = FULL_PLAN,
+           blur=None) -> FullFit:
     """``fitted``'s answers, a few ER iterations more on all the measured voxels (its support kept):
     the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too."""
     resume = {"support": fitted.support, "obj": fitted.obj, "done": np.int64(0), "history": np.asarray([]),
               "seconds": np.float64(0.0)}
     last = fit(intensity, measured, fitted.obj, dataclasses.replace(plan, schedule=POLISH, time_budget=None),
-               resume=resume)
+               resume=resume, blur=blur)
     return dataclasses.replace(last, iterations=fitted.iterations + last.iterations,
                                seconds=fitted.seconds + last.seconds, history=fitted.history + last.history,
                                times=fitted.times + [fitted.seconds + t for t in last.times], device=fitted.device)

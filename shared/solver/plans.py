@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared.physics import phasing
+from shared.physics import coherence, phasing
 from shared.solver.starts import candidate_starts
 
 AXES = (1, 2, 3)
@@ -48,6 +48,7 @@ class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
     explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 2))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "80*HIO+20*ER"
+    coherence: tuple = ()  # partial coherence: blur widths σ (voxels, detector axes), each tried with every start
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
     tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
@@ -64,6 +65,8 @@ class Plan:
 
     def describe(self) -> str:
         steps = [f"starts {'+'.join(self.starts)}"]
+        if len(self.coherence) > 1:
+            steps[0] += f" × blur σ {{{', '.join(f'{x:g}' for x in self.coherence)}}}"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
         steps += [self.converge] if self.converge else []
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
@@ -92,6 +95,7 @@ class Converged:
     alternatives: np.ndarray | None = None  # (B, finalists − 1, …): the other finalists, best first
     chi_free: np.ndarray | None = None  # over the withheld voxels, of the answer before the polish (all data)
     free: np.ndarray | None = None  # bool, one grid, centred: the withheld voxels (``phasing.free_voxels``)
+    coherence: np.ndarray | None = None  # per scan: the answer's partial-coherence blur σ (voxels, detector axes)
 
 
 CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ with 4 starts on 2 cores;
@@ -141,12 +145,13 @@ class Preempted(Exception):
 
 def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
              plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None,
-             warm=None) -> Converged:
+             warm=None, blur_widths=None) -> Converged:
     """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid. ``warm``: per
     scan, the start ``previous`` of the plan (the last preview; None where there is none).
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
-    its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
+    its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run. ``blur_widths``:
+    per scan, the partial-coherence blur to fit with (instead of the plan's choice among ``plan.coherence``)."""
     from shared.solver.refinement import refine, scale_to_data  # Keras loads only when the stage runs
 
     intensity = np.asarray(intensity, np.float32)
@@ -161,27 +166,36 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     if resume is None:
         starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
                                np.repeat(magnitude, count, axis=0))
-        amp = np.abs(starts)
         names = np.array(plan.starts * batch).reshape(batch, count)
+        grid = np.asarray(plan.coherence or (0.0,), np.float32) if blur_widths is None else None
+        if grid is None:  # given per scan: every start uses its scan's
+            widths = np.repeat(np.asarray(blur_widths, np.float32).reshape(batch, 1), count, axis=1)
+        else:  # every start with every width of the plan's grid
+            starts, names = np.repeat(starts, len(grid), axis=0), np.repeat(names, len(grid), axis=1)
+            widths = np.tile(grid, (batch, count))
+        amp = np.abs(starts)
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
     else:
         names = np.array(resume.names).reshape(batch, -1)
         arrays, phase, done, timings = dict(resume.arrays), resume.phase, resume.done, dict(resume.seconds)
         obj, support, iteration = arrays.pop("obj"), arrays.pop("support"), resume.iteration
+        widths = arrays.pop("widths").reshape(names.shape)
     alive = names.shape[1]
     state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
                                  np.repeat(np.broadcast_to(fit, magnitude.shape), alive, axis=0),
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
+    state.coherence = coherence_of(widths, magnitude.shape[1:])
     if phases.index(phase) > phases.index("converge"):
         state.threshold = plan.tight_threshold
     clock = time.perf_counter()
 
     def chi_free(objects: np.ndarray) -> np.ndarray:
-        """χ over the withheld voxels of the runs in ``state`` (any number per scan)."""
+        """χ over the withheld voxels of the runs in ``state`` (any number per scan), with their blur."""
         rows = len(objects) // batch
-        return phasing.masked_chi(objects, state.magnitude,
-                                  np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), rows, axis=0))
+        return phasing.masked_chi(objects, np.repeat(magnitude, rows, axis=0),
+                                  np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), rows, axis=0),
+                                  state.coherence)
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -195,8 +209,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             if yield_now is not None and yield_now():
                 lap(phase.split(":")[0])
                 raise Preempted(Checkpoint(phase, run.done, names.ravel().tolist(), state.iteration,
-                                           {"obj": state.obj, "support": state.support, "mean": run.mean, **extra},
-                                           timings))
+                                           {"obj": state.obj, "support": state.support, "mean": run.mean,
+                                            "widths": widths, **extra}, timings))
             run.advance(state, CHUNK)
         return run.result()
 
@@ -207,7 +221,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 run_chunked(schedule, 1, {})
             ranked = np.argsort(chi_free(state.obj * state.support).reshape(batch, -1), axis=1)[:, :keep]
             alive = names.shape[1]
-            names = np.take_along_axis(names, ranked, axis=1)
+            names, widths = np.take_along_axis(names, ranked, axis=1), np.take_along_axis(widths, ranked, axis=1)
             state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
             lap("explore")
         elif phase == "converge":
@@ -230,6 +244,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             rows = order + names.shape[1] * np.arange(batch)[:, None]
             arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
             obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
+            widths = np.take_along_axis(widths, order, axis=1)[:, :1]
             state = phasing.select(state, rows[:, 0])
         if phase == "polish" and "chi_free" not in arrays:
             arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
@@ -240,11 +255,13 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
             result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
                             threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
-                            time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish)
+                            time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish,
+                            blur_widths=widths[:, 0])
             lap("polish")
             if result.interrupted:
                 raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
                                            {"obj": obj, "support": state.support, "chi_free": arrays["chi_free"],
+                                            "widths": widths,
                                             **({"alternatives": arrays["alternatives"]} if "alternatives" in arrays
                                                else {}),
                                             **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
@@ -256,7 +273,14 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays.pop("mean", None)
     else:
         support = state.support
-        chi = phasing.project_chi(obj, magnitude, mask)
+        chi = phasing.project_chi(obj, magnitude, mask, coherence_of(widths[:, :1], magnitude.shape[1:]))
     final_free = arrays["chi_free"] if "chi_free" in arrays else chi_free(obj)
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
-                     arrays.get("alternatives"), np.asarray(final_free, np.float64), free)
+                     arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64))
+
+
+def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
+    """The runs' blur multipliers (``shared.physics.coherence``) from their widths on the detector axes; None where
+    every run is coherent."""
+    widths = np.asarray(widths, np.float32).ravel()
+    return coherence.kernel(shape, coherence.detector_sigmas(widths)) if widths.any() else None

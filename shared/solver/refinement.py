@@ -2,6 +2,7 @@
 
     minimise  L(ρ) = Σ W·(|F(ρ·S)| − M)² / Σ M²        (Gaussian; χ² )
           or  L(ρ) = Σ W·(|F|² − I·log|F|²) / Σ I      (Poisson likelihood)
+    with |F|² convolved with the scan's partial-coherence blur where it has one
     W = 1 where measured, 0 where not (detector gaps, bad pixels, frames not
     yet acquired): there the model is free instead of being pulled to zero.
     over ρ = re + i·im, with Adam, starting from the network's prediction,
@@ -25,8 +26,8 @@ from keras import ops
 
 from shared.physics.errors import InputError
 from shared.nn.autodiff import descent_step
-from shared.nn.fft import fft3
-from shared.physics import phasing
+from shared.nn.fft import blurred_power, fft3
+from shared.physics import coherence, phasing
 
 AXES = (1, 2, 3)
 
@@ -44,18 +45,21 @@ class RefineResult:
     state: dict = field(default_factory=dict)  # arrays to pass back as ``resume`` (iterate, Adam's moments, best)
 
 
-def gaussian_loss(params, magnitude, support, measured):
+def model_power(params, support, blur):
+    """|F(ρ·S)|², blurred by the partial-coherence multiplier and its centre weight in ``blur`` if given."""
     re, im = params
     fr, fi = fft3(re * support, im * support)
-    modulus = ops.sqrt(fr * fr + fi * fi + 1e-20)
+    return blurred_power(fr, fi, *blur) if blur else fr * fr + fi * fi
+
+
+def gaussian_loss(params, magnitude, support, measured, *blur):
+    modulus = ops.sqrt(model_power(params, support, blur) + 1e-20)
     chi2 = ops.sum(measured * (modulus - magnitude) ** 2, axis=AXES) / ops.sum(magnitude**2, axis=AXES)
     return ops.sum(chi2), ops.sqrt(chi2)
 
 
-def poisson_loss(params, magnitude, support, measured):
-    re, im = params
-    fr, fi = fft3(re * support, im * support)
-    power = fr * fr + fi * fi
+def poisson_loss(params, magnitude, support, measured, *blur):
+    power = model_power(params, support, blur)
     counts = magnitude**2
     nll = ops.sum(measured * (power - counts * ops.log(power + 1e-12)), axis=AXES) / ops.sum(counts, axis=AXES)
     misfit = measured * (ops.sqrt(power + 1e-20) - magnitude) ** 2
@@ -89,8 +93,10 @@ class _Engine:
 _ENGINES: dict[tuple, _Engine] = {}
 
 
-def engine(shape, loss: str) -> _Engine:
-    key = (tuple(shape), loss)
+def engine(shape, loss: str, blurred: bool = False) -> _Engine:
+    """One per (shape, loss, with a partial-coherence blur or not): the blurred step takes two more inputs, and
+    one compiled step serves one signature."""
+    key = (tuple(shape), loss, blurred)
     if key not in _ENGINES:
         _ENGINES[key] = _Engine(shape, loss)
     return _ENGINES[key]
@@ -107,14 +113,15 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
            loss: str = "gaussian", shrink_every: int = 25, sigma: float = 1.0, threshold: float = 0.1,
            time_budget: float | None = None, patience: int = 30, tolerance: float = 1e-4,
            progress=None, measured: np.ndarray | None = None, interrupt=None,
-           resume: dict | None = None) -> RefineResult:
+           resume: dict | None = None, blur_widths: np.ndarray | None = None) -> RefineResult:
     """Refine ``start`` (B, n, n, n complex, centred) against ``intensity`` (B, n, n, n, centred).
 
     ``measured`` (bool, centred like the intensity) marks the voxels that were
     measured; the others do not enter the loss. ``shrink_every`` 0 keeps the
     start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked after
     every step, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
-    goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run).
+    goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run). ``blur_widths``: per scan,
+    the partial-coherence blur σ (voxels, detector axes) the model convolves |F|² with (``shared.solver.plans``).
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; use {' or '.join(LOSSES)}")
@@ -135,11 +142,18 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     kernel = phasing.blur_kernel(amp.shape[1:], sigma)
     if shrink_every:
         support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
-    run = engine(obj.shape, loss)
+    widths = None if blur_widths is None or not np.any(blur_widths) else np.asarray(blur_widths, np.float32).ravel()
+    blur, half_kernel = (), None
+    if widths is not None:
+        sigmas = coherence.detector_sigmas(widths)
+        full = coherence.kernel(obj.shape[1:], sigmas, half=False)
+        blur = (ops.convert_to_tensor(full), ops.convert_to_tensor(full.mean(axis=AXES, keepdims=True)))
+        half_kernel = coherence.kernel(obj.shape[1:], sigmas)
+    run = engine(obj.shape, loss, bool(blur))
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step
     if resume is None:
-        chi_start = phasing.project_chi(obj * support, magnitude, mask)
+        chi_start = phasing.project_chi(obj * support, magnitude, mask, half_kernel)
         best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
         best_support = support > 0
         history = [(0.0, chi_start.copy())]
@@ -155,7 +169,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     data_m, data_w = ops.convert_to_tensor(magnitude), ops.convert_to_tensor(weight)
     taken = first - 1
     for taken in range(first, steps + 1):
-        chi, before = step(data_m, ops.convert_to_tensor(support), data_w)
+        chi, before = step(data_m, ops.convert_to_tensor(support), data_w, *blur)
         chi = np.asarray(chi)  # χ of ``before``: the step evaluates, then updates
         improved = chi < best_chi
         if improved.any():
@@ -182,7 +196,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
             return RefineResult(best, best_support, best_chi, chi_start, history, taken,
                                 time.perf_counter() - began, True, state)
     last = (np.asarray(re.value) + 1j * np.asarray(im.value)) * support
-    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask)
+    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask, half_kernel)
     improved = last_chi < best_chi
     best[improved], best_chi[improved], best_support[improved] = last[improved], last_chi[improved], support[improved] > 0
     return RefineResult(best, best_support, best_chi, chi_start, history, taken, time.perf_counter() - began)

@@ -27,7 +27,7 @@ import scipy.fft as sfft
 from shared.wire import detector
 from shared.solver import effort, fullgrid, trust
 from shared.nn.inference import Predictor
-from shared.physics import downsample, metrics, phasing
+from shared.physics import coherence, downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
 from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
 
@@ -163,13 +163,15 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                    for raw, r, m, f in zip(measured_counts, regions,
                                            measured if measured is not None else [None] * len(regions), floors)]
     result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result)  # small grids only
-    amps, phases, supports, chis, spreads, finalists, judged = [], [], [], [], [], [], []
+    amps, phases, supports, chis, spreads, finalists, judged, blurs = [], [], [], [], [], [], [], []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
     for k, (obj, alternatives, volume, region, m) in enumerate(zip(
             result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions))):
         finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
         on_input = fullgrid.place_back(embed(obj, region.shape), region)
-        chis.append(metrics.chi(on_input, volume, m))  # against the frames as given, on every path
+        blur = coherence.on_grid(coherence.detector_sigmas(result.coherence[k])[0], grid, region.shape)
+        blurs.append([round(float(b), 4) for b in blur])
+        chis.append(metrics.chi(on_input, volume, m, blur))  # against the frames as given, on every path
         if on_input_grid:
             obj = on_input
             alternatives = [fullgrid.place_back(embed(alt, region.shape), region) for alt in alternatives]
@@ -185,6 +187,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
             "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
             "start": result.start, "runs": runs, "chi_refinement_grid": [float(c) for c in result.chi],
+            "coherence_blur": blurs,
             "stage_seconds": result.seconds}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads), np.stack(finalists))
@@ -235,15 +238,17 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         withheld = phasing.free_voxels(region.shape) & inside  # cross-validation, as in the refined stage
         seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
         data = region.take(volume)
+        blur = refined_info.get("coherence_blur", [None] * len(intensity))[k]
         fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
-                              None if resume is None else resume.arrays, progress)
+                              None if resume is None else resume.arrays, progress, blur)
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
         magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
-        chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None])[0])
-        fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan)
+        multiplier = coherence.kernel(region.shape, [blur]) if blur is not None and np.any(blur) else None
+        chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None], multiplier)[0])
+        fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
-        chis.append(metrics.chi(best, volume, m))
+        chis.append(metrics.chi(best, volume, m, blur))
         if not keep_ramp:
             best = best * np.conj(phase_ramp(best.shape, refined_info["bragg_peak_offset"][k]))
         a, p, s = metrics.canonical(best, phase_outside=True)
@@ -260,7 +265,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
             "downsampled": False,
             "phase_ramp": "kept" if keep_ramp else "removed", "region": refined_info["region"],
             "bragg_peak_offset": refined_info["bragg_peak_offset"],
-            "plan": plan.describe(), "fit": details}
+            "coherence_blur": refined_info.get("coherence_blur"), "plan": plan.describe(), "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
 

@@ -124,7 +124,7 @@ function renderDetail(s) {
       ? `<span class="badge acquiring" title="the preview rests on ${r.frames_used} of ${r.frames_expected} frames (those not yet taken are left free); chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"}: wait for the scan's end for the final answer's quality">partial · wait</span>`
       : "";
     const verdict = partial || (r && r.verdict
-      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"} (5 % of voxels withheld from the fit) against ${r.chi_free_floor != null ? r.chi_free_floor.toFixed(4) : "—"} for a right answer; χ floor of the data: ${r.chi_floor.toFixed(3)}${r.verdict_reason ? `; reason: ${r.verdict_reason}` : ""}">${r.verdict}${r.verdict_reason ? ` · ${r.verdict_reason}` : ""}</span>`
+      ? `<span class="badge ${r.verdict === "converged" ? "complete" : "failed"}" title="chi_free ${r.chi_free != null ? r.chi_free.toFixed(4) : "—"} (5 % of voxels withheld from the fit) against ${r.chi_free_floor != null ? r.chi_free_floor.toFixed(4) : "—"} for a right answer; χ floor of the data: ${r.chi_floor.toFixed(3)}${r.coherence_blur && r.coherence_blur.some((x) => x) ? `; model with a partial-coherence blur σ ${r.coherence_blur.map((x) => x.toFixed(2)).join(" × ")} voxels` : ""}${r.verdict_reason ? `; reason: ${r.verdict_reason}` : ""}">${r.verdict}${r.verdict_reason ? ` · ${r.verdict_reason}` : ""}</span>`
       : "");
     // every χ against the measured frames, unless labelled with the grid it was measured on
     const onGrid = r && r.chi_on && r.chi_on !== "measured frames" ? ` <span class="hint">(${r.chi_on})</span>` : "";

@@ -1,0 +1,73 @@
+"""Partial coherence: the measured intensity is the coherent one, |F|², blurred by a Gaussian.
+
+Partially coherent illumination and the detector's point spread both blur the diffraction pattern; a
+coherent model fits such data only by distorting the object. Following Clark et al. (2012, PCDI; cohere's
+``pcdi``, PyNX's ``psf``) the model is I = |F|² ⊛ G_σ, with σ (voxels) per axis. The blur is a convolution
+on the periodic grid, so it is the same in the centred and the unshifted frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+
+AXES = (1, 2, 3)
+
+
+def detector_sigmas(widths) -> np.ndarray:
+    """(B, 3) σ per axis from one width per run on the detector axes (none along the rocking curve: the
+    angular steps are not blurred by the beam's transverse coherence or the detector)."""
+    widths = np.asarray(widths, np.float32).ravel()
+    return np.stack([np.zeros_like(widths), widths, widths], axis=1)
+
+
+def kernel(shape, sigmas, half: bool = True) -> np.ndarray:
+    """Per run (rows of ``sigmas``, (B, 3)), the Fourier multiplier of the blur for an rfftn (``half``) or
+    fftn over the last three axes of a batch of volumes of ``shape``: the transform of a sampled Gaussian of
+    unit sum on the periodic grid, as a detector's point spread or a real-space kernel array (cohere, PyNX) is."""
+    sigmas = np.asarray(sigmas, np.float64).reshape(-1, 3)
+    out = []
+    for row in sigmas:
+        factors = []
+        for axis, (n, sigma) in enumerate(zip(shape, row)):
+            distance = np.minimum(np.arange(n), n - np.arange(n))
+            sampled = np.exp(-distance**2 / (2 * sigma**2)) if sigma > 0 else (distance == 0).astype(np.float64)
+            spectrum = np.fft.fft(sampled / sampled.sum()).real
+            factors.append(spectrum[: n // 2 + 1] if half and axis == 2 else spectrum)
+        out.append(np.einsum("i,j,k->ijk", *factors))
+    return np.stack(out).astype(np.float32)
+
+
+def centre(multiplier: np.ndarray, last: int) -> np.ndarray:
+    """Per run, the real-space blur's weight at its centre: the mean of its full spectrum (rfft layout: the
+    columns between 0 and the Nyquist one stand for two)."""
+    weights = np.full(multiplier.shape[-1], 2.0, np.float32)
+    weights[0] = 1.0
+    if last % 2 == 0:
+        weights[-1] = 1.0
+    return (multiplier * weights).sum(AXES) / (np.prod(multiplier.shape[1:3]) * last)
+
+
+def modulus(field, multiplier, xp=np, fft=sfft):
+    """The modulus the model predicts from far fields (B, …): |F|, or with a blur √(|F|² ⊛ G). ``xp``, ``fft``:
+    the array and FFT modules (NumPy and scipy.fft, or CuPy's).
+
+    A blur keeps at least its central weight of each voxel's own intensity; holding it to that bound keeps
+    the projection F·M/√(|F|² ⊛ G) within M/√centre where float32 rounding leaves faint wings near zero."""
+    if multiplier is None:
+        return xp.abs(field)
+    workers = {"workers": -1} if fft is sfft else {}
+    intensity = field.real**2 + field.imag**2
+    blurred = fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:],
+                         axes=AXES, **workers)
+    floor = intensity * xp.asarray(centre(to_numpy(multiplier), intensity.shape[-1]))[:, None, None, None]
+    return xp.sqrt(xp.maximum(blurred, floor, out=blurred)).astype(xp.float32, copy=False)
+
+
+def to_numpy(values):
+    return values.get() if hasattr(values, "get") else np.asarray(values)
+
+
+def on_grid(sigmas, from_shape, to_shape) -> np.ndarray:
+    """σ per axis in the voxels of another grid of the same region (a DCT-downsampled one, or the input's)."""
+    return np.asarray(sigmas, np.float64) * np.asarray(to_shape, np.float64) / np.asarray(from_shape, np.float64)

@@ -1,0 +1,105 @@
+"""Partial coherence (a Gaussian blur of the computed intensity): the model against an independent blur, the
+projection that fits it, the plan that chooses its width, the AD polish through it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+import scipy.ndimage as ndi
+import tensorflow as tf
+
+from shared.physics import coherence, crystals, fourier, metrics, phasing
+from shared.solver.plans import REFINE_PLAN, converge
+from shared.solver.refinement import gaussian_loss, refine
+
+SIGMA = 0.8  # voxels, on the detector axes (axes 1 and 2 of a volume)
+
+
+@pytest.fixture(scope="module")
+def blurred():
+    """A strained crystal whose pattern is blurred on the detector axes by scipy.ndimage (not by our code)."""
+    amp, phase, _ = crystals.random_crystal(32, np.random.default_rng(8), max_strain=2e-3)
+    obj = fourier.make_object(amp, phase)
+    sharp = fourier.intensity(obj)
+    return obj, sharp, ndi.gaussian_filter(sharp.astype(np.float64), (0, SIGMA, SIGMA), mode="wrap",
+                                           truncate=8).astype(np.float32)
+
+
+def test_kernel_is_a_normalised_gaussian_with_its_centre_weight():
+    multiplier = coherence.kernel((16, 16, 16), [[0.0, 1.0, 1.5]])
+    real_space = sfft.irfftn(multiplier, s=(16, 16, 16), axes=(1, 2, 3))[0]
+    assert real_space.sum() == pytest.approx(1.0, abs=1e-5)
+    assert coherence.centre(multiplier, 16)[0] == pytest.approx(real_space[0, 0, 0], rel=1e-5)
+    x = np.minimum(np.arange(16), 16 - np.arange(16))  # periodic distance from voxel 0
+    sampled = np.exp(-x**2 / 2) / np.sqrt(2 * np.pi)  # σ 1 along axis 1, none along axis 0
+    assert real_space[0, :, 0] / real_space[0, 0, 0] == pytest.approx(sampled / sampled[0], abs=2e-3)
+    assert np.allclose(real_space[1:, :, :], 0, atol=1e-6)  # σ 0: no blur along the rocking axis
+
+
+def test_the_blurred_model_reproduces_an_independently_blurred_pattern(blurred):
+    obj, sharp, pattern = blurred
+    assert metrics.chi(obj, sharp) < 1e-5
+    assert metrics.chi(obj, pattern) > 0.1  # a coherent model misses partially coherent data
+    assert metrics.chi(obj, pattern, blur=[0, SIGMA, SIGMA]) < 2e-3
+    assert metrics.chi(obj, pattern, blur=[0, 0.5 * SIGMA, 0.5 * SIGMA]) > 10 * metrics.chi(
+        obj, pattern, blur=[0, SIGMA, SIGMA])
+
+
+def test_the_projection_with_the_blur_keeps_the_truth_the_coherent_one_leaves(blurred):
+    obj, _, pattern = blurred
+    magnitude = sfft.ifftshift(np.sqrt(pattern))[None]
+    support = (np.abs(obj) > 0.05 * np.abs(obj).max())[None]
+
+    def after(blur):
+        state = phasing.PhasingState(magnitude, obj[None].copy(), support, shrink_every=0)
+        state.coherence = blur
+        phasing.ScheduleRun("20*HIO+30*ER", 1).advance(state)
+        return metrics.errors(state.obj[0], obj)["phase_unweighted"], float(state.chi[0])
+
+    kept, chi_kept = after(coherence.kernel(obj.shape, coherence.detector_sigmas([SIGMA])))
+    drifted, chi_drifted = after(None)
+    assert kept < 0.02 and chi_kept < 5e-3
+    assert drifted > 3 * kept and chi_drifted > 5 * chi_kept
+
+
+def test_the_plan_chooses_the_blur_that_predicts_the_withheld_voxels(blurred):
+    obj, sharp, pattern = blurred
+    plan = dataclasses.replace(REFINE_PLAN, coherence=(0.0, SIGMA), polish_steps=10)
+    start = np.abs(obj)[None].astype(np.complex64)  # the true shape, flat phase: the search is not the test
+    on_blurred = converge(pattern[None], start, None, plan)
+    on_sharp = converge(sharp[None], start, None, plan)
+    assert on_blurred.coherence[0] == pytest.approx(SIGMA)
+    assert on_sharp.coherence[0] == 0.0
+    assert metrics.errors(on_blurred.obj[0], obj)["phase_unweighted"] < 0.1
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_gradient_through_the_blur_matches_finite_differences(sigma):
+    rng = np.random.default_rng(1)
+    re, im = (rng.normal(size=(1, 6, 6, 6)) for _ in range(2))
+    magnitude = np.abs(np.fft.fftn(rng.normal(size=(1, 6, 6, 6)), axes=(1, 2, 3)))
+    ones = np.ones_like(re)
+    full = coherence.kernel((6, 6, 6), coherence.detector_sigmas([sigma]), half=False).astype(np.float64)
+    blur = (full, full.mean(axis=(1, 2, 3), keepdims=True))
+    params = [tf.Variable(re), tf.Variable(im)]
+    with tf.GradientTape() as tape:
+        value, _ = gaussian_loss(params, tf.constant(magnitude), tf.constant(ones), tf.constant(ones),
+                                 *map(tf.constant, blur))
+    grads = [g.numpy() for g in tape.gradient(value, params)]
+    h = 1e-6
+    for which, index in [(0, (0, 1, 2, 3)), (1, (0, 4, 0, 5))]:
+        plus, minus = [re.copy(), im.copy()], [re.copy(), im.copy()]
+        plus[which][index] += h
+        minus[which][index] -= h
+        fd = (float(gaussian_loss(plus, magnitude, ones, ones, *blur)[0])
+              - float(gaussian_loss(minus, magnitude, ones, ones, *blur)[0])) / (2 * h)
+        assert grads[which][index] == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+def test_the_polish_fits_the_blurred_model(blurred):
+    obj, _, pattern = blurred
+    coherent = refine(pattern[None], obj[None], steps=5, shrink_every=0, threshold=1e-3)
+    with_blur = refine(pattern[None], obj[None], steps=5, shrink_every=0, threshold=1e-3, blur_widths=[SIGMA])
+    assert with_blur.chi_start[0] < 2e-3 < 0.1 < coherent.chi_start[0]  # χ is the blurred model's
+    assert with_blur.chi[0] <= with_blur.chi_start[0] + 1e-7
