@@ -3,7 +3,9 @@
     judge     after a run of the refined stage each scan gets its verdict (``shared.solver.trust``): χ_free against
               its withheld voxels' noise floor, and whether its independent solutions agree
     again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
-              random phases, a new seed), up to MAX_RUNS runs in all, when its data could allow a verdict
+              random phases, a new seed), each also with a partial-coherence blur of σ 0.5 and 1 voxel
+              (``shared.physics.coherence``: a model misfit is one reason to stay above the floor), up to
+              MAX_RUNS runs in all, when its data could allow a verdict
               (floor ≤ NOISE_LIMIT) or, on noisier data, while its χ_free is above the free floor (a
               right answer predicts the withheld voxels down to it, a wrong basin stays above); a scan
               that reached its floor stops at once

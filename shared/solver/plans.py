@@ -1,6 +1,8 @@
 """The refined stage: from a network's prediction to a converged reconstruction.
 
-    starts    flat, NN, twin, flat twin          (from the network's shape and phase)
+    starts    flat, NN, twin, flat twin          (from the network's shape and phase), each with every blur width of
+              ``coherence`` (partial coherence, ``shared.physics.coherence``; the refined plan's first run is
+              coherent, a run again tries σ 0.5 and 1: ``shared.solver.effort``)
     explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep 2 (the finalists)
               (successive halving on χ_free, the misfit on 5 % of the voxels withheld from every
               projection; all scans batched: dropping losing starts early is the speed)
@@ -10,7 +12,8 @@
     final     ER**20 on every measured voxel, the withheld ones too
     polish    the best finalist: ≤ 50 Adam steps by AD through the forward model, unmeasured voxels free, until χ
               gains < 0.1 % over 10 steps
-    answer    the finalist with the lowest χ_free before the polish, polished; the other finalist is an
+    answer    the finalist with the lowest χ_free before the polish, polished (with its blur, if it has one:
+              ``Converged.coherence``); the other finalist is an
               independent solution, and where the two disagree is the answer's phase uncertainty
               (``shared.solver.trust``)
 
@@ -145,13 +148,12 @@ class Preempted(Exception):
 
 def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
              plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None,
-             warm=None, blur_widths=None) -> Converged:
+             warm=None) -> Converged:
     """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid. ``warm``: per
     scan, the start ``previous`` of the plan (the last preview; None where there is none).
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
-    its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run. ``blur_widths``:
-    per scan, the partial-coherence blur to fit with (instead of the plan's choice among ``plan.coherence``)."""
+    its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
     from shared.solver.refinement import refine, scale_to_data  # Keras loads only when the stage runs
 
     intensity = np.asarray(intensity, np.float32)
@@ -167,12 +169,9 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
                                np.repeat(magnitude, count, axis=0))
         names = np.array(plan.starts * batch).reshape(batch, count)
-        grid = np.asarray(plan.coherence or (0.0,), np.float32) if blur_widths is None else None
-        if grid is None:  # given per scan: every start uses its scan's
-            widths = np.repeat(np.asarray(blur_widths, np.float32).reshape(batch, 1), count, axis=1)
-        else:  # every start with every width of the plan's grid
-            starts, names = np.repeat(starts, len(grid), axis=0), np.repeat(names, len(grid), axis=1)
-            widths = np.tile(grid, (batch, count))
+        grid = np.asarray(plan.coherence or (0.0,), np.float32)  # every start with every blur width
+        starts, names = np.repeat(starts, len(grid), axis=0), np.repeat(names, len(grid), axis=1)
+        widths = np.tile(grid, (batch, count))
         amp = np.abs(starts)
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
@@ -193,7 +192,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     def chi_free(objects: np.ndarray) -> np.ndarray:
         """χ over the withheld voxels of the runs in ``state`` (any number per scan), with their blur."""
         rows = len(objects) // batch
-        return phasing.masked_chi(objects, np.repeat(magnitude, rows, axis=0),
+        return phasing.masked_chi(objects, state.magnitude,
                                   np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), rows, axis=0),
                                   state.coherence)
 
