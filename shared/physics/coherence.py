@@ -38,14 +38,20 @@ def kernel(shape, sigmas, half: bool = True) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def centre(multiplier: np.ndarray, last: int) -> np.ndarray:
+def of(shape, sigmas) -> np.ndarray | None:
+    """The rfftn multiplier of ``kernel`` for blurs σ per axis (one row per run), or None where no run has one
+    (the coherent model: nothing to compute)."""
+    return kernel(shape, sigmas) if sigmas is not None and np.any(sigmas) else None
+
+
+def centre(multiplier, last: int, xp=np):
     """Per run, the real-space blur's weight at its centre: the mean of its full spectrum (rfft layout: the
-    columns between 0 and the Nyquist one stand for two)."""
-    weights = np.full(multiplier.shape[-1], 2.0, np.float32)
+    columns between 0 and the Nyquist one stand for two). ``xp``: the multiplier's array module."""
+    weights = xp.full(multiplier.shape[-1], 2.0, dtype=xp.float32)
     weights[0] = 1.0
     if last % 2 == 0:
         weights[-1] = 1.0
-    return (multiplier * weights).sum(AXES) / (np.prod(multiplier.shape[1:3]) * last)
+    return (multiplier * weights).sum(axis=AXES) / (multiplier.shape[1] * multiplier.shape[2] * last)
 
 
 def modulus(field, multiplier, xp=np, fft=sfft):
@@ -60,12 +66,8 @@ def modulus(field, multiplier, xp=np, fft=sfft):
     intensity = field.real**2 + field.imag**2
     blurred = fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:],
                          axes=AXES, **workers)
-    floor = intensity * xp.asarray(centre(to_numpy(multiplier), intensity.shape[-1]))[:, None, None, None]
+    floor = intensity * centre(multiplier, intensity.shape[-1], xp)[:, None, None, None]
     return xp.sqrt(xp.maximum(blurred, floor, out=blurred)).astype(xp.float32, copy=False)
-
-
-def to_numpy(values):
-    return values.get() if hasattr(values, "get") else np.asarray(values)
 
 
 def on_grid(sigmas, from_shape, to_shape) -> np.ndarray:

@@ -25,7 +25,7 @@ def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarr
     """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor, with
     |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None). ``blur``: σ per axis (voxels) of
     the partial-coherence blur the answer was fitted with; the model is then √(|F|² ⊛ G_σ)."""
-    multiplier = coherence.kernel(estimate.shape, [blur]) if blur is not None and np.any(blur) else None
+    multiplier = coherence.of(estimate.shape, None if blur is None else [blur])
     model = sfft.fftshift(coherence.modulus(sfft.fftn(estimate, workers=-1)[None], multiplier)[0])
     data = np.sqrt(np.clip(measured_intensity, 0, None))
     if measured is not None:

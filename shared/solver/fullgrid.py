@@ -210,7 +210,8 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     weight = None if free is None else (~free).astype(xp.float32)
     workers = {} if xp is not np else {"workers": -1}
     axes, interrupted, times = (1, 2, 3), False, []
-    multiplier = None if blur is None or not np.any(blur) else xp.asarray(coherence.kernel(intensity.shape, [blur]))
+    multiplier = coherence.of(intensity.shape, None if blur is None else [blur])
+    multiplier = None if multiplier is None else xp.asarray(multiplier)
 
     def model(far):
         return coherence.modulus(far, multiplier, xp, fft)

@@ -281,5 +281,4 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
 def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
     """The runs' blur multipliers (``shared.physics.coherence``) from their widths on the detector axes; None where
     every run is coherent."""
-    widths = np.asarray(widths, np.float32).ravel()
-    return coherence.kernel(shape, coherence.detector_sigmas(widths)) if widths.any() else None
+    return coherence.of(shape, coherence.detector_sigmas(widths))

@@ -142,13 +142,12 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     kernel = phasing.blur_kernel(amp.shape[1:], sigma)
     if shrink_every:
         support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
-    widths = None if blur_widths is None or not np.any(blur_widths) else np.asarray(blur_widths, np.float32).ravel()
-    blur, half_kernel = (), None
-    if widths is not None:
-        sigmas = coherence.detector_sigmas(widths)
-        full = coherence.kernel(obj.shape[1:], sigmas, half=False)
-        blur = (ops.convert_to_tensor(full), ops.convert_to_tensor(full.mean(axis=AXES, keepdims=True)))
-        half_kernel = coherence.kernel(obj.shape[1:], sigmas)
+    sigmas = None if blur_widths is None else coherence.detector_sigmas(blur_widths)
+    half_kernel, blur = coherence.of(obj.shape[1:], sigmas), ()
+    if half_kernel is not None:  # the step's blur: the full-layout multiplier and the same centre weight
+        centre = coherence.centre(half_kernel, obj.shape[-1])[:, None, None, None]
+        blur = (ops.convert_to_tensor(coherence.kernel(obj.shape[1:], sigmas, half=False)),
+                ops.convert_to_tensor(centre))
     run = engine(obj.shape, loss, bool(blur))
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step

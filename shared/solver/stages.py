@@ -169,8 +169,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
             result.obj, others, intensity, regions, measured if measured is not None else [None] * len(regions))):
         finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
         on_input = fullgrid.place_back(embed(obj, region.shape), region)
-        blur = coherence.on_grid(coherence.detector_sigmas(result.coherence[k])[0], grid, region.shape)
-        blurs.append([round(float(b), 4) for b in blur])
+        blur = [round(float(b), 4) for b in  # in the input's voxels, as recorded (χ with exactly that blur)
+                coherence.on_grid(coherence.detector_sigmas(result.coherence[k])[0], grid, region.shape)]
+        blurs.append(blur)
         chis.append(metrics.chi(on_input, volume, m, blur))  # against the frames as given, on every path
         if on_input_grid:
             obj = on_input
@@ -244,7 +245,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
         magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
-        multiplier = coherence.kernel(region.shape, [blur]) if blur is not None and np.any(blur) else None
+        multiplier = coherence.of(region.shape, None if blur is None else [blur])
         chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None], multiplier)[0])
         fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
