@@ -69,8 +69,10 @@ class JobQueue:
         ids = [entry["message_id"] for entry in held if entry["message_id"] in hand]
         if ids:
             self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
-        else:
+        else:  # nothing to keep: sleep until the next take; cleared first, so a take that just set it is not lost
             self.keeping.clear()
+            if self.in_hand:
+                self.keeping.set()
         return len(ids)
 
     def ensure_group(self) -> None:
