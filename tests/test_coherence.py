@@ -84,7 +84,7 @@ def test_gradient_through_the_blur_matches_finite_differences(sigma):
     blur = (full, full.mean(axis=(1, 2, 3), keepdims=True))
     params = [tf.Variable(re), tf.Variable(im)]
     with tf.GradientTape() as tape:
-        value, _ = gaussian_loss(params, tf.constant(magnitude), tf.constant(ones), tf.constant(ones),
+        value, _ = gaussian_loss(params, tf.constant(magnitude), tf.constant(ones), tf.constant(ones), 0.0,
                                  *map(tf.constant, blur))
     grads = [g.numpy() for g in tape.gradient(value, params)]
     h = 1e-6
@@ -92,8 +92,8 @@ def test_gradient_through_the_blur_matches_finite_differences(sigma):
         plus, minus = [re.copy(), im.copy()], [re.copy(), im.copy()]
         plus[which][index] += h
         minus[which][index] -= h
-        fd = (float(gaussian_loss(plus, magnitude, ones, ones, *blur)[0])
-              - float(gaussian_loss(minus, magnitude, ones, ones, *blur)[0])) / (2 * h)
+        fd = (float(gaussian_loss(plus, magnitude, ones, ones, 0.0, *blur)[0])
+              - float(gaussian_loss(minus, magnitude, ones, ones, 0.0, *blur)[0])) / (2 * h)
         assert grads[which][index] == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 

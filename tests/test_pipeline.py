@@ -10,6 +10,7 @@ from shared.nn.inference import Predictor
 from shared.physics import downsample, fourier, metrics, phasing
 from shared.solver.plans import PREVIEW_PLAN, converge
 from shared.solver.stages import phase_ramp, reconstruct
+from shared.solver import trust
 from shared.solver.refinement import poisson_loss
 from tests.conftest import real_file
 from tests.test_cli import cli
@@ -57,13 +58,16 @@ def test_written_file_reproduces_the_input(tmp_path):
 
 def test_paper_example_on_its_own_grid(predictor):
     """The real 64³ example is refined on all of its 64³ (no crop), and the reported χ is the file's, with the
-    partial-coherence blur it was fitted with (a fitted blur lowers its χ_free: real data are partially coherent)."""
+    partial-coherence blur and flat background it was fitted with (a fitted blur lowers its χ_free: real data are
+    partially coherent; its counts hold a background of a few photons per voxel)."""
     volume = np.load(real_file("paper-example/ft_crop_64.npy")).astype(np.float32) ** 2
     stage = reconstruct(volume[None], predictor, refine=True)["refined"]
     assert stage.amplitude.shape == (1, 64, 64, 64) and stage.info["grid"] == [64, 64, 64]
     obj = stage.amplitude[0] * np.exp(1j * stage.phase[0])
-    blur = stage.info["coherence_blur"][0]
-    assert metrics.chi(obj, volume, blur=blur) == pytest.approx(float(stage.chi[0]), rel=1e-4)
+    blur, background = stage.info["coherence_blur"][0], stage.info["background"][0]
+    assert metrics.chi(obj, volume, blur=blur, background=background) == pytest.approx(float(stage.chi[0]), rel=1e-4)
+    step = trust.photon_step(volume)  # the data are counts scaled to a maximum of 1: one photon is this step
+    assert 0.5 * step < background < 50 * step
     assert stage.chi[0] < 0.1  # the crop of the previous refinement left χ 0.53 against this file
     assert blur[0] == 0 and blur[1] == blur[2] > 0 and stage.info["chi_free"][0] < 0.05  # 0.068 coherent
 
@@ -77,9 +81,9 @@ def test_masked_voxels_are_out_of_the_loss(crystal):
     support = np.ones_like(magnitude)
     corrupted = magnitude.copy()
     corrupted[0, :3] = 1e3
-    clean_value = float(poisson_loss(params, magnitude, support, measured)[0])
+    clean_value = float(poisson_loss(params, magnitude, support, measured, 0.0)[0])
     # The data in unmeasured voxels do not count (the normalisation aside, which uses all counts).
-    corrupted_value = float(poisson_loss(params, corrupted, support, measured)[0])
+    corrupted_value = float(poisson_loss(params, corrupted, support, measured, 0.0)[0])
     norm_clean, norm_bad = (magnitude**2).sum(), (corrupted**2).sum()
     assert corrupted_value * norm_bad == pytest.approx(clean_value * norm_clean, rel=1e-4)
 

@@ -11,15 +11,19 @@ from shared.solver.refinement import gaussian_loss, poisson_loss, refine
 
 
 @pytest.mark.parametrize("loss_fn", [gaussian_loss, poisson_loss])
-def test_gradient_matches_finite_differences(loss_fn):
+@pytest.mark.parametrize("flat", [0.0, 0.3])
+def test_gradient_matches_finite_differences(loss_fn, flat):
+    """Through the forward model, with and without a flat background added to the computed intensity."""
     rng = np.random.default_rng(0)
     re = rng.normal(size=(1, 6, 6, 6)).astype(np.float64)
     im = rng.normal(size=(1, 6, 6, 6)).astype(np.float64)
     magnitude = np.abs(np.fft.fftn(rng.normal(size=(1, 6, 6, 6)), axes=(1, 2, 3)))
     support = np.ones_like(re)
+    background = np.full((1, 1, 1, 1), flat)
     params = [tf.Variable(re), tf.Variable(im)]
     with tf.GradientTape() as tape:
-        value, _ = loss_fn(params, tf.constant(magnitude), tf.constant(support), tf.constant(support))
+        value, _ = loss_fn(params, tf.constant(magnitude), tf.constant(support), tf.constant(support),
+                           tf.constant(background))
     grads = [g.numpy() for g in tape.gradient(value, params)]
     h = 1e-6
     for which, index in [(0, (0, 1, 2, 3)), (1, (0, 4, 0, 5)), (0, (0, 0, 0, 0))]:
@@ -27,7 +31,8 @@ def test_gradient_matches_finite_differences(loss_fn):
         minus = [re.copy(), im.copy()]
         plus[which][index] += h
         minus[which][index] -= h
-        fd = (float(loss_fn(plus, magnitude, support, support)[0]) - float(loss_fn(minus, magnitude, support, support)[0])) / (2 * h)
+        fd = (float(loss_fn(plus, magnitude, support, support, background)[0])
+              - float(loss_fn(minus, magnitude, support, support, background)[0])) / (2 * h)
         assert grads[which][index] == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 

@@ -113,7 +113,8 @@ def run(args):
                                                    else info["bragg_peak_offset"]),
                      "chi_definition": "||s·M − sqrt(input)|| / ||sqrt(input)||, best scale s, over measured voxels, "
                                        "M = |fftshift(fftn(amplitude·exp(i·phase)))|, or where coherence_blur is "
-                                       "not zero sqrt(M² convolved with a Gaussian of those σ)",
+                                       "not zero sqrt(M² convolved with a Gaussian of those σ); where background "
+                                       "is not zero, sqrt(s²·M² + background) instead of s·M",
                      "start_kept": info["start"] if was_batch else info["start"][0],
                      # trust (shared.solver.trust): one verdict and one noise floor per scan, of the final stage
                      "verdict": np.array(trusted.info["verdict"], dtype=h5py.string_dtype()) if was_batch
@@ -134,7 +135,10 @@ def run(args):
                      "verdict_rule": trust.RULE,
                      # the partial-coherence blur the χ's model was fitted with (σ, voxels; zeros: coherent)
                      "coherence_blur": np.array(trusted.info["coherence_blur"] if was_batch
-                                                else trusted.info["coherence_blur"][0])}
+                                                else trusted.info["coherence_blur"][0]),
+                     # and the flat background it adds (photons per voxel of the input; 0: none)
+                     "background": np.array([b or 0.0 for b in trusted.info["background"]]) if was_batch
+                     else float(trusted.info["background"][0] or 0.0)}
         extra["/phase_uncertainty"] = trusted.uncertainty[pick]
         region = tuple(info["region"][0]["shape"])
         if "full" in stages:

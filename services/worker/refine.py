@@ -236,6 +236,7 @@ class RefinementWorker:
         began = time.perf_counter()
         stage = full_stage(volume[None], {"region": [info["region"]], "chi_floor": [info["chi_floor"]],
                                           "coherence_blur": [info.get("coherence_blur")],
+                                          "background": [info.get("background")],
                                           "bragg_peak_offset": [window.in_window(info["bragg_peak_offset"])]},
                            (real + 1j * imag)[None].astype(np.complex64), None if measured is None else measured[None],
                            fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),

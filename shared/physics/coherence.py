@@ -1,15 +1,22 @@
-"""Partial coherence: the measured intensity is the coherent one, |F|², blurred by a Gaussian.
+"""Partial coherence and a flat background: the measured intensity is the coherent one, |F|², blurred by a
+Gaussian, plus a constant.
 
 Partially coherent illumination and the detector's point spread both blur the diffraction pattern; a
 coherent model fits such data only by distorting the object. Following Clark et al. (2012, PCDI; cohere's
 ``pcdi``, PyNX's ``psf``) the model is I = |F|² ⊛ G_σ, with σ (voxels) per axis. The blur is a convolution
 on the periodic grid, so it is the same in the centred and the unshifted frame.
+
+A flat background b (photons per voxel: scattering by air and the substrate, the detector's dark counts) adds to
+every voxel: I = |F|² ⊛ G_σ + b. It is fitted by expectation–maximisation, the Poisson likelihood's
+fixed point for b with the rest of the model held (Richardson–Lucy's update for a constant):
+b ← b · mean(I / (|F|² ⊛ G + b)), which stays positive and, with no background in the data, decays.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import ndimage
 
 AXES = (1, 2, 3)
 
@@ -54,20 +61,53 @@ def centre(multiplier, last: int, xp=np):
     return (multiplier * weights).sum(axis=AXES) / (multiplier.shape[1] * multiplier.shape[2] * last)
 
 
-def modulus(field, multiplier, xp=np, fft=sfft):
-    """The modulus the model predicts from far fields (B, …): |F|, or with a blur √(|F|² ⊛ G). ``xp``, ``fft``:
-    the array and FFT modules (NumPy and scipy.fft, or CuPy's).
+def modulus(field, multiplier, xp=np, fft=sfft, background=None):
+    """The modulus the model predicts from far fields (B, …): |F|, or with a blur √(|F|² ⊛ G), and with a flat
+    ``background`` (per run, (B,), intensity units) √(… + b). ``xp``, ``fft``: the array and FFT modules (NumPy
+    and scipy.fft, or CuPy's).
 
     A blur keeps at least its central weight of each voxel's own intensity; holding it to that bound keeps
     the projection F·M/√(|F|² ⊛ G) within M/√centre where float32 rounding leaves faint wings near zero."""
-    if multiplier is None:
+    if multiplier is None and background is None:
         return xp.abs(field)
-    workers = {"workers": -1} if fft is sfft else {}
     intensity = field.real**2 + field.imag**2
-    blurred = fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:],
-                         axes=AXES, **workers)
-    floor = intensity * centre(multiplier, intensity.shape[-1], xp)[:, None, None, None]
-    return xp.sqrt(xp.maximum(blurred, floor, out=blurred)).astype(xp.float32, copy=False)
+    if multiplier is not None:
+        workers = {"workers": -1} if fft is sfft else {}
+        blurred = fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:],
+                             axes=AXES, **workers)
+        floor = intensity * centre(multiplier, intensity.shape[-1], xp)[:, None, None, None]
+        intensity = xp.maximum(blurred, floor, out=blurred)
+    if background is not None:
+        intensity += xp.asarray(background, dtype=intensity.dtype).reshape(-1, 1, 1, 1)
+    return xp.sqrt(intensity).astype(xp.float32, copy=False)
+
+
+def faint_voxels(intensity, fit=None, xp=np):
+    """Per run (B, …), the fitted voxels at or below the run's median intensity, smoothed by 2 voxels so that
+    the choice does not pick the low draws of the noise (which would bias the background low): where a
+    background, if any, outweighs the crystal's signal. The background is fitted there alone, so that it cannot
+    absorb the misfit of the crystal's own bright voxels (a model that misses the peak's wings is no background)."""
+    smooth = ndimage.gaussian_filter(np.asarray(intensity, np.float32), (0, 2, 2, 2), mode="wrap")
+    values = smooth if fit is None else xp.where(fit, smooth, xp.nan)
+    median = xp.nanmedian(values.reshape(len(values), -1), axis=1).reshape(-1, 1, 1, 1)
+    return values <= median
+
+
+def background_start(intensity, faint, xp=np):
+    """Per run, a first flat background: the mean intensity of its ``faint`` voxels. It only starts the fit (EM
+    moves it from there, and from a positive start: EM keeps a zero at zero)."""
+    mean = (intensity * faint).sum(axis=AXES) / xp.maximum(faint.sum(axis=AXES), 1)
+    return xp.maximum(mean, 1e-6 * intensity.mean(axis=AXES) + 1e-30).astype(xp.float32)
+
+
+def background_update(background, ratio_squared, fit=None, xp=np):
+    """One EM step of the flat background from I / (model intensity) per voxel (B, …), over the ``fit`` voxels
+    (``faint_voxels``)."""
+    if fit is None:
+        mean = ratio_squared.mean(axis=AXES)
+    else:
+        mean = (ratio_squared * fit).sum(axis=AXES) / xp.maximum(fit.sum(axis=AXES), 1)
+    return (background * mean).astype(xp.float32)
 
 
 def on_grid(sigmas, from_shape, to_shape) -> np.ndarray:

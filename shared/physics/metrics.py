@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import optimize
 import scipy.ndimage as ndi
 
 from shared.physics import coherence
@@ -21,17 +22,25 @@ AXES3 = (0, 1, 2)
 
 
 def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarray | None = None,
-        blur=None) -> float:
+        blur=None, background: float = 0.0) -> float:
     """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor, with
     |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None). ``blur``: σ per axis (voxels) of
-    the partial-coherence blur the answer was fitted with; the model is then √(|F|² ⊛ G_σ)."""
+    the partial-coherence blur the answer was fitted with; the model is then √(|F|² ⊛ G_σ). ``background``: the
+    flat background it was fitted with (the intensity's units), added to the scaled model: √(s²·|F|² + b)."""
     multiplier = coherence.of(estimate.shape, None if blur is None else [blur])
     model = sfft.fftshift(coherence.modulus(sfft.fftn(estimate, workers=-1)[None], multiplier)[0])
     data = np.sqrt(np.clip(measured_intensity, 0, None))
     if measured is not None:
         model, data = model[measured], data[measured]
+    norm = max(np.linalg.norm(data), 1e-30)
     scale = (model * data).sum() / max((model**2).sum(), 1e-30)
-    return float(np.linalg.norm(scale * model - data) / max(np.linalg.norm(data), 1e-30))
+    if not background:
+        return float(np.linalg.norm(scale * model - data) / norm)
+    power = model.astype(np.float64) ** 2
+    misfit = lambda s2: np.linalg.norm(np.sqrt(s2 * power + background) - data)  # noqa: E731
+    best = optimize.minimize_scalar(misfit, bounds=(0.0, 4 * scale**2), method="bounded",
+                                    options={"xatol": 1e-6 * scale**2})
+    return float(min(best.fun, misfit(scale**2)) / norm)
 
 
 def point_inversion(x: np.ndarray) -> np.ndarray:

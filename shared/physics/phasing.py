@@ -44,16 +44,19 @@ class PhasingState:
     chi: np.ndarray | None = None
     blur_kernel: np.ndarray | None = field(default=None, repr=False)
     coherence: np.ndarray | None = field(default=None, repr=False)  # per run: ``coherence.kernel``; None: coherent
+    background: np.ndarray | None = None  # per run, a flat background fitted as it goes (intensity units); None: none
+    faint: np.ndarray | None = field(default=None, repr=False)  # bool, where the background is fitted (unshifted)
 
 
 def project_magnitude(state: PhasingState) -> np.ndarray:
     """Fourier constraint: keep the phases of FFT(obj), impose the measured magnitude.
 
-    With partial coherence F is scaled by √(I/(|F|² ⊛ blur)), so that the blurred model, not |F|, meets the data.
+    With partial coherence or a flat background F is scaled by √(I/(|F|² ⊛ blur + b)), so that the whole model,
+    not |F|, meets the data (a fixed point where it does); the background takes its EM step from the same ratio.
     Returns the new real-space estimate (a fresh array) and updates χ.
     """
     field_ = sfft.fftn(state.obj, axes=AXES, workers=-1)
-    modulus = coherence.modulus(field_, state.coherence)
+    modulus = coherence.modulus(field_, state.coherence, background=state.background)
     diff = modulus - state.magnitude
     if state.measured is not None:
         diff *= state.measured
@@ -63,6 +66,8 @@ def project_magnitude(state: PhasingState) -> np.ndarray:
         np.divide(state.magnitude, modulus, out=modulus)
     else:  # unmeasured voxels are free: the model keeps its own modulus there
         modulus = np.where(state.measured, state.magnitude / modulus, np.float32(1))
+    if state.background is not None:
+        state.background = coherence.background_update(state.background, modulus**2, state.faint)
     field_ *= modulus
     return sfft.ifftn(field_, axes=AXES, workers=-1, overwrite_x=True)
 
@@ -267,10 +272,10 @@ def phase_retrieve(intensity: np.ndarray, schedule: str = PAPER_SCHEDULE, starts
 
 
 def project_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, measured: np.ndarray | None = None,
-                blur: np.ndarray | None = None) -> np.ndarray:
+                blur: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
     """χ of objects against unshifted magnitudes: ‖|FFT ρ| − M‖ / ‖M‖ per scan, over measured voxels (the model
-    blurred by ``blur``, a ``coherence.kernel``, where given)."""
-    diff = coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur) - magnitude_unshifted
+    blurred by ``blur``, a ``coherence.kernel``, and with a flat ``background`` per scan, where given)."""
+    diff = coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur, background=background) - magnitude_unshifted
     if measured is not None:
         diff = diff * measured
     return np.sqrt((diff**2).sum(AXES) / (magnitude_unshifted**2).sum(AXES))
@@ -287,11 +292,12 @@ def free_voxels(shape, fraction: float = FREE_FRACTION, seed: int = FREE_SEED) -
 
 
 def masked_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, mask: np.ndarray,
-               blur: np.ndarray | None = None) -> np.ndarray:
+               blur: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
     """χ per scan over the ``mask`` voxels alone (unshifted frame), normalised by the data there:
-    ‖(|FFT ρ| − M)·mask‖ / ‖M·mask‖."""
+    ‖(|FFT ρ| − M)·mask‖ / ‖M·mask‖ (the model as ``project_chi``'s)."""
     mask = np.broadcast_to(mask, magnitude_unshifted.shape)
-    diff = (coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur) - magnitude_unshifted) * mask
+    diff = (coherence.modulus(sfft.fftn(obj, axes=AXES, workers=-1), blur, background=background)
+            - magnitude_unshifted) * mask
     return np.sqrt((diff**2).sum(AXES) / np.maximum(((magnitude_unshifted * mask) ** 2).sum(AXES), 1e-30))
 
 
@@ -300,4 +306,5 @@ def select(state: PhasingState, index: np.ndarray) -> PhasingState:
     pick = lambda a: None if a is None else a[index]  # noqa: E731
     return PhasingState(state.magnitude[index], state.obj[index], state.support[index], pick(state.measured),
                         state.beta, state.sigma, state.threshold, state.shrink_every, state.iteration,
-                        pick(state.chi), state.blur_kernel, pick(state.coherence))
+                        pick(state.chi), state.blur_kernel, pick(state.coherence), pick(state.background),
+                        pick(state.faint))

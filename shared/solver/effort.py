@@ -71,16 +71,17 @@ def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarra
 
 
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
-                       floors, free_floors, first: Converged) -> tuple[Converged, list[int]]:
+                       floors, free_floors, first: Converged, counting=None) -> tuple[Converged, list[int]]:
     """``first`` (a run of ``converge``), with more runs for the scans that need them; returns the merged
     result and the number of runs per scan. ``floors``: each scan's Poisson floor; ``free_floors``: its
-    withheld voxels' (``trust.noise_floor(…, over=first.free)``)."""
+    withheld voxels' (``trust.noise_floor(…, over=first.free)``); ``counting``: as ``converge``'s."""
     runs = [1] * len(first.obj)
     if np.prod(first.obj.shape[1:]) > SMALL_GRID:
         return first, runs
     best = dataclasses.replace(first, obj=np.array(first.obj), support=np.array(first.support),
                                chi=np.array(first.chi), chi_free=np.array(first.chi_free), start=list(first.start),
                                seconds=dict(first.seconds), coherence=np.array(first.coherence),
+                               background=np.array(first.background),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
     again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS, coherence=AGAIN_COHERENCE)
@@ -89,13 +90,14 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         if not todo:
             break
         again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
-                         again_plan, seed=attempt)
+                         again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo])
         for j, k in enumerate(todo):
             runs[k] += 1
             answers[k].append(_answer(again, j, None if measured is None else measured[todo]))
             if again.chi_free[j] < best.chi_free[k]:  # the answer that predicts the withheld voxels best
                 best.obj[k], best.support[k], best.chi[k] = again.obj[j], again.support[j], again.chi[j]
                 best.chi_free[k], best.coherence[k] = again.chi_free[j], again.coherence[j]
+                best.background[k] = again.background[j]
                 best.start[k] = f"{again.start[j]} (run {attempt + 1})"
                 if best.alternatives is not None:
                     best.alternatives[k] = again.alternatives[j]

@@ -179,6 +179,7 @@ class FullFit:
     device: str = "cpu"
     interrupted: bool = False  # it yielded: ``checkpoint`` resumes it, with the same result as one run
     checkpoint: dict | None = None
+    background: np.ndarray | None = None  # (F,) the flat background fitted with each answer (intensity units)
 
 
 def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
@@ -188,10 +189,11 @@ def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
 
 
 def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, plan: FullPlan = FULL_PLAN,
-        yield_now=None, resume: dict | None = None, progress=None, blur=None) -> FullFit:
+        yield_now=None, resume: dict | None = None, progress=None, blur=None, background=None) -> FullFit:
     """ER with a fixed support (from the first seed) of every seed (F, …) against one centred region
     intensity (…); the answer is ordered by χ, best first. ``blur``: σ per axis (voxels) of the partial-coherence
-    blur the refined stage chose (``shared.physics.coherence``); None or zeros: coherent.
+    blur the refined stage chose (``shared.physics.coherence``); None or zeros: coherent. ``background``: the flat
+    background the refined stage fitted, where it fitted one (None: none), fitted on from there by EM.
 
     ``yield_now()``, asked between iterations, stops the fit (``interrupted``): its ``checkpoint`` passed
     back as ``resume`` goes on, with the same result as one run."""
@@ -203,25 +205,35 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     if resume is None:
         support = support_of(seeds[0], plan)
         obj, done, history = seeds.astype(np.complex64) * support, 0, []
+        flat = None if background is None else np.full(len(seeds), max(float(background), 1e-6), np.float32)
     else:
         support, obj, done = resume["support"].astype(bool), resume["obj"], int(resume["done"])
         history = [float(c) for c in resume["history"]]
+        flat = resume.get("background")
     obj, inside = xp.asarray(obj), xp.asarray(support)
     weight = None if free is None else (~free).astype(xp.float32)
     workers = {} if xp is not np else {"workers": -1}
     axes, interrupted, times = (1, 2, 3), False, []
     multiplier = coherence.of(intensity.shape, None if blur is None else [blur])
     multiplier = None if multiplier is None else xp.asarray(multiplier)
+    faint = None
+    if flat is not None:  # where the background is fitted: the faint half of the measured voxels
+        faint = xp.asarray(coherence.faint_voxels(to_host(magnitude)[None] ** 2, None if free is None else
+                                                  ~to_host(free)[None]))
+        flat = xp.asarray(flat)
 
     def model(far):
-        return coherence.modulus(far, multiplier, xp, fft)
+        return coherence.modulus(far, multiplier, xp, fft, background=flat)
 
     while done < plan.iterations:
         far = fft.fftn(obj, axes=axes, **workers)
         amplitude = model(far)
         history.append(float(_misfit(xp, amplitude[:1], magnitude, weight, norm)[0]))
         times.append(time.perf_counter() - started)
-        projected = far * (magnitude / xp.maximum(amplitude, 1e-30))
+        ratio = magnitude / xp.maximum(amplitude, 1e-30)
+        if flat is not None:
+            flat = coherence.background_update(flat, ratio**2, faint, xp)
+        projected = far * ratio
         if free is not None:
             projected = xp.where(free, far, projected)
         obj = (fft.ifftn(projected, axes=axes, **workers) * inside).astype(xp.complex64)
@@ -240,12 +252,14 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     seconds = time.perf_counter() - started + (float(resume["seconds"]) if resume is not None else 0.0)
     if interrupted:
         state = {"obj": host, "support": support, "done": np.int64(done), "history": np.asarray(history),
-                 "seconds": np.float64(seconds)}
+                 "seconds": np.float64(seconds), **({} if flat is None else {"background": to_host(flat)})}
         return FullFit(host, support, np.array([history[-1]]), done, seconds, history, times, interrupted=True,
                        checkpoint=state)
     chi = to_host(_misfit(xp, model(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
-    return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu")
+    flat = None if flat is None else to_host(flat)[order]
+    return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu",
+                   background=flat)
 
 
 POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself leaves the free set out)
@@ -253,10 +267,10 @@ POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself
 
 def polish(intensity: np.ndarray, measured: np.ndarray | None, fitted: FullFit, plan: FullPlan = FULL_PLAN,
            blur=None) -> FullFit:
-    """``fitted``'s answers, a few ER iterations more on all the measured voxels (its support kept):
-    the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too."""
+    """``fitted``'s answers, a few ER iterations more on all the measured voxels (its support and background
+    model kept): the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too."""
     resume = {"support": fitted.support, "obj": fitted.obj, "done": np.int64(0), "history": np.asarray([]),
-              "seconds": np.float64(0.0)}
+              "seconds": np.float64(0.0), **({} if fitted.background is None else {"background": fitted.background})}
     last = fit(intensity, measured, fitted.obj, dataclasses.replace(plan, schedule=POLISH, time_budget=None),
                resume=resume, blur=blur)
     return dataclasses.replace(last, iterations=fitted.iterations + last.iterations,

@@ -52,6 +52,7 @@ class Plan:
     explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 2))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "80*HIO+20*ER"
     coherence: tuple = ()  # partial coherence: blur widths σ (voxels, detector axes), each tried with every start
+    background: bool = True  # fit a flat background to photon counts (EM, with the projections: ``shared.physics.coherence``)
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
     tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
@@ -70,6 +71,8 @@ class Plan:
         steps = [f"starts {'+'.join(self.starts)}"]
         if len(self.coherence) > 1:
             steps[0] += f" × blur σ {{{', '.join(f'{x:g}' for x in self.coherence)}}}"
+        if self.background:
+            steps[0] += ", flat background fitted"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
         steps += [self.converge] if self.converge else []
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
@@ -99,6 +102,7 @@ class Converged:
     chi_free: np.ndarray | None = None  # over the withheld voxels, of the answer before the polish (all data)
     free: np.ndarray | None = None  # bool, one grid, centred: the withheld voxels (``phasing.free_voxels``)
     coherence: np.ndarray | None = None  # per scan: the answer's partial-coherence blur σ (voxels, detector axes)
+    background: np.ndarray | None = None  # per scan: the answer's flat background (the intensity's units; 0: none)
 
 
 CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ with 4 starts on 2 cores;
@@ -148,9 +152,11 @@ class Preempted(Exception):
 
 def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None = None,
              plan: Plan = REFINE_PLAN, seed: int = 0, yield_now=None, resume: Checkpoint | None = None,
-             warm=None) -> Converged:
+             warm=None, counting=None) -> Converged:
     """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid. ``warm``: per
-    scan, the start ``previous`` of the plan (the last preview; None where there is none).
+    scan, the start ``previous`` of the plan (the last preview; None where there is none). ``counting``: per
+    scan, whether its data are photon counts; the plan's flat background (photons per voxel) is fitted to those
+    alone (None: all).
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
     its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
@@ -163,6 +169,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     free = phasing.free_voxels(intensity.shape[1:])  # withheld from every projection; χ_free judges on them
     free_unshifted = sfft.ifftshift(free) if measured is None else sfft.ifftshift(free) & mask
     fit = ~sfft.ifftshift(free) if mask is None else mask & ~sfft.ifftshift(free)
+    faint = coherence.faint_voxels(magnitude**2, fit) if plan.background else None
     rounds = list(plan.explore) or [("", 1)]
     phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
     if resume is None:
@@ -175,16 +182,23 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         amp = np.abs(starts)
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
+        background = None
+        if plan.background:  # EM keeps a zero at zero: scans that are not counts get none
+            background = coherence.background_start(magnitude**2, faint) * (True if counting is None else
+                                                                          np.asarray(counting, bool))
+            background = np.repeat(background.astype(np.float32), widths.shape[1])
     else:
         names = np.array(resume.names).reshape(batch, -1)
         arrays, phase, done, timings = dict(resume.arrays), resume.phase, resume.done, dict(resume.seconds)
         obj, support, iteration = arrays.pop("obj"), arrays.pop("support"), resume.iteration
         widths = arrays.pop("widths").reshape(names.shape)
+        background = arrays.pop("background", None)
     alive = names.shape[1]
     state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
                                  np.repeat(np.broadcast_to(fit, magnitude.shape), alive, axis=0),
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
-    state.coherence = coherence_of(widths, magnitude.shape[1:])
+    state.coherence, state.background = coherence_of(widths, magnitude.shape[1:]), background
+    state.faint = None if faint is None else np.repeat(faint, alive, axis=0)
     if phases.index(phase) > phases.index("converge"):
         state.threshold = plan.tight_threshold
     clock = time.perf_counter()
@@ -194,7 +208,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         rows = len(objects) // batch
         return phasing.masked_chi(objects, state.magnitude,
                                   np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), rows, axis=0),
-                                  state.coherence)
+                                  state.coherence, state.background)
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -209,7 +223,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 lap(phase.split(":")[0])
                 raise Preempted(Checkpoint(phase, run.done, names.ravel().tolist(), state.iteration,
                                            {"obj": state.obj, "support": state.support, "mean": run.mean,
-                                            "widths": widths, **extra}, timings))
+                                            "widths": widths, "background": state.background, **extra}, timings))
             run.advance(state, CHUNK)
         return run.result()
 
@@ -255,12 +269,12 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
                             threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
                             time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish,
-                            blur_widths=widths[:, 0])
+                            blur_widths=widths[:, 0], background=state.background)
             lap("polish")
             if result.interrupted:
                 raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
                                            {"obj": obj, "support": state.support, "chi_free": arrays["chi_free"],
-                                            "widths": widths,
+                                            "widths": widths, "background": state.background,
                                             **({"alternatives": arrays["alternatives"]} if "alternatives" in arrays
                                                else {}),
                                             **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
@@ -272,10 +286,13 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays.pop("mean", None)
     else:
         support = state.support
-        chi = phasing.project_chi(obj, magnitude, mask, coherence_of(widths[:, :1], magnitude.shape[1:]))
+        chi = phasing.project_chi(obj, magnitude, mask, coherence_of(widths[:, :1], magnitude.shape[1:]),
+                                  None if state.background is None else state.background[:batch])
     final_free = arrays["chi_free"] if "chi_free" in arrays else chi_free(obj)
+    flat = np.zeros(batch) if state.background is None else state.background[:batch].astype(np.float64)
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
-                     arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64))
+                     arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64),
+                     flat)
 
 
 def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:

@@ -2,7 +2,7 @@
 
     minimise  L(ρ) = Σ W·(|F(ρ·S)| − M)² / Σ M²        (Gaussian; χ² )
           or  L(ρ) = Σ W·(|F|² − I·log|F|²) / Σ I      (Poisson likelihood)
-    with |F|² convolved with the scan's partial-coherence blur where it has one
+    with |F|² convolved with the scan's partial-coherence blur where it has one, plus its flat background
     W = 1 where measured, 0 where not (detector gaps, bad pixels, frames not
     yet acquired): there the model is free instead of being pulled to zero.
     over ρ = re + i·im, with Adam, starting from the network's prediction,
@@ -45,21 +45,22 @@ class RefineResult:
     state: dict = field(default_factory=dict)  # arrays to pass back as ``resume`` (iterate, Adam's moments, best)
 
 
-def model_power(params, support, blur):
-    """|F(ρ·S)|², blurred by the partial-coherence multiplier and its centre weight in ``blur`` if given."""
+def model_power(params, support, background, blur):
+    """|F(ρ·S)|², blurred by the partial-coherence multiplier and its centre weight in ``blur`` if given, plus the
+    flat ``background`` per scan ((B, 1, 1, 1), held: the projections fitted it)."""
     re, im = params
     fr, fi = fft3(re * support, im * support)
-    return blurred_power(fr, fi, *blur) if blur else fr * fr + fi * fi
+    return (blurred_power(fr, fi, *blur) if blur else fr * fr + fi * fi) + background
 
 
-def gaussian_loss(params, magnitude, support, measured, *blur):
-    modulus = ops.sqrt(model_power(params, support, blur) + 1e-20)
+def gaussian_loss(params, magnitude, support, measured, background, *blur):
+    modulus = ops.sqrt(model_power(params, support, background, blur) + 1e-20)
     chi2 = ops.sum(measured * (modulus - magnitude) ** 2, axis=AXES) / ops.sum(magnitude**2, axis=AXES)
     return ops.sum(chi2), ops.sqrt(chi2)
 
 
-def poisson_loss(params, magnitude, support, measured, *blur):
-    power = model_power(params, support, blur)
+def poisson_loss(params, magnitude, support, measured, background, *blur):
+    power = model_power(params, support, background, blur)
     counts = magnitude**2
     nll = ops.sum(measured * (power - counts * ops.log(power + 1e-12)), axis=AXES) / ops.sum(counts, axis=AXES)
     misfit = measured * (ops.sqrt(power + 1e-20) - magnitude) ** 2
@@ -113,7 +114,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
            loss: str = "gaussian", shrink_every: int = 25, sigma: float = 1.0, threshold: float = 0.1,
            time_budget: float | None = None, patience: int = 30, tolerance: float = 1e-4,
            progress=None, measured: np.ndarray | None = None, interrupt=None,
-           resume: dict | None = None, blur_widths: np.ndarray | None = None) -> RefineResult:
+           resume: dict | None = None, blur_widths: np.ndarray | None = None,
+           background: np.ndarray | None = None) -> RefineResult:
     """Refine ``start`` (B, n, n, n complex, centred) against ``intensity`` (B, n, n, n, centred).
 
     ``measured`` (bool, centred like the intensity) marks the voxels that were
@@ -121,7 +123,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked after
     every step, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
     goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run). ``blur_widths``: per scan,
-    the partial-coherence blur σ (voxels, detector axes) the model convolves |F|² with (``shared.solver.plans``).
+    the partial-coherence blur σ (voxels, detector axes) the model convolves |F|² with (``shared.solver.plans``);
+    ``background``: per scan, the flat background it adds (the intensity's units), held fixed.
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; use {' or '.join(LOSSES)}")
@@ -152,7 +155,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     run.start(obj, learning_rate * float(amp.max()))
     re, im, step = run.re, run.im, run.step
     if resume is None:
-        chi_start = phasing.project_chi(obj * support, magnitude, mask, half_kernel)
+        chi_start = phasing.project_chi(obj * support, magnitude, mask, half_kernel, background)
         best, best_chi = (obj * support).astype(np.complex64), chi_start.copy()
         best_support = support > 0
         history = [(0.0, chi_start.copy())]
@@ -166,9 +169,11 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
         history = [(0.0, h) for h in resume["history_chi"]]
         first, began = int(resume["taken"]) + 1, began - float(resume["elapsed"])
     data_m, data_w = ops.convert_to_tensor(magnitude), ops.convert_to_tensor(weight)
+    flat = ops.convert_to_tensor(np.zeros(len(obj), np.float32) if background is None else
+                                 np.asarray(background, np.float32).reshape(len(obj)))[:, None, None, None]
     taken = first - 1
     for taken in range(first, steps + 1):
-        chi, before = step(data_m, ops.convert_to_tensor(support), data_w, *blur)
+        chi, before = step(data_m, ops.convert_to_tensor(support), data_w, flat, *blur)
         chi = np.asarray(chi)  # χ of ``before``: the step evaluates, then updates
         improved = chi < best_chi
         if improved.any():
@@ -195,7 +200,7 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
             return RefineResult(best, best_support, best_chi, chi_start, history, taken,
                                 time.perf_counter() - began, True, state)
     last = (np.asarray(re.value) + 1j * np.asarray(im.value)) * support
-    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask, half_kernel)
+    last_chi = phasing.project_chi(last.astype(np.complex64), magnitude, mask, half_kernel, background)
     improved = last_chi < best_chi
     best[improved], best_chi[improved], best_support[improved] = last[improved], last_chi[improved], support[improved] > 0
     return RefineResult(best, best_support, best_chi, chi_start, history, taken, time.perf_counter() - began)
