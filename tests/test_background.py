@@ -64,10 +64,10 @@ def test_the_refined_stage_fits_a_background_to_counts_and_none_where_there_is_n
     obj, expected, with_flat, without = counted
     plan = dataclasses.replace(REFINE_PLAN, polish_steps=10)
     start = np.abs(obj)[None].astype(np.complex64)  # the true shape, flat phase: the search is not the test
-    fitted = converge(with_flat[None], start, None, plan)
+    fitted = converge(with_flat[None], start, None, plan, counting=[True])
     assert fitted.background[0] == pytest.approx(FLAT, rel=0.25)
     assert metrics.errors(fitted.obj[0], obj)["phase_unweighted"] < 0.1
-    assert converge(without[None], start, None, plan).background[0] < 0.1 * FLAT
+    assert converge(without[None], start, None, plan, counting=[True]).background[0] < 0.1 * FLAT
     # not counts (noise-free floats): nothing is fitted, the model stays |F|² alone
     assert converge(expected[None], start, None, plan, counting=[False]).background[0] == 0.0
 

@@ -98,17 +98,20 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
 
     from shared.solver.stages import free_floor_of
 
+    counting = [trust.photon_step(v) is not None for v in intensity]  # a background is fitted to counts
+
     def refined_with_effort():  # as the service runs it
-        first = converge(intensity, nn, plan=REFINE_PLAN)
+        first = converge(intensity, nn, plan=REFINE_PLAN, counting=counting)
         floors = [trust.noise_floor(v) for v in intensity]
         free_floors = [free_floor_of(v, True, v.shape, first.free, f) for v, f in zip(intensity, floors)]
-        return effort.refine_with_effort(intensity, nn, None, REFINE_PLAN, floors, free_floors, first)[0], free_floors
+        return effort.refine_with_effort(intensity, nn, None, REFINE_PLAN, floors, free_floors, first,
+                                         counting)[0], free_floors
 
     (stage, free_floors), refine_s = timed(refined_with_effort)
     refined = stage.obj
     trusted, trust_s = timed(lambda: trust_of(stage, intensity, free_floors))
     refine_s += trust_s  # the verdict and the uncertainty map are part of the stage's answer
-    preview, preview_s = timed(lambda: converge(intensity, nn, plan=PREVIEW_PLAN).obj)
+    preview, preview_s = timed(lambda: converge(intensity, nn, plan=PREVIEW_PLAN).obj)  # as the service: no background
     baselines = {}
     for starts in (1, 4):
         with tqdm(total=620 * count * starts, desc=f"{family}: ER/HIO ×{starts}", unit="it·scan") as bar:

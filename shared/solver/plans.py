@@ -155,8 +155,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
              warm=None, counting=None) -> Converged:
     """Refine predictions (B, …) complex against centred intensities (B, …), both on one grid. ``warm``: per
     scan, the start ``previous`` of the plan (the last preview; None where there is none). ``counting``: per
-    scan, whether its data are photon counts; the plan's flat background (photons per voxel) is fitted to those
-    alone (None: all).
+    scan, whether its data are photon counts on this grid; the plan's flat background (photons per voxel) is
+    fitted to those alone (None: to none; the caller knows what its data are: ``shared.solver.stages``).
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
     its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
@@ -184,7 +184,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
         background = None
         if plan.background:  # EM keeps a zero at zero: scans that are not counts get none
-            background = coherence.background_start(magnitude**2, faint) * (True if counting is None else
+            background = coherence.background_start(magnitude**2, faint) * (False if counting is None else
                                                                           np.asarray(counting, bool))
             background = np.repeat(background.astype(np.float32), widths.shape[1])
     else:
