@@ -193,7 +193,8 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     """ER with a fixed support (from the first seed) of every seed (F, …) against one centred region
     intensity (…); the answer is ordered by χ, best first. ``blur``: σ per axis (voxels) of the partial-coherence
     blur the refined stage chose (``shared.physics.coherence``); None or zeros: coherent. ``background``: the flat
-    background the refined stage fitted, where it fitted one (None: none), fitted on from there by EM.
+    background the refined stage fitted, where it fitted one (None: none), held: with this fit's support, dilated
+    for the crystal's rim, the object's own skirt absorbs a flat background, and an EM fit of it here decays to 0.
 
     ``yield_now()``, asked between iterations, stops the fit (``interrupted``): its ``checkpoint`` passed
     back as ``resume`` goes on, with the same result as one run."""
@@ -205,7 +206,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     if resume is None:
         support = support_of(seeds[0], plan)
         obj, done, history = seeds.astype(np.complex64) * support, 0, []
-        flat = None if background is None else np.full(len(seeds), max(float(background), 1e-6), np.float32)
+        flat = None if background is None else np.full(len(seeds), float(background), np.float32)
     else:
         support, obj, done = resume["support"].astype(bool), resume["obj"], int(resume["done"])
         history = [float(c) for c in resume["history"]]
@@ -216,11 +217,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     axes, interrupted, times = (1, 2, 3), False, []
     multiplier = coherence.of(intensity.shape, None if blur is None else [blur])
     multiplier = None if multiplier is None else xp.asarray(multiplier)
-    faint = None
-    if flat is not None:  # where the background is fitted: the faint half of the measured voxels
-        faint = xp.asarray(coherence.faint_voxels(to_host(magnitude)[None] ** 2, None if free is None else
-                                                  ~to_host(free)[None]))
-        flat = xp.asarray(flat)
+    flat = None if flat is None else xp.asarray(flat)
 
     def model(far):
         return coherence.modulus(far, multiplier, xp, fft, background=flat)
@@ -230,10 +227,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
         amplitude = model(far)
         history.append(float(_misfit(xp, amplitude[:1], magnitude, weight, norm)[0]))
         times.append(time.perf_counter() - started)
-        ratio = magnitude / xp.maximum(amplitude, 1e-30)
-        if flat is not None:
-            flat = coherence.background_update(flat, ratio**2, faint, xp)
-        projected = far * ratio
+        projected = far * (magnitude / xp.maximum(amplitude, 1e-30))
         if free is not None:
             projected = xp.where(free, far, projected)
         obj = (fft.ifftn(projected, axes=axes, **workers) * inside).astype(xp.complex64)

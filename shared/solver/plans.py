@@ -169,7 +169,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     free = phasing.free_voxels(intensity.shape[1:])  # withheld from every projection; χ_free judges on them
     free_unshifted = sfft.ifftshift(free) if measured is None else sfft.ifftshift(free) & mask
     fit = ~sfft.ifftshift(free) if mask is None else mask & ~sfft.ifftshift(free)
-    faint = coherence.faint_voxels(magnitude**2, fit) if plan.background else None
+    fitting = plan.background and counting is not None and bool(np.any(counting))  # a flat background, to counts
+    faint = coherence.faint_voxels(magnitude**2, fit) if fitting else None
     rounds = list(plan.explore) or [("", 1)]
     phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
     if resume is None:
@@ -183,9 +184,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
         background = None
-        if plan.background:  # EM keeps a zero at zero: scans that are not counts get none
-            background = coherence.background_start(magnitude**2, faint) * (False if counting is None else
-                                                                          np.asarray(counting, bool))
+        if fitting:  # EM keeps a zero at zero: the scans that are not counts get none
+            background = coherence.background_start(magnitude**2, faint) * np.asarray(counting, bool)
             background = np.repeat(background.astype(np.float32), widths.shape[1])
     else:
         names = np.array(resume.names).reshape(batch, -1)
