@@ -136,7 +136,7 @@ def run(args):
                      # the partial-coherence blur the χ's model was fitted with (σ, voxels; zeros: coherent)
                      "coherence_blur": np.array(trusted.info["coherence_blur"] if was_batch
                                                 else trusted.info["coherence_blur"][0]),
-                     # and the flat background it adds (photons per voxel of the input; 0: none)
+                     # and the flat background it adds (per voxel, the input's units; 0: none)
                      "background": np.array([b or 0.0 for b in trusted.info["background"]]) if was_batch
                      else float(trusted.info["background"][0] or 0.0)}
         extra["/phase_uncertainty"] = trusted.uncertainty[pick]

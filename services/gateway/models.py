@@ -32,9 +32,10 @@ DESCRIPTIONS = {
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free); chi and chi_free are of that blurred model; zeros: coherent",
-    "background": "the flat background (photons per voxel of the input: air and substrate scattering, dark counts) the "
-                  "answer's model adds to its computed intensity, fitted on the faint half of the measured voxels; "
-                  "chi and chi_free are of that model; 0: none",
+    "background": "the flat background per voxel (air and substrate scattering, dark counts), in the input's units "
+                  "(photons for raw counts), that the answer's model adds to its computed intensity, fitted on the "
+                  "faint half of the measured voxels where the data are counts; chi and chi_free are of that model; "
+                  "0: none",
     "grid": "the grid of the stage's arrays (full: the input's)",
     "chi_refinement_grid": "the refined stage's χ on its own (binned) grid, `grid`; not against the measured frames",
     "partial": "the preview's: true while it rests on part of the frames (frames_used of frames_expected): not yet "
