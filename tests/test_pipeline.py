@@ -69,7 +69,7 @@ def test_paper_example_on_its_own_grid(predictor):
     step = trust.photon_step(volume)  # the data are counts scaled to a maximum of 1: one photon is this step
     assert 0.5 * step < background < 50 * step
     assert stage.chi[0] < 0.1  # the crop of the previous refinement left χ 0.53 against this file
-    assert blur[0] == 0 and blur[1] == blur[2] > 0 and stage.info["chi_free"][0] < 0.05  # 0.068 coherent
+    assert blur[1] == blur[2] > 0 and stage.info["chi_free"][0] < 0.036  # 0.068 coherent; issue 31's target 0.036
 
 
 def test_masked_voxels_are_out_of_the_loss(crystal):

@@ -28,6 +28,14 @@ def detector_sigmas(widths) -> np.ndarray:
     return np.stack([np.zeros_like(widths), widths, widths], axis=1)
 
 
+def sigmas_of(entry) -> np.ndarray:
+    """σ per axis (rocking, rows, columns) of one blur a plan tries: a number is a width on the detector axes alone
+    (the detector's point spread), three numbers a blur of every axis (partial coherence is a property of the beam
+    in the sample's frame: it blurs the rocking direction too)."""
+    values = np.atleast_1d(np.asarray(entry, np.float32))
+    return detector_sigmas(values)[0] if values.size == 1 else values.reshape(3)
+
+
 def kernel(shape, sigmas, half: bool = True) -> np.ndarray:
     """Per run (rows of ``sigmas``, (B, 3)), the Fourier multiplier of the blur for an rfftn (``half``) or
     fftn over the last three axes of a batch of volumes of ``shape``: the transform of a sampled Gaussian of

@@ -3,8 +3,9 @@
     judge     after a run of the refined stage each scan gets its verdict (``shared.solver.trust``): χ_free against
               its withheld voxels' noise floor, and whether its independent solutions agree
     again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
-              random phases, a new seed), each also with a partial-coherence blur of σ 0.5 and 1 voxel
-              (``shared.physics.coherence``: a model misfit is one reason to stay above the floor), up to
+              random phases, a new seed), each also with a partial-coherence blur of σ 0.5 and 1 voxel on the
+              detector axes and 0.5 on every axis (``shared.physics.coherence``: a model misfit is one reason to
+              stay above the floor), up to
               MAX_RUNS runs in all, when its data could allow a verdict
               (floor ≤ NOISE_LIMIT) or, on noisier data, while its χ_free is above the free floor (a
               right answer predicts the withheld voxels down to it, a wrong basin stays above); a scan
@@ -30,7 +31,9 @@ from shared.solver.plans import Converged, Plan, converge
 MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
 AGAIN_STARTS = ("random", "random", "flat", "twin")
-AGAIN_COHERENCE = (0.0, 0.5, 1.0)  # the run again also tries partial coherence: a model misfit is one reason to fail
+# the run again also tries partial coherence (a model misfit is one reason to fail): σ 0.5 and 1 voxel on the detector
+# axes (the detector's spread), 0.5 on every axis (the beam's partial coherence blurs the rocking direction too)
+AGAIN_COHERENCE = (0.0, 0.5, 1.0, (0.5, 0.5, 0.5))
 SMALL_GRID = 64**3
 
 

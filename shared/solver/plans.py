@@ -1,8 +1,9 @@
 """The refined stage: from a network's prediction to a converged reconstruction.
 
-    starts    flat, NN, twin, flat twin          (from the network's shape and phase), each with every blur width of
+    starts    flat, NN, twin, flat twin          (from the network's shape and phase), each with every blur of
               ``coherence`` (partial coherence, ``shared.physics.coherence``; the refined plan's first run is
-              coherent, a run again tries σ 0.5 and 1: ``shared.solver.effort``)
+              coherent, a run again tries σ 0.5 and 1 on the detector axes and 0.5 on every axis:
+              ``shared.solver.effort``); a flat background fitted where the data are counts
     explore   ER**10 * HIO**10 → keep the best 2 per scan → HIO**10 → keep 2 (the finalists)
               (successive halving on χ_free, the misfit on 5 % of the voxels withheld from every
               projection; all scans batched: dropping losing starts early is the speed)
@@ -51,7 +52,8 @@ class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
     explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 2))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "80*HIO+20*ER"
-    coherence: tuple = ()  # partial coherence: blur widths σ (voxels, detector axes), each tried with every start
+    coherence: tuple = ()  # partial coherence: blurs tried with every start, each σ (voxels) on the detector axes or
+    # three σ (rocking, rows, columns): ``coherence.sigmas_of``
     background: bool = True  # fit a flat background to photon counts (EM, with the projections: ``shared.physics.coherence``)
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
@@ -70,7 +72,7 @@ class Plan:
     def describe(self) -> str:
         steps = [f"starts {'+'.join(self.starts)}"]
         if len(self.coherence) > 1:
-            steps[0] += f" × blur σ {{{', '.join(f'{x:g}' for x in self.coherence)}}}"
+            steps[0] += f" × blur σ {{{', '.join(_blur_name(x) for x in self.coherence)}}}"
         if self.background:
             steps[0] += ", flat background fitted"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
@@ -101,7 +103,7 @@ class Converged:
     alternatives: np.ndarray | None = None  # (B, finalists − 1, …): the other finalists, best first
     chi_free: np.ndarray | None = None  # over the withheld voxels, of the answer before the polish (all data)
     free: np.ndarray | None = None  # bool, one grid, centred: the withheld voxels (``phasing.free_voxels``)
-    coherence: np.ndarray | None = None  # per scan: the answer's partial-coherence blur σ (voxels, detector axes)
+    coherence: np.ndarray | None = None  # (B, 3) per scan: the answer's partial-coherence blur σ per axis (voxels)
     background: np.ndarray | None = None  # per scan: the answer's flat background (the intensity's units; 0: none)
 
 
@@ -177,9 +179,9 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
                                np.repeat(magnitude, count, axis=0))
         names = np.array(plan.starts * batch).reshape(batch, count)
-        grid = np.asarray(plan.coherence or (0.0,), np.float32)  # every start with every blur width
+        grid = np.stack([coherence.sigmas_of(b) for b in plan.coherence or (0.0,)])  # every start with every blur
         starts, names = np.repeat(starts, len(grid), axis=0), np.repeat(names, len(grid), axis=1)
-        widths = np.tile(grid, (batch, count))
+        widths = np.tile(grid[None], (batch, count, 1))  # (B, runs, 3): σ per axis of each run
         amp = np.abs(starts)
         obj, support = starts, amp > plan.threshold * amp.max(axis=AXES, keepdims=True)
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
@@ -191,7 +193,10 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         names = np.array(resume.names).reshape(batch, -1)
         arrays, phase, done, timings = dict(resume.arrays), resume.phase, resume.done, dict(resume.seconds)
         obj, support, iteration = arrays.pop("obj"), arrays.pop("support"), resume.iteration
-        widths = arrays.pop("widths").reshape(names.shape)
+        widths = arrays.pop("widths")
+        if widths.size == names.size:  # a checkpoint from before blurs of every axis: widths on the detector axes
+            widths = coherence.detector_sigmas(widths.ravel())
+        widths = widths.reshape(names.shape + (3,))
         background = arrays.pop("background", None)
     alive = names.shape[1]
     state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
@@ -234,7 +239,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 run_chunked(schedule, 1, {})
             ranked = np.argsort(chi_free(state.obj * state.support).reshape(batch, -1), axis=1)[:, :keep]
             alive = names.shape[1]
-            names, widths = np.take_along_axis(names, ranked, axis=1), np.take_along_axis(widths, ranked, axis=1)
+            names, widths = np.take_along_axis(names, ranked, axis=1), np.take_along_axis(widths, ranked[..., None], axis=1)
             state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
             lap("explore")
         elif phase == "converge":
@@ -257,7 +262,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             rows = order + names.shape[1] * np.arange(batch)[:, None]
             arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
             obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
-            widths = np.take_along_axis(widths, order, axis=1)[:, :1]
+            widths = np.take_along_axis(widths, order[..., None], axis=1)[:, :1]
             state = phasing.select(state, rows[:, 0])
         if phase == "polish" and "chi_free" not in arrays:
             arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
@@ -296,6 +301,12 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
 
 
 def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
-    """The runs' blur multipliers (``shared.physics.coherence``) from their widths on the detector axes; None where
-    every run is coherent."""
-    return coherence.of(shape, coherence.detector_sigmas(widths))
+    """The runs' blur multipliers (``shared.physics.coherence``) from their σ per axis (…, 3); None where every run
+    is coherent."""
+    return coherence.of(shape, np.asarray(widths).reshape(-1, 3))
+
+
+def _blur_name(entry) -> str:
+    """0.5 (the detector axes), 0.5×0.5×0.5 (every axis)."""
+    values = np.atleast_1d(entry)
+    return "×".join(f"{x:g}" for x in values)

@@ -123,7 +123,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     start's support (its amplitude above ``threshold``) fixed. ``interrupt()``, asked after
     every step, stops early when true (a preempted refinement); its ``state`` passed back as ``resume``
     goes on exactly where it stopped (``steps`` and ``time_budget`` count the whole run). ``blur_widths``: per scan,
-    the partial-coherence blur σ (voxels, detector axes) the model convolves |F|² with (``shared.solver.plans``);
+    the partial-coherence blur σ per axis (B, 3), or on the detector axes alone (B,), voxels, that the model
+    convolves |F|² with (``shared.solver.plans``);
     ``background``: per scan, the flat background it adds (the intensity's units), held fixed.
     """
     if loss not in LOSSES:
@@ -145,7 +146,10 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     kernel = phasing.blur_kernel(amp.shape[1:], sigma)
     if shrink_every:
         support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
-    sigmas = None if blur_widths is None else coherence.detector_sigmas(blur_widths)
+    sigmas = None  # per scan, σ per axis: (B, 3), or one width on the detector axes per scan: (B,)
+    if blur_widths is not None:
+        sigmas = np.asarray(blur_widths, np.float32)
+        sigmas = coherence.detector_sigmas(sigmas) if sigmas.ndim == 1 else sigmas.reshape(-1, 3)
     half_kernel, blur = coherence.of(obj.shape[1:], sigmas), ()
     if half_kernel is not None:  # the step's blur: the full-layout multiplier and the same centre weight
         centre = coherence.centre(half_kernel, obj.shape[-1])[:, None, None, None]

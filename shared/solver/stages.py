@@ -177,7 +177,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         finalists.append(np.stack([obj, *alternatives]).astype(np.complex64))
         on_input = fullgrid.place_back(embed(obj, region.shape), region)
         blur = [round(float(b), 4) for b in  # in the input's voxels, as recorded (χ with exactly that blur)
-                coherence.on_grid(coherence.detector_sigmas(result.coherence[k])[0], grid, region.shape)]
+                coherence.on_grid(result.coherence[k], grid, region.shape)]
         blurs.append(blur)
         flat = float(f"{result.background[k]:.4g}")  # per voxel (DCT binning keeps a constant): the input's units
         backgrounds.append(flat)
