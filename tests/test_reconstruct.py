@@ -111,6 +111,7 @@ def test_evaluate_writes_a_report(tmp_path):
     assert summary["count"] == 2 and set(summary["families"]) == {"facets", "fill"}
     assert summary["families"]["facets"]["tuning"] and not summary["families"]["fill"]["tuning"]
     assert "| facets ✱ |" in report and "## Family fill (never tuned on)" in report
+    assert "0.5×0.5×0.5" in report  # the run again's blur of every axis, as written
     for family in summary["families"].values():
         assert {"converged", "uncertain"} == set(family["calibration"]["verdicts"])
         assert set(family["calibration"]["reasons"]) == {"search", "model", "photons", "disagreement"}

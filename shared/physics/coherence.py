@@ -36,6 +36,11 @@ def sigmas_of(entry) -> np.ndarray:
     return detector_sigmas(values)[0] if values.size == 1 else values.reshape(3)
 
 
+def blur_name(entry) -> str:
+    """A plan's blur as written: 0.5 (the detector axes), 0.5×0.5×0.5 (rocking, rows, columns)."""
+    return "×".join(f"{x:g}" for x in np.atleast_1d(entry))
+
+
 def kernel(shape, sigmas, half: bool = True) -> np.ndarray:
     """Per run (rows of ``sigmas``, (B, 3)), the Fourier multiplier of the blur for an rfftn (``half``) or
     fftn over the last three axes of a batch of volumes of ``shape``: the transform of a sampled Gaussian of

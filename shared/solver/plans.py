@@ -72,7 +72,7 @@ class Plan:
     def describe(self) -> str:
         steps = [f"starts {'+'.join(self.starts)}"]
         if len(self.coherence) > 1:
-            steps[0] += f" × blur σ {{{', '.join(_blur_name(x) for x in self.coherence)}}}"
+            steps[0] += f" × blur σ {{{', '.join(coherence.blur_name(x) for x in self.coherence)}}}"
         if self.background:
             steps[0] += ", flat background fitted"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
@@ -305,8 +305,3 @@ def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
     is coherent."""
     return coherence.of(shape, np.asarray(widths).reshape(-1, 3))
 
-
-def _blur_name(entry) -> str:
-    """0.5 (the detector axes), 0.5×0.5×0.5 (every axis)."""
-    values = np.atleast_1d(entry)
-    return "×".join(f"{x:g}" for x in values)
