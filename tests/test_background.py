@@ -92,7 +92,7 @@ def test_the_full_grid_fit_carries_the_background_on(counted):
     plan = fullgrid.FullPlan(schedule="40*ER", support_dilation=2, patience=100)
     carried = fullgrid.fit(with_flat, None, seeds, plan, background=FLAT)
     plain = fullgrid.fit(with_flat, None, seeds, plan)
-    assert carried.background[0] == FLAT and plain.background is None
+    assert carried.background == FLAT and plain.background is None
     assert metrics.errors(carried.obj[0], obj)["phase_unweighted"] < metrics.errors(plain.obj[0], obj)["phase_unweighted"]
     model = metrics.chi(carried.obj[0], with_flat, background=FLAT)
     assert carried.chi[0] == pytest.approx(model, rel=0.05)

@@ -95,32 +95,32 @@ def modulus(field, multiplier, xp=np, fft=sfft, background=None):
     return xp.sqrt(intensity).astype(xp.float32, copy=False)
 
 
-def faint_voxels(intensity, fit=None, xp=np):
+def faint_voxels(intensity, fit=None):
     """Per run (B, …), the fitted voxels at or below the run's median intensity, smoothed by 2 voxels so that
     the choice does not pick the low draws of the noise (which would bias the background low): where a
     background, if any, outweighs the crystal's signal. The background is fitted there alone, so that it cannot
     absorb the misfit of the crystal's own bright voxels (a model that misses the peak's wings is no background)."""
     smooth = ndimage.gaussian_filter(np.asarray(intensity, np.float32), (0, 2, 2, 2), mode="wrap")
-    values = smooth if fit is None else xp.where(fit, smooth, xp.nan)
-    median = xp.nanmedian(values.reshape(len(values), -1), axis=1).reshape(-1, 1, 1, 1)
+    values = smooth if fit is None else np.where(fit, smooth, np.nan)
+    median = np.nanmedian(values.reshape(len(values), -1), axis=1).reshape(-1, 1, 1, 1)
     return values <= median
 
 
-def background_start(intensity, faint, xp=np):
+def background_start(intensity, faint):
     """Per run, a first flat background: the mean intensity of its ``faint`` voxels. It only starts the fit (EM
     moves it from there, and from a positive start: EM keeps a zero at zero)."""
-    mean = (intensity * faint).sum(axis=AXES) / xp.maximum(faint.sum(axis=AXES), 1)
-    return xp.maximum(mean, 1e-6 * intensity.mean(axis=AXES) + 1e-30).astype(xp.float32)
+    mean = (intensity * faint).sum(axis=AXES) / np.maximum(faint.sum(axis=AXES), 1)
+    return np.maximum(mean, 1e-6 * intensity.mean(axis=AXES) + 1e-30).astype(np.float32)
 
 
-def background_update(background, ratio_squared, fit=None, xp=np):
+def background_update(background, ratio_squared, fit=None):
     """One EM step of the flat background from I / (model intensity) per voxel (B, …), over the ``fit`` voxels
     (``faint_voxels``)."""
     if fit is None:
         mean = ratio_squared.mean(axis=AXES)
     else:
-        mean = (ratio_squared * fit).sum(axis=AXES) / xp.maximum(fit.sum(axis=AXES), 1)
-    return (background * mean).astype(xp.float32)
+        mean = (ratio_squared * fit).sum(axis=AXES) / np.maximum(fit.sum(axis=AXES), 1)
+    return (background * mean).astype(np.float32)
 
 
 def on_grid(sigmas, from_shape, to_shape) -> np.ndarray:

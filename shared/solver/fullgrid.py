@@ -179,7 +179,7 @@ class FullFit:
     device: str = "cpu"
     interrupted: bool = False  # it yielded: ``checkpoint`` resumes it, with the same result as one run
     checkpoint: dict | None = None
-    background: np.ndarray | None = None  # (F,) the flat background fitted with each answer (intensity units)
+    background: float | None = None  # the flat background its model held (intensity units; None: none)
 
 
 def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
@@ -206,18 +206,16 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     if resume is None:
         support = support_of(seeds[0], plan)
         obj, done, history = seeds.astype(np.complex64) * support, 0, []
-        flat = None if background is None else np.full(len(seeds), float(background), np.float32)
     else:
         support, obj, done = resume["support"].astype(bool), resume["obj"], int(resume["done"])
         history = [float(c) for c in resume["history"]]
-        flat = resume.get("background")
     obj, inside = xp.asarray(obj), xp.asarray(support)
     weight = None if free is None else (~free).astype(xp.float32)
     workers = {} if xp is not np else {"workers": -1}
     axes, interrupted, times = (1, 2, 3), False, []
     multiplier = coherence.of(intensity.shape, None if blur is None else [blur])
     multiplier = None if multiplier is None else xp.asarray(multiplier)
-    flat = None if flat is None else xp.asarray(flat)
+    flat = None if background is None else xp.asarray([background], dtype=xp.float32)  # held
 
     def model(far):
         return coherence.modulus(far, multiplier, xp, fft, background=flat)
@@ -246,14 +244,13 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     seconds = time.perf_counter() - started + (float(resume["seconds"]) if resume is not None else 0.0)
     if interrupted:
         state = {"obj": host, "support": support, "done": np.int64(done), "history": np.asarray(history),
-                 "seconds": np.float64(seconds), **({} if flat is None else {"background": to_host(flat)})}
+                 "seconds": np.float64(seconds)}
         return FullFit(host, support, np.array([history[-1]]), done, seconds, history, times, interrupted=True,
-                       checkpoint=state)
+                       checkpoint=state, background=background)
     chi = to_host(_misfit(xp, model(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
-    flat = None if flat is None else to_host(flat)[order]
     return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu",
-                   background=flat)
+                   background=background)
 
 
 POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself leaves the free set out)
@@ -264,9 +261,9 @@ def polish(intensity: np.ndarray, measured: np.ndarray | None, fitted: FullFit, 
     """``fitted``'s answers, a few ER iterations more on all the measured voxels (its support and background
     model kept): the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too."""
     resume = {"support": fitted.support, "obj": fitted.obj, "done": np.int64(0), "history": np.asarray([]),
-              "seconds": np.float64(0.0), **({} if fitted.background is None else {"background": fitted.background})}
+              "seconds": np.float64(0.0)}
     last = fit(intensity, measured, fitted.obj, dataclasses.replace(plan, schedule=POLISH, time_budget=None),
-               resume=resume, blur=blur)
+               resume=resume, blur=blur, background=fitted.background)
     return dataclasses.replace(last, iterations=fitted.iterations + last.iterations,
                                seconds=fitted.seconds + last.seconds, history=fitted.history + last.history,
                                times=fitted.times + [fitted.seconds + t for t in last.times], device=fitted.device)

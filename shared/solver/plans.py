@@ -172,7 +172,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     free_unshifted = sfft.ifftshift(free) if measured is None else sfft.ifftshift(free) & mask
     fit = ~sfft.ifftshift(free) if mask is None else mask & ~sfft.ifftshift(free)
     fitting = plan.background and counting is not None and bool(np.any(counting))  # a flat background, to counts
-    faint = coherence.faint_voxels(magnitude**2, fit) if fitting else None
+    power = magnitude**2 if fitting else None
+    faint = coherence.faint_voxels(power, fit) if fitting else None
     rounds = list(plan.explore) or [("", 1)]
     phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
     if resume is None:
@@ -187,7 +188,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         arrays, phase, done, timings, iteration = {}, phases[0], 0, {}, 0
         background = None
         if fitting:  # EM keeps a zero at zero: the scans that are not counts get none
-            background = coherence.background_start(magnitude**2, faint) * np.asarray(counting, bool)
+            background = coherence.background_start(power, faint) * np.asarray(counting, bool)
             background = np.repeat(background.astype(np.float32), widths.shape[1])
     else:
         names = np.array(resume.names).reshape(batch, -1)

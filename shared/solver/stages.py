@@ -257,11 +257,11 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
         multiplier = coherence.of(region.shape, None if blur is None else [blur])
         chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None], multiplier,
-                                            None if fitted.background is None else fitted.background[:1])[0])
+                                            None if flat is None else np.array([flat], np.float32))[0])
         fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
-        backgrounds.append(None if fitted.background is None else float(f"{fitted.background[0]:.4g}"))
-        chis.append(metrics.chi(best, volume, m, blur, backgrounds[-1] or 0.0))
+        backgrounds.append(flat)
+        chis.append(metrics.chi(best, volume, m, blur, flat or 0.0))
         if not keep_ramp:
             best = best * np.conj(phase_ramp(best.shape, refined_info["bragg_peak_offset"][k]))
         a, p, s = metrics.canonical(best, phase_outside=True)
