@@ -40,6 +40,9 @@ DESCRIPTIONS = {
     "chi_refinement_grid": "the refined stage's χ on its own (binned) grid, `grid`; not against the measured frames",
     "partial": "the preview's: true while it rests on part of the frames (frames_used of frames_expected): not yet "
                "the final answer's quality",
+    "searching": "the refined stage's: true while this is its first run's answer and a run again (new starts, a "
+                 "longer search, partial-coherence blurs) is still searching for a better one; its answer, if "
+                 "better, replaces this one",
     "StageSummary.frames_expected": "the scan's frames, beside frames_used (the preview's)",
     "position": "jobs ahead of this one (running ones included)",
     "eta_s": "estimated seconds until it starts",
@@ -89,6 +92,7 @@ class StageSummary(Described):
     chi_refinement_grid: float | None = None
     partial: bool | None = None
     frames_expected: int | None = None
+    searching: bool | None = None
 
 
 class QueuePlace(Described):

@@ -204,24 +204,34 @@ class RefinementWorker:
         crop = tuple(info.get("crop") or amp.shape)
         resume = self.resume_of(taken)
         began = time.perf_counter()
+
+        def answer(stage):
+            extra = stage.info
+            seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
+            result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": window.chi_on,
+                      "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
+                      **{key: extra[key][0] for key in TRUST}, "searching": extra["searching"][0],
+                      "runs": extra["runs"][0], "wall_seconds": time.perf_counter() - began,
+                      "resumed": bool(resume is not None or taken.preempted),
+                      "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
+                      "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
+                      "region": extra["region"][0], "downsampled": extra["downsampled"],
+                      "phase_ramp": extra["phase_ramp"],
+                      "bragg_peak_offset": window.on_detector(extra["bragg_peak_offset"][0]),
+                      "start": extra["start"][0], "plan": extra["plan"]}
+            finalists = stage.finalists[0]  # the full-grid stage's seeds
+            arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
+                      "finalists_imag": finalists.imag}
+            return (stage.amplitude[0], stage.phase[0], result), arrays, seconds
+
+        def show_first(stage) -> None:  # the first run's answer at once; the run again's replaces it
+            (amplitude, phase_, result), arrays, _ = answer(stage)
+            self.store.put_result(scan, taken.stage, amplitude, phase_, result, force=True, extra=arrays)
+
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it
-                              yield_now=self.yield_now(taken), resume=resume, counts=counts[None])
-        extra = stage.info
-        seconds = sum(extra["stage_seconds"].values())  # over every run of a resumed job
-        result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": window.chi_on,
-                  "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
-                  **{key: extra[key][0] for key in TRUST},
-                  "wall_seconds": time.perf_counter() - began, "resumed": bool(resume is not None or taken.preempted),
-                  "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],
-                  "nn_crop": list(crop), "loss": plan.polish_loss, "grid": extra["grid"],
-                  "region": extra["region"][0], "downsampled": extra["downsampled"], "phase_ramp": extra["phase_ramp"],
-                  "bragg_peak_offset": window.on_detector(extra["bragg_peak_offset"][0]),
-                  "start": extra["start"][0], "plan": extra["plan"]}
-        finalists = stage.finalists[0]  # the full-grid stage's seeds
-        arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
-                  "finalists_imag": finalists.imag}
-        return (stage.amplitude[0], stage.phase[0], result), arrays, seconds
+                              yield_now=self.yield_now(taken), resume=resume, counts=counts[None], on_first=show_first)
+        return answer(stage)
 
     def full_grid_scan(self, taken: Taken):
         """The full-grid stage of a refined scan: its refined finalists fitted to every measured voxel."""

@@ -3,7 +3,8 @@
     judge     after a run of the refined stage each scan gets its verdict (``shared.solver.trust``): χ_free against
               its withheld voxels' noise floor, and whether its independent solutions agree
     again     a scan left "uncertain" runs the plan again from new starts (the network's shape with
-              random phases, a new seed), each also with a partial-coherence blur of σ 0.5 and 1 voxel on the
+              random phases, a new seed), converging as long as the textbook ER/HIO (``AGAIN_CONVERGE``), each
+              also with a partial-coherence blur of σ 0.5 and 1 voxel on the
               detector axes and 0.5 on every axis (``shared.physics.coherence``: a model misfit is one reason to
               stay above the floor), up to
               MAX_RUNS runs in all, when its data could allow a verdict
@@ -12,9 +13,10 @@
               that reached its floor stops at once
     answer    the lowest-χ_free answer of all its runs; its other solutions are the best answer of each other
               run (independent searches: where they disagree is the phase uncertainty)
-    where     on refinement grids of at most SMALL_GRID voxels (a run ≲ 1 s on 2 cores, so a run that
-              cannot yield keeps live work waiting no longer than that); a larger, binned scan gets its
-              further work from the full-grid stage (``shared.solver.fullgrid``)
+    where     on refinement grids of at most SMALL_GRID voxels; a larger, binned scan gets its further work from
+              the full-grid stage (``shared.solver.fullgrid``)
+    yields    a run again gives way to fresher work (the scan being taken now): it is cut short, and the scan
+              keeps the answer it has
 
 Pure functions on arrays, around ``shared.solver.plans.converge``.
 """
@@ -25,8 +27,9 @@ import dataclasses
 
 import numpy as np
 
+from shared.physics.phasing import PAPER_SCHEDULE
 from shared.solver import trust
-from shared.solver.plans import Converged, Plan, converge
+from shared.solver.plans import Converged, Plan, Preempted, converge
 
 MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
@@ -34,6 +37,10 @@ AGAIN_STARTS = ("random", "random", "flat", "twin")
 # the run again also tries partial coherence (a model misfit is one reason to fail): σ 0.5 and 1 voxel on the detector
 # axes (the detector's spread), 0.5 on every axis (the beam's partial coherence blurs the rocking direction too)
 AGAIN_COHERENCE = (0.0, 0.5, 1.0, (0.5, 0.5, 0.5))
+# the run again converges as long as the textbook (``phasing.PAPER_SCHEDULE``, 620 iterations, where the first run's
+# converge is 100): a crystal unlike the network's training set (a dislocation's phase vortex, a box-filling rod)
+# needs HIO's long search, which a start near the answer does not
+AGAIN_CONVERGE = PAPER_SCHEDULE
 SMALL_GRID = 64**3
 
 
@@ -74,10 +81,16 @@ def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarra
 
 
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
-                       floors, free_floors, first: Converged, counting=None) -> tuple[Converged, list[int]]:
+                       floors, free_floors, first: Converged, counting=None, yield_now=None,
+                       before_again=None) -> tuple[Converged, list[int]]:
     """``first`` (a run of ``converge``), with more runs for the scans that need them; returns the merged
     result and the number of runs per scan. ``floors``: each scan's Poisson floor; ``free_floors``: its
-    withheld voxels' (``trust.noise_floor(…, over=first.free)``); ``counting``: as ``converge``'s."""
+    withheld voxels' (``trust.noise_floor(…, over=first.free)``); ``counting``: as ``converge``'s.
+
+    ``yield_now()`` (as ``converge``'s), when true during a run again, cuts it short: the answer so far is
+    returned, so fresher work (the scan being taken now) waits for no more than one chunk of iterations. A run
+    again is an improvement, not the answer: the operator may ask for it later (``POST …/refine``).
+    ``before_again(first, todo)``, where given, is told the first run's result and the scans about to run again."""
     runs = [1] * len(first.obj)
     if np.prod(first.obj.shape[1:]) > SMALL_GRID:
         return first, runs
@@ -87,13 +100,20 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                                background=np.array(first.background),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
-    again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS, coherence=AGAIN_COHERENCE)
+    again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS, coherence=AGAIN_COHERENCE,
+                                     converge=AGAIN_CONVERGE)
     for attempt in range(1, MAX_RUNS):
         todo = needs_more(best, floors, free_floors, measured)
         if not todo:
             break
-        again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
-                         again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo])
+        if attempt == 1 and before_again is not None:
+            before_again(first, todo)
+        try:
+            again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
+                             again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo],
+                             yield_now=yield_now)
+        except Preempted:
+            break
         for j, k in enumerate(todo):
             runs[k] += 1
             answers[k].append(_answer(again, j, None if measured is None else measured[todo]))

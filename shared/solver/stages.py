@@ -103,7 +103,8 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
 
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
                   refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
-                  yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None) -> Stage:
+                  yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None,
+                  on_first=None) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
     It works on the signal's region (``shared.solver.fullgrid.signal_region``: the Bragg peak's neighbourhood at
@@ -116,9 +117,12 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
 
     ``on_input_grid`` False returns the arrays on the refinement grid, peak centred (``phase_ramp``
     "removed"), as the service keeps them; ``finalists`` holds the seeds of the full-grid stage.
+
+    ``on_first(stage)``, where given, receives the first run's answers before a run again starts
+    (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
+    at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it).
     """
     started = time.perf_counter()
-    shape = intensity.shape[1:]
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
     prepared = resume.arrays if resume is not None and "input_data" in resume.arrays else None
@@ -167,8 +171,22 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     free_floors = [free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
                    for raw, r, m, f in zip(measured_counts, regions,
                                            measured if measured is not None else [None] * len(regions), floors)]
+
+    def stage_of(result, runs, searching) -> Stage:
+        return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
+                      on_input_grid, started)
+
+    before_again = None if on_first is None else \
+        lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
     result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result,  # small grids only
-                                             counting)
+                                             counting, yield_now, before_again)
+    return stage_of(result, runs, [False] * len(runs))
+
+
+def _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
+           on_input_grid, started) -> Stage:
+    """The refined stage's answers, as every caller sees them, from a run's (or the merged runs') result."""
+    shape = intensity.shape[1:]
     amps, phases, supports, chis, spreads, finalists, judged, blurs = [], [], [], [], [], [], [], []
     backgrounds = []
     others = result.alternatives if result.alternatives is not None else [[] for _ in intensity]
@@ -197,7 +215,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
             "region": [r.as_dict() for r in regions], "bragg_peak_offset": offsets, "plan": plan.describe(),
             "start": result.start, "runs": runs, "chi_refinement_grid": [float(c) for c in result.chi],
-            "coherence_blur": blurs, "background": backgrounds,
+            "coherence_blur": blurs, "background": backgrounds, "searching": searching,
             "stage_seconds": result.seconds}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads), np.stack(finalists))
