@@ -11,6 +11,7 @@ COUNTERS = {  # Redis counter → (metric, help)
     "duplicates": ("cdi_duplicate_frames", "frames received twice (the first copy is kept)"),
     "scans_started": ("cdi_scans_started", "scans started"),
     "jobs_skipped_stale": ("cdi_jobs_skipped_stale", "preview jobs skipped because a newer one was queued"),
+    "previews_cut": ("cdi_previews_cut", "previews cut short because their scan ended (its final answer went first)"),
     "jobs_failed": ("cdi_jobs_failed", "jobs that ended in an error"),
     "scans_converged_early": ("cdi_scans_converged_early", "scans marked converged before their last frame"),
     "jobs_dead_lettered": ("cdi_jobs_dead_lettered", "jobs moved to the dead-letter stream"),

@@ -10,6 +10,8 @@ queued right after it.
 
 A partial job is skipped when a newer job for the same scan is already known
 (only the freshest preview is worth computing); final jobs are never skipped.
+A preview in progress is cut short when its scan's final job arrives: the scan
+has ended, and its final answer (and the refined stage after it) must not wait.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ import time
 
 import numpy as np
 
-from services.worker.queue import JobQueue, run_forever
+from services.worker.queue import JobQueue, run_forever, stream_id
 from shared.solver import convergence
 from shared.state import scheduling
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics
-from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, converge
+from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, Preempted, converge
 from shared.state.settings import Settings
 from shared.state.store import Store
 
 log = logging.getLogger("cdi-live.infer")
+
+FINAL_CHECK_S = 0.1  # how often a running preview asks whether its scan's final job has arrived (one Redis call)
 
 
 class InferenceWorker:
@@ -91,15 +95,26 @@ class InferenceWorker:
         previous = [self.store.result(w["job"]["scan"].decode(), "nn") for w in work]  # the last preview, read once
         warm = [self.warm_start(w["job"], last) for w, last in zip(work, previous)]
         objects, chi_free = np.empty(inputs.shape, np.complex64), np.empty(len(work))
+        cut = set()
         for final, plan in ((False, PREVIEW_PLAN), (True, FINAL_NN_PLAN)):  # the refined stage follows a final
             rows = [k for k, w in enumerate(work) if w["final"] == final]
             if rows:
-                done = converge(inputs[rows]**2, (amp * np.exp(1j * phase))[rows], measured[rows], plan,
-                                warm=[warm[k] for k in rows])
+                try:
+                    done = converge(inputs[rows]**2, (amp * np.exp(1j * phase))[rows], measured[rows], plan,
+                                    warm=[warm[k] for k in rows],
+                                    yield_now=None if final else self.final_arrived([work[k] for k in rows]))
+                except Preempted:  # a scan of these previews ended: its final goes first
+                    cut.update(rows)
+                    continue
                 objects[rows], chi_free[rows] = done.obj, done.chi_free
+        if cut:
+            self.store.count("previews_cut", len(cut))
+            self.queue.done(*(work[k]["id"] for k in cut))
         seconds = (time.perf_counter() - started) / len(work)
-        for w, a, p, m, obj, mask, record, free, start, last in zip(work, amp, phase, inputs, objects, measured,
-                                                                    records, chi_free, warm, previous):
+        for k, (w, a, p, m, obj, mask, record, free, start, last) in enumerate(zip(
+                work, amp, phase, inputs, objects, measured, records, chi_free, warm, previous)):
+            if k in cut:
+                continue
             job = w["job"]
             scan = job["scan"].decode()
             ca, cp, _ = metrics.canonical(obj)
@@ -120,6 +135,21 @@ class InferenceWorker:
             if w["final"]:
                 self.store.queue_refinement(scan, record)
             self.queue.done(w["id"])
+
+    def final_arrived(self, previews: list[dict]):
+        """For ``converge``'s ``yield_now``: true once a final job of one of these previews' scans was queued
+        after them (asked at most every ``FINAL_CHECK_S``)."""
+        scans, newest = {w["job"]["scan"] for w in previews}, max((w["id"] for w in previews), key=stream_id)
+        last = [time.monotonic()]
+
+        def ask() -> bool:
+            if time.monotonic() - last[0] < FINAL_CHECK_S:
+                return False
+            last[0] = time.monotonic()
+            return any(fields.get(b"final") == b"1" and fields.get(b"scan") in scans
+                       for _, fields in self.queue.queued_after(newest))
+
+        return ask
 
     def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,
                     preview: np.ndarray, frames_used: int, previous) -> dict:

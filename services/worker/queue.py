@@ -127,6 +127,10 @@ class JobQueue:
             time.sleep(self.stall_s)
         return jobs
 
+    def queued_after(self, job_id: bytes, count: int = 100) -> list[tuple[bytes, dict]]:
+        """The jobs added after ``job_id`` (taken or not), oldest first, at most ``count``: what came in while it ran."""
+        return self.redis.xrange(self.stream, min=b"(" + job_id, max="+", count=count)
+
     def deliveries(self, job_id: bytes) -> int:
         pending = self.redis.xpending_range(self.stream, self.group, min=job_id, max=job_id, count=1)
         return int(pending[0]["times_delivered"]) if pending else 0

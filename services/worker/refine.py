@@ -314,6 +314,7 @@ class Window:
 
 def serve(settings: Settings, stop: threading.Event | None = None, consumer: str | None = None) -> None:
     stop = stop or threading.Event()
+    os.nice(scheduling.REFINE_NICENESS)  # the scan being taken now first (``shared.state.scheduling``, CPU)
     worker = RefinementWorker(settings, consumer, stop)
     log.info("refinement worker %s ready", worker.backlog.consumer)
     run_forever(worker.step, stop, "refine", lambda: worker.store.heartbeat("refine", worker.backlog.consumer))

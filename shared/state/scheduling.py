@@ -10,6 +10,9 @@
               waiting refinement; each keeps its state and resumes later
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
+    CPU       on a shared machine the refinement worker runs at REFINE_NICENESS: the
+              scan being taken now (its ingest and previews) gets the cores first, and
+              a refinement (a run again's long search most of all) uses what is left
 
     previews  the inference worker computes at most PREVIEWS_PER_STEP previews
               per step, of the scans started last (the one being taken now);
@@ -28,6 +31,7 @@ FRESH_S = 120.0  # a finished scan is "live" work this long after its refinement
 DEFAULT_S_PER_VOXEL = 2e-5  # before any refinement was timed (≈ 35 s for a 128³ grid on 2 cores)
 
 
+REFINE_NICENESS = 10  # the refinement worker's process niceness (0: as the others; CFS weight ~1/9 of theirs at 10)
 REFINED, FULL = "refined", "full"  # the stages this policy orders
 PREVIEWS_PER_STEP = 2  # each costs ~0.3 s at 32³ on 2 cores (the refined plan without its polish)
 
