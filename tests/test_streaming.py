@@ -28,7 +28,8 @@ def test_scan_streams_to_refined_result(service):
     scan = f"e2e-{uuid.uuid4().hex[:6]}"
     beamline.play(scan, volume, rate_hz=8)
     beamline.close()
-    state = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"] and s)
+    state = wait_for(lambda: (s := scan_state(service, scan)) and "refined" in s["results"]  # the settled answer
+                     and s["results"]["refined"]["searching"] is False and s)
     assert state["state"] == "complete" and state["frames_received"] == 32 and state["duplicates"] == 0
     for stage in ("nn", "refined"):
         assert set(state["results"][stage]) >= {"frames_used", "chi", "seconds"}
@@ -131,6 +132,36 @@ def test_two_consumers_share_a_stream_once_each():
         assert [j for j, _ in claimed] == [j for j, _ in orphan]
         b.done(*[j for j, _ in claimed])
         assert client.xpending(stream, "g")["pending"] == 0
+    finally:
+        client.delete(stream)
+
+
+def test_a_preview_gives_way_when_its_scan_ends():
+    """The inference worker's running preview asks whether its scan's final job was queued after it: another scan's
+    final or a newer preview does not cut it, its own final does."""
+    from types import SimpleNamespace
+
+    from services.worker import infer
+
+    client = redis.Redis.from_url(REDIS_URL)
+    stream = f"test:{uuid.uuid4().hex}:jobs"
+    try:
+        queue = JobQueue(client, stream, "infer", consumer="a")
+        client.xadd(stream, {"scan": "s1", "final": "0", "seq": 4})
+        (job_id, fields), = queue.take(1, block_ms=50)
+        preview = {"id": job_id, "job": {k.decode(): v for k, v in fields.items()}}
+        ask = infer.InferenceWorker.final_arrived(SimpleNamespace(queue=queue), [preview])
+        time.sleep(infer.FINAL_CHECK_S)
+        assert not ask()
+        client.xadd(stream, {"scan": "s2", "final": "1", "seq": 9})  # another scan ended
+        client.xadd(stream, {"scan": "s1", "final": "0", "seq": 8})  # a newer preview of this one
+        time.sleep(infer.FINAL_CHECK_S)
+        assert not ask()
+        client.xadd(stream, {"scan": "s1", "final": "1", "seq": 12})
+        assert not ask()  # asked again too soon: no Redis call
+        time.sleep(infer.FINAL_CHECK_S)
+        assert ask()
+        queue.stop()
     finally:
         client.delete(stream)
 

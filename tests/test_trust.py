@@ -138,3 +138,31 @@ def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_nev
         assert (runs[k] == 1) == (k not in todo)
         assert 1 <= runs[k] <= effort.MAX_RUNS and best.chi_free[k] <= first.chi_free[k]
     assert best.alternatives.shape == first.alternatives.shape
+
+
+def test_a_run_again_shows_the_first_answer_first_and_gives_way_to_fresher_work():
+    """The first run's answer is handed over before a run again starts (the service shows it at once, marked
+    searching); a run again that fresher work interrupts is cut short, and the scans keep the answer they had."""
+    from shared.solver import effort
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    intensity, truth = held_out_set(6, 9961)
+    prediction = np.abs(truth).astype(np.complex64)
+    floors = [trust.noise_floor(v) for v in intensity]
+    first = converge(intensity, prediction, plan=REFINE_PLAN)
+    free_floors = [trust.noise_floor(v, over=first.free) for v in intensity]
+    todo = effort.needs_more(first, floors, free_floors, None)
+    assert todo, "this set should hold a scan that runs again"
+    told, asked = [], []
+
+    def fresher_work_waits() -> bool:
+        asked.append(1)
+        return len(asked) > 5  # a few iterations into the run again
+
+    best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, free_floors, first,
+                                           yield_now=fresher_work_waits,
+                                           before_again=lambda result, scans: told.append((result, list(scans))))
+    assert len(told) == 1 and told[0][0] is first and told[0][1] == todo
+    assert runs == [1] * len(intensity)
+    np.testing.assert_array_equal(best.chi_free, first.chi_free)
+    np.testing.assert_array_equal(best.obj, first.obj)

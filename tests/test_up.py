@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from services.cli.up import wait_until_ready
+from shared.state import scheduling
 from tests.conftest import REDIS_URL, free_port
 
 
@@ -22,6 +23,22 @@ def group_alive(pgid: int) -> bool:
         return False
     # zombies still count for killpg until reaped; only our direct child can be one here, and we reaped it
     return True
+
+
+def group_commands(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the services in a process group (the group's leader, `cdi-live up`, left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            if os.getpgid(int(entry)) == pgid:
+                command = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+                if "services.cli.main" in command:
+                    found.append((int(entry), command))
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+    return found
 
 
 def test_ctrl_c_on_up_reaches_every_child_and_ends_without_traceback(tmp_path):
@@ -39,6 +56,10 @@ def test_ctrl_c_on_up_reaches_every_child_and_ends_without_traceback(tmp_path):
         try:
             wait_until_ready(f"http://127.0.0.1:{port}", [process], timeout=240)
             time.sleep(1.0)  # the ingest's assembler process is up too
+            niceness = {command: os.getpriority(os.PRIO_PROCESS, pid) for pid, command in group_commands(process.pid)}
+            assert niceness, "no service found in the group"
+            for command, nice in niceness.items():  # the scan being taken now gets the cores first
+                assert nice == (scheduling.REFINE_NICENESS if "worker refine" in command else 0), (command, nice)
             os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
             assert process.wait(60) == 0
             deadline = time.time() + 30

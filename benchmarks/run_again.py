@@ -1,0 +1,98 @@
+"""How long a run again searches (issue 31): the refined stage with the run again's converge at 100 iterations
+(as the first run's) and at 620 (the textbook's, as shipped), beside ER/HIO ×4, in the same run.
+
+    families   each crystal family (``shared.physics.families``), each variant in its own process:
+                 shipped        `cdi-live reconstruct --refine` defaults: a scan left uncertain runs again with
+                                ``effort.AGAIN_CONVERGE`` = ``phasing.PAPER_SCHEDULE`` (620 iterations)
+                 short          the same, the run again's converge as the first run's (``REFINE_PLAN.converge``)
+                 erhio4         `phase-retrieve --starts 4`: the textbook ER/HIO from a centred half-size box,
+                                best of 4 random starts by χ (the careful user's yardstick)
+               right (plain phase error < 0.1 rad, the BCDI ambiguities removed), median error, seconds per scan
+               (batched, this machine's CPU), called converged and right among them
+
+    .venv/bin/python benchmarks/run_again.py [--count 24] [--seed 9906] [--families facets,defects,fill]
+                                             [--variants shipped,short,erhio4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("shipped", "short", "erhio4")
+ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
+
+
+def run_case(family: str, variant: str, count: int, seed: int) -> dict:
+    import numpy as np
+
+    from shared.physics import phasing
+    from shared.solver import effort, evaluation
+
+    intensity, truth, kinds = evaluation.population(family, count, seed)
+    verdicts = [""] * count
+    if variant == "erhio4":
+        began = time.perf_counter()
+        obj = np.concatenate([phasing.phase_retrieve(intensity[i:i + ERHIO_BATCH], starts=4, seed=i)[0]
+                              for i in range(0, count, ERHIO_BATCH)])
+    else:
+        from shared.nn.inference import Predictor
+        from shared.solver import stages
+        from shared.solver.plans import REFINE_PLAN
+
+        if variant == "short":
+            effort.AGAIN_CONVERGE = REFINE_PLAN.converge
+        predictor = Predictor()
+        began = time.perf_counter()
+        refined = stages.reconstruct(intensity, predictor, refine=True)["refined"]
+        obj = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
+        verdicts = refined.info["verdict"]
+    seconds = (time.perf_counter() - began) / count
+    errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
+    converged = np.array([v == "converged" for v in verdicts])
+    return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < 0.1).sum()),
+            "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
+            "right_among_converged": int((errors[converged] < 0.1).sum()),
+            "errors": [round(float(e), 4) for e in errors], "kinds": kinds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=9906)
+    parser.add_argument("--families", default="facets,defects,fill")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
+        return
+    rows = []
+    for family in args.families.split(","):
+        for variant in args.variants.split(","):
+            out = subprocess.run([sys.executable, __file__, "--case", family, "--variant", variant, "--count",
+                                  str(args.count), "--seed", str(args.seed)], capture_output=True, text=True,
+                                 cwd=ROOT, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("errors", "kinds")}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print("\n| family | variant | right | median error | converged (right) | s/scan |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        converged = f"{r['converged']} ({r['right_among_converged']})" if r["variant"] != "erhio4" else "—"
+        print(f"| {r['family']} | {r['variant']} | {r['right']}/{r['count']} | {r['median_error']:.3f} | {converged} "
+              f"| {r['seconds_per_scan']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
