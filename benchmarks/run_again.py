@@ -60,7 +60,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < 0.1).sum()),
             "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
             "right_among_converged": int((errors[converged] < 0.1).sum()),
-            "errors": [round(float(e), 4) for e in errors], "kinds": kinds}
+            "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds}
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
                                   str(args.count), "--seed", str(args.seed)], capture_output=True, text=True,
                                  cwd=ROOT, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("errors", "kinds")}), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("errors", "verdicts", "kinds")}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("\n| family | variant | right | median error | converged (right) | s/scan |")
