@@ -1,5 +1,7 @@
 """Refinement worker: the refined stage (``shared.solver.plans``) of each completed scan, seeded by its final NN
-result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``).
+result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
+again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
+answer replaces it.
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
 finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
