@@ -13,21 +13,21 @@ without the flat background, in the same run.
     paper      the paper's 64³ example: χ, χ_free against its floor, the width and background chosen, every way
 
     .venv/bin/python benchmarks/partial_coherence.py [--count 24] [--seed 5150] [--families facets,defects,fill]
-                                                     [--variants shipped,coherent,no_background]
+                                                     [--variants shipped,coherent,no_background] [--json rows.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import variants  # noqa: E402
 
 DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
 VARIANTS = ("shipped", "coherent", "no_background")
@@ -77,25 +77,11 @@ def run_case(case: str, variant: str, count: int, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=5150)
-    parser.add_argument("--families", default="facets,defects,fill")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = variants.arguments(__doc__.splitlines()[0], 5150, VARIANTS)
     if args.case:
         print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
         return
-    rows = []
-    for case in [*args.families.split(","), "paper"]:
-        for variant in args.variants.split(","):
-            out = subprocess.run([sys.executable, __file__, "--case", case, "--variant", variant, "--count",
-                                  str(args.count), "--seed", str(args.seed)], capture_output=True, text=True,
-                                 cwd=ROOT, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+    rows = variants.run_each(__file__, [*args.families.split(","), "paper"], args)
     print("\n| case | variant | right | blurred right | median error | blurred median | background right "
           "| background median | converged (right) | s/scan |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -11,20 +11,19 @@
                (batched, this machine's CPU), called converged and right among them
 
     .venv/bin/python benchmarks/run_again.py [--count 24] [--seed 9906] [--families facets,defects,fill]
-                                             [--variants shipped,short,erhio4]
+                                             [--variants shipped,short,erhio4] [--json rows.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import variants  # noqa: E402
 
 VARIANTS = ("shipped", "short", "erhio4")
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
@@ -64,28 +63,11 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=9906)
-    parser.add_argument("--families", default="facets,defects,fill")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = variants.arguments(__doc__.splitlines()[0], 9906, VARIANTS)
     if args.case:
         print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
         return
-    rows = []
-    for family in args.families.split(","):
-        for variant in args.variants.split(","):
-            out = subprocess.run([sys.executable, __file__, "--case", family, "--variant", variant, "--count",
-                                  str(args.count), "--seed", str(args.seed)], capture_output=True, text=True,
-                                 cwd=ROOT, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("errors", "verdicts", "kinds")}), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rows = variants.run_each(__file__, args.families.split(","), args, brief=("errors", "verdicts", "kinds"))
     print("\n| family | variant | right | median error | converged (right) | s/scan |")
     print("|---|---|---|---|---|---|")
     for r in rows:

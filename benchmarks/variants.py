@@ -1,0 +1,41 @@
+"""Benchmarks that compare variants of one code path run each (case, variant) in its own process: a variant
+changes module constants, and a fresh process keeps it from leaking into the next (and times each alike)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def arguments(description: str, seed: int, variants, families: str = "facets,defects,fill") -> argparse.Namespace:
+    """The options every such benchmark takes; ``--case``/``--variant`` (hidden) run one case in this process."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--families", default=families)
+    parser.add_argument("--variants", default=",".join(variants))
+    parser.add_argument("--json", type=Path, help="every row, per scan too")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def run_each(script: str, cases, args: argparse.Namespace, brief=()) -> list[dict]:
+    """Every case × variant, each in its own process of ``script`` (which prints its row as JSON last); each row
+    is printed as it comes (without the ``brief`` keys), and all are written to ``--json``."""
+    rows = []
+    for case in cases:
+        for variant in args.variants.split(","):
+            out = subprocess.run([sys.executable, script, "--case", case, "--variant", variant, "--count",
+                                  str(args.count), "--seed", str(args.seed)], capture_output=True, text=True,
+                                 cwd=ROOT, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in brief}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
