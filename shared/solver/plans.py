@@ -305,4 +305,3 @@ def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
     """The runs' blur multipliers (``shared.physics.coherence``) from their σ per axis (…, 3); None where every run
     is coherent."""
     return coherence.of(shape, np.asarray(widths).reshape(-1, 3))
-

@@ -146,10 +146,8 @@ def refine(intensity: np.ndarray, start: np.ndarray, steps: int = 200, learning_
     kernel = phasing.blur_kernel(amp.shape[1:], sigma)
     if shrink_every:
         support = np.maximum(support, phasing.support_from(amp, threshold, kernel))
-    sigmas = None  # per scan, σ per axis: (B, 3), or one width on the detector axes per scan: (B,)
-    if blur_widths is not None:
-        sigmas = np.asarray(blur_widths, np.float32)
-        sigmas = coherence.detector_sigmas(sigmas) if sigmas.ndim == 1 else sigmas.reshape(-1, 3)
+    # per scan, σ per axis from a plan's blur entry (a width on the detector axes, or three σ)
+    sigmas = None if blur_widths is None else np.stack([coherence.sigmas_of(w) for w in blur_widths])
     half_kernel, blur = coherence.of(obj.shape[1:], sigmas), ()
     if half_kernel is not None:  # the step's blur: the full-layout multiplier and the same centre weight
         centre = coherence.centre(half_kernel, obj.shape[-1])[:, None, None, None]
