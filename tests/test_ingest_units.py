@@ -263,7 +263,7 @@ def test_back_pressure_skips_previews_never_final_jobs(local_ingest):
     workers trim only jobs every group has acknowledged."""
     from services.worker.queue import JobQueue
 
-    ingest = local_ingest(stream_maxlen=8, preview_every=2)
+    ingest = local_ingest(stream_maxlen=8, preview_every=2, preview_min_left_s=0)  # previews at any rate
     client = ingest.store.redis
     queue = JobQueue(client, ingest.store.keys.infer_jobs, "infer")
     for i in range(10):  # a backlog no worker has taken
@@ -285,6 +285,23 @@ def test_back_pressure_skips_previews_never_final_jobs(local_ingest):
     queue.trim_acknowledged()
     remaining = [job_id for job_id, _ in client.xrange(ingest.store.keys.infer_jobs)]
     assert remaining[0] == taken[3][0] and len(remaining) == 8  # the pending and the undelivered stay
+
+
+def test_a_scan_pushed_at_full_speed_gets_its_final_input_and_no_previews(local_ingest):
+    """A 200-frame scan received in a fraction of a second: its previews would come after its final input, so
+    none is asked (counted), and the final job goes out."""
+    ingest = local_ingest(preview_every=8)
+    name = "fast"
+    ingest.handle([json.dumps({"type": "start", "scan": name, "frames": 200, "shape": [16, 16],
+                               "dtype": "uint16"}).encode()])
+    for k in range(200):
+        ingest.handle([json.dumps({"type": "frame", "scan": name, "index": k}).encode(),
+                       np.full((16, 16), k, "<u2").tobytes()])
+    ingest.handle([json.dumps({"type": "end", "scan": name}).encode()])
+    ingest.drain()
+    jobs = [f for _, f in ingest.store.redis.xrange(ingest.store.keys.infer_jobs) if f[b"scan"] == name.encode()]
+    assert [j[b"final"] for j in jobs] == [b"1"]
+    assert ingest.store.counters()["previews_skipped_ending"] >= 20
 
 
 def test_frames_keep_arriving_while_a_final_input_is_computed(local_ingest):

@@ -34,8 +34,8 @@ def scratch_dir(fallback: Path) -> Path:
 
 
 def remove_stale(folder: Path) -> None:
-    """ROI volumes left by an ingest that died (its pid is gone)."""
-    for path in folder.glob("cdi-live-roi-*.f32"):
+    """ROI volumes and hand-over rings left by an ingest that died (its pid is gone)."""
+    for path in [*folder.glob("cdi-live-roi-*.f32"), *folder.glob("cdi-live-ring-*")]:
         try:
             pid = int(path.name.split("-")[3])
             os.kill(pid, 0)

@@ -206,7 +206,7 @@ class SharedStream:
         """Keep a message of a scan whose start no receiver has announced yet (it may be on its way)."""
         if sum(map(len, self.held.values())) >= HOLD_MAX:
             raise Rejected("frame for an unknown or finished scan")
-        self.held.setdefault(name, []).append(message)
+        self.held.setdefault(name, []).append([bytes(part) for part in message])  # its parts lie in the hand-over ring
         self.held_since.setdefault(name, time.monotonic())
 
     def open_part(self, name: str, shared: dict) -> ScanFile:

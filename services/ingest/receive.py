@@ -1,14 +1,14 @@
 """Receiving, apart from storing: a process that only takes whole messages off the detector's stream.
 
-The receiver is ZeroMQ's own proxy (``zmq.proxy``, a loop in C): it reads each multipart message
-from the stream (PULL, bound to the ingest address or connected to a DECTRIS detector) and passes
-it on whole, without copying it in Python or looking inside, to the storing process over an
-``ipc://`` socket. No Python runs per frame here, and no GIL is shared with the storing process,
-so a slow HDF5 write or a Redis round trip never holds the detector's socket. Validation,
-decoding, the ROI, compression, HDF5 and Redis are the storing process's (``service.Ingest``).
+The receiver reads each multipart message from the stream (PULL, bound to the ingest address or
+connected to a DECTRIS detector) without looking inside it, and hands it over whole to the storing
+process through a ring of shared memory (``handover``): one copy, a few µs of Python a message. No
+GIL is shared with the storing process, so a slow HDF5 write or a Redis round trip never holds the
+detector's socket. Validation, decoding, the ROI, compression, HDF5 and Redis are the storing
+process's (``service.Ingest``).
 
-Messages queue in the receiver up to INGEST_HWM (and a tenth of it on the way to the storing process),
-then ZeroMQ pushes back on the sender: nothing accepted is dropped, and memory is bounded.
+When the ring is full, messages queue in the receiver up to INGEST_HWM, then ZeroMQ pushes back on
+the sender: nothing accepted is dropped, and memory is bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 
 import zmq
+
+from services.ingest import handover
 
 
 def part_address(address: str, part: int) -> str:
@@ -50,8 +52,11 @@ def die_with_parent() -> None:
         pass
 
 
-def proxy(frontend: str, bind: bool, backend: str, control: str, hwm: int, max_bytes: int) -> None:
-    """The receiver's whole life: stream → storing process, until the control socket says TERMINATE."""
+BURST = 1000  # messages taken off the stream between looks at the control socket
+
+
+def receive(frontend: str, bind: bool, ring: str, notes: str, control: str, hwm: int, max_bytes: int) -> None:
+    """The receiver's whole life: stream → ring → storing process, until the control socket says TERMINATE."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ingest's to handle
     context = zmq.Context()
@@ -60,7 +65,7 @@ def proxy(frontend: str, bind: bool, backend: str, control: str, hwm: int, max_b
     stream.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     storer = context.socket(zmq.PUSH)
     storer.setsockopt(zmq.SNDHWM, handover_hwm(hwm))
-    storer.connect(backend)
+    storer.connect(notes)
     steer = context.socket(zmq.PAIR)
     steer.connect(control)
     try:
@@ -68,18 +73,37 @@ def proxy(frontend: str, bind: bool, backend: str, control: str, hwm: int, max_b
     except zmq.ZMQError as exc:
         steer.send(f"cannot {'bind' if bind else 'connect to'} {frontend}: {exc}".encode())
         return
+    stopping = []
+
+    def told_to_stop() -> bool:
+        if not stopping and steer.poll(0):
+            stopping.append(steer.recv())
+        return bool(stopping)
+
+    writer = handover.Writer(Path(ring), storer, told_to_stop)
     steer.send(b"ready")
+    poller = zmq.Poller()
+    poller.register(stream, zmq.POLLIN)
+    poller.register(steer, zmq.POLLIN)
     try:
-        zmq.proxy_steerable(stream, storer, None, steer)
-    except zmq.ContextTerminated:
-        pass
+        while not told_to_stop():
+            if stream not in dict(poller.poll(200)):
+                continue
+            for _ in range(BURST):
+                try:
+                    parts = stream.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                writer.send_multipart(parts)
     finally:
-        for socket in (stream, storer, steer):
-            socket.close(linger=0)
+        stream.close(linger=0)
+        storer.close(linger=2000)  # what was handed over reaches the storing process
+        steer.close(linger=0)
+        writer.ring.close()
         context.term()
 
 
-def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -> None:
+def pva_monitor(pva: dict, ring: str, notes: str, control: str, hwm: int, reports: str) -> None:
     """The pvAccess receiver's whole life: pvapy's monitor threads translate each NTNDArray update to native
     messages and hand them to the storing process; once a second, scans ended by idleness go the same way,
     and rejections and loss counters go to ``reports`` (JSON). Until the control socket says TERMINATE."""
@@ -91,7 +115,7 @@ def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -
     context = zmq.Context()
     storer = context.socket(zmq.PUSH)
     storer.setsockopt(zmq.SNDHWM, hwm)
-    storer.connect(backend)
+    storer.connect(notes)
     report = context.socket(zmq.PUSH)
     report.connect(reports)
     steer = context.socket(zmq.PAIR)
@@ -105,7 +129,8 @@ def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -
             rejected.append(reason)
 
     try:
-        source = PvaSource(pva["channel"], PvaTranslator(**options), storer.send_multipart, reject)
+        writer = handover.Writer(Path(ring), storer)
+        source = PvaSource(pva["channel"], PvaTranslator(**options), writer.send_multipart, reject)
     except Exception as exc:
         steer.send(f"cannot subscribe to pvAccess channel {pva['channel']}: {exc}".encode())
         return
@@ -113,9 +138,9 @@ def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -
     try:
         while not (steer.poll(1000) and steer.recv() == b"TERMINATE"):
             ended, lost = source.poll()
-            with source.lock:  # the data socket is the monitor threads' too
+            with source.lock:  # the ring is the monitor threads' too
                 for message in ended:
-                    storer.send_multipart(message)
+                    writer.send_multipart(message)
             with lock:
                 reasons, rejected[:] = list(rejected), []
             if reasons or lost:
@@ -125,36 +150,50 @@ def pva_monitor(pva: dict, backend: str, control: str, hwm: int, reports: str) -
         with source.lock:
             ended, lost = source.poll()
             for message in ended:
-                storer.send_multipart(message)
+                writer.send_multipart(message)
+        writer.ring.close()
         for socket in (storer, report, steer):
             socket.close(linger=2000)  # what was handed over reaches the storing process
         context.term()
 
 
 class Receiver:
-    """The receiving process of one ingest and the socket the storing process reads it from: ZeroMQ's
-    proxy for a ZeroMQ stream, or (``pva``) pvapy's monitor of an areaDetector channel."""
+    """The receiving process of one ingest and the storing process's end of its hand-over: a loop over a
+    ZeroMQ stream, or (``pva``) pvapy's monitor of an areaDetector channel. ``socket`` is for polling;
+    :meth:`recv_multipart` gives the next message (its parts where they lie in the ring), :meth:`release`
+    gives its room back once it is handled."""
 
     def __init__(self, context: zmq.Context, frontend: str | None, bind: bool, scratch: Path, hwm: int,
-                 max_bytes: int, pva: dict | None = None):
+                 max_bytes: int, pva: dict | None = None, ring_mb: int = 128):
         name = f"cdi-live-recv-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.socket = context.socket(zmq.PULL)  # the storing process's end
         self.socket.setsockopt(zmq.RCVHWM, handover_hwm(hwm))
-        backend = f"ipc://{scratch / name}"
-        self.socket.bind(backend)
+        notes = f"ipc://{scratch / name}"
+        self.socket.bind(notes)
         self.control = context.socket(zmq.PAIR)
         control = f"ipc://{scratch / name}-control"
         self.control.bind(control)
-        self.paths = [scratch / name, scratch / f"{name}-control"]
+        ring = scratch / f"cdi-live-ring-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        handover.create(ring, ring_mb << 20)
+        self.reader = handover.Reader(ring, self.socket)
+        self.paths = [scratch / name, scratch / f"{name}-control", ring]
         self.reports = None
         if pva is not None:  # rejections and loss counters of the monitor
             self.reports = context.socket(zmq.PULL)
             self.reports.bind(f"ipc://{scratch / name}-reports")
             self.paths.append(scratch / f"{name}-reports")
-            self.target, self.args = pva_monitor, (pva, backend, control, hwm, f"ipc://{scratch / name}-reports")
+            self.target, self.args = pva_monitor, (pva, str(ring), notes, control, hwm,
+                                                   f"ipc://{scratch / name}-reports")
         else:
-            self.target, self.args = proxy, (frontend, bind, backend, control, hwm, max_bytes)
+            self.target, self.args = receive, (frontend, bind, str(ring), notes, control, hwm, max_bytes)
         self.start()
+
+    def recv_multipart(self) -> list:
+        return self.reader.recv_multipart()
+
+    def release(self) -> None:
+        """The message last received is handled: its room in the ring is free."""
+        self.reader.release()
 
     def start(self) -> None:
         spawn = multiprocessing.get_context("spawn")  # a fork would copy the ingest's threads and sockets
@@ -200,6 +239,7 @@ class Receiver:
         self.control.close(linger=0)
 
     def close_socket(self) -> None:
+        self.reader.close()
         self.socket.close(linger=0)
         if self.reports is not None:
             self.reports.close(linger=0)

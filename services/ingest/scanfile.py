@@ -30,7 +30,8 @@ class ScanFile:
         self.dataset = handle["frames"]
         self.record = record  # the scan's Redis record, rewritten at every sync
         self.seq = int(record.get("latest_seq", 0))
-        self.last_activity = time.monotonic()
+        self.last_activity = self.opened = time.monotonic()
+        self.chunk_tail = (0,) * (self.dataset.ndim - 1)  # a frame's chunk offset after its index (h5py's ndim is slow)
         self.owner = True  # this receiver got the start (always, with one receiver): it keeps the record
         self.others = 0  # frames counted by the other receivers on the stream (``parts``)
         self.previewed_at = 0  # frames in when the last network input was asked for
@@ -96,7 +97,7 @@ class ScanFile:
 
     def read_block(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """A frame's block as stored: a Bitshuffle-LZ4 chunk decompresses only the blocks of those rows."""
-        mask, chunk = self.dataset.id.read_direct_chunk((index, *(0,) * (self.dataset.ndim - 1)))
+        mask, chunk = self.dataset.id.read_direct_chunk((index, *self.chunk_tail))
         if mask == 0 and np.dtype(self.dataset.dtype).kind in "ui":
             return codecs.Received(chunk, "bslz4", self.dataset.shape[1:], self.dataset.dtype).rows(
                 rows.start, rows.stop)[:, cols]
@@ -112,7 +113,7 @@ class ScanFile:
         DECTRIS bslz4 payload): a bslz4 frame goes to disk as received, with no recompression, and
         any other is compressed once here, bypassing HDF5's slower filter pipeline."""
         chunk = frame.payload if frame.encoding == "bslz4" else codecs.encode(frame.full(), "bslz4")
-        self.dataset.id.write_direct_chunk((index, *(0,) * (self.dataset.ndim - 1)), chunk)
+        self.dataset.id.write_direct_chunk((index, *self.chunk_tail), chunk)
 
     def sync(self) -> None:
         """Record which frames are in and push HDF5's buffers to the OS."""

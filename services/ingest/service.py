@@ -40,7 +40,7 @@ from services.ingest.parts import SharedStream
 from services.ingest.rejected import Rejected
 from services.ingest.receive import Receiver, part_address
 from shared.wire import codecs, detector, framefiles
-from shared.state import retention
+from shared.state import retention, scheduling
 from shared.wire.files import read_array
 from shared.wire.messages import End, Frame, Start, parse_header
 from shared.state.settings import Settings
@@ -363,8 +363,14 @@ class Ingest:
     def preview_if_due(self, scan: ScanFile) -> None:
         """A preview every PREVIEW_EVERY frames (about 8 a scan) while the scan is being taken."""
         every = self.settings.preview_every or max(4, scan.start.frames // 8)
-        if scan.frames_in - scan.previewed_at >= every and scan.frames_in < scan.start.frames:
-            self.enqueue(scan, final=False)
+        if scan.frames_in - scan.previewed_at < every or scan.frames_in >= scan.start.frames:
+            return
+        if not scheduling.preview_worth_asking(scan.frames_in, scan.start.frames, time.monotonic() - scan.opened,
+                                               self.settings.preview_min_left_s):
+            scan.previewed_at = scan.frames_in
+            self.count("previews_skipped_ending")  # the final input comes first
+            return
+        self.enqueue(scan, final=False)
 
     def on_end(self, end: End, parts) -> None:
         if self.shared is not None:  # every receiver settles its part; the owner then ends the scan
@@ -530,7 +536,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     context = zmq.Context.instance()
     translator = DectrisTranslator(version=dectris_version, shared=settings.ingest_receivers > 1) if dectris else None
     receiver = Receiver(context, address, not dectris, ingest.scratch, settings.ingest_hwm,
-                        settings.max_frame_bytes + MAX_HEADER_BYTES)
+                        settings.max_frame_bytes + MAX_HEADER_BYTES, ring_mb=settings.ingest_ring_mb)
     socket = receiver.socket
     log.info("ingest %s %s%s", "connected to DECTRIS stream" if dectris else "listening on", address,
              f" (receiver {k} of {settings.ingest_receivers})" if settings.ingest_receivers > 1 else "")
@@ -538,7 +544,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
     poller.register(socket, zmq.POLLIN)
     pva_receiver = from_pva = None
     if pva:  # the areaDetector channel: a receiving process of its own, the same hand-over
-        pva_receiver = Receiver(context, None, False, ingest.scratch, settings.ingest_hwm, 0, pva=pva)
+        pva_receiver = Receiver(context, None, False, ingest.scratch, settings.ingest_hwm, 0, pva=pva,
+                                ring_mb=settings.ingest_ring_mb)
         from_pva = pva_receiver.socket
         poller.register(from_pva, zmq.POLLIN)
         log.info("ingest subscribed to pvAccess channel %s", pva["channel"])
@@ -554,10 +561,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 last_beat = time.monotonic()
             ready = dict(poller.poll(50))
             if socket in ready:
-                for message in native_messages(socket.recv_multipart(), translator, ingest):
+                for message in native_messages(receiver.recv_multipart(), translator, ingest):
                     ingest.handle(message)
+                receiver.release()
             if from_pva is not None and from_pva in ready:
-                ingest.handle(from_pva.recv_multipart())
+                ingest.handle(pva_receiver.recv_multipart())
+                pva_receiver.release()
             if not ready:
                 ingest.last_idle = time.monotonic()  # everything handed over so far is handled
                 ingest.sync()  # a quiet moment: bring files and Redis up to date
@@ -575,9 +584,10 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
             r.close()  # the stream's address is free; what was handed over is still stored
         for r in receivers:
             while r.socket.poll(200):
-                for message in native_messages(r.socket.recv_multipart(), translator if r is receiver else None,
+                for message in native_messages(r.recv_multipart(), translator if r is receiver else None,
                                                ingest):
                     ingest.handle(message)
+                r.release()
         if pva_receiver is not None:
             counted(pva_receiver, ingest)
         ingest.close()

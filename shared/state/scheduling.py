@@ -14,6 +14,10 @@
               scan being taken now (its ingest and previews) gets the cores first, and
               a refinement (a run again's long search most of all) uses what is left
 
+    asking    the ingest asks a preview every PREVIEW_EVERY frames while the scan, at
+              its frame rate so far, has PREVIEW_MIN_LEFT_S (a setting) or more to go: a preview
+              of a scan about to end would come after its final input (a 200-frame
+              scan at 1 kHz lasts 0.2 s), so only the final is computed
     previews  the inference worker computes at most PREVIEWS_PER_STEP previews
               per step, of the scans started last (the one being taken now);
               the others are dropped (their scans' next previews come), final
@@ -34,6 +38,17 @@ DEFAULT_S_PER_VOXEL = 2e-5  # before any refinement was timed (≈ 35 s for a 12
 REFINE_NICENESS = 10  # the refinement worker's process niceness (0: as the others; CFS weight ~1/9 of theirs at 10)
 REFINED, FULL = "refined", "full"  # the stages this policy orders
 PREVIEWS_PER_STEP = 2  # each costs ~0.3 s at 32³ on 2 cores (the refined plan without its polish)
+PREVIEW_MIN_LEFT_S = 0.5  # a network input takes ~0.07 s to assemble, a preview ~0.3 s more to compute
+
+
+def preview_worth_asking(frames_in: int, frames_expected: int, seconds_acquiring: float,
+                         min_left_s: float = PREVIEW_MIN_LEFT_S) -> bool:
+    """Will the scan, at its frame rate so far, still be acquiring ``min_left_s`` from now?"""
+    if min_left_s <= 0:
+        return True
+    if frames_in <= 0 or seconds_acquiring <= 0:
+        return False
+    return (frames_expected - frames_in) * seconds_acquiring / frames_in >= min_left_s
 
 
 def previews_to_run(started: dict[str, float], limit: int = PREVIEWS_PER_STEP) -> list[str]:

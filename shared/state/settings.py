@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.state.scheduling import PREVIEW_MIN_LEFT_S
+
 
 class Settings(BaseSettings):
     """Read from the environment (e.g. REDIS_URL) or a .env file; CLI options override."""
@@ -18,6 +20,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data/live"), description="raw frames (HDF5 per scan) are written here")
     ingest_bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PULL address of the ingest")
     ingest_hwm: int = Field(10000, description="ZeroMQ receive high-water mark (messages)")
+    ingest_ring_mb: int = Field(128, ge=1, description="shared memory between the receiving and the storing process "
+                                "(MB): messages wait there while the storing process is behind, then in ZeroMQ")
     ingest_receivers: int = Field(1, ge=1, le=64, description="receivers sharing one stream (ZeroMQ deals its "
                                   "messages among them); each writes its own file, frames.h5 joins them")
     ingest_receiver: int = Field(0, ge=0, description="this receiver's index among INGEST_RECEIVERS (natively "
@@ -39,6 +43,8 @@ class Settings(BaseSettings):
                                            "this fraction of its rocking curve's intensity is estimated to be still to "
                                            "come (shared.solver.convergence; 0.001: no false stop measured, fewer frames saved)")
     preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
+    preview_min_left_s: float = Field(PREVIEW_MIN_LEFT_S, ge=0, description="no preview is asked once the scan, at "
+                                      "its frame rate so far, ends sooner than this (0: previews at any rate)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
                                                   "are skipped; final jobs are never dropped")
     gateway_host: str = "127.0.0.1"

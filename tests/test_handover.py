@@ -1,0 +1,114 @@
+"""The hand-over from the receiving to the storing process: whole messages through a ring of shared memory,
+with real processes and real ZeroMQ sockets."""
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import zmq
+
+from services.ingest import handover
+from services.ingest.receive import Receiver
+from shared.state import scheduling
+
+RING = 1 << 20
+
+
+def messages(seed: int, count: int) -> list[list[bytes]]:
+    """Messages of one to four parts, 0 B to 400 KB each (some bigger than half the ring: they go inline)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        sizes = rng.choice([0, 7, 300, 70_000, 200_000, 400_000, 700_000], size=rng.integers(1, 5),
+                           p=[.05, .2, .2, .2, .2, .13, .02])
+        out.append([rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes])
+    return out
+
+
+def write_all(ring: str, notes: str, seed: int, count: int) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.PUSH)
+    socket.connect(notes)
+    writer = handover.Writer(ring, socket)
+    for message in messages(seed, count):
+        writer.send_multipart(message)
+    socket.close(linger=5000)
+    context.term()
+
+
+def digest(parts) -> str:
+    return hashlib.sha256(b"|".join(bytes(p) + str(len(p)).encode() for p in parts)).hexdigest()
+
+
+def test_messages_arrive_whole_and_in_order_through_a_ring_that_wraps_and_fills(tmp_path):
+    """300 messages (about 90 MB) through a 1 MB ring, read by a storing side that is sometimes slow: the ring
+    wraps and fills many times, the writer waits, and every part arrives bit-identical and in order."""
+    ring, name = tmp_path / "ring", f"ipc://{tmp_path / 'notes'}"
+    handover.create(ring, RING)
+    context = zmq.Context()
+    notes = context.socket(zmq.PULL)
+    notes.bind(name)
+    reader = handover.Reader(ring, notes)
+    writer = multiprocessing.get_context("spawn").Process(target=write_all, args=(str(ring), name, 5, 300))
+    writer.start()
+    try:
+        for k, expected in enumerate(messages(5, 300)):
+            assert notes.poll(30_000), f"message {k} never came"
+            parts = reader.recv_multipart()
+            assert digest(parts) == digest(expected), f"message {k} differs"
+            assert all(isinstance(p, bytes) for p, e in zip(parts, expected) if len(e) <= handover.SMALL_PART)
+            reader.release()
+            if k % 50 == 0:
+                time.sleep(0.2)  # a slow HDF5 write: the ring fills and the writer waits
+        assert reader.ring.head > 50 * RING  # it wrapped
+        writer.join(30)
+        assert writer.exitcode == 0
+    finally:
+        reader.close()
+        notes.close(linger=0)
+        context.term()
+
+
+def test_a_receiving_process_that_is_killed_is_replaced_and_the_stream_goes_on(tmp_path):
+    """SIGKILL the receiving process between messages: the storing side reads what was handed over, a new
+    receiving process takes the stream from the same ring, and the next messages arrive whole."""
+    port = 20000 + os.getpid() % 20000
+    context = zmq.Context()
+    receiver = Receiver(context, f"tcp://127.0.0.1:{port}", True, tmp_path, 1000, 2**24, ring_mb=1)
+    sender = context.socket(zmq.PUSH)
+    sender.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        first, second = messages(11, 40), messages(12, 40)
+        for message in first:
+            sender.send_multipart(message)
+        for k, expected in enumerate(first):
+            assert receiver.socket.poll(30_000), f"message {k} never came"
+            assert digest(receiver.recv_multipart()) == digest(expected)
+            receiver.release()
+        os.kill(receiver.process.pid, signal.SIGKILL)
+        receiver.process.join(10)
+        assert receiver.restart_if_dead()
+        for message in second:
+            sender.send_multipart(message)
+        for k, expected in enumerate(second):
+            assert receiver.socket.poll(30_000), f"message {k} after the restart never came"
+            assert digest(receiver.recv_multipart()) == digest(expected)
+            receiver.release()
+    finally:
+        sender.close(linger=0)
+        receiver.close()
+        receiver.close_socket()
+        context.term()
+    assert not any(tmp_path.glob("cdi-live-ring-*"))  # the ring's file goes with the ingest
+
+
+def test_a_preview_is_asked_only_while_the_scan_has_time_left():
+    ask = scheduling.preview_worth_asking
+    assert ask(8, 32, 0.8, 0.5)  # 10 frames/s: 2.4 s to go
+    assert not ask(28, 32, 2.8, 0.5)  # 0.4 s to go: the final comes first
+    assert not ask(50, 200, 0.05, 0.5)  # 1 kHz: the whole scan lasts 0.2 s
+    assert ask(50, 200, 0.05, 0)  # PREVIEW_MIN_LEFT_S 0: previews at any rate
+    assert not ask(0, 200, 1.0, 0.5)
