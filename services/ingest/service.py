@@ -123,11 +123,11 @@ class Ingest:
 
     @staticmethod
     def start_assembler() -> ProcessPoolExecutor:
-        """One process beside the loop (Ctrl-C is ours to handle, not its), started now: its imports are
-        not paid by the first scan."""
+        """One process beside the loop (Ctrl-C is ours to handle, not its), started and warmed now: its
+        imports and first transforms are not paid by the first scan's final input."""
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-        pool.submit(int)
+        pool.submit(assembly.warm_up)
         return pool
 
     def assemble(self, *request) -> Future:
