@@ -112,3 +112,33 @@ def test_a_preview_is_asked_only_while_the_scan_has_time_left():
     assert not ask(50, 200, 0.05, 0.5)  # 1 kHz: the whole scan lasts 0.2 s
     assert ask(50, 200, 0.05, 0)  # PREVIEW_MIN_LEFT_S 0: previews at any rate
     assert not ask(0, 200, 1.0, 0.5)
+
+
+def test_a_source_that_cannot_wait_overflows_inline_in_order(tmp_path):
+    """pvAccess drops what a slow subscriber does not take: its writer never waits for room. With the ring
+    full and nothing read yet, every message still goes (inline, queued by ZeroMQ), and all arrive in order."""
+    ring, name = tmp_path / "ring", f"ipc://{tmp_path / 'notes'}"
+    handover.create(ring, RING)
+    context = zmq.Context()
+    notes = context.socket(zmq.PULL)
+    notes.bind(name)
+    sender = context.socket(zmq.PUSH)
+    sender.connect(name)
+    reader = handover.Reader(ring, notes)
+    writer = handover.Writer(ring, sender, overflow=True)
+    try:
+        sent = messages(21, 60)  # ~15 MB: 15 rings' worth
+        began = time.monotonic()
+        for message in sent:
+            writer.send_multipart(message)
+        assert time.monotonic() - began < 10  # it never waited for the reader
+        for k, expected in enumerate(sent):
+            assert notes.poll(10_000), f"message {k} never came"
+            assert digest(reader.recv_multipart()) == digest(expected), f"message {k} differs"
+            reader.release()
+    finally:
+        writer.ring.close()
+        reader.close()
+        sender.close(linger=0)
+        notes.close(linger=0)
+        context.term()

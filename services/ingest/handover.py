@@ -9,11 +9,12 @@ the ring 15 µs.
 
 When the ring is full the receiver waits: messages then queue in its ZeroMQ socket up to INGEST_HWM and
 ZeroMQ pushes back on the sender. Nothing accepted is dropped, and memory is bounded by the ring (taken
-whole at the start) and the high-water mark. A message bigger than half the ring goes inline with its note.
+whole at the start) and the high-water mark. A message bigger than half the ring goes inline with its note,
+and so does every message of a source that cannot wait (pvAccess) while the ring is full.
 
 Layout: 64 bytes of header (``consumed``, then the writer's ``head``: absolute byte positions, each written
 by one process only), then the ring. A message never wraps: it starts at 0 when it would not fit before the
-ring's end, and the skipped tail counts as used.
+ring's end, and the skipped tail counts as used. Each part starts on a 64-byte boundary.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ HEADER = 64
 MADV_POPULATE_WRITE = 23  # Linux 5.14+: map every page now (the mmap module does not name it)
 SMALL_PART = 65536  # parts up to this size are handed over as bytes (headers: JSON and pydantic want bytes)
 INLINE = -1  # a note's position when the parts travel with it
+ALIGN = 64
+
+
+def aligned(nbytes: int) -> int:
+    """Room a part takes: each starts on a 64-byte boundary, so a frame read where it lies is an aligned
+    array (numpy and bitshuffle take slow paths on unaligned ones)."""
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 def create(path: Path, size: int) -> None:
@@ -78,23 +86,27 @@ class Writer:
     """The receiving process's end: :meth:`send_multipart` copies a message into the ring and sends its note.
     A writer that replaces one that died resumes at the ring's ``head``."""
 
-    def __init__(self, path: Path, notes: zmq.Socket, stop=lambda: False):
+    def __init__(self, path: Path, notes: zmq.Socket, stop=lambda: False, overflow: bool = False):
         self.ring = Ring(path)
         self.notes = notes
         self.stop = stop  # polled while waiting for room: a receiver told to stop does not wait forever
+        # a source that cannot be pushed back on (pvAccess: a server drops what its subscriber is slow to
+        # take): when the ring is full, messages go inline, queued by ZeroMQ up to its high-water mark
+        self.overflow = overflow
 
     def send_multipart(self, parts) -> None:
         lengths = [len(p) for p in parts]
-        total = sum(lengths)
+        total = sum(aligned(n) for n in lengths)
         ring = self.ring
-        if total > ring.size // 2:
-            self.notes.send_multipart([struct.pack(f"<2q{len(lengths)}q", INLINE, 0, *lengths), *parts])
-            return
         head = ring.head
         start = head % ring.size
         if start + total > ring.size:  # no wrapping inside a message: the tail is skipped
             head += ring.size - start
             start = 0
+        full = head + total - ring.consumed > ring.size
+        if total > ring.size // 2 or (full and self.overflow):
+            self.notes.send_multipart([struct.pack(f"<2q{len(lengths)}q", INLINE, 0, *lengths), *parts])
+            return
         while head + total - ring.consumed > ring.size:  # full: the storing process is behind
             if self.stop():
                 return
@@ -102,7 +114,7 @@ class Writer:
         at = start
         for part, n in zip(parts, lengths):
             ring.view[at:at + n] = part.buffer if isinstance(part, zmq.Frame) else part
-            at += n
+            at += aligned(n)
         ring.marks[1] = head + total
         self.notes.send(struct.pack(f"<2q{len(lengths)}q", start, head + total, *lengths), copy=True)
 
@@ -129,7 +141,7 @@ class Reader:
         for n in lengths:
             view = self.ring.view[at:at + n]
             parts.append(bytes(view) if n <= SMALL_PART else view)
-            at += n
+            at += aligned(n)
         self.handled = end
         return parts
 

@@ -129,7 +129,7 @@ def pva_monitor(pva: dict, ring: str, notes: str, control: str, hwm: int, report
             rejected.append(reason)
 
     try:
-        writer = handover.Writer(Path(ring), storer)
+        writer = handover.Writer(Path(ring), storer, overflow=True)  # a pvAccess server drops, never waits
         source = PvaSource(pva["channel"], PvaTranslator(**options), writer.send_multipart, reject)
     except Exception as exc:
         steer.send(f"cannot subscribe to pvAccess channel {pva['channel']}: {exc}".encode())
