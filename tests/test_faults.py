@@ -255,3 +255,30 @@ def test_newest_scan_first_a_preempted_job_resumes_and_survives_its_worker(stack
     for part in ("waiting", "running"):
         assert stack.redis.client.zcard(f"{stack.prefix}:jobs:refine:{part}") == 0
     assert not (stack.scan("old2").get("queue") or stack.scan("old2").get("refining"))
+
+
+def test_a_run_again_that_gives_way_to_a_live_scan_comes_back_and_settles(stack):
+    """A scan left uncertain by its first run shows that answer (searching) and runs again; a live scan ends
+    meanwhile: the run again gives way (its job put back), the live scan is refined, and the run again comes
+    back and settles (runs 2, searching false) instead of leaving the scan with its first answer."""
+    stack.start("ingest")
+    stack.wait_worker("infer", stack.start("worker", "infer"))
+    names = [f"dim{seed}" for seed in (29, 30, 31)]  # 3e5 photons: some run again
+    for seed, scan in zip((29, 30, 31), names):
+        push(stack, scan, simulated_volume(32, 1, seed, 3e5))
+    for scan in names:
+        wait_for(lambda scan=scan: (r := stack.result(scan)) and r["final"], timeout=120)
+    stack.start("worker", "refine", CDI_LIVE_TEST_STEP_DELAY_S="0.03")
+
+    def searching():
+        return next((scan for scan in names if (stack.result(scan, "refined") or {}).get("searching")), None)
+
+    again = wait_for(searching, timeout=240, every=0.05)
+    push(stack, "live", simulated_volume(32, 1, 5, 1e8))
+    wait_for(lambda: stack.result("live", "refined"), timeout=120)
+    cut = stack.result(again, "refined")
+    assert cut["searching"] and cut["runs"] == 1  # the first answer, shown while the run again waits
+    settled = wait_for(lambda: (r := stack.result(again, "refined")) and not r["searching"] and r, timeout=400)
+    assert settled["runs"] == 2
+    counters = {k.decode(): float(v) for k, v in stack.redis.client.hgetall(f"{stack.prefix}:metrics").items()}
+    assert counters["jobs_preempted"] >= 1

@@ -166,3 +166,23 @@ def test_a_run_again_shows_the_first_answer_first_and_gives_way_to_fresher_work(
     assert runs == [1] * len(intensity)
     np.testing.assert_array_equal(best.chi_free, first.chi_free)
     np.testing.assert_array_equal(best.obj, first.obj)
+
+
+def test_a_run_again_cut_short_in_the_service_puts_its_job_back():
+    """In the service (``requeue``), a run again that fresher work interrupts raises Preempted with nothing to
+    resume from, after the first answer was handed over: the job waits again, the scan shows its first answer
+    (searching) meanwhile, and the run again comes when nothing fresher waits."""
+    from shared.solver import effort
+    from shared.solver.plans import REFINE_PLAN, Preempted, converge
+
+    intensity, truth = held_out_set(6, 9961)
+    prediction = np.abs(truth).astype(np.complex64)
+    floors = [trust.noise_floor(v) for v in intensity]
+    first = converge(intensity, prediction, plan=REFINE_PLAN)
+    free_floors = [trust.noise_floor(v, over=first.free) for v in intensity]
+    told, asked = [], []
+    with pytest.raises(Preempted) as cut:
+        effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, free_floors, first,
+                                  yield_now=lambda: asked.append(1) or len(asked) > 5, requeue=True,
+                                  before_again=lambda result, scans: told.append(scans))
+    assert cut.value.checkpoint is None and len(told) == 1

@@ -1,7 +1,8 @@
 """Refinement worker: the refined stage (``shared.solver.plans``) of each completed scan, seeded by its final NN
 result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
 again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
-answer replaces it.
+answer replaces it. A run again that fresher work cuts short puts its job back: the scan stays ``searching``, and
+its run again comes when nothing fresher waits.
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
 finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
@@ -232,7 +233,8 @@ class RefinementWorker:
 
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it
-                              yield_now=self.yield_now(taken), resume=resume, counts=counts[None], on_first=show_first)
+                              yield_now=self.yield_now(taken), resume=resume, counts=counts[None], on_first=show_first,
+                              requeue_again=True)  # a run again cut short comes back when the cores are free
         return answer(stage)
 
     def full_grid_scan(self, taken: Taken):

@@ -16,7 +16,8 @@
     where     on refinement grids of at most SMALL_GRID voxels; a larger, binned scan gets its further work from
               the full-grid stage (``shared.solver.fullgrid``)
     yields    a run again gives way to fresher work (the scan being taken now): it is cut short, and the scan
-              keeps the answer it has
+              keeps the answer it has; in the service (``requeue``) the job then waits again in the backlog
+              and its run again comes when the cores are free
 
 Pure functions on arrays, around ``shared.solver.plans.converge``.
 """
@@ -82,14 +83,16 @@ def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarra
 
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
                        floors, free_floors, first: Converged, counting=None, yield_now=None,
-                       before_again=None) -> tuple[Converged, list[int]]:
+                       before_again=None, requeue: bool = False) -> tuple[Converged, list[int]]:
     """``first`` (a run of ``converge``), with more runs for the scans that need them; returns the merged
     result and the number of runs per scan. ``floors``: each scan's Poisson floor; ``free_floors``: its
     withheld voxels' (``trust.noise_floor(…, over=first.free)``); ``counting``: as ``converge``'s.
 
     ``yield_now()`` (as ``converge``'s), when true during a run again, cuts it short: the answer so far is
     returned, so fresher work (the scan being taken now) waits for no more than one chunk of iterations. A run
-    again is an improvement, not the answer: the operator may ask for it later (``POST …/refine``).
+    again is an improvement, not the answer: with ``requeue`` the cut raises Preempted (nothing to resume from:
+    the job runs whole again later, its first run's answer shown meanwhile), else the operator may ask for it
+    later (``POST …/refine``).
     ``before_again(first, todo)``, where given, is told the first run's result and the scans about to run again."""
     runs = [1] * len(first.obj)
     if np.prod(first.obj.shape[1:]) > SMALL_GRID:
@@ -113,6 +116,8 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                              again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo],
                              yield_now=yield_now)
         except Preempted:
+            if requeue:
+                raise Preempted(None) from None
             break
         for j, k in enumerate(todo):
             runs[k] += 1

@@ -104,7 +104,7 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
                   refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
                   yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None,
-                  on_first=None) -> Stage:
+                  on_first=None, requeue_again: bool = False) -> Stage:
     """The refined stage for a batch of scans of one shape; NN results on the network grid.
 
     It works on the signal's region (``shared.solver.fullgrid.signal_region``: the Bragg peak's neighbourhood at
@@ -121,6 +121,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     ``on_first(stage)``, where given, receives the first run's answers before a run again starts
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
     at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it).
+    ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted (no checkpoint) instead of
+    returning the first run's answer, so the service puts the job back and the run again comes later.
     """
     started = time.perf_counter()
     if measured is not None:
@@ -179,7 +181,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     before_again = None if on_first is None else \
         lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
     result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result,  # small grids only
-                                             counting, yield_now, before_again)
+                                             counting, yield_now, before_again, requeue_again)
     return stage_of(result, runs, [False] * len(runs))
 
 

@@ -7,7 +7,9 @@
               oldest first, only when no refinement waits
     preempt   a running refinement yields, between schedule steps, to a waiting
               live one queued after it; a running full-grid fit yields to any
-              waiting refinement; each keeps its state and resumes later
+              waiting refinement; each keeps its state and resumes later (a
+              refinement cut in its run again has shown its first answer: it
+              waits again, and runs whole)
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
     CPU       on a shared machine the refinement worker runs at REFINE_NICENESS: the
