@@ -100,3 +100,43 @@ def test_previews_of_the_scan_being_taken_now_come_first():
     started = {"burst-1": 100.0, "live": 300.0, "burst-2": 200.0}
     assert scheduling.previews_to_run(started) == ["live", "burst-2"]
     assert scheduling.previews_to_run(started, limit=1) == ["live"] and scheduling.previews_to_run({}) == []
+
+
+def test_a_run_again_cut_short_waits_behind_every_first_answer():
+    """A refinement put back in its run again (its scan shows an answer) waits as an improvement: after live
+    and backlog refinements, with full-grid fits, oldest first; running, it yields to any refinement."""
+    now = 1000.0
+    again = Job("again", now - 10, again=True)
+    jobs = [Job("old", now - 500), Job("live", now - 5), again, Job("full", now - 400, stage=scheduling.FULL)]
+    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "old", "full", "again"]
+    assert scheduling.first(None, None, now, 120, again) is again
+    assert scheduling.preempts(Job("old", now - 500), again, now, 120)  # even a backlog refinement
+    assert not scheduling.preempts(again, Job("old", now - 500), now, 120)  # an improvement preempts nothing
+    assert not scheduling.is_live(again, now, 120)
+
+
+def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_there(backlog):
+    """In real Redis: the newest live job, cut in its run again, waits in the improvements' set; the older
+    refinements are taken first; taken again it is still an improvement (and yields to any refinement),
+    and a lease that runs out puts it back among the improvements."""
+    client, k, make = backlog
+    a = make("a", lease_s=0.5, fresh_s=60)
+    now = time.time()
+    for scan, queued in (("old", now - 600), ("live", now - 5)):
+        client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
+    taken = a.take()
+    assert taken.scan == "live" and not taken.again
+    a.put_back(taken, None, again=True)
+    assert client.zcard(f"{k.refine_jobs}:waiting:full") == 1
+    assert [j.id for j in a.waiting_jobs() if j.again] == [taken.id]
+    old = a.take()
+    assert old.scan == "old"  # a first answer before any improvement
+    a.done(old.id)
+    again = a.take()
+    assert again.scan == "live" and again.again and again.job.improving
+    client.xadd(k.refine_jobs, {"scan": "backlog", "queued": now - 300, "voxels": 32**3})
+    a.admit()
+    assert a.should_yield(again)  # an improvement yields to any refinement
+    time.sleep(0.6)  # its worker died: the lease runs out
+    a.reclaim()
+    assert client.zscore(f"{k.refine_jobs}:waiting:full", again.id) is not None

@@ -2,11 +2,13 @@
 
     arrive   producers XADD to the refine stream (as before: one append-only log of what was asked)
     admit    any worker moves new stream entries into the backlog: a job hash and a sorted set by the
-             time the job was queued (one set per stage: refinements, full-grid fits); XACK only in
+             time the job was queued (one set for refinements, one for improvements: full-grid fits and
+             run agains cut short); XACK only in
              the same transaction, so a crash loses nothing
     take     the job ``scheduling.first`` picks, moved atomically (WATCH/MULTI) to the running set,
              scored by its lease's end; the worker renews the lease while it works
-    yield    a preempted job goes back to the waiting set with its checkpoint's path
+    yield    a preempted job goes back to the waiting set with its checkpoint's path; a run again cut short
+             goes to the improvements' set (``again``: its scan shows its first answer)
     reclaim  a lease that ran out (its worker died) puts the job back; one delivered more than
              ``max_deliveries`` times is dead-lettered
     done     job hash, lease and checkpoint removed
@@ -43,10 +45,11 @@ class Taken:
     deliveries: int
     preempted: int = 0  # times it yielded to fresher work before
     stage: str = scheduling.REFINED
+    again: bool = False  # its run again was cut short before: its scan shows the first answer
 
     @property
     def job(self) -> scheduling.Job:
-        return scheduling.Job(self.id, self.queued, self.voxels, self.stage)
+        return scheduling.Job(self.id, self.queued, self.voxels, self.stage, self.again)
 
 
 class RefineBacklog:
@@ -55,7 +58,7 @@ class RefineBacklog:
         self.redis, self.keys = client, keys
         self.stream, self.group = keys.refine_jobs, "refine"
         self.waiting, self.running = f"{keys.refine_jobs}:waiting", f"{keys.refine_jobs}:running"
-        self.waiting_full = f"{keys.refine_jobs}:waiting:full"  # full-grid fits: after every refinement
+        self.waiting_full = f"{keys.refine_jobs}:waiting:full"  # improvements: after every refinement
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.lease_s, self.max_deliveries, self.on_dead, self.fresh_s = lease_s, max_deliveries, on_dead, fresh_s
         self.ensure_group()
@@ -104,14 +107,14 @@ class RefineBacklog:
                     pipe.watch(self.waiting, self.waiting_full)
                     newest = pipe.zrevrange(self.waiting, 0, 0, withscores=True)
                     oldest = pipe.zrange(self.waiting, 0, 0, withscores=True)
-                    full = pipe.zrange(self.waiting_full, 0, 0, withscores=True)
-                    if not newest and not full:
+                    improving = pipe.zrange(self.waiting_full, 0, 0, withscores=True)
+                    if not newest and not improving:
                         return None
                     pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
                                             self.as_job(*oldest[0]) if oldest else None, time.time(), self.fresh_s,
-                                            self.as_job(*full[0], scheduling.FULL) if full else None)
+                                            self.as_job(*improving[0], scheduling.FULL) if improving else None)
                     pipe.multi()
-                    pipe.zrem(self.waiting_of(pick.stage), pick.id)
+                    pipe.zrem(self.waiting_full if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
                     pipe.hset(self.job_key(pick.id), mapping={"owner": self.consumer, "started": time.time()})
                     pipe.hincrby(self.job_key(pick.id), "deliveries", 1)
@@ -126,7 +129,8 @@ class RefineBacklog:
             deliveries = int(fields.get("deliveries", 1))
             taken = Taken(pick.id, fields["scan"], float(fields["queued"]), int(fields.get("voxels") or 32**3),
                           json.loads(fields.get("options") or "{}"), fields.get("checkpoint") or None, deliveries,
-                          int(fields.get("preempted") or 0), fields.get("stage") or scheduling.REFINED)
+                          int(fields.get("preempted") or 0), fields.get("stage") or scheduling.REFINED,
+                          fields.get("again") == "1")
             if deliveries > self.max_deliveries:
                 self.bury(taken, f"job crashed its worker {self.max_deliveries} times")
                 continue
@@ -137,8 +141,8 @@ class RefineBacklog:
     def as_job(member: bytes, score: float, stage: str = scheduling.REFINED) -> scheduling.Job:
         return scheduling.Job(member.decode(), float(score), stage=stage)
 
-    def waiting_of(self, stage: str | None) -> str:
-        return self.waiting_full if stage == scheduling.FULL else self.waiting
+    def waiting_of(self, stage: str | None, again: bool = False) -> str:
+        return self.waiting_full if stage == scheduling.FULL or again else self.waiting
 
     def should_yield(self, running: Taken) -> bool:
         """A waiting live job queued after the running one (``scheduling.preempts``)? The caller admits new
@@ -153,14 +157,17 @@ class RefineBacklog:
         return self.redis.zadd(self.running, {taken.id: time.time() + self.lease_s}, xx=True, ch=True) >= 0
 
     # yield, reclaim, done --------------------------------------------------------------------
-    def put_back(self, taken: Taken, checkpoint: str | None) -> None:
-        """A preempted job waits again at its own place in the order, with where it stopped."""
+    def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False) -> None:
+        """A preempted job waits again at its own place in the order, with where it stopped; ``again``: it
+        was cut in its run again, its scan shows the first answer (it waits as an improvement)."""
+        again = again or taken.again
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, taken.id)
-        pipe.hset(self.job_key(taken.id), mapping={"checkpoint": checkpoint or "", "owner": ""})
+        pipe.hset(self.job_key(taken.id), mapping={"checkpoint": checkpoint or "", "owner": "",
+                                                   "again": "1" if again else ""})
         pipe.hincrby(self.job_key(taken.id), "deliveries", -1)  # a yield is not a failed delivery
         pipe.hincrby(self.job_key(taken.id), "preempted", 1)
-        pipe.zadd(self.waiting_of(taken.stage), {taken.id: taken.queued})
+        pipe.zadd(self.waiting_of(taken.stage, again), {taken.id: taken.queued})
         pipe.execute()
 
     def reclaim(self) -> int:
@@ -173,13 +180,14 @@ class RefineBacklog:
                 try:
                     pipe.watch(self.running)
                     score = pipe.zscore(self.running, job_id)
-                    queued, stage = pipe.hmget(self.job_key(job_id), "queued", "stage")
+                    queued, stage, again = pipe.hmget(self.job_key(job_id), "queued", "stage", "again")
                     if score is None or score > time.time():
                         continue  # renewed or taken back meanwhile
                     pipe.multi()
                     pipe.zrem(self.running, job_id)
                     pipe.hset(self.job_key(job_id), "owner", "")
-                    pipe.zadd(self.waiting_of(stage.decode() if stage else None), {job_id: float(queued or time.time())})
+                    pipe.zadd(self.waiting_of(stage.decode() if stage else None, again == b"1"),
+                              {job_id: float(queued or time.time())})
                     pipe.execute()
                     moved += 1
                     log.warning("refine job %s: its worker's lease ran out; it waits again", job_id)
@@ -205,21 +213,21 @@ class RefineBacklog:
 
     # what waits ---------------------------------------------------------------------------
     def waiting_jobs(self) -> list[scheduling.Job]:
-        members = [(m, s, scheduling.REFINED) for m, s in self.redis.zrange(self.waiting, 0, -1, withscores=True)]
-        members += [(m, s, scheduling.FULL) for m, s in self.redis.zrange(self.waiting_full, 0, -1, withscores=True)]
+        members = [(m, s) for m, s in self.redis.zrange(self.waiting, 0, -1, withscores=True)]
+        members += [(m, s) for m, s in self.redis.zrange(self.waiting_full, 0, -1, withscores=True)]
         pipe = self.redis.pipeline(transaction=False)
-        for member, _, _ in members:
-            pipe.hmget(self.job_key(member.decode()), "voxels", "scan")
+        for member, _ in members:
+            pipe.hmget(self.job_key(member.decode()), "voxels", "stage", "again")
         details = pipe.execute()
-        return [scheduling.Job(m.decode(), float(s), int(d[0] or 32**3), stage)
-                for (m, s, stage), d in zip(members, details)]
+        return [scheduling.Job(m.decode(), float(s), int(d[0] or 32**3), (d[1] or b"refined").decode(), d[2] == b"1")
+                for (m, s), d in zip(members, details)]
 
     def running_jobs(self) -> list[scheduling.Job]:
         members = [m.decode() for m in self.redis.zrange(self.running, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in members:
-            pipe.hmget(self.job_key(job_id), "voxels", "queued", "stage")
-        return [scheduling.Job(j, float(d[1] or 0), int(d[0] or 32**3), (d[2] or b"refined").decode())
+            pipe.hmget(self.job_key(job_id), "voxels", "queued", "stage", "again")
+        return [scheduling.Job(j, float(d[1] or 0), int(d[0] or 32**3), (d[2] or b"refined").decode(), d[3] == b"1")
                 for j, d in zip(members, pipe.execute())]
 
     def scan_of(self, job_ids: list[str]) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Refinement worker: the refined stage (``shared.solver.plans``) of each completed scan, seeded by its final NN
 result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
 again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
-answer replaces it. A run again that fresher work cuts short puts its job back: the scan stays ``searching``, and
-its run again comes when nothing fresher waits.
+answer replaces it. A run again that fresher work cuts short puts its job back as an improvement: the scan stays
+``searching``, and its run again comes after every waiting scan's first answer.
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
 finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
@@ -76,6 +76,7 @@ class RefinementWorker:
         self.step_delay_s = float(os.environ.get("CDI_LIVE_TEST_STEP_DELAY_S", "0"))
         self.last_positions, self.last_published = {}, 0.0
         self.kept: dict[str, tuple] = {}  # the last checkpoint this worker wrote: path → (mtime, checkpoint)
+        self.first_shown = False  # the running job's first answer is stored (its run again is an improvement)
 
     def step(self) -> int:
         taken = self.backlog.take()
@@ -93,6 +94,7 @@ class RefinementWorker:
                                                           "resumed": resumed, "stage": taken.stage})
         self.store.publish({"event": "refining", "scan": scan, "resumed": resumed, "stage": taken.stage})
         compute = self.full_grid_scan if taken.stage == scheduling.FULL else self.refine_scan
+        self.first_shown = False  # set once the first run's answer is stored (a run again follows)
         with LeaseKeeper(self.backlog, taken) as lease:
             try:
                 stage, arrays, seconds = compute(taken)
@@ -103,7 +105,7 @@ class RefinementWorker:
                     preempted.checkpoint.save(path)
                     self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
                     kept = str(path)
-                self.backlog.put_back(taken, kept)
+                self.backlog.put_back(taken, kept, again=self.first_shown)  # then it waits as an improvement
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
                 self.store.publish({"event": "preempted", "scan": scan, "phase": where, "stage": taken.stage})
@@ -230,6 +232,7 @@ class RefinementWorker:
         def show_first(stage) -> None:  # the first run's answer at once; the run again's replaces it
             (amplitude, phase_, result), arrays, _ = answer(stage)
             self.store.put_result(scan, taken.stage, amplitude, phase_, result, force=True, extra=arrays)
+            self.first_shown = True
 
         stage = refined_stage(volume[None], amp[None], phase[None], [crop], None if measured is None else measured[None],
                               self.settings.refine_size, plan, on_input_grid=False,  # ≤ refine_size³: Redis holds it

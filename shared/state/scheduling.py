@@ -3,13 +3,14 @@
     live      a scan's refinement queued less than FRESH_S ago: newest first
               (the scan being taken now is the one an operator is watching)
     backlog   every older refinement: oldest first, whenever no live job waits
-    full grid a scan's full-grid stage (``shared.solver.fullgrid``), the lowest priority:
-              oldest first, only when no refinement waits
+    improve   work on a scan that already shows an answer, the lowest priority: its
+              full-grid stage (``shared.solver.fullgrid``), or a run again that fresher
+              work cut short (``shared.solver.effort``); oldest first, only when no
+              refinement waits (every scan's first answer comes before any improvement)
     preempt   a running refinement yields, between schedule steps, to a waiting
-              live one queued after it; a running full-grid fit yields to any
-              waiting refinement; each keeps its state and resumes later (a
-              refinement cut in its run again has shown its first answer: it
-              waits again, and runs whole)
+              live one queued after it; a running improvement yields to any
+              waiting refinement; each keeps its state and resumes later (a run
+              again keeps none: it waits again as an improvement and runs whole)
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
     CPU       on a shared machine the refinement worker runs at REFINE_NICENESS: the
@@ -64,38 +65,44 @@ class Job:
     queued: float  # wall-clock time the stage was asked for (the scan's end, a user's re-run, the refined result)
     voxels: int = 32**3  # on the stage's grid: what the job costs
     stage: str = REFINED
+    again: bool = False  # a refinement whose run again was cut short: its scan shows the first answer
+
+    @property
+    def improving(self) -> bool:
+        """Work on a scan that already shows an answer."""
+        return self.stage == FULL or self.again
 
 
 def is_live(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    return job.stage == REFINED and now - job.queued < fresh_s
+    return not job.improving and now - job.queued < fresh_s
 
 
 def order(waiting: list[Job], now: float, fresh_s: float = FRESH_S) -> list[Job]:
     """The waiting jobs in the order they will run: live refinements newest first, then the backlog's
-    oldest first, then full-grid fits oldest first."""
+    oldest first, then improvements oldest first."""
     live = sorted((j for j in waiting if is_live(j, now, fresh_s)), key=lambda j: (-j.queued, j.id))
-    backlog = sorted((j for j in waiting if j.stage == REFINED and not is_live(j, now, fresh_s)),
+    backlog = sorted((j for j in waiting if not j.improving and not is_live(j, now, fresh_s)),
                      key=lambda j: (j.queued, j.id))
-    full = sorted((j for j in waiting if j.stage == FULL), key=lambda j: (j.queued, j.id))
-    return live + backlog + full
+    improving = sorted((j for j in waiting if j.improving), key=lambda j: (j.queued, j.id))
+    return live + backlog + improving
 
 
 def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S,
-          oldest_full: Job | None = None) -> Job | None:
+          oldest_improving: Job | None = None) -> Job | None:
     """``order(...)[0]`` from just the newest and oldest waiting refinements and the oldest waiting
-    full-grid fit (what a worker reads to take one)."""
+    improvement (what a worker reads to take one)."""
     if newest is not None and is_live(newest, now, fresh_s):
         return newest
-    return oldest if oldest is not None else oldest_full
+    return oldest if oldest is not None else oldest_improving
 
 
 def preempts(waiting: Job | None, running: Job, now: float, fresh_s: float = FRESH_S) -> bool:
     """Should ``running`` yield to ``waiting`` (the newest waiting refinement)? A refinement yields only to
-    live work queued after it, so two jobs never take turns preempting each other; a full-grid fit
+    live work queued after it, so two jobs never take turns preempting each other; an improvement
     yields to any refinement."""
-    if waiting is None or waiting.stage != REFINED:
+    if waiting is None or waiting.improving:
         return False
-    return running.stage == FULL or (is_live(waiting, now, fresh_s) and waiting.queued > running.queued)
+    return running.improving or (is_live(waiting, now, fresh_s) and waiting.queued > running.queued)
 
 
 def eta(ahead: list[Job], seconds_per_voxel: float, workers: int) -> float:
