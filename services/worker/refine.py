@@ -5,8 +5,9 @@ answer replaces it. A run again that fresher work cuts short puts its job back a
 ``searching``, and its run again comes after every waiting scan's first answer.
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
-finished scan first, then the backlog oldest first, full-grid fits last. A long job yields between
-iterations when fresher work waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
+finished scan first, then the backlog oldest first, improvements (full-grid fits, run agains cut short) last. A
+long job yields between iterations when fresher work waits: its checkpoint goes beside the raw frames and it
+resumes where it stopped.
 """
 
 from __future__ import annotations
