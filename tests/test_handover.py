@@ -13,6 +13,7 @@ import zmq
 from services.ingest import handover
 from services.ingest.receive import Receiver
 from shared.state import scheduling
+from tests.conftest import free_port
 
 RING = 1 << 20
 
@@ -75,28 +76,25 @@ def test_messages_arrive_whole_and_in_order_through_a_ring_that_wraps_and_fills(
 def test_a_receiving_process_that_is_killed_is_replaced_and_the_stream_goes_on(tmp_path):
     """SIGKILL the receiving process between messages: the storing side reads what was handed over, a new
     receiving process takes the stream from the same ring, and the next messages arrive whole."""
-    port = 20000 + os.getpid() % 20000
+    port = free_port()
     context = zmq.Context()
     receiver = Receiver(context, f"tcp://127.0.0.1:{port}", True, tmp_path, 1000, 2**24, ring_mb=1)
     sender = context.socket(zmq.PUSH)
     sender.connect(f"tcp://127.0.0.1:{port}")
     try:
-        first, second = messages(11, 40), messages(12, 40)
-        for message in first:
-            sender.send_multipart(message)
-        for k, expected in enumerate(first):
-            assert receiver.socket.poll(30_000), f"message {k} never came"
-            assert digest(receiver.recv_multipart()) == digest(expected)
-            receiver.release()
+        def send_and_read(sent: list) -> None:
+            for message in sent:
+                sender.send_multipart(message)
+            for k, expected in enumerate(sent):
+                assert receiver.socket.poll(30_000), f"message {k} never came"
+                assert digest(receiver.recv_multipart()) == digest(expected), f"message {k} differs"
+                receiver.release()
+
+        send_and_read(messages(11, 40))
         os.kill(receiver.process.pid, signal.SIGKILL)
         receiver.process.join(10)
         assert receiver.restart_if_dead()
-        for message in second:
-            sender.send_multipart(message)
-        for k, expected in enumerate(second):
-            assert receiver.socket.poll(30_000), f"message {k} after the restart never came"
-            assert digest(receiver.recv_multipart()) == digest(expected)
-            receiver.release()
+        send_and_read(messages(12, 40))
     finally:
         sender.close(linger=0)
         receiver.close()
