@@ -140,3 +140,35 @@ def test_a_source_that_cannot_wait_overflows_inline_in_order(tmp_path):
         sender.close(linger=0)
         notes.close(linger=0)
         context.term()
+
+
+def test_the_ingests_helper_processes_die_with_it_even_when_it_is_killed(tmp_path):
+    """SIGKILL an ingest (the OOM killer, a crashed node): its receiving and assembling processes go with it,
+    rather than waiting for ever on pipes they hold both ends of (each was ~90 MB, and restarts piled them up)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "KEY_PREFIX": f"orphan{os.getpid()}",
+           "INGEST_BIND": f"tcp://127.0.0.1:{free_port()}"}
+    ingest = subprocess.Popen([sys.executable, "-m", "services.cli.main", "ingest"], env=env,
+                              stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+
+    def children() -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{ingest.pid}/task/{ingest.pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    deadline = time.time() + 60
+    while len(helpers := [c for c in children() if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]) < 2:
+        assert time.time() < deadline, "the ingest never started its helpers"
+        time.sleep(0.2)
+    time.sleep(2)  # running, not starting (a helper whose ingest dies while it starts exits too)
+    os.kill(ingest.pid, signal.SIGKILL)
+    ingest.wait(10)
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{c}").exists() and b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+              for c in helpers):
+        assert time.time() < deadline, "a helper process outlived its ingest"
+        time.sleep(0.2)

@@ -10,6 +10,7 @@ kept on disk; once it is, the ROI is placed around it and filled from the file.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -226,6 +227,15 @@ def peak_warnings(volume: np.ndarray) -> list[str]:
         return []
     peak = downsample.bragg_peak(detector.inpaint(volume, bad))
     return detector.peak_flags(np.isnan(volume), np.isposinf(volume), peak)
+
+
+def started() -> None:
+    """The assembler process's start: it dies with its ingest, even one killed outright (its pool's pipes, whose
+    both ends it holds, would keep it waiting for ever), and Ctrl-C is the ingest's to handle."""
+    from services.ingest.receive import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def warm_up() -> None:

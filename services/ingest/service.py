@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import socket as socketlib
 import threading
 import time
@@ -123,10 +122,10 @@ class Ingest:
 
     @staticmethod
     def start_assembler() -> ProcessPoolExecutor:
-        """One process beside the loop (Ctrl-C is ours to handle, not its), started and warmed now: its
-        imports and first transforms are not paid by the first scan's final input."""
+        """One process beside the loop (it dies with us; Ctrl-C is ours to handle), started and warmed now:
+        its imports and first transforms are not paid by the first scan's final input."""
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+                                   initializer=assembly.started)
         pool.submit(assembly.warm_up)
         return pool
 
