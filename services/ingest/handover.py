@@ -42,9 +42,20 @@ def aligned(nbytes: int) -> int:
 
 
 def create(path: Path, size: int) -> None:
-    """A new ring file of ``size`` bytes (pages are taken as they are written)."""
+    """A new ring file of ``size`` bytes (its pages are taken when a :class:`Ring` maps it)."""
     with open(path, "wb") as f:
         f.truncate(HEADER + size)
+
+
+def note(start: int, end: int, lengths) -> bytes:
+    """Where a message lies in the ring (``start``, and ``end`` as an absolute position; ``start`` INLINE: its
+    parts follow the note) and its parts' lengths."""
+    return struct.pack(f"<{2 + len(lengths)}q", start, end, *lengths)
+
+
+def read_note(buffer) -> tuple[int, int, tuple[int, ...]]:
+    fields = struct.unpack(f"<{len(buffer) // 8}q", buffer)
+    return fields[0], fields[1], fields[2:]
 
 
 class Ring:
@@ -72,6 +83,10 @@ class Ring:
     @property
     def head(self) -> int:
         return int(self.marks[1])
+
+    def lacks_room(self, head: int, nbytes: int) -> bool:
+        """Would ``nbytes`` written at ``head`` overwrite what the storing process has not handled yet?"""
+        return head + nbytes - self.consumed > self.size
 
     def close(self) -> None:
         self.view.release()
@@ -103,11 +118,10 @@ class Writer:
         if start + total > ring.size:  # no wrapping inside a message: the tail is skipped
             head += ring.size - start
             start = 0
-        full = head + total - ring.consumed > ring.size
-        if total > ring.size // 2 or (full and self.overflow):
-            self.notes.send_multipart([struct.pack(f"<2q{len(lengths)}q", INLINE, 0, *lengths), *parts])
+        if total > ring.size // 2 or (self.overflow and ring.lacks_room(head, total)):
+            self.notes.send_multipart([note(INLINE, 0, lengths), *parts])
             return
-        while head + total - ring.consumed > ring.size:  # full: the storing process is behind
+        while ring.lacks_room(head, total):  # full: the storing process is behind
             if self.stop():
                 return
             time.sleep(0.0002)
@@ -116,7 +130,7 @@ class Writer:
             ring.view[at:at + n] = part.buffer if isinstance(part, zmq.Frame) else part
             at += aligned(n)
         ring.marks[1] = head + total
-        self.notes.send(struct.pack(f"<2q{len(lengths)}q", start, head + total, *lengths), copy=True)
+        self.notes.send(note(start, head + total, lengths), copy=True)
 
 
 class Reader:
@@ -132,9 +146,8 @@ class Reader:
 
     def recv_multipart(self) -> list:
         self.release()
-        note, *inline = self.notes.recv_multipart(copy=False)
-        fields = struct.unpack(f"<{len(note) // 8}q", note.buffer)
-        start, end, lengths = fields[0], fields[1], fields[2:]
+        where, *inline = self.notes.recv_multipart(copy=False)
+        start, end, lengths = read_note(where.buffer)
         if start == INLINE:
             return [p.bytes if n <= SMALL_PART else p.buffer for p, n in zip(inline, lengths)]
         parts, at = [], start
