@@ -110,6 +110,9 @@ def test_a_preview_is_asked_only_while_the_scan_has_time_left():
     assert not ask(50, 200, 0.05, 0.5)  # 1 kHz: the whole scan lasts 0.2 s
     assert ask(50, 200, 0.05, 0)  # PREVIEW_MIN_LEFT_S 0: previews at any rate
     assert not ask(0, 200, 1.0, 0.5)
+    # an ingest restarted 0.2 s ago found 100 frames in the file and got 2 more: 10 frames/s, 9.8 s to go
+    assert ask(102, 200, 0.2, 0.5, frames_before=100)
+    assert not ask(102, 200, 0.2, 0.5)  # (timed with the file's frames: 510 frames/s)
 
 
 def test_a_source_that_cannot_wait_overflows_inline_in_order(tmp_path):

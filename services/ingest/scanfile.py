@@ -35,6 +35,7 @@ class ScanFile:
         self.owner = True  # this receiver got the start (always, with one receiver): it keeps the record
         self.others = 0  # frames counted by the other receivers on the stream (``parts``)
         self.previewed_at = 0  # frames in when the last network input was asked for
+        self.frames_at_open = 0  # frames already in the file when this ingest opened it (a restart)
         self.part_done = False
         self.others_duplicates = 0
         self.roi_announced = False
@@ -79,6 +80,7 @@ class ScanFile:
             for index in np.flatnonzero(handle["received"][()]):
                 scan.assembly.add(int(index), handle["frames"][index])
             scan.previewed_at = scan.assembly.count  # the next preview after the usual number of new frames
+            scan.frames_at_open = scan.assembly.count  # the frame rate is timed from the reopening
             scan.place_roi_if_clear()
         except Exception:
             handle.close()

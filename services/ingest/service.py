@@ -365,7 +365,7 @@ class Ingest:
         if scan.frames_in - scan.previewed_at < every or scan.frames_in >= scan.start.frames:
             return
         if not scheduling.preview_worth_asking(scan.frames_in, scan.start.frames, time.monotonic() - scan.opened,
-                                               self.settings.preview_min_left_s):
+                                               self.settings.preview_min_left_s, scan.frames_at_open):
             scan.previewed_at = scan.frames_in
             self.count("previews_skipped_ending")  # the final input comes first
             return

@@ -45,13 +45,16 @@ PREVIEW_MIN_LEFT_S = 0.5  # a network input takes ~0.07 s to assemble, a preview
 
 
 def preview_worth_asking(frames_in: int, frames_expected: int, seconds_acquiring: float,
-                         min_left_s: float = PREVIEW_MIN_LEFT_S) -> bool:
-    """Will the scan, at its frame rate so far, still be acquiring ``min_left_s`` from now?"""
+                         min_left_s: float = PREVIEW_MIN_LEFT_S, frames_before: int = 0) -> bool:
+    """Will the scan, at its frame rate so far, still be acquiring ``min_left_s`` from now? The rate is that of
+    the frames received over ``seconds_acquiring``: all but ``frames_before``, which a restarted ingest found
+    in the file."""
     if min_left_s <= 0:
         return True
-    if frames_in <= 0 or seconds_acquiring <= 0:
+    timed = frames_in - frames_before
+    if timed <= 0 or seconds_acquiring <= 0:
         return False
-    return (frames_expected - frames_in) * seconds_acquiring / frames_in >= min_left_s
+    return (frames_expected - frames_in) * seconds_acquiring / timed >= min_left_s
 
 
 def previews_to_run(started: dict[str, float], limit: int = PREVIEWS_PER_STEP) -> list[str]:
