@@ -58,7 +58,8 @@ class RefineBacklog:
         self.redis, self.keys = client, keys
         self.stream, self.group = keys.refine_jobs, "refine"
         self.waiting, self.running = f"{keys.refine_jobs}:waiting", f"{keys.refine_jobs}:running"
-        self.waiting_full = f"{keys.refine_jobs}:waiting:full"  # improvements: after every refinement
+        # improvements (full-grid fits, run agains cut short): after every refinement; the key keeps its old name
+        self.waiting_improving = f"{keys.refine_jobs}:waiting:full"
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.lease_s, self.max_deliveries, self.on_dead, self.fresh_s = lease_s, max_deliveries, on_dead, fresh_s
         self.ensure_group()
@@ -104,17 +105,17 @@ class RefineBacklog:
         for _ in range(20):  # another worker may take the same job at the same moment: then try again
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(self.waiting, self.waiting_full)
+                    pipe.watch(self.waiting, self.waiting_improving)
                     newest = pipe.zrevrange(self.waiting, 0, 0, withscores=True)
                     oldest = pipe.zrange(self.waiting, 0, 0, withscores=True)
-                    improving = pipe.zrange(self.waiting_full, 0, 0, withscores=True)
+                    improving = pipe.zrange(self.waiting_improving, 0, 0, withscores=True)
                     if not newest and not improving:
                         return None
                     pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
                                             self.as_job(*oldest[0]) if oldest else None, time.time(), self.fresh_s,
-                                            self.as_job(*improving[0], scheduling.FULL) if improving else None)
+                                            self.as_job(*improving[0], again=True) if improving else None)
                     pipe.multi()
-                    pipe.zrem(self.waiting_full if pick.improving else self.waiting, pick.id)
+                    pipe.zrem(self.waiting_improving if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
                     pipe.hset(self.job_key(pick.id), mapping={"owner": self.consumer, "started": time.time()})
                     pipe.hincrby(self.job_key(pick.id), "deliveries", 1)
@@ -138,11 +139,13 @@ class RefineBacklog:
         return None
 
     @staticmethod
-    def as_job(member: bytes, score: float, stage: str = scheduling.REFINED) -> scheduling.Job:
-        return scheduling.Job(member.decode(), float(score), stage=stage)
+    def as_job(member: bytes, score: float, again: bool = False) -> scheduling.Job:
+        """A waiting job as the policy sees it before its hash is read: a refinement, or (``again``) an
+        improvement, which the policy orders alike whatever its stage."""
+        return scheduling.Job(member.decode(), float(score), again=again)
 
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
-        return self.waiting_full if stage == scheduling.FULL or again else self.waiting
+        return self.waiting_improving if stage == scheduling.FULL or again else self.waiting
 
     def should_yield(self, running: Taken) -> bool:
         """A waiting live job queued after the running one (``scheduling.preempts``)? The caller admits new
@@ -199,7 +202,7 @@ class RefineBacklog:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, job_id)
         pipe.zrem(self.waiting, job_id)
-        pipe.zrem(self.waiting_full, job_id)
+        pipe.zrem(self.waiting_improving, job_id)
         pipe.delete(self.job_key(job_id))
         pipe.execute()
 
@@ -214,7 +217,7 @@ class RefineBacklog:
     # what waits ---------------------------------------------------------------------------
     def waiting_jobs(self) -> list[scheduling.Job]:
         members = [(m, s) for m, s in self.redis.zrange(self.waiting, 0, -1, withscores=True)]
-        members += [(m, s) for m, s in self.redis.zrange(self.waiting_full, 0, -1, withscores=True)]
+        members += [(m, s) for m, s in self.redis.zrange(self.waiting_improving, 0, -1, withscores=True)]
         pipe = self.redis.pipeline(transaction=False)
         for member, _ in members:
             pipe.hmget(self.job_key(member.decode()), "voxels", "stage", "again")
