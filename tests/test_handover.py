@@ -103,6 +103,34 @@ def test_a_receiving_process_that_is_killed_is_replaced_and_the_stream_goes_on(t
     assert not any(tmp_path.glob("cdi-live-ring-*"))  # the ring's file goes with the ingest
 
 
+def test_a_receiver_told_to_stop_with_a_full_ring_hands_over_everything_it_received(tmp_path):
+    """The storing side reads nothing while 40 messages (about 6 MB) arrive at a receiver with a 1 MB ring: the
+    ring fills, the receiving process holds one message and ZeroMQ queues the rest. Told to stop then, it hands
+    every one over (inline past the full ring), whole and in order: a graceful stop drops nothing received."""
+    port = free_port()
+    context = zmq.Context()
+    receiver = Receiver(context, f"tcp://127.0.0.1:{port}", True, tmp_path, 1000, 2**24, ring_mb=1)
+    sender = context.socket(zmq.PUSH)
+    sender.connect(f"tcp://127.0.0.1:{port}")
+    sent, got = messages(13, 40), []
+    try:
+        for message in sent:
+            sender.send_multipart(message)
+        time.sleep(2)  # all of them reach the receiving process's queue; the ring is full long before
+
+        receiver.close(lambda parts: got.append(digest(parts)))
+        while receiver.socket.poll(200):
+            got.append(digest(receiver.recv_multipart()))
+            receiver.release()
+        assert not receiver.process.is_alive()
+        assert got == [digest(m) for m in sent]
+    finally:
+        sender.close(linger=0)
+        receiver.close()
+        receiver.close_socket()
+        context.term()
+
+
 def test_a_preview_is_asked_only_while_the_scan_has_time_left():
     ask = scheduling.preview_worth_asking
     assert ask(8, 32, 0.8, 0.5)  # 10 frames/s: 2.4 s to go

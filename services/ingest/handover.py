@@ -104,7 +104,7 @@ class Writer:
     def __init__(self, path: Path, notes: zmq.Socket, stop=lambda: False, overflow: bool = False):
         self.ring = Ring(path)
         self.notes = notes
-        self.stop = stop  # polled while waiting for room: a receiver told to stop does not wait forever
+        self.stop = stop  # polled while waiting for room: a receiver told to stop does not wait for it
         # a source that cannot be pushed back on (pvAccess: a server drops what its subscriber is slow to
         # take): when the ring is full, messages go inline, queued by ZeroMQ up to its high-water mark
         self.overflow = overflow
@@ -122,7 +122,8 @@ class Writer:
             self.notes.send_multipart([note(INLINE, 0, lengths), *parts])
             return
         while ring.lacks_room(head, total):  # full: the storing process is behind
-            if self.stop():
+            if self.stop():  # told to stop: this message goes inline rather than nowhere
+                self.notes.send_multipart([note(INLINE, 0, lengths), *parts])
                 return
             time.sleep(0.0002)
         at = start

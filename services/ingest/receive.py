@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -98,6 +99,14 @@ def receive(frontend: str, bind: bool, ring: str, notes: str, control: str, hwm:
                 except zmq.Again:
                     break
                 writer.send_multipart(parts)
+        # a graceful stop hands over what this process already holds (its queue, at most ``hwm`` messages),
+        # inline past a full ring: nothing accepted is dropped
+        writer.overflow = True
+        for _ in range(hwm):
+            try:
+                writer.send_multipart(stream.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                break
     finally:
         stream.close(linger=0)
         storer.close(linger=2000)  # what was handed over reaches the storing process
@@ -228,14 +237,22 @@ class Receiver:
         self.start()
         return True
 
-    def close(self) -> None:
-        """Stop receiving (the stream's address is free again); messages already handed over stay readable."""
+    def close(self, handle=None, wait_s: float = 30.0) -> None:
+        """Stop receiving (the stream's address is free again); messages already handed over stay readable.
+        ``handle(parts)``, where given, is called with each message the receiving process hands over while it
+        stops (what it had received: with a full ring it cannot finish until they are read)."""
         if self.process.is_alive():
             try:
                 self.control.send(b"TERMINATE", zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            self.process.join(5)
+            deadline = time.monotonic() + (wait_s if handle is not None else 5.0)
+            while self.process.is_alive() and time.monotonic() < deadline:
+                if handle is not None and self.socket.poll(50):
+                    handle(self.recv_multipart())
+                    self.release()
+                else:
+                    self.process.join(0.05)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join()

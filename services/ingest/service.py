@@ -579,13 +579,17 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 ingest.expire_idle()
                 last_expiry = time.monotonic()
     finally:
-        for r in receivers:
-            r.close()  # the stream's address is free; what was handed over is still stored
+        def store(r: Receiver):
+            def handle(parts):
+                for message in native_messages(parts, translator if r is receiver else None, ingest):
+                    ingest.handle(message)
+            return handle
+
+        for r in receivers:  # the stream's address is free; what was received is stored, none dropped
+            r.close(store(r))
         for r in receivers:
             while r.socket.poll(200):
-                for message in native_messages(r.recv_multipart(), translator if r is receiver else None,
-                                               ingest):
-                    ingest.handle(message)
+                store(r)(r.recv_multipart())
                 r.release()
         if pva_receiver is not None:
             counted(pva_receiver, ingest)
