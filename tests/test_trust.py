@@ -102,6 +102,10 @@ def test_uncertainty_is_zero_for_agreeing_solutions_and_sees_where_they_differ()
     assert trust.judge(0.05, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "disagreement")
     assert trust.judge(0.1, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "search")  # above, and they differ
     assert trust.judge(0.05, 0.2, 0.2, 0.1, None) == ("uncertain", "photons")  # too few photons to promise 0.1 rad
+    # a fit with a partial-coherence blur keeps less beyond the noise (its width is one of a few tried)
+    assert trust.judge(0.015, 0.0, 0.0, 0.1, None, blurred=True) == ("uncertain", "model")
+    assert trust.judge(0.008, 0.0, 0.0, 0.1, None, blurred=True) == ("converged", None)
+    assert trust.is_blurred([0.0, 0.55, 0.55]) and not trust.is_blurred([0.0, 0.0, 0.0]) and not trust.is_blurred(None)
 
 
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):

@@ -36,7 +36,10 @@ MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
 AGAIN_STARTS = ("random", "random", "flat", "twin")
 # the run again also tries partial coherence (a model misfit is one reason to fail): σ 0.5 and 1 voxel on the detector
-# axes (the detector's spread), 0.5 on every axis (the beam's partial coherence blurs the rocking direction too)
+# axes (the detector's spread), 0.5 on every axis (the beam's partial coherence blurs the rocking direction too).
+# Tried and not kept (``benchmarks/blur_widths.py``): steps of 0.15 from 0.4 to 1 (on the tuning family 3 of 32 blurred
+# scans right against 1, but on the held-out families 16 of 96 right against 18, at 1.3× the time), and fitting σ as
+# the object is fitted (PCDI: against a wrong object it settles on a wrong width).
 AGAIN_COHERENCE = (0.0, 0.5, 1.0, (0.5, 0.5, 0.5))
 # the run again converges as long as the textbook (``phasing.PAPER_SCHEDULE``, 620 iterations, where the first run's
 # converge is 100): a crystal unlike the network's training set (a dislocation's phase vortex, a box-filling rod)
@@ -51,17 +54,18 @@ def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | No
     todo = []
     for k, obj in enumerate(result.obj):
         chi_free, _, free = _answer(result, k, measured)
+        blurred = trust.is_blurred(None if result.coherence is None else result.coherence[k])
         if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the free floor
             if chi_free > AGAIN_SLACK * trust.free_floor(free_floors[k], free):
                 todo.append(k)
             continue
-        if not trust.reached_free_floor(chi_free, free_floors[k], free):  # uncertain whatever the spread
+        if not trust.reached_free_floor(chi_free, free_floors[k], free, blurred):  # uncertain whatever the spread
             todo.append(k)
             continue
         others = list(result.alternatives[k]) if result.alternatives is not None else []
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
         spread = trust.phase_spread(obj, others) if others else None
-        if trust.verdict(chi_free, free_floors[k], floors[k], free, spread, support) != "converged":
+        if trust.verdict(chi_free, free_floors[k], floors[k], free, spread, support, blurred) != "converged":
             todo.append(k)
     return todo
 
