@@ -172,10 +172,11 @@ def test_a_run_again_shows_the_first_answer_first_and_gives_way_to_fresher_work(
     np.testing.assert_array_equal(best.obj, first.obj)
 
 
-def test_a_run_again_cut_short_in_the_service_puts_its_job_back():
-    """In the service (``requeue``), a run again that fresher work interrupts raises Preempted with nothing to
-    resume from, after the first answer was handed over: the job waits again, the scan shows its first answer
-    (searching) meanwhile, and the run again comes when nothing fresher waits."""
+def test_a_run_again_cut_short_in_the_service_puts_its_job_back(tmp_path):
+    """In the service (``requeue``), a run again that fresher work interrupts raises Preempted with the first
+    run's answers as its checkpoint, after the first answer was handed over: the job waits again, the scan shows
+    its first answer (searching) meanwhile, and, resumed from the checkpoint, only the run again comes back when
+    nothing fresher waits (the first run is not computed twice)."""
     from shared.solver import effort
     from shared.solver.plans import REFINE_PLAN, Preempted, converge
 
@@ -189,4 +190,38 @@ def test_a_run_again_cut_short_in_the_service_puts_its_job_back():
         effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, free_floors, first,
                                   yield_now=lambda: asked.append(1) or len(asked) > 5, requeue=True,
                                   before_again=lambda result, scans: told.append(scans))
-    assert cut.value.checkpoint is None and len(told) == 1
+    assert cut.value.checkpoint.phase == effort.AGAIN and len(told) == 1
+    cut.value.checkpoint.save(tmp_path / "refine-checkpoint.npz")  # as the worker keeps it, beside the frames
+    from shared.solver.plans import Checkpoint
+
+    kept = effort.first_run_of(Checkpoint.load(tmp_path / "refine-checkpoint.npz"))
+    for name in ("obj", "support", "chi", "chi_free", "free", "coherence", "background", "alternatives"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(first, name), err_msg=name)
+    assert kept.start == first.start
+
+
+def test_a_job_resumed_after_its_run_again_was_cut_runs_only_the_run_again(tmp_path, monkeypatch):
+    """The refined stage as the service runs it (``requeue_again``): cut in its run again, then resumed from the
+    checkpoint it left, it converges once (the run again), and the scans that ran again have 2 runs."""
+    from shared.solver import stages
+    from shared.solver.plans import Checkpoint, Preempted
+
+    intensity, truth = held_out_set(4, 9961)
+    amplitude, phase = np.abs(truth), np.zeros(truth.shape, np.float32)
+    crops = [truth.shape[1:]] * len(truth)
+    again, asked, runs = [], [], []
+    real = stages.converge
+    monkeypatch.setattr(stages, "converge", lambda *a, **k: runs.append(1) or real(*a, **k))  # counts, runs it
+    first = stages.refined_stage(intensity, amplitude, phase, crops, on_input_grid=False)
+    assert max(first.info["runs"]) == 2, "this set should hold a scan that runs again"
+    runs.clear()
+    with pytest.raises(Preempted) as cut:  # fresher work comes a few iterations into the run again
+        stages.refined_stage(intensity, amplitude, phase, crops, on_input_grid=False, requeue_again=True,
+                             yield_now=lambda: bool(again) and (asked.append(1) or len(asked) > 5),
+                             on_first=lambda stage: again.append(stage))
+    assert cut.value.checkpoint.phase == "again" and len(runs) == 1  # the first run; the run again was cut
+    cut.value.checkpoint.save(tmp_path / "refine-checkpoint.npz")
+    resumed = stages.refined_stage(intensity, amplitude, phase, crops, on_input_grid=False, requeue_again=True,
+                                   resume=Checkpoint.load(tmp_path / "refine-checkpoint.npz"))
+    assert len(runs) == 1  # the first run was not run again: only the run again converged (in effort)
+    assert resumed.info["runs"] == first.info["runs"]

@@ -17,7 +17,8 @@
               the full-grid stage (``shared.solver.fullgrid``)
     yields    a run again gives way to fresher work (the scan being taken now): it is cut short, and the scan
               keeps the answer it has; in the service (``requeue``) the job then waits again in the backlog
-              and its run again comes when the cores are free
+              with the first run's answers (a checkpoint of phase AGAIN) and only its run again comes back, when
+              the cores are free
 
 Pure functions on arrays, around ``shared.solver.plans.converge``.
 """
@@ -30,7 +31,7 @@ import numpy as np
 
 from shared.physics.phasing import PAPER_SCHEDULE
 from shared.solver import trust
-from shared.solver.plans import Converged, Plan, Preempted, converge
+from shared.solver.plans import Checkpoint, Converged, Plan, Preempted, converge
 
 MAX_RUNS = 2
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
@@ -46,6 +47,7 @@ AGAIN_COHERENCE = (0.0, 0.5, 1.0, (0.5, 0.5, 0.5))
 # needs HIO's long search, which a start near the answer does not
 AGAIN_CONVERGE = PAPER_SCHEDULE
 SMALL_GRID = 64**3
+AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
 
 def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | None) -> list[int]:
@@ -85,6 +87,23 @@ def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarra
     return np.repeat(good[0][None], len(own), 0) if good else own
 
 
+def first_run_kept(first: Converged) -> Checkpoint:
+    """A first run's answers as a checkpoint (phase AGAIN): a job whose run again was cut short resumes from them."""
+    arrays = {"first_obj": first.obj, "first_support": first.support, "first_chi": first.chi,
+              "first_chi_free": first.chi_free, "first_free": first.free, "first_coherence": first.coherence,
+              "first_background": first.background, "first_alternatives": first.alternatives}
+    return Checkpoint(AGAIN, 0, list(first.start), 0, {k: v for k, v in arrays.items() if v is not None},
+                      dict(first.seconds))
+
+
+def first_run_of(checkpoint: Checkpoint) -> Converged:
+    """The first run's answers a checkpoint of phase AGAIN holds (``first_run_kept``)."""
+    a = checkpoint.arrays
+    return Converged(a["first_obj"], a["first_support"], a["first_chi"], list(checkpoint.names),
+                     dict(checkpoint.seconds), a.get("first_alternatives"), a["first_chi_free"], a["first_free"],
+                     a.get("first_coherence"), a.get("first_background"))
+
+
 def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan,
                        floors, free_floors, first: Converged, counting=None, yield_now=None,
                        before_again=None, requeue: bool = False) -> tuple[Converged, list[int]]:
@@ -94,9 +113,9 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
 
     ``yield_now()`` (as ``converge``'s), when true during a run again, cuts it short: the answer so far is
     returned, so fresher work (the scan being taken now) waits for no more than one chunk of iterations. A run
-    again is an improvement, not the answer: with ``requeue`` the cut raises Preempted (nothing to resume from:
-    the job runs whole again later, its first run's answer shown meanwhile), else the operator may ask for it
-    later (``POST …/refine``).
+    again is an improvement, not the answer: with ``requeue`` the cut raises Preempted with the first run's answers
+    (``first_run_kept``: the job's run again comes back later, its first run's answer shown meanwhile), else the
+    operator may ask for it later (``POST …/refine``).
     ``before_again(first, todo)``, where given, is told the first run's result and the scans about to run again."""
     runs = [1] * len(first.obj)
     if np.prod(first.obj.shape[1:]) > SMALL_GRID:
@@ -121,7 +140,7 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                              yield_now=yield_now)
         except Preempted:
             if requeue:
-                raise Preempted(None) from None
+                raise Preempted(first_run_kept(first)) from None
             break
         for j, k in enumerate(todo):
             runs[k] += 1

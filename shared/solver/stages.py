@@ -121,8 +121,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     ``on_first(stage)``, where given, receives the first run's answers before a run again starts
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
     at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it).
-    ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted (no checkpoint) instead of
-    returning the first run's answer, so the service puts the job back and the run again comes later.
+    ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted instead of returning the first
+    run's answer, its checkpoint holding that answer (phase ``effort.AGAIN``), so the service puts the job back
+    and, resumed from it, only the run again comes later.
     """
     started = time.perf_counter()
     if measured is not None:
@@ -161,12 +162,18 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     # photons per voxel) ended at χ 0.170 against 0.161 without; at a few counts a voxel χ does not reward it
     counting = [tuple(grid) == r.shape and trust.photon_step(raw if m is None else raw[m]) is not None
                 for raw, r, m in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions))]
-    try:
-        result = converge(data, starts, mask, plan, yield_now=yield_now, resume=resume, counting=counting)
-    except Preempted as preempted:  # the prepared inputs go with the checkpoint
+    def keep_inputs(preempted: Preempted) -> None:  # the prepared inputs go with the checkpoint
         preempted.checkpoint.arrays.update(input_data=data, input_starts=starts,
                                            input_regions=np.array(json.dumps([r.as_dict() for r in regions])),
                                            **({} if mask is None else {"input_mask": mask}))
+
+    try:
+        if resume is not None and resume.phase == effort.AGAIN:  # the first run is done: its run again comes back
+            result = effort.first_run_of(resume)
+        else:
+            result = converge(data, starts, mask, plan, yield_now=yield_now, resume=resume, counting=counting)
+    except Preempted as preempted:
+        keep_inputs(preempted)
         raise
     floors = [trust.noise_floor(raw, m) for raw, m in  # the counts as measured (on the input's grid)
               zip(measured_counts, measured if measured is not None else [None] * len(regions))]
@@ -180,8 +187,12 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
 
     before_again = None if on_first is None else \
         lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
-    result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result,  # small grids only
-                                             counting, yield_now, before_again, requeue_again)
+    try:
+        result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result,  # small grids
+                                                 counting, yield_now, before_again, requeue_again)
+    except Preempted as preempted:  # a run again cut short: the first run's answers wait with the job
+        keep_inputs(preempted)
+        raise
     return stage_of(result, runs, [False] * len(runs))
 
 
