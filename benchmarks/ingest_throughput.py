@@ -217,6 +217,8 @@ def main():
         return
     port = 5600
     for workload, scans in (("day", args.scans), ("eiger1m", args.eiger_scans)):
+        if scans == 0:  # that workload is not wanted (the bare loop would wait for it for ever)
+            continue
         w = WORKLOADS[workload]
         print(f"\n{workload}: {scans} scans × {w['frames']} frames of {w['shape'][0]}×{w['shape'][1]} {w['dtype']} "
               f"({w['encoding']}), pushed as fast as possible")
@@ -242,6 +244,8 @@ def paced(args) -> None:
     """At a detector's frame rate: the rate kept, and how far behind the last scan's end the ingest finished."""
     port = 5800
     for workload, scans in (("day", args.scans), ("eiger1m", args.eiger_scans)):
+        if scans == 0:  # that workload is not wanted (the bare loop would wait for it for ever)
+            continue
         w = WORKLOADS[workload]
         for rate in args.rates:
             for n in args.receivers:

@@ -24,6 +24,40 @@ def test_constant_and_low_frequencies_are_kept():
     assert np.sum(back**2) - back[2, 1, 3] ** 2 < 1e-10
 
 
+def test_the_transform_pair_is_the_dct_of_the_whole_volume_truncated():
+    """Done one axis at a time as a (kept × points) matrix, it is the textbook definition: the orthonormal DCT-II
+    of the whole volume, its low block kept, inversely transformed (scaled to keep the mean), axes of any length."""
+    volume = np.random.default_rng(3).random((21, 18, 32))
+    sizes = (8, 11, 32)
+    low = sfft.dctn(volume, norm="ortho")[:8, :11, :32]
+    expected = sfft.idctn(low, norm="ortho") * np.sqrt(np.prod(np.array(sizes) / np.array(volume.shape)))
+    np.testing.assert_allclose(downsample.dct_downsample(volume, sizes), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_oversampling_is_the_autocorrelations_extent_as_the_textbook_takes_it():
+    """From half of a real FFT, it is the textbook's measure: the span of |IFFT(I)| above 1 % of its maximum,
+    fftshifted, per axis, on grids of odd and even lengths, with the crystal anywhere, unmeasured voxels (NaN)
+    and negative values (background subtracted) counting as nothing."""
+    from shared.physics.metrics import spans
+
+    def textbook(volume):
+        vol = np.clip(np.nan_to_num(volume), 0, None)
+        auto = np.abs(sfft.fftshift(sfft.ifftn(sfft.ifftshift(vol))))
+        return np.array([2.0 * n / (last - first + 1)
+                         for n, (first, last) in zip(vol.shape, spans(auto > 0.01 * auto.max()))])
+
+    rng = np.random.default_rng(5)
+    for shape, half, at in [((32, 32, 32), (5, 7, 4), 0), ((33, 40, 27), (6, 4, 5), 5), ((21, 64, 50), (3, 12, 9), -9)]:
+        x = np.indices(shape) - (np.array(shape) // 2 + at)[:, None, None, None]
+        obj = (np.abs(x[0]) < half[0]) & (np.abs(x[1]) < half[1]) & (np.abs(x[2]) < half[2])
+        intensity = np.abs(sfft.fftshift(sfft.fftn(obj * np.exp(1j * rng.uniform(0, 0.5, shape))))) ** 2
+        intensity[0, 0, :3] = np.nan  # a corner of the detector not measured
+        intensity[1, 1, 1] = -4.0
+        measured = downsample.oversampling(intensity)
+        assert np.all(measured > 2.5)  # the crystal fills less than a third of each axis
+        np.testing.assert_allclose(measured, textbook(intensity))
+
+
 def test_high_frequencies_are_removed():
     coeffs = np.zeros((64,) * 3)
     coeffs[40, 0, 0] = 1.0
