@@ -124,7 +124,7 @@ def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE) -> np.ndarray:
     return out.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _dct_resampler(n: int, t: int) -> np.ndarray:
     """The orthonormal DCT-II of n points, its first t coefficients kept, then the inverse DCT of t points, as
     one (t, n) matrix: on the ingest's network inputs 6× faster than transforming the whole crop (only t of its
