@@ -162,6 +162,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     # photons per voxel) ended at χ 0.170 against 0.161 without; at a few counts a voxel χ does not reward it
     counting = [tuple(grid) == r.shape and trust.photon_step(raw if m is None else raw[m]) is not None
                 for raw, r, m in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions))]
+
     def keep_inputs(preempted: Preempted) -> None:  # the prepared inputs go with the checkpoint
         preempted.checkpoint.arrays.update(input_data=data, input_starts=starts,
                                            input_regions=np.array(json.dumps([r.as_dict() for r in regions])),
