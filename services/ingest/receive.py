@@ -239,8 +239,9 @@ class Receiver:
 
     def close(self, handle=None, wait_s: float = 30.0) -> None:
         """Stop receiving (the stream's address is free again); messages already handed over stay readable.
-        ``handle(parts)``, where given, is called with each message the receiving process hands over while it
-        stops (what it had received: with a full ring it cannot finish until they are read)."""
+        ``handle(parts)``, where given, is called with each message handed over, until none is left: those in
+        the ring and those the receiving process hands over while it stops (what it had received: with a full
+        ring it cannot finish until they are read)."""
         if self.process.is_alive():
             try:
                 self.control.send(b"TERMINATE", zmq.NOBLOCK)
@@ -256,6 +257,9 @@ class Receiver:
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join()
+        while handle is not None and self.socket.poll(200):
+            handle(self.recv_multipart())
+            self.release()
         self.control.close(linger=0)
 
     def close_socket(self) -> None:

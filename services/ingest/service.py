@@ -15,6 +15,7 @@ while one of the same scan is still being computed is skipped as stale
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -579,18 +580,12 @@ def serve(settings: Settings, stop: threading.Event | None = None, dectris: str 
                 ingest.expire_idle()
                 last_expiry = time.monotonic()
     finally:
-        def store(r: Receiver):
-            def handle(parts):
-                for message in native_messages(parts, translator if r is receiver else None, ingest):
-                    ingest.handle(message)
-            return handle
+        def store(r: Receiver, parts) -> None:
+            for message in native_messages(parts, translator if r is receiver else None, ingest):
+                ingest.handle(message)
 
         for r in receivers:  # the stream's address is free; what was received is stored, none dropped
-            r.close(store(r))
-        for r in receivers:
-            while r.socket.poll(200):
-                store(r)(r.recv_multipart())
-                r.release()
+            r.close(functools.partial(store, r))
         if pva_receiver is not None:
             counted(pva_receiver, ingest)
         ingest.close()

@@ -10,7 +10,8 @@
     preempt   a running refinement yields, between schedule steps, to a waiting
               live one queued after it; a running improvement yields to any
               waiting refinement; each keeps its state and resumes later (a run
-              again keeps none: it waits again as an improvement and runs whole)
+              again cut short keeps its first run's answers: it waits again as an
+              improvement, and only the run again runs)
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
     CPU       on a shared machine the refinement worker runs at REFINE_NICENESS: the
