@@ -33,6 +33,23 @@ def test_simulate_contract(tmp_path):
     assert np.allclose(model, intensity, rtol=1e-4, atol=1e-4 * intensity.max())
 
 
+def test_simulate_a_family_for_training(tmp_path):
+    """--family: the evaluation's crystals as training data, global phase removed, the measurement recorded."""
+    result = cli("simulate", "--family", "fill", "--count", 4, "--seed", 3, "--out", tmp_path / "fill.h5")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "fill.h5") as f:
+        intensity, amp, phase = f["intensity"][()], f["amplitude"][()], f["phase"][()]
+        assert f.attrs["family"] == "fill" and f["params/kind"][0].decode() in ("sphere", "rod", "platelet")
+        photons, blur = f["params/photons"][()], f["params/blur"][()]
+    assert photons[0] == 0 and blur[0] == 0 and photons[1] > 0  # scan 0 noise-free and sharp, scan 1 counted
+    obj = amp * np.exp(1j * phase)
+    model = np.abs(np.fft.fftshift(np.fft.fftn(obj[0]))) ** 2
+    assert np.allclose(model, intensity[0], rtol=1e-3, atol=1e-4 * intensity[0].max())
+    mean_phase = np.angle(np.sum(amp * obj, axis=(1, 2, 3)))
+    assert np.allclose(mean_phase, 0, atol=1e-5)
+    assert cli("simulate", "--family", "nope", "--out", tmp_path / "x.h5").returncode == 2
+
+
 def test_simulate_noise_and_controls(tmp_path):
     result = cli("simulate", "--count", 4, "--seed", 2, "--photons", "1e5:1e6", "--unstrained-fraction", 0.5,
                  "--out", tmp_path / "n.h5")

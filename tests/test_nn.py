@@ -143,3 +143,23 @@ def test_resume_continues_exactly(tmp_path):
     train(TrainConfig(out=str(tmp_path / "cut"), schedule="shape=1,joint=2", **common), progress=False)
     state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["epoch"], state["global_epoch"]) == (1, 2, 3)  # a longer last stage continues
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+    """--init: a run with no checkpoint begins at the given weights (a schedule of 0 epochs returns them)."""
+    import h5py
+
+    scans = [crystals.simulated_scan(32, 78, i, i, True, (1e5, 1e6)) for i in range(8)]
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        for k, j in (("intensity", 0), ("amplitude", 1), ("phase", 2)):
+            f[k] = np.stack([s[j] for s in scans])
+    start = network.build_model(4)
+    start.set_weights([w + 0.01 for w in start.get_weights()])  # anything but a fresh initialisation
+    start.save_weights(tmp_path / "start.weights.h5")
+    common = dict(data=[str(tmp_path / "d.h5")], width=4, batch_size=4, steps_per_epoch=1, precision="float32")
+    train(TrainConfig(out=str(tmp_path / "tuned"), schedule="joint=0", init=str(tmp_path / "start.weights.h5"),
+                      **common), progress=False)
+    tuned = network.build_model(4)
+    tuned.load_weights(tmp_path / "tuned" / "final.weights.h5")
+    for w1, w2 in zip(start.get_weights(), tuned.get_weights()):
+        assert np.array_equal(w1, w2)

@@ -23,11 +23,12 @@ def add_arguments(p):
     p.add_argument("--partial-probability", type=fraction, default=0.5, help="share of truncated rocking curves")
     p.add_argument("--twin", default="canonical", choices=["canonical", "min"],
                    help="twin image: canonical targets, or the smaller loss of prediction and twin")
+    p.add_argument("--init", type=Path, help="weights to start from (fine-tuning; ignored when resuming)")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
 
 
 def run(args):
-    for path in args.data:
+    for path in [*args.data, *([args.init] if args.init else [])]:
         if not path.exists():
             raise InputError(f"{path}: no such file")
     from shared.nn.training import TrainConfig, parse_schedule, train  # TensorFlow loads only when needed
@@ -39,6 +40,6 @@ def run(args):
     config = TrainConfig(data=[str(p) for p in args.data], out=str(args.out), width=args.width,
                          batch_size=args.batch, steps_per_epoch=args.steps_per_epoch, schedule=args.schedule,
                          seed=args.seed, partial_probability=args.partial_probability, precision=args.precision,
-                         twin=args.twin)
+                         twin=args.twin, init=str(args.init or ""))
     summary = train(config)
     print(json.dumps(summary["final"], indent=1))

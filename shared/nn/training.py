@@ -72,6 +72,7 @@ class TrainConfig:
     precision: str = "float32"
     friedel: bool = True  # Friedel-difference input channel (shared.nn.network)
     twin: str = "canonical"  # canonical targets, or "min": twin-invariant loss (shared.nn.loss)
+    init: str = ""  # weights to start from (fine-tuning), used only when no checkpoint exists
     extra: dict = field(default_factory=dict)
 
 
@@ -191,6 +192,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         checkpoint.restore_weights(net)
         print(f"resuming after epoch {state['global_epoch']} (stage {state['stage']}, epoch {state['epoch']})")
     else:
+        if config.init:
+            net.load_weights(config.init)
+            print(f"starting from {config.init}")
         state = {"stage": 0, "epoch": 0, "global_epoch": 0, "seconds": 0.0}
     log_path = out / "log.csv"
     results = {}

@@ -1,0 +1,103 @@
+"""Does the network earn its place (issue 33)? Two sets of weights on the same held-out crystals, same run.
+
+For each crystal family (``shared.physics.families``) at a seed no training set used:
+    network        the plain phase error of the network's own answer (BCDI's ambiguities removed)
+    flat           its amplitude with a flat phase: the bar the network's phase has to beat
+    beats flat     the share of scans where the network's phase is the better one
+    amplitude      the network's amplitude error
+    preview 60 %   the live preview with the first 60 % of the frames (the peak passed), warm-started, as the
+                   service runs it, and with all frames: right (< 0.1 rad) and median error
+    refined        the refined stage's first run (``REFINE_PLAN`` from the network's starts, no run again):
+                   right and seconds per scan: do the network's starts shorten or improve it?
+
+    .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
+                     [--count 48] [--seed 9940] [--families facets,defects,fill] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.nn.data import magnitude_of, truncate_frames  # noqa: E402
+from shared.nn.inference import Predictor  # noqa: E402
+from shared.physics import families, metrics  # noqa: E402
+from shared.solver import trust  # noqa: E402
+from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, converge  # noqa: E402
+
+RIGHT = 0.1  # rad
+PARTIAL = 0.6
+
+
+def phase_errors(estimates, truth) -> np.ndarray:
+    return np.array([metrics.errors(e, t)["phase_unweighted"] for e, t in zip(estimates, truth)])
+
+
+def measure(predictor: Predictor, family: str, count: int, seed: int) -> dict:
+    scans = families.population(family, count, seed)
+    intensity = np.stack([s.intensity for s in scans]).astype(np.float32)
+    truth = np.stack([s.truth for s in scans])
+    magnitudes = magnitude_of(intensity)
+    amp, phase = predictor.predict_magnitudes(magnitudes)
+    nn = (amp * np.exp(1j * phase)).astype(np.complex64)
+    network = phase_errors(nn, truth)
+    flat = phase_errors(np.abs(nn).astype(np.complex64), truth)
+    amplitude = [metrics.errors(e, t)["amplitude"] for e, t in zip(nn, truth)]
+    size = magnitudes.shape[1]
+    kept = int(round(PARTIAL * size))
+    partial = truncate_frames(magnitudes, np.full(count, kept))
+    measured = np.broadcast_to((np.arange(size) < kept)[:, None, None], partial.shape[1:])
+    a, p = predictor.predict_magnitudes(partial)
+    early = converge(partial**2, (a * np.exp(1j * p)).astype(np.complex64), measured, PREVIEW_PLAN).obj  # frames not yet taken left free
+    late = converge(magnitudes**2, nn, plan=PREVIEW_PLAN, warm=list(early)).obj  # as the service: its inputs
+    counting = [trust.photon_step(v) is not None for v in intensity]
+    started = time.perf_counter()
+    refined = converge(intensity, nn, plan=REFINE_PLAN, counting=counting).obj
+    refined_s = (time.perf_counter() - started) / count
+    errors = {"preview 60 %": phase_errors(early, truth), "preview 100 %": phase_errors(late, truth),
+              "refined": phase_errors(refined, truth)}
+    return {"network": float(np.median(network)), "flat": float(np.median(flat)),
+            "beats flat": float(np.mean(network < flat)), "amplitude": float(np.median(amplitude)),
+            **{f"{k} right": int(np.sum(v < RIGHT)) for k, v in errors.items()},
+            **{f"{k} median": float(np.median(v)) for k, v in errors.items()},
+            "refined s per scan": refined_s, "count": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="shipped", help="comma-separated weight files ('shipped': the default)")
+    parser.add_argument("--count", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=9940)
+    parser.add_argument("--families", default=",".join(families.NAMES))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for weights in args.weights.split(","):
+        predictor = Predictor(None if weights == "shipped" else weights)
+        predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # graph built outside timings
+        for family in args.families.split(","):
+            row = {"weights": weights, "family": family, **measure(predictor, family, args.count, args.seed)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(f"\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
+          f"preview 60 % right | preview 100 % right | refined right | refined s/scan |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["count"]
+        print(f"| {r['weights']} | {r['family']} | {r['network']:.3f} | {r['flat']:.3f} | {r['beats flat']:.0%} | "
+              f"{r['amplitude']:.3f} | {r['preview 60 % right']}/{n} | {r['preview 100 % right']}/{n} | "
+              f"{r['refined right']}/{n} | {r['refined s per scan']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
