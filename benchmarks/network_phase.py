@@ -11,7 +11,7 @@ For each crystal family (``shared.physics.families``) at a seed no training set 
                    right and seconds per scan: do the network's starts shorten or improve it?
 
     .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
-                     [--count 48] [--seed 9940] [--families facets,defects,fill] [--json out.json]
+                     [--count 48] [--seed 9940] [--families facets,defects,fill] [--network-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def phase_errors(estimates, truth) -> np.ndarray:
     return np.array([metrics.errors(e, t)["phase_unweighted"] for e, t in zip(estimates, truth)])
 
 
-def measure(predictor: Predictor, family: str, count: int, seed: int) -> dict:
+def measure(predictor: Predictor, family: str, count: int, seed: int, network_only: bool = False) -> dict:
     scans = families.population(family, count, seed)
     intensity = np.stack([s.intensity for s in scans]).astype(np.float32)
     truth = np.stack([s.truth for s in scans])
@@ -51,6 +51,10 @@ def measure(predictor: Predictor, family: str, count: int, seed: int) -> dict:
     network = phase_errors(nn, truth)
     flat = phase_errors(np.abs(nn).astype(np.complex64), truth)
     amplitude = [metrics.errors(e, t)["amplitude"] for e, t in zip(nn, truth)]
+    row = {"network": float(np.median(network)), "flat": float(np.median(flat)),
+           "beats flat": float(np.mean(network < flat)), "amplitude": float(np.median(amplitude)), "count": count}
+    if network_only:
+        return row
     size = magnitudes.shape[1]
     kept = int(round(PARTIAL * size))
     partial = truncate_frames(magnitudes, np.full(count, kept))
@@ -64,11 +68,9 @@ def measure(predictor: Predictor, family: str, count: int, seed: int) -> dict:
     refined_s = (time.perf_counter() - started) / count
     errors = {"preview 60 %": phase_errors(early, truth), "preview 100 %": phase_errors(late, truth),
               "refined": phase_errors(refined, truth)}
-    return {"network": float(np.median(network)), "flat": float(np.median(flat)),
-            "beats flat": float(np.mean(network < flat)), "amplitude": float(np.median(amplitude)),
-            **{f"{k} right": int(np.sum(v < RIGHT)) for k, v in errors.items()},
+    return {**row, **{f"{k} right": int(np.sum(v < RIGHT)) for k, v in errors.items()},
             **{f"{k} median": float(np.median(v)) for k, v in errors.items()},
-            "refined s per scan": refined_s, "count": count}
+            "refined s per scan": refined_s}
 
 
 def main() -> None:
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=48)
     parser.add_argument("--seed", type=int, default=9940)
     parser.add_argument("--families", default=",".join(families.NAMES))
+    parser.add_argument("--network-only", action="store_true", help="the network and the flat phase only (seconds)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
@@ -84,7 +87,7 @@ def main() -> None:
         predictor = Predictor(None if weights == "shipped" else weights)
         predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # graph built outside timings
         for family in args.families.split(","):
-            row = {"weights": weights, "family": family, **measure(predictor, family, args.count, args.seed)}
+            row = {"weights": weights, "family": family, **measure(predictor, family, args.count, args.seed, args.network_only)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
@@ -94,6 +97,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["count"]
+        if "refined right" not in r:
+            r = {**r, "preview 60 % right": "—", "preview 100 % right": "—", "refined right": "—",
+                 "refined s per scan": float("nan")}
         print(f"| {r['weights']} | {r['family']} | {r['network']:.3f} | {r['flat']:.3f} | {r['beats flat']:.0%} | "
               f"{r['amplitude']:.3f} | {r['preview 60 % right']}/{n} | {r['preview 100 % right']}/{n} | "
               f"{r['refined right']}/{n} | {r['refined s per scan']:.2f} |")

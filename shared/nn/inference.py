@@ -33,7 +33,9 @@ def load_model(weights: str | Path | None = None) -> tuple[keras.Model, dict]:
     if not path.exists():
         raise InputError(f"{path}: no such weights file")
     card_path = path.with_name("model.json")
-    card = json.loads(card_path.read_text()) if card_path.exists() else {"width": 8, "dropout": 0.1}
+    if not card_path.exists():  # weights alone (a checkpoint, a copied file): the shipped architecture
+        card_path = Path(str(WEIGHTS_DIR / "model.json"))
+    card = json.loads(card_path.read_text())
     model = model_from_card(card)
     try:
         model.load_weights(path)

@@ -171,6 +171,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     keras.mixed_precision.set_global_policy(config.precision)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    card = {"width": config.width, "dropout": config.dropout, "friedel": config.friedel, "version": out.name}
+    (out / "model.json").write_text(json.dumps(card))  # beside final.weights.h5: `--weights` finds the architecture
     data = load_shards(config.data)
     count = len(data["intensity"])
     order = np.random.default_rng(config.seed).permutation(count)
