@@ -8,7 +8,8 @@ For each crystal family (``shared.physics.families``) at a seed no training set 
     preview 60 %   the live preview with the first 60 % of the frames (the peak passed), warm-started, as the
                    service runs it, and with all frames: right (< 0.1 rad) and median error
     refined        the refined stage's first run (``REFINE_PLAN`` from the network's starts, no run again):
-                   right and seconds per scan: do the network's starts shorten or improve it?
+                   right and seconds per scan: do the network's starts improve it?
+    short          ``SHORT_PLAN``: 120 iterations from the network's answer alone: do its starts shorten the plan?
 
     .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
                      [--count 48] [--seed 9940] [--families facets,defects,fill] [--network-only] [--json out.json]
@@ -31,10 +32,12 @@ from shared.nn.data import magnitude_of, truncate_frames  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import families, metrics  # noqa: E402
 from shared.solver import trust  # noqa: E402
-from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, converge  # noqa: E402
+from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, Plan, converge  # noqa: E402
 
 RIGHT = 0.1  # rad
 PARTIAL = 0.6
+# A short plan from the network's own answer alone: if its phase is worth having, this is where it shows.
+SHORT_PLAN = Plan(starts=("nn",), explore=(), converge="80*HIO+20*ER", tighten="", polish_steps=0)
 
 
 def phase_errors(estimates, truth) -> np.ndarray:
@@ -66,11 +69,14 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
     started = time.perf_counter()
     refined = converge(intensity, nn, plan=REFINE_PLAN, counting=counting).obj
     refined_s = (time.perf_counter() - started) / count
+    started = time.perf_counter()
+    short = converge(intensity, nn, plan=SHORT_PLAN, counting=counting).obj
+    short_s = (time.perf_counter() - started) / count
     errors = {"preview 60 %": phase_errors(early, truth), "preview 100 %": phase_errors(late, truth),
-              "refined": phase_errors(refined, truth)}
+              "refined": phase_errors(refined, truth), "short": phase_errors(short, truth)}
     return {**row, **{f"{k} right": int(np.sum(v < RIGHT)) for k, v in errors.items()},
             **{f"{k} median": float(np.median(v)) for k, v in errors.items()},
-            "refined s per scan": refined_s}
+            "refined s per scan": refined_s, "short s per scan": short_s}
 
 
 def main() -> None:
@@ -93,16 +99,17 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
-          f"preview 60 % right | preview 100 % right | refined right | refined s/scan |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | short s/scan |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["count"]
         if "refined right" not in r:
-            r = {**r, "preview 60 % right": "—", "preview 100 % right": "—", "refined right": "—",
-                 "refined s per scan": float("nan")}
+            r = {**r, "preview 60 % right": "—", "preview 100 % right": "—", "refined right": "—", "short right": "—",
+                 "refined s per scan": float("nan"), "short s per scan": float("nan")}
         print(f"| {r['weights']} | {r['family']} | {r['network']:.3f} | {r['flat']:.3f} | {r['beats flat']:.0%} | "
               f"{r['amplitude']:.3f} | {r['preview 60 % right']}/{n} | {r['preview 100 % right']}/{n} | "
-              f"{r['refined right']}/{n} | {r['refined s per scan']:.2f} |")
+              f"{r['refined right']}/{n} | {r['refined s per scan']:.2f} | {r['short right']}/{n} | "
+              f"{r['short s per scan']:.2f} |")
 
 
 if __name__ == "__main__":
