@@ -98,8 +98,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print(f"\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
-          f"preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | short s/scan |")
+    print("\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
+          "preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | short s/scan |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["count"]
