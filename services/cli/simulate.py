@@ -93,7 +93,8 @@ def run(args):
         group.create_dataset("photons", data=photons)
         f.attrs.update({"count": count, "size": n, "seed": args.seed, "photons": json.dumps(list(args.photons)),
                         "unstrained_fraction": args.unstrained_fraction, "max_strain": args.max_strain,
-                        "phase_range": list(args.phase_range), "hkl": list(args.hkl), "family": args.family or "", "generator": f"cdi-live {__version__}",
+                        "phase_range": list(args.phase_range), "hkl": list(args.hkl), "family": args.family or "",
+                        "generator": f"cdi-live {__version__}",
                         "convention": "intensity = |fftshift(fftn(amplitude*exp(1j*phase)))|^2 (before noise)",
                         "seconds": time.perf_counter() - started})
     tmp.replace(args.out)
