@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from shared.nn.data import magnitude_of, truncate_frames  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
-from shared.physics import families, metrics  # noqa: E402
-from shared.solver import trust  # noqa: E402
+from shared.physics import families  # noqa: E402
+from shared.solver import evaluation, trust  # noqa: E402
 from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, Plan, converge  # noqa: E402
 
 RIGHT = 0.1  # rad
@@ -41,21 +41,20 @@ SHORT_PLAN = Plan(starts=("nn",), explore=(), converge="80*HIO+20*ER", tighten="
 
 
 def phase_errors(estimates, truth) -> np.ndarray:
-    return np.array([metrics.errors(e, t)["phase_unweighted"] for e, t in zip(estimates, truth)])
+    return np.array(evaluation.all_errors(estimates, truth)["phase_unweighted"])
 
 
 def measure(predictor: Predictor, family: str, count: int, seed: int, network_only: bool = False) -> dict:
-    scans = families.population(family, count, seed)
-    intensity = np.stack([s.intensity for s in scans]).astype(np.float32)
-    truth = np.stack([s.truth for s in scans])
+    intensity, truth, _ = evaluation.population(family, count, seed)
     magnitudes = magnitude_of(intensity)
     amp, phase = predictor.predict_magnitudes(magnitudes)
     nn = (amp * np.exp(1j * phase)).astype(np.complex64)
-    network = phase_errors(nn, truth)
+    nn_errors = evaluation.all_errors(nn, truth)  # phase and amplitude in one pass
+    network = np.array(nn_errors["phase_unweighted"])
     flat = phase_errors(np.abs(nn).astype(np.complex64), truth)
-    amplitude = [metrics.errors(e, t)["amplitude"] for e, t in zip(nn, truth)]
     row = {"network": float(np.median(network)), "flat": float(np.median(flat)),
-           "beats flat": float(np.mean(network < flat)), "amplitude": float(np.median(amplitude)), "count": count}
+           "beats flat": float(np.mean(network < flat)), "amplitude": float(np.median(nn_errors["amplitude"])),
+           "count": count}
     if network_only:
         return row
     size = magnitudes.shape[1]
@@ -63,7 +62,8 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
     partial = truncate_frames(magnitudes, np.full(count, kept))
     measured = np.broadcast_to((np.arange(size) < kept)[:, None, None], partial.shape[1:])
     a, p = predictor.predict_magnitudes(partial)
-    early = converge(partial**2, (a * np.exp(1j * p)).astype(np.complex64), measured, PREVIEW_PLAN).obj  # frames not yet taken left free
+    partial_nn = (a * np.exp(1j * p)).astype(np.complex64)
+    early = converge(partial**2, partial_nn, measured, PREVIEW_PLAN).obj  # frames not yet taken left free
     late = converge(magnitudes**2, nn, plan=PREVIEW_PLAN, warm=list(early)).obj  # as the service: its inputs
     counting = [trust.photon_step(v) is not None for v in intensity]
     started = time.perf_counter()
@@ -93,13 +93,15 @@ def main() -> None:
         predictor = Predictor(None if weights == "shipped" else weights)
         predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # graph built outside timings
         for family in args.families.split(","):
-            row = {"weights": weights, "family": family, **measure(predictor, family, args.count, args.seed, args.network_only)}
+            measured = measure(predictor, family, args.count, args.seed, args.network_only)
+            row = {"weights": weights, "family": family, **measured}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
-          "preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | short s/scan |")
+          "preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | "
+          "short s/scan |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["count"]

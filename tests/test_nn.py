@@ -165,5 +165,5 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
         assert np.array_equal(w1, w2)
     from shared.nn.inference import load_model
 
-    model, card = load_model(tmp_path / "tuned" / "final.weights.h5")  # the run's model.json names the architecture
+    _, card = load_model(tmp_path / "tuned" / "final.weights.h5")  # the run's model.json names the architecture
     assert card["width"] == 4 and card["friedel"]

@@ -54,7 +54,8 @@ def test_shipped_weights_phase_beats_a_flat_phase(predictor):
     result = predictor.reconstruct(intensity)
     network = [metrics.errors(a * np.exp(1j * p), s.truth)["phase_unweighted"]
                for a, p, s in zip(result.amplitude, result.phase, scans)]
-    flat = [metrics.errors(a.astype(np.complex64), s.truth)["phase_unweighted"] for a, s in zip(result.amplitude, scans)]
+    flat = [metrics.errors(a.astype(np.complex64), s.truth)["phase_unweighted"]
+            for a, s in zip(result.amplitude, scans)]
     assert np.median(network) < np.median(flat)
 
 
