@@ -63,13 +63,11 @@ def family_scan(family: str, size: int, seed: int, index: int):
 
 def run(args):
     n, count = args.size, args.count
-    controls = int(round(count * args.unstrained_fraction))
+    controls = 0 if args.family else int(round(count * args.unstrained_fraction))  # a family has no controls
     if not 0 < args.phase_range[0] <= args.phase_range[1] or not args.max_strain > 0:
         raise InputError("--phase-range needs 0 < LOW <= HIGH and --max-strain must be positive")
     cfg = {"seed": args.seed, "size": n, "photons": args.photons, "max_strain": args.max_strain,
            "hkl": tuple(args.hkl), "phase_range": tuple(args.phase_range), "family": args.family}
-    if args.family:
-        controls = 0
     # Strained crystals get shapes 0..S-1; controls reuse shapes 0..C-1 without strain.
     strained_count = count - controls
     jobs = [(i, i, True, cfg) for i in range(strained_count)]
