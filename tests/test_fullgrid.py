@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import requests
 import scipy.fft as sfft
+from scipy import ndimage
 
 from services.beamline.sim import Beamline
 from shared.solver import fullgrid
-from shared.physics import crystals, downsample
+from shared.physics import crystals, downsample, phasing
 from shared.solver.stages import embed
 from tests.conftest import free_port, wait_for
 from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
@@ -80,6 +81,48 @@ def test_a_yielding_full_grid_fit_resumes_with_the_same_answer():
         state = part.checkpoint
     assert asked[0] >= 10 and np.array_equal(part.obj, whole.obj) and part.iterations == whole.iterations == 12
     assert whole.history[-1] < whole.history[0]  # it fits
+
+
+def free_chi(fitted, counts, withheld):
+    magnitude = sfft.ifftshift(np.sqrt(counts))[None]
+    return float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None])[0])
+
+
+def test_the_support_grows_only_while_the_withheld_voxels_gain():
+    """Cross-validated growth (χ_free): from a seed whose support misses the crystal's rim (the truth, its edge
+    eroded), the support grows and χ_free falls below the fixed support's; from the truth it does not grow."""
+    counts, truth = large_scan(9954, 3, 1e8, size=48, crystal=24)
+    withheld = phasing.free_voxels(counts.shape)
+    shape = np.abs(truth) > 0.1 * np.abs(truth).max()
+    tight = (truth * ndimage.binary_erosion(shape, iterations=2))[None]
+    plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="60*ER", support_dilation=0, grow_by=2)
+    grown = fullgrid.fit(counts, ~withheld, tight, plan, withheld=withheld)
+    fixed = fullgrid.fit(counts, ~withheld, tight, dataclasses.replace(plan, grow_steps=0), withheld=withheld)
+    assert fixed.grown == 0 and grown.grown >= 1 and grown.support.sum() > fixed.support.sum()
+    assert free_chi(grown, counts, withheld) < 0.9 * free_chi(fixed, counts, withheld)
+    exact = fullgrid.fit(counts, ~withheld, truth[None], plan, withheld=withheld)
+    assert exact.grown == 0 and np.array_equal(exact.support, fullgrid.support_of(truth, plan))
+
+
+def test_a_growing_fit_that_yields_resumes_with_the_same_answer():
+    counts, truth = large_scan(9954, 3, 1e8, size=48, crystal=24)
+    withheld = phasing.free_voxels(counts.shape)
+    tight = (truth * ndimage.binary_erosion(np.abs(truth) > 0.1 * np.abs(truth).max(), iterations=2))[None]
+    plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="20*ER", support_dilation=0, grow_by=2,
+                               grow_iterations=10, patience=100)
+    whole = fullgrid.fit(counts, ~withheld, tight, plan, withheld=withheld)
+    asked, state = [0], None
+    while True:
+        def yield_now():
+            asked[0] += 1
+            return asked[0] % 7 == 0
+
+        part = fullgrid.fit(counts, ~withheld, tight, plan, yield_now, state, withheld=withheld)
+        if not part.interrupted:
+            break
+        state = part.checkpoint
+    assert whole.grown >= 1 and asked[0] >= 4
+    assert np.array_equal(part.obj, whole.obj) and part.iterations == whole.iterations and part.grown == whole.grown
 
 
 def cli(*args):

@@ -284,7 +284,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         blur = refined_info.get("coherence_blur", [None] * len(intensity))[k]
         flat = (refined_info.get("background") or [None] * len(intensity))[k] or None  # 0: the refined stage fitted none
         fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
-                              None if resume is None else resume.arrays, progress, blur, flat)
+                              None if resume is None else resume.arrays, progress, blur, flat, withheld)
         if fitted.interrupted:
             raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
         magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
@@ -304,6 +304,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
                                    spreads[-1] if others else None, s, blur))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
+                        "support_grown_by": fitted.grown * plan.grow_by,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
     shape = list(intensity.shape[1:])
