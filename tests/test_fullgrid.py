@@ -143,6 +143,7 @@ def test_reconstruct_writes_the_full_grid_answer_and_its_chi_is_the_files(tmp_pa
         stage, chi, chi_refined = f.attrs["stage"], float(np.ravel(f.attrs["chi"])[0]), float(np.ravel(f.attrs["chi_refined"])[0])
         assert f["phase_uncertainty"].shape == obj.shape and f.attrs["verdict"] in ("converged", "uncertain")
         assert list(f.attrs["refinement_grid"]) == [32, 32, 32] and "full_grid_plan" in f.attrs
+        assert np.ravel(f.attrs["full_grid_support_grown_by"])[0] % fullgrid.FULL_PLAN.grow_by == 0
     model = np.abs(np.fft.fftshift(np.fft.fftn(obj)))
     data = np.sqrt(counts)
     scale = (model * data).sum() / (model**2).sum()
@@ -173,6 +174,7 @@ def test_the_service_upgrades_a_binned_scan_to_the_full_grid_and_every_chi_is_ag
     full = wait_for(lambda: stack.result("big", "full"), timeout=400)
     refined = stack.result("big", "refined")
     assert full["grid"] == [64, 64, 64] and refined["grid"] == [32, 32, 32] and refined["downsampled"]
+    assert full["support_grown_by"] in range(0, 5 * fullgrid.FULL_PLAN.grow_by, fullgrid.FULL_PLAN.grow_by)
     wait_for(lambda: requests.get(f"{base}/health", timeout=2).ok, timeout=60)
     view = requests.get(f"{base}/api/scans/big", timeout=10).json()["results"]
     assert view["full"]["chi_on"] == view["refined"]["chi_on"] == "measured frames"

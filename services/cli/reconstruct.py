@@ -145,6 +145,7 @@ def run(args):
             fits = stages["full"].info["fit"]
             grid_note.update(full_grid_plan=stages["full"].info["plan"],
                              full_grid_iterations=np.array([f["iterations"] for f in fits]),
+                             full_grid_support_grown_by=np.array([f["support_grown_by"] for f in fits]),
                              note=f"refined stage on the signal's region {region} of the input "
                                   f"{tuple(intensity.shape[1:])}, DCT-downsampled to {tuple(info['grid'])} (chi_refined, "
                                   f"chi_refinement_grid); then fitted on the region at the detector's resolution (the "

@@ -266,7 +266,8 @@ class RefinementWorker:
                   "seq": info["seq"], "grid": list(volume.shape), "voxel_grid": list(volume.shape),
                   "region": info["region"], "downsampled": False, "phase_ramp": stage.info["phase_ramp"],
                   "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],
-                  "iterations": fit["iterations"], "device": fit["device"], "chi_history": fit["chi_history"],
+                  "iterations": fit["iterations"], "support_grown_by": fit["support_grown_by"], "device": fit["device"],
+                  "chi_history": fit["chi_history"],
                   "chi_refined": info["chi"]}
         return (stage.amplitude[0], stage.phase[0], result), {"phase_uncertainty": stage.uncertainty[0]}, fit["seconds"]
 
