@@ -104,11 +104,13 @@ def test_previews_of_the_scan_being_taken_now_come_first():
 
 def test_a_run_again_cut_short_waits_behind_every_first_answer():
     """A refinement put back in its run again (its scan shows an answer) waits as an improvement: after live
-    and backlog refinements, with full-grid fits, oldest first; running, it yields to any refinement."""
+    and backlog refinements, before full-grid fits (seconds of work against minutes, even an older fit's);
+    running, it yields to any refinement."""
     now = 1000.0
     again = Job("again", now - 10, again=True)
-    jobs = [Job("old", now - 500), Job("live", now - 5), again, Job("full", now - 400, stage=scheduling.FULL)]
-    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "old", "full", "again"]
+    jobs = [Job("old", now - 500), Job("live", now - 5), again, Job("full", now - 400, stage=scheduling.FULL),
+            Job("older-again", now - 300, again=True)]
+    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "old", "older-again", "again", "full"]
     assert scheduling.first(None, None, now, 120, again) is again
     assert scheduling.preempts(Job("old", now - 500), again, now, 120)  # even a backlog refinement
     assert not scheduling.preempts(again, Job("old", now - 500), now, 120)  # an improvement preempts nothing
@@ -140,3 +142,30 @@ def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_
     time.sleep(0.6)  # its worker died: the lease runs out
     a.reclaim()
     assert client.zscore(f"{k.refine_jobs}:waiting:full", again.id) is not None
+
+
+def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
+    """The improvements' set holds the policy's order: a live scan's run again, cut short, is taken before a
+    backlog scan's full-grid fit queued minutes earlier; both after every refinement; a reclaimed fit keeps its place."""
+    client, k, make = backlog
+    a = make("a", lease_s=0.5, fresh_s=60)
+    now = time.time()
+    client.xadd(k.refine_jobs, {"scan": "backlog", "queued": now - 300, "voxels": 10**7, "stage": scheduling.FULL})
+    client.xadd(k.refine_jobs, {"scan": "live", "queued": now - 5, "voxels": 32**3})
+    live = a.take()
+    assert live.scan == "live"
+    a.put_back(live, None, again=True)
+    ordered = scheduling.order(a.waiting_jobs(), time.time(), 60)
+    assert [(j.id, j.stage) for j in ordered][0] == (live.id, scheduling.REFINED) and ordered[1].stage == scheduling.FULL
+    assert all(abs(j.queued - now) < 400 for j in a.waiting_jobs())  # the API's queue times are wall-clock
+    again = a.take()
+    assert again.scan == "live" and again.again
+    a.done(again.id)
+    fit = a.take()
+    assert fit.scan == "backlog" and fit.stage == scheduling.FULL
+    time.sleep(0.6)
+    a.reclaim()
+    client.xadd(k.refine_jobs, {"scan": "live-2", "queued": time.time(), "voxels": 32**3})
+    first = a.take()
+    a.put_back(first, None, again=True)
+    assert a.take().scan == "live-2" and a.take().scan == "backlog"

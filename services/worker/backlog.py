@@ -2,8 +2,8 @@
 
     arrive   producers XADD to the refine stream (as before: one append-only log of what was asked)
     admit    any worker moves new stream entries into the backlog: a job hash and a sorted set by the
-             time the job was queued (one set for refinements, one for improvements: full-grid fits and
-             run agains cut short); XACK only in
+             time the job was queued (one set for refinements, one for improvements: run agains cut short,
+             then full-grid fits, ``scheduling.waiting_score``); XACK only in
              the same transaction, so a crash loses nothing
     take     the job ``scheduling.first`` picks, moved atomically (WATCH/MULTI) to the running set,
              scored by its lease's end; the worker renews the lease while it works
@@ -91,7 +91,8 @@ class RefineBacklog:
                 fields = {k.decode(): v.decode() for k, v in fields.items()}
                 queued = float(fields.get("queued", time.time()))
                 pipe.hset(self.job_key(job_id), mapping={**fields, "queued": queued, "deliveries": 0})
-                pipe.zadd(self.waiting_of(fields.get("stage")), {job_id: queued}, nx=True)
+                stage = fields.get("stage") or scheduling.REFINED
+                pipe.zadd(self.waiting_of(stage), {job_id: scheduling.waiting_score(queued, stage)}, nx=True)
             pipe.xack(self.stream, self.group, entry_id)
             pipe.xdel(self.stream, entry_id)  # the backlog holds it now: the stream stays the arrivals not yet admitted
         pipe.execute()
@@ -140,8 +141,8 @@ class RefineBacklog:
 
     @staticmethod
     def as_job(member: bytes, score: float, again: bool = False) -> scheduling.Job:
-        """A waiting job as the policy sees it before its hash is read: a refinement, or (``again``) an
-        improvement, which the policy orders alike whatever its stage."""
+        """A waiting job as the policy sees it before its hash is read: a refinement, or (``again``) the
+        first improvement, whose set's scores already hold the policy's order (``scheduling.waiting_score``)."""
         return scheduling.Job(member.decode(), float(score), again=again)
 
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
@@ -170,7 +171,7 @@ class RefineBacklog:
                                                    "again": "1" if again else ""})
         pipe.hincrby(self.job_key(taken.id), "deliveries", -1)  # a yield is not a failed delivery
         pipe.hincrby(self.job_key(taken.id), "preempted", 1)
-        pipe.zadd(self.waiting_of(taken.stage, again), {taken.id: taken.queued})
+        pipe.zadd(self.waiting_of(taken.stage, again), {taken.id: scheduling.waiting_score(taken.queued, taken.stage)})
         pipe.execute()
 
     def reclaim(self) -> int:
@@ -189,8 +190,9 @@ class RefineBacklog:
                     pipe.multi()
                     pipe.zrem(self.running, job_id)
                     pipe.hset(self.job_key(job_id), "owner", "")
-                    pipe.zadd(self.waiting_of(stage.decode() if stage else None, again == b"1"),
-                              {job_id: float(queued or time.time())})
+                    stage = stage.decode() if stage else scheduling.REFINED
+                    score = scheduling.waiting_score(float(queued or time.time()), stage)
+                    pipe.zadd(self.waiting_of(stage, again == b"1"), {job_id: score})
                     pipe.execute()
                     moved += 1
                     log.warning("refine job %s: its worker's lease ran out; it waits again", job_id)
@@ -220,10 +222,10 @@ class RefineBacklog:
         members += [(m, s) for m, s in self.redis.zrange(self.waiting_improving, 0, -1, withscores=True)]
         pipe = self.redis.pipeline(transaction=False)
         for member, _ in members:
-            pipe.hmget(self.job_key(member.decode()), "voxels", "stage", "again")
+            pipe.hmget(self.job_key(member.decode()), "voxels", "stage", "again", "queued")
         details = pipe.execute()
-        return [scheduling.Job(m.decode(), float(s), int(d[0] or 32**3), (d[1] or b"refined").decode(), d[2] == b"1")
-                for (m, s), d in zip(members, details)]
+        return [scheduling.Job(m.decode(), float(d[3] or s), int(d[0] or 32**3), (d[1] or b"refined").decode(),
+                               d[2] == b"1") for (m, s), d in zip(members, details)]
 
     def running_jobs(self) -> list[scheduling.Job]:
         members = [m.decode() for m in self.redis.zrange(self.running, 0, -1)]

@@ -3,10 +3,11 @@
     live      a scan's refinement queued less than FRESH_S ago: newest first
               (the scan being taken now is the one an operator is watching)
     backlog   every older refinement: oldest first, whenever no live job waits
-    improve   work on a scan that already shows an answer, the lowest priority: its
-              full-grid stage (``shared.solver.fullgrid``), or a run again that fresher
-              work cut short (``shared.solver.effort``); oldest first, only when no
-              refinement waits (every scan's first answer comes before any improvement)
+    improve   work on a scan that already shows an answer, the lowest priority, only when
+              no refinement waits (every scan's first answer comes before any improvement):
+              a run again that fresher work cut short (``shared.solver.effort``; seconds),
+              then full-grid stages (``shared.solver.fullgrid``; minutes each); each kind
+              oldest first (a live scan's settled answer waits on no backlog's full grid)
     preempt   a running refinement yields, between schedule steps, to a waiting
               live one queued after it; a running improvement yields to any
               waiting refinement; each keeps its state and resumes later (a run
@@ -77,23 +78,33 @@ class Job:
         return self.stage == FULL or self.again
 
 
+IMPROVE_RANK_S = 1e10  # beyond any wall-clock time: a full-grid stage's place after every run again
+
+
+def waiting_score(queued: float, stage: str = REFINED, again: bool = False) -> float:
+    """A waiting job's score in its Redis sorted set, lowest first: for refinements when it was queued; for
+    improvements the same behind its kind's rank (run agains, then full-grid stages), so that the set's own
+    order is the "improve" tier's."""
+    return queued + (IMPROVE_RANK_S if stage == FULL else 0.0)
+
+
 def is_live(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
     return not job.improving and now - job.queued < fresh_s
 
 
 def order(waiting: list[Job], now: float, fresh_s: float = FRESH_S) -> list[Job]:
     """The waiting jobs in the order they will run: live refinements newest first, then the backlog's
-    oldest first, then improvements oldest first."""
+    oldest first, then run agains and then full-grid stages, each oldest first."""
     live = sorted((j for j in waiting if is_live(j, now, fresh_s)), key=lambda j: (-j.queued, j.id))
     backlog = sorted((j for j in waiting if not j.improving and not is_live(j, now, fresh_s)),
                      key=lambda j: (j.queued, j.id))
-    improving = sorted((j for j in waiting if j.improving), key=lambda j: (j.queued, j.id))
+    improving = sorted((j for j in waiting if j.improving), key=lambda j: (waiting_score(j.queued, j.stage), j.id))
     return live + backlog + improving
 
 
 def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S,
           oldest_improving: Job | None = None) -> Job | None:
-    """``order(...)[0]`` from just the newest and oldest waiting refinements and the oldest waiting
+    """``order(...)[0]`` from just the newest and oldest waiting refinements and the first waiting
     improvement (what a worker reads to take one)."""
     if newest is not None and is_live(newest, now, fresh_s):
         return newest
