@@ -113,7 +113,12 @@ def test_a_run_again_cut_short_waits_behind_every_first_answer():
     assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "old", "older-again", "again", "full"]
     assert scheduling.first(None, None, now, 120, again) is again
     assert scheduling.preempts(Job("old", now - 500), again, now, 120)  # even a backlog refinement
-    assert not scheduling.preempts(again, Job("old", now - 500), now, 120)  # an improvement preempts nothing
+    assert not scheduling.preempts(again, Job("old", now - 500), now, 120)  # an improvement preempts no refinement
+    full = Job("full", now - 400, stage=scheduling.FULL)
+    assert scheduling.preempts(again, full, now, 120)  # a full-grid stage (minutes) gives way to a run again
+    assert not scheduling.preempts(full, again, now, 120) and not scheduling.preempts(full, full, now, 120)
+    assert scheduling.improvement_of("full", scheduling.waiting_score(now - 400, scheduling.FULL)) == full
+    assert scheduling.improvement_of("again", scheduling.waiting_score(now - 10)) == again
     assert not scheduling.is_live(again, now, 120)
 
 
@@ -162,10 +167,16 @@ def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
     assert again.scan == "live" and again.again
     a.done(again.id)
     fit = a.take()
-    assert fit.scan == "backlog" and fit.stage == scheduling.FULL
-    time.sleep(0.6)
-    a.reclaim()
+    assert fit.scan == "backlog" and fit.stage == scheduling.FULL and not a.should_yield(fit)
     client.xadd(k.refine_jobs, {"scan": "live-2", "queued": time.time(), "voxels": 32**3})
-    first = a.take()
-    a.put_back(first, None, again=True)
+    a.admit()
+    assert a.should_yield(fit)  # a refinement waits
+    cut = a.take()
+    assert cut.scan == "live-2"
+    a.put_back(cut, None, again=True)  # its run again cut short, as by the next live scan
+    assert a.should_yield(fit)  # the running full-grid fit gives way to the run again
+    a.put_back(fit, None)
+    assert a.take().scan == "live-2"
+    time.sleep(0.6)  # that worker died: the lease runs out, the run again keeps its place before the fit
+    a.reclaim()
     assert a.take().scan == "live-2" and a.take().scan == "backlog"

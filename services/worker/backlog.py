@@ -114,7 +114,7 @@ class RefineBacklog:
                         return None
                     pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
                                             self.as_job(*oldest[0]) if oldest else None, time.time(), self.fresh_s,
-                                            self.as_job(*improving[0], again=True) if improving else None)
+                                            self.as_job(*improving[0], improving=True) if improving else None)
                     pipe.multi()
                     pipe.zrem(self.waiting_improving if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
@@ -140,19 +140,27 @@ class RefineBacklog:
         return None
 
     @staticmethod
-    def as_job(member: bytes, score: float, again: bool = False) -> scheduling.Job:
-        """A waiting job as the policy sees it before its hash is read: a refinement, or (``again``) the
-        first improvement, whose set's scores already hold the policy's order (``scheduling.waiting_score``)."""
-        return scheduling.Job(member.decode(), float(score), again=again)
+    def as_job(member: bytes, score: float, improving: bool = False) -> scheduling.Job:
+        """A waiting job as the policy sees it before its hash is read: a refinement, or an improvement, whose
+        set's scores hold the policy's order and its kind (``scheduling.waiting_score``)."""
+        if improving:
+            return scheduling.improvement_of(member.decode(), float(score))
+        return scheduling.Job(member.decode(), float(score))
 
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
         return self.waiting_improving if stage == scheduling.FULL or again else self.waiting
 
     def should_yield(self, running: Taken) -> bool:
-        """A waiting live job queued after the running one (``scheduling.preempts``)? The caller admits new
-        arrivals first, so a scan that just ended counts at once."""
+        """A waiting live job queued after the running one, or (for a full-grid stage) a waiting run again
+        (``scheduling.preempts``)? The caller admits new arrivals first, so a scan that just ended counts at once."""
         newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
-        return scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, time.time(), self.fresh_s)
+        if scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, time.time(), self.fresh_s):
+            return True
+        if running.stage != scheduling.FULL:
+            return False  # only a full-grid stage gives way to an improvement
+        improving = self.redis.zrange(self.waiting_improving, 0, 0, withscores=True)
+        return bool(improving) and scheduling.preempts(self.as_job(*improving[0], improving=True), running.job,
+                                                        time.time(), self.fresh_s)
 
     def renew(self, taken: Taken) -> bool:
         """Extend this worker's lease; False when it was lost (another worker reclaimed the job)."""

@@ -10,7 +10,8 @@
               oldest first (a live scan's settled answer waits on no backlog's full grid)
     preempt   a running refinement yields, between schedule steps, to a waiting
               live one queued after it; a running improvement yields to any
-              waiting refinement; each keeps its state and resumes later (a run
+              waiting refinement, and a full-grid stage to a waiting run again;
+              each keeps its state and resumes later (a run
               again cut short keeps its first run's answers: it waits again as an
               improvement, and only the run again runs)
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
@@ -81,11 +82,18 @@ class Job:
 IMPROVE_RANK_S = 1e10  # beyond any wall-clock time: a full-grid stage's place after every run again
 
 
-def waiting_score(queued: float, stage: str = REFINED, again: bool = False) -> float:
+def waiting_score(queued: float, stage: str = REFINED) -> float:
     """A waiting job's score in its Redis sorted set, lowest first: for refinements when it was queued; for
     improvements the same behind its kind's rank (run agains, then full-grid stages), so that the set's own
     order is the "improve" tier's."""
     return queued + (IMPROVE_RANK_S if stage == FULL else 0.0)
+
+
+def improvement_of(job_id: str, score: float) -> Job:
+    """A waiting improvement as its score tells it (``waiting_score``'s inverse): a full-grid stage or a run again."""
+    if score >= IMPROVE_RANK_S:
+        return Job(job_id, score - IMPROVE_RANK_S, stage=FULL)
+    return Job(job_id, score, again=True)
 
 
 def is_live(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
@@ -112,11 +120,13 @@ def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = F
 
 
 def preempts(waiting: Job | None, running: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    """Should ``running`` yield to ``waiting`` (the newest waiting refinement)? A refinement yields only to
-    live work queued after it, so two jobs never take turns preempting each other; an improvement
-    yields to any refinement."""
-    if waiting is None or waiting.improving:
+    """Should ``running`` yield to ``waiting`` (the newest waiting refinement, or the first waiting
+    improvement)? A refinement yields only to live work queued after it, so two jobs never take turns
+    preempting each other; an improvement yields to any refinement, and a full-grid stage to a run again."""
+    if waiting is None:
         return False
+    if waiting.improving:
+        return waiting.again and running.stage == FULL
     return running.improving or (is_live(waiting, now, fresh_s) and waiting.queued > running.queued)
 
 
