@@ -4,6 +4,9 @@
     live       then 3 simulated 32³ scans at 10 frames/s, one after the other
     restart    (--restart) the burst, `cdi-live up` stopped while its backlog is refining, started again,
                then the 3 live scans: the backlog left in Redis must not hold them up
+    full-grid  (--after-first-answers) the burst, then the 3 live scans once every burst scan shows its
+               refined answer: the worker is busy with the burst's full-grid stages (minutes each), which
+               must not hold up a live scan's run again
 
 Reports, per variant: end → refined for each live scan (its first refined answer; where a run again then
 searches on, end → settled: the answer that replaces it), previews seen while it was acquired, the time
@@ -11,7 +14,7 @@ to drain the whole backlog, scans lost, the longest wait between previews during
 (issue 21): live end → refined ≤ 2 s median, a preview during every live scan, 0 lost, backlog drained;
 (issue 33): a preview at least every 2 s during each live scan.
 
-    .venv/bin/python benchmarks/beamtime_load.py [--restart] [--json out.json]
+    .venv/bin/python benchmarks/beamtime_load.py [--restart | --after-first-answers] [--json out.json]
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def measure(events, ends, scans, started, timeout=900):
             "lost": len(scans) - len(refined)}
 
 
-def run(restart: bool) -> dict:
+def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) -> dict:
     prefix = f"load{uuid.uuid4().hex[:6]}"
     deployment = Deployment(prefix, free_port(), free_port())
     client = redis.Redis()
@@ -164,12 +167,16 @@ def run(restart: bool) -> dict:
             restarted = time.time() - restarted
             beamline.close()
             beamline = Beamline(f"tcp://127.0.0.1:{deployment.zport}")
-        ends = live_scans(beamline, "r" if restart else "a")
+        if after_first_answers:  # the burst's refined answers are in: its full-grid stages are what runs
+            while not all(events.of(f"s54-{i}", "result", "refined") for i in range(BURST)):
+                time.sleep(0.2)
+        ends = live_scans(beamline, "r" if restart else "f" if after_first_answers else "a")
         beamline.close()
         scans = [f"s54-{i}" for i in range(BURST)] + list(ends)
-        result = measure(events, ends, scans, started)
+        result = measure(events, ends, scans, started, timeout)
         counters = {k.decode(): float(v) for k, v in client.hgetall(f"{prefix}:metrics").items()}
-        result.update(variant="restart" if restart else "burst", restart_s=restarted,
+        result.update(variant="restart" if restart else "full-grid" if after_first_answers else "burst",
+                      restart_s=restarted,
                       preempted=counters.get("jobs_preempted", 0), previews_skipped=counters.get("jobs_skipped_stale", 0))
         return result
     finally:
@@ -183,8 +190,15 @@ def main():
     parser.add_argument("--restart", action="store_true", help="also the restart variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only-restart", action="store_true", help="the restart variant alone")
+    parser.add_argument("--after-first-answers", action="store_true",
+                        help="the full-grid variant alone: live scans while the burst's full-grid stages run")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for every answer to settle")
     args = parser.parse_args()
-    results = ([] if args.only_restart else [run(False)]) + ([run(True)] if args.restart or args.only_restart else [])
+    if args.after_first_answers:
+        results = [run(False, True, args.timeout)]
+    else:
+        results = (([] if args.only_restart else [run(False, timeout=args.timeout)])
+                   + ([run(True, timeout=args.timeout)] if args.restart or args.only_restart else []))
     for r in results:
         each = ", ".join(f"{v['end_to_refined_s']:.2f}" for v in r["live"].values() if v["end_to_refined_s"])
         settled = ", ".join(f"{v['end_to_settled_s']:.2f}" for v in r["live"].values() if v["end_to_settled_s"])
@@ -192,7 +206,7 @@ def main():
               f"→ settled median {r['live_end_to_settled_median_s']:.2f} s ({settled}); "
               f"live scans with a preview {r['live_scans_with_a_preview']}/{LIVE} (longest wait for a fresher one "
               f"{r['longest_gap_between_previews_s']:.1f} s); backlog drained in "
-              f"{r['backlog_drained_s']:.0f} s; lost {r['lost']}; preempted {r['preempted']:.0f}")
+              f"{r['backlog_drained_s'] or float('nan'):.0f} s; lost {r['lost']}; preempted {r['preempted']:.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
