@@ -111,12 +111,12 @@ def order(waiting: list[Job], now: float, fresh_s: float = FRESH_S) -> list[Job]
 
 
 def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S,
-          oldest_improving: Job | None = None) -> Job | None:
+          first_improving: Job | None = None) -> Job | None:
     """``order(...)[0]`` from just the newest and oldest waiting refinements and the first waiting
     improvement (what a worker reads to take one)."""
     if newest is not None and is_live(newest, now, fresh_s):
         return newest
-    return oldest if oldest is not None else oldest_improving
+    return oldest if oldest is not None else first_improving
 
 
 def preempts(waiting: Job | None, running: Job, now: float, fresh_s: float = FRESH_S) -> bool:
