@@ -206,8 +206,8 @@ def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
 def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, plan: FullPlan = FULL_PLAN,
         yield_now=None, resume: dict | None = None, progress=None, blur=None, background=None,
         withheld: np.ndarray | None = None) -> FullFit:
-    """ER with a fixed support (from the first seed) of every seed (F, …) against one centred region
-    intensity (…); the answer is ordered by χ, best first. ``blur``: σ per axis (voxels) of the partial-coherence
+    """ER with a fixed support (from the first seed; grown only as below) of every seed (F, …) against one
+    centred region intensity (…); the answer is ordered by χ, best first. ``blur``: σ per axis (voxels) of the partial-coherence
     blur the refined stage chose (``shared.physics.coherence``); None or zeros: coherent. ``background``: the flat
     background the refined stage fitted, where it fitted one (None: none), held: with this fit's support, dilated
     for the crystal's rim, the object's own skirt absorbs a flat background, and an EM fit of it here decays to 0.
@@ -239,7 +239,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     check = None if withheld is None or not plan.grow_steps else xp.asarray(sfft.ifftshift(withheld))
     check_norm = None if check is None else float(xp.linalg.norm(magnitude * check))
     workers = {} if xp is not np else {"workers": -1}
-    axes, interrupted, times, undone = (1, 2, 3), False, [], 0
+    axes, interrupted, times = (1, 2, 3), False, []
     multiplier = coherence.of(intensity.shape, None if blur is None else [blur])
     multiplier = None if multiplier is None else xp.asarray(multiplier)
     flat = None if background is None else xp.asarray([background], dtype=xp.float32)  # held
@@ -274,7 +274,8 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
             chi_free = float(xp.linalg.norm(difference)) / check_norm  # as ``phasing.masked_chi`` reports it
             if chi_free > growth["best_chi_free"] * (1 - plan.grow_gain):  # too little gained: undo the growth
                 if growth["best_obj"] is not None:
-                    obj, support, undone = xp.asarray(growth["best_obj"]), growth["best_support"], 1
+                    obj, support = xp.asarray(growth["best_obj"]), growth["best_support"]
+                    growth["grown"] -= 1
                 break
             if growth["grown"] >= plan.grow_steps:
                 break
@@ -300,7 +301,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     chi = to_host(_misfit(xp, model(fft.fftn(obj, axes=axes, **workers)), magnitude, weight, norm))
     order = np.argsort(chi)  # χ of each answer itself, after its last projection
     return FullFit(host[order], support, chi[order], done, seconds, history, times, "gpu" if xp is not np else "cpu",
-                   background=background, grown=growth["grown"] - undone)
+                   background=background, grown=growth["grown"])
 
 
 POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself leaves the free set out)
