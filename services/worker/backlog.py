@@ -154,13 +154,11 @@ class RefineBacklog:
         """A waiting live job queued after the running one, or (for a full-grid stage) a waiting run again
         (``scheduling.preempts``)? The caller admits new arrivals first, so a scan that just ended counts at once."""
         newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
-        if scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, time.time(), self.fresh_s):
-            return True
-        if running.stage != scheduling.FULL:
-            return False  # only a full-grid stage gives way to an improvement
         improving = self.redis.zrange(self.waiting_improving, 0, 0, withscores=True)
-        return bool(improving) and scheduling.preempts(self.as_job(*improving[0], improving=True), running.job,
-                                                        time.time(), self.fresh_s)
+        now = time.time()
+        return (scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, now, self.fresh_s)
+                or scheduling.preempts(self.as_job(*improving[0], improving=True) if improving else None, running.job,
+                                       now, self.fresh_s))
 
     def renew(self, taken: Taken) -> bool:
         """Extend this worker's lease; False when it was lost (another worker reclaimed the job)."""
