@@ -83,6 +83,11 @@ def test_a_yielding_full_grid_fit_resumes_with_the_same_answer():
     assert whole.history[-1] < whole.history[0]  # it fits
 
 
+def rim_cut(truth: np.ndarray) -> np.ndarray:
+    """The truth with its edge eroded by 2 voxels, as a seed (1, …): a support that misses the crystal's rim."""
+    return (truth * ndimage.binary_erosion(np.abs(truth) > 0.1 * np.abs(truth).max(), iterations=2))[None]
+
+
 def free_chi(fitted, counts, withheld):
     magnitude = sfft.ifftshift(np.sqrt(counts))[None]
     return float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None])[0])
@@ -92,9 +97,7 @@ def test_the_support_grows_only_while_the_withheld_voxels_gain():
     """Cross-validated growth (χ_free): from a seed whose support misses the crystal's rim (the truth, its edge
     eroded), the support grows and χ_free falls below the fixed support's; from the truth it does not grow."""
     counts, truth = large_scan(9954, 3, 1e8, size=48, crystal=24)
-    withheld = phasing.free_voxels(counts.shape)
-    shape = np.abs(truth) > 0.1 * np.abs(truth).max()
-    tight = (truth * ndimage.binary_erosion(shape, iterations=2))[None]
+    withheld, tight = phasing.free_voxels(counts.shape), rim_cut(truth)
     plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="60*ER", support_dilation=0, grow_by=2)
     grown = fullgrid.fit(counts, ~withheld, tight, plan, withheld=withheld)
     fixed = fullgrid.fit(counts, ~withheld, tight, dataclasses.replace(plan, grow_steps=0), withheld=withheld)
@@ -106,8 +109,7 @@ def test_the_support_grows_only_while_the_withheld_voxels_gain():
 
 def test_a_growing_fit_that_yields_resumes_with_the_same_answer():
     counts, truth = large_scan(9954, 3, 1e8, size=48, crystal=24)
-    withheld = phasing.free_voxels(counts.shape)
-    tight = (truth * ndimage.binary_erosion(np.abs(truth) > 0.1 * np.abs(truth).max(), iterations=2))[None]
+    withheld, tight = phasing.free_voxels(counts.shape), rim_cut(truth)
     plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="20*ER", support_dilation=0, grow_by=2,
                                grow_iterations=10, patience=100)
     whole = fullgrid.fit(counts, ~withheld, tight, plan, withheld=withheld)

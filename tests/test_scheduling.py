@@ -151,7 +151,8 @@ def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_
 
 def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
     """The improvements' set holds the policy's order: a live scan's run again, cut short, is taken before a
-    backlog scan's full-grid fit queued minutes earlier; both after every refinement; a reclaimed fit keeps its place."""
+    backlog scan's full-grid fit queued minutes earlier; both after every refinement; a running fit gives way to a
+    run again; a run again whose lease ran out keeps its place before the fit."""
     client, k, make = backlog
     a = make("a", lease_s=0.5, fresh_s=60)
     now = time.time()
