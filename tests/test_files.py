@@ -77,3 +77,46 @@ def test_write_h5_cxi_and_vti(tmp_path):
     blob = base64.b64decode(root.find(".//DataArray").text)
     values = np.frombuffer(blob[8:], np.float32).reshape((6, 6, 6), order="F")
     assert np.array_equal(values, amp[0])
+
+
+def _frames_file(path, frames, kept, **filters):
+    """A scan's frames as the ingest stores them: one chunk per frame, some never written."""
+    import hdf5plugin
+
+    from shared.wire import codecs
+
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("frames", frames.shape, frames.dtype, chunks=(1, *frames.shape[1:]), fillvalue=0,
+                             **(filters or hdf5plugin.Bitshuffle(cname="lz4")))
+        for k in kept:
+            if filters:
+                d[k] = frames[k]
+            else:
+                d.id.write_direct_chunk((k, 0, 0), codecs.encode(frames[k], "bslz4"))
+        f["received"] = np.isin(np.arange(len(frames)), kept)
+
+
+@pytest.mark.parametrize("filters", [{}, {"compression": "gzip"}], ids=["bslz4", "gzip"])
+def test_a_window_of_stored_frames_is_what_slicing_reads(tmp_path, filters):
+    """The refinement and the detector view read a large detector's window through ``FrameWindows``, which
+    decodes a bslz4 chunk's rows alone: the same values as h5py's own slicing, unwritten frames zero,
+    and (a virtual dataset over receivers' parts) each frame from the part that holds it."""
+    from shared.wire import framefiles
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 60000, (5, 300, 70), dtype=np.uint32)  # many 8 KB blocks per frame, a partial last
+    rows, cols = slice(97, 211), slice(9, 50)
+    _frames_file(tmp_path / "one.h5", frames, [0, 1, 3, 4], **filters)
+    with h5py.File(tmp_path / "one.h5", "r") as f, framefiles.FrameWindows(f) as stored:
+        assert stored.own[1] is not bool(filters)  # bslz4: the chunk's rows; anything else: h5py
+        got = stored.stack([0, 1, 3, 4], rows, cols)
+        assert np.array_equal(got, f["frames"][:, rows, cols])
+        assert not got[2].any()
+        assert np.array_equal(stored.window(4, slice(290, 300), cols), frames[4, 290:300, cols])  # the last block
+    (tmp_path / "scan").mkdir()
+    _frames_file(tmp_path / "scan" / "frames-0.h5", frames, [0, 3], **filters)
+    _frames_file(tmp_path / "scan" / "frames-1.h5", frames, [1, 4], **filters)
+    framefiles.write_virtual(tmp_path / "scan", [tmp_path / "scan" / "frames-0.h5", tmp_path / "scan" / "frames-1.h5"], {})
+    with h5py.File(tmp_path / "scan" / "frames.h5", "r") as f, framefiles.FrameWindows(f) as stored:
+        assert np.array_equal(stored.stack(np.flatnonzero(f["received"][()]), rows, cols), f["frames"][:, rows, cols])
+        assert not stored.window(2, rows, cols).any()

@@ -61,17 +61,17 @@ def detector_view(raw_file, max_side: int = 128, roi: dict | None = None) -> dic
     the ingest's region of interest (``roi``) is read, as the refinement reads it; ``window`` says where."""
     import h5py
 
-    from shared.wire import detector
+    from shared.wire import detector, framefiles
     from shared.wire.messages import Start
 
-    with h5py.File(raw_file, "r") as f:
+    with h5py.File(raw_file, "r") as f, framefiles.FrameWindows(f) as stored:
         start = Start.model_validate_json(f.attrs["start"])
         window = detector.signal_window(start.shape, roi)
         shape = tuple(w.stop - w.start for w in window)
         mask = f["pixel_mask"][window] != 0 if "pixel_mask" in f else np.zeros(shape, bool)
         summed = np.zeros(shape, np.float64)
         for k in np.flatnonzero(f["received"][()]):
-            frame = f["frames"][(k, *window)]
+            frame = stored.window(k, *window)  # only the window's rows are decoded
             bad = detector.invalid(frame, start.dtype, start.saturation_value, mask)
             summed += np.where(bad, 0, frame)
             mask |= bad

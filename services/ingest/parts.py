@@ -343,11 +343,11 @@ class SharedStream:
                 continue
             written = shared["parts"].get(int(path.stem.split("-")[1]), {}).get("roi_written")
             try:
-                with h5py.File(path, "r") as f:
+                with h5py.File(path, "r") as f, framefiles.FrameWindows(f) as stored:
                     theirs = f["received"][()]
                     if not written:  # a receiver on another node: its frames' ROI read from its file
                         for index in np.flatnonzero(theirs & ~received):
-                            a.volume[index] = a.counts(f["frames"][index, rows, cols], a.roi)
+                            a.volume[index] = a.counts(stored.window(index, rows, cols), a.roi)
             except (OSError, KeyError) as exc:
                 log.warning("scan %s: %s unreadable (%s); its frames are left out", name, path.name, exc)
                 continue

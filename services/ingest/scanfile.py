@@ -18,7 +18,7 @@ import hdf5plugin
 import numpy as np
 
 from services.ingest.assembly import ScanAssembly
-from shared.wire import codecs
+from shared.wire import codecs, framefiles
 from shared.wire.messages import Start
 
 
@@ -28,6 +28,7 @@ class ScanFile:
     def __init__(self, path: Path, handle: h5py.File, start: Start, assembly: ScanAssembly, record: dict):
         self.path, self.file, self.start, self.assembly = path, handle, start, assembly
         self.dataset = handle["frames"]
+        self.windows = framefiles.FrameWindows(handle)  # windows of frames as stored (the ROI's rows decoded)
         self.record = record  # the scan's Redis record, rewritten at every sync
         self.seq = int(record.get("latest_seq", 0))
         self.last_activity = self.opened = time.monotonic()
@@ -99,11 +100,7 @@ class ScanFile:
 
     def read_block(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """A frame's block as stored: a Bitshuffle-LZ4 chunk decompresses only the blocks of those rows."""
-        mask, chunk = self.dataset.id.read_direct_chunk((index, *self.chunk_tail))
-        if mask == 0 and np.dtype(self.dataset.dtype).kind in "ui":
-            return codecs.Received(chunk, "bslz4", self.dataset.shape[1:], self.dataset.dtype).rows(
-                rows.start, rows.stop)[:, cols]
-        return self.dataset[index, rows, cols]
+        return self.windows.window(index, rows, cols)
 
     def place_roi_if_clear(self, now: bool = False) -> None:
         """Place the region of interest once the Bragg peak is clear (or ``now``: a network input is asked)."""

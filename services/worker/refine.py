@@ -25,7 +25,7 @@ import numpy as np
 
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
-from shared.wire import detector
+from shared.wire import detector, framefiles
 from shared.solver import fullgrid
 from shared.state import scheduling
 from shared.state.results import TRUST
@@ -170,10 +170,10 @@ class RefinementWorker:
         """The scan's frames as the refinement sees them: (corrected volume, counts as measured, measured
         voxels or None, the window read), padded to ≥ 32 per axis; on a large detector only the signal's
         window of it (``detector.signal_window``)."""
-        with h5py.File(state["raw_file"], "r") as f:
-            window = Window(f["frames"].shape[1:], detector.signal_window(f["frames"].shape[1:], state.get("roi")))
-            raw = f["frames"][(slice(None), *window.slices)]
-            received = f["received"][()] if "received" in f else np.ones(len(raw), bool)
+        with h5py.File(state["raw_file"], "r") as f, framefiles.FrameWindows(f) as stored:
+            window = Window(stored.shape, detector.signal_window(stored.shape, state.get("roi")))
+            received = f["received"][()] if "received" in f else np.ones(len(f["frames"]), bool)
+            raw = stored.stack(np.flatnonzero(received), *window.slices)  # only the window's rows are decoded
             pixel_mask, dark, flat = (f[k][window.slices] if k in f else None
                                       for k in ("pixel_mask", "dark", "flat_field"))
             start = Start.model_validate_json(f.attrs["start"]) if "start" in f.attrs else None

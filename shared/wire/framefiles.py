@@ -20,6 +20,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from shared.wire import codecs
+
 COPIED = ("pixel_mask", "dark", "flat_field")  # per-detector arrays, the same in every part
 
 
@@ -91,3 +93,75 @@ def self_contained(path: Path) -> Path:
                 out.attrs[key] = value
     os.replace(partial, whole)
     return whole
+
+
+
+class FrameWindows:
+    """Windows of a scan's stored frames (``frames.h5`` or one receiver's part), reading what a window needs:
+    a frame stored as one Bitshuffle-LZ4 chunk (as the ingest writes it, a DECTRIS bslz4 frame as received)
+    decompresses only the blocks of the window's rows, so a window of a 10-Mpixel detector costs its share of
+    the detector, not the detector. A virtual ``frames`` is read from the part that holds each frame."""
+
+    def __init__(self, handle: h5py.File):
+        self.frames = handle["frames"]
+        self.shape, self.dtype = self.frames.shape[1:], self.frames.dtype
+        self.parts, self.opened = {}, {}  # frame index → (part file, dataset name); part file → (dataset, direct)
+        self.own = (None, False)
+        if self.frames.is_virtual:
+            folder = Path(handle.filename).parent
+            for mapping in self.frames.virtual_sources():
+                index = mapping.vspace.get_select_bounds()[0][0]
+                self.parts[index] = (folder / mapping.file_name, mapping.dset_name)
+        else:
+            self.own = (self.frames, self._direct(self.frames))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for dataset, _ in self.opened.values():
+            dataset.file.close()
+
+    def window(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        """Frame ``index``'s rows × cols as stored (zeros where the frame was never written)."""
+        index = int(index)
+        dataset, direct = self._holder(index)
+        if dataset is None:
+            return np.zeros((rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+        if direct:
+            try:
+                filtered, chunk = dataset.id.read_direct_chunk((index, *(0,) * len(self.shape)))
+            except (KeyError, OSError, RuntimeError, ValueError):  # an unwritten chunk: the fill value
+                return np.zeros((rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+            if filtered == 0:
+                return codecs.Received(chunk, "bslz4", self.shape, self.dtype).rows(rows.start, rows.stop)[:, cols]
+        return dataset[index, rows, cols]
+
+    def stack(self, indices, rows: slice, cols: slice) -> np.ndarray:
+        """The window of every frame (N, rows, cols): the frames not in ``indices`` are zeros."""
+        out = np.zeros((len(self.frames), rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+        for k in indices:
+            out[k] = self.window(k, rows, cols)
+        return out
+
+    def _holder(self, index: int):
+        if not self.frames.is_virtual:
+            return self.own
+        if index not in self.parts:
+            return None, False
+        path, name = self.parts[index]
+        if path not in self.opened:
+            dataset = h5py.File(path, "r")[name]
+            self.opened[path] = (dataset, self._direct(dataset))
+        return self.opened[path]
+
+    def _direct(self, dataset) -> bool:
+        """Whether each frame is one chunk of integer Bitshuffle-LZ4 (HDF5 filter 32008, compression 2, alone):
+        then a window's rows decode from the chunk itself."""
+        if dataset.chunks != (1, *self.shape) or self.dtype.kind not in "ui":
+            return False
+        plist = dataset.id.get_create_plist()
+        if plist.get_nfilters() != 1:
+            return False
+        code, _, values, _ = plist.get_filter(0)
+        return code == hdf5plugin.BSHUF_ID and len(values) > 4 and values[4] == 2
