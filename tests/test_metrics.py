@@ -76,3 +76,25 @@ def test_canonical_twin_picks_one_member_of_each_pair(crystal):
     a, p = metrics.canonical_twin(np.abs(twin), np.angle(twin))
     assert np.allclose(np.abs(np.fft.fftn(a * np.exp(1j * p))) ** 2, np.fft.ifftshift(intensity), rtol=1e-3,
                        atol=1e-3 * intensity.max())
+
+
+def test_the_sub_voxel_search_evaluates_the_cross_correlation_exactly():
+    """The registration's trials sum the other axes out once (the DFT is separable): the values are the
+    direct DFT of the cross-power spectrum at each trial shift."""
+    import scipy.fft as sfft
+
+    from shared.physics.metrics import _xcorr_along
+
+    rng = np.random.default_rng(5)
+    product = (rng.normal(size=(6, 7, 5)) + 1j * rng.normal(size=(6, 7, 5))).astype(np.complex64)
+    freqs = [sfft.fftfreq(n) for n in product.shape]
+    shift, offsets = np.array([0.3, -1.2, 2.05]), np.array([-0.1, 0.0, 0.25])
+    grids = np.meshgrid(*freqs, indexing="ij")
+    for axis in range(3):
+        direct = []
+        for d in offsets:
+            trial = shift.copy()
+            trial[axis] += d
+            ramp = np.exp(2j * np.pi * sum(g * t for g, t in zip(grids, trial)))
+            direct.append(float(np.real((product * ramp).sum())))
+        assert np.allclose(_xcorr_along(product, freqs, shift, axis, offsets), direct, rtol=1e-5, atol=1e-4)
