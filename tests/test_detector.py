@@ -151,17 +151,26 @@ def test_dark_and_flat_field_are_applied_before_the_network_and_refinement(tmp_p
     result = cli("reconstruct", tmp_path / "clean.npy", "--out", tmp_path / "x.h5", "--flat", tmp_path / "dark.npy",
                  "--dark", tmp_path / "missing.npy")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    both = cli("reconstruct", tmp_path / "clean.npy", "--out", tmp_path / "x.h5", "--flat", tmp_path / "flat.npy",
+               "--whitefield", tmp_path / "flat.npy")
+    assert both.returncode == 2 and "not both" in both.stderr and len(both.stderr.strip().splitlines()) == 1
 
 
-def test_the_ingest_keeps_the_configured_dark_and_flat_beside_frames_as_sent(tmp_path):
+@pytest.mark.parametrize("calibration", ["flat", "whitefield"])
+def test_the_ingest_keeps_the_configured_dark_and_flat_beside_frames_as_sent(tmp_path, calibration):
+    """DARK_FILE and FLAT_FIELD_FILE are stored beside the frames as sent; a WHITEFIELD_FILE instead is stored as
+    the flat field it gives (``detector.flat_from_whitefield``), its file named in the record."""
     require_redis()
     dark, flat = np.full((32, 32), 2.0, np.float32), np.ones((32, 32), np.float32)
     flat[0, :] = 0  # a row of zero gain: masked
     np.save(tmp_path / "dark.npy", dark)
     np.save(tmp_path / "flat.npy", flat)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    white = np.random.default_rng(2).uniform(9000, 20000, (32, 32)).astype(np.float32)
+    np.save(tmp_path / "white.npy", white)
+    given = {"flat_field_file": tmp_path / "flat.npy"} if calibration == "flat" else {"whitefield_file": tmp_path / "white.npy"}
     settings = Settings(key_prefix=f"df{uuid.uuid4().hex[:6]}", data_dir=tmp_path / "live", ingest_bind=endpoint,
-                        dark_file=tmp_path / "dark.npy", flat_field_file=tmp_path / "flat.npy")
+                        dark_file=tmp_path / "dark.npy", **given)
     store = Store(settings)
     volume = simulated_volume(32, 6, 0, 1e7)
 
@@ -173,10 +182,50 @@ def test_the_ingest_keeps_the_configured_dark_and_flat_beside_frames_as_sent(tmp
 
     try:
         state = ingest_running(settings, send)
-        assert state["detector"]["dark"].endswith("dark.npy") and state["detector"]["flat_field"].endswith("flat.npy")
+        expected = flat if calibration == "flat" else detector.flat_from_whitefield(white)
+        assert state["detector"]["dark"].endswith("dark.npy")
+        assert state["detector"]["flat_field"].endswith("flat.npy" if calibration == "flat" else "white.npy (whitefield)")
         with h5py.File(state["raw_file"]) as f:
             assert np.array_equal(f["frames"][()], volume)  # as sent
-            assert np.array_equal(f["dark"][()], dark) and np.array_equal(f["flat_field"][()], flat)
+            assert np.array_equal(f["dark"][()], dark) and np.array_equal(f["flat_field"][()], expected)
     finally:
         for key in store.redis.scan_iter(f"{settings.key_prefix}:*"):
             store.redis.delete(key)
+
+
+def test_a_whitefield_becomes_the_flat_field_that_evens_its_own_image():
+    """A whitefield (counts under uniform light) gives the gain mean/whitefield: corrected, the whitefield itself is
+    flat at its mean; a pixel far below the mean (dead, on a seam) is masked (gain 0)."""
+    from shared.wire.detector import corrected, flat_from_whitefield
+
+    rng = np.random.default_rng(4)
+    white = rng.uniform(8000, 20000, (16, 16))
+    white[3, 5] = 10  # dead
+    flat = flat_from_whitefield(white)
+    assert flat[3, 5] == 0 and np.count_nonzero(flat == 0) == 1
+    evened = corrected(white[None], None, flat)[0]
+    good = flat > 0
+    assert np.allclose(evened[good], white[good].mean(), rtol=1e-5)
+
+
+def test_the_shipped_34idc_calibration_fits_scan_54s_frames():
+    """The beamline's whitefield, cut to where scan 54's frames sit on its 512² detector (rows and columns
+    0–255), evens their pixels: divided by it the summed detector image is smoother around the Bragg peak, and
+    it is not with the cut transposed. The bad-pixel map holds the 13 pixels the beamline marked."""
+    from scipy import ndimage
+
+    from tests.conftest import REPO, real_file
+
+    frames = np.load(real_file("aps-34idc-scan54/frames.npz"))["frames"].astype(np.float64)
+    calibration = REPO / "deploy" / "calibration" / "aps-34idc-tim2"
+    flat = detector.flat_from_whitefield(np.load(calibration / "whitefield.npy"))
+    bad = np.load(calibration / "bad_pixels.npy")
+    assert flat.shape == bad.shape == frames.shape[1:] and int(bad.sum()) == 13
+    summed = frames.sum(axis=0)
+    judged = (summed > 500) & (flat > 0) & (flat.T > 0) & (bad == 0)
+
+    def roughness(image):
+        return float(np.std(image[judged] / ndimage.median_filter(image, 5)[judged]))
+
+    raw, evened, transposed = roughness(summed), roughness(summed * flat), roughness(summed * flat.T)
+    assert evened < 0.9 * raw and transposed > raw, (raw, evened, transposed)

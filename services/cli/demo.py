@@ -22,6 +22,8 @@ from services.cli.up import services_running, wait_until_ready, wait_while_runni
 
 REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 RECORDED = REAL_DATA / "aps-34idc-scan54" / "frames.npz"
+# the beamline's whitefield and bad-pixel map for the recorded scan's detector area (deploy/calibration/…/README.md)
+CALIBRATION = Path(__file__).resolve().parents[2] / "deploy" / "calibration" / "aps-34idc-tim2"
 
 
 def add_arguments(p):
@@ -67,6 +69,9 @@ def play_scans(args, endpoint: str) -> None:
 
 
 def run(args):
+    if args.recorded == RECORDED and CALIBRATION.is_dir():  # the recorded scan as 34-ID-C corrects it (its
+        os.environ.setdefault("WHITEFIELD_FILE", str(CALIBRATION / "whitefield.npy"))  # 256² frames alone)
+        os.environ.setdefault("PIXEL_MASK_FILE", str(CALIBRATION / "bad_pixels.npy"))
     settings = settings_from(args, gateway_port=args.port, ingest_bind=args.bind)
     refuse_open_exposure(settings, insecure=False)  # the demo serves loopback unless access is configured
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"

@@ -55,6 +55,9 @@ def add_arguments(p):
     p.add_argument("--dark", type=Path, help="the detector's dark image (one frame's shape), subtracted")
     p.add_argument("--flat", type=Path, help="the detector's flat field (one frame's shape, per-pixel gain), "
                    "multiplied after the dark; a pixel of zero gain is left free")
+    p.add_argument("--whitefield", type=Path, help="the detector's whitefield instead of --flat (one frame's shape, "
+                   "flood-field counts, as APS 34-ID-C keeps one): the flat field is mean/whitefield, pixels more "
+                   "than 3σ below the mean are left free")
     p.add_argument("--saturation", type=positive_float, help="counts at or above which a pixel is saturated "
                    "(the detector's saturation_value): left free like masked ones")
 
@@ -74,9 +77,13 @@ def run(args):
                              f"nor one frame's {intensity.shape[-2:]}")
         unmeasured = unmeasured | (mask != 0)  # a frame's pixel mask applies to every frame
     counts = None
-    if args.dark is not None or args.flat is not None:  # (N − dark)·flat, as 34-ID-C preprocessing does
-        dark, flat = (read_frame_array(path, intensity, option) for path, option in ((args.dark, "--dark"),
-                                                                                    (args.flat, "--flat")))
+    if args.flat is not None and args.whitefield is not None:
+        raise InputError("give --flat or --whitefield, not both")
+    if args.dark is not None or args.flat is not None or args.whitefield is not None:  # (N − dark)·flat
+        dark, flat, white = (read_frame_array(path, intensity, option) for path, option in (
+            (args.dark, "--dark"), (args.flat, "--flat"), (args.whitefield, "--whitefield")))
+        if white is not None:
+            flat = detector.flat_from_whitefield(white)
         if flat is not None:
             unmeasured = unmeasured | (flat == 0)
         counts, intensity = intensity, detector.corrected(intensity, dark, flat)
@@ -188,7 +195,7 @@ def run(args):
 
 
 def read_frame_array(path, intensity, option: str):
-    """A per-detector array (one frame's shape) for --dark / --flat; None without the option."""
+    """A per-detector array (one frame's shape) for --dark / --flat / --whitefield; None without the option."""
     if path is None:
         return None
     values = read_array(path).astype(np.float32)

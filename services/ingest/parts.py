@@ -215,7 +215,7 @@ class SharedStream:
             raise Rejected("too many concurrent scans")
         mask, source = self.ingest.pixel_mask(start, [b"", shared["mask"]])
         dark = self.ingest.detector_file(self.ingest.settings.dark_file, start.shape)
-        flat = self.ingest.detector_file(self.ingest.settings.flat_field_file, start.shape)
+        flat, _ = self.ingest.flat_field(start.shape)
         settings = self.ingest.settings
         record = {"scan": name, "started": time.time(), "ingest": self.ingest.name}  # the owner's is the record
         scan = ScanFile.create(start, settings.data_dir / name, record, settings.ingest_roi_px, self.ingest.scratch,

@@ -287,14 +287,14 @@ class Ingest:
             start = start.model_copy(update={"proposal": self.settings.default_proposal})
         mask, source = self.pixel_mask(start, parts)
         dark = self.detector_file(self.settings.dark_file, start.shape)
-        flat = self.detector_file(self.settings.flat_field_file, start.shape)
+        flat, flat_source = self.flat_field(start.shape)
         record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
                   "ingest": self.name, "proposal": start.proposal,
                   "detector": {**detector.summary(mask, source), "saturation_value": start.saturation_value,
                                "dark": str(self.settings.dark_file) if dark is not None else None,
-                               "flat_field": str(self.settings.flat_field_file) if flat is not None else None}}
+                               "flat_field": flat_source}}
         scan = ScanFile.create(start, self.settings.data_dir / start.scan, record, self.settings.ingest_roi_px,
                                self.scratch, mask, source, dark, flat, name=self.file_name())
         self.scans[start.scan] = scan
@@ -304,6 +304,20 @@ class Ingest:
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
+
+    def flat_field(self, shape) -> tuple[np.ndarray | None, str | None]:
+        """(the flat field for frames of ``shape``, the file it came from): FLAT_FIELD_FILE's, else the one of
+        WHITEFIELD_FILE (``detector.flat_from_whitefield``); (None, None) where neither fits the frames."""
+        flat = self.detector_file(self.settings.flat_field_file, shape)
+        if flat is not None:
+            return flat, str(self.settings.flat_field_file)
+        white = self.detector_file(self.settings.whitefield_file, shape)
+        if white is None:
+            return None, None
+        key = ("whitefield", self.settings.whitefield_file)
+        if key not in self.mask_files:
+            self.mask_files[key] = detector.flat_from_whitefield(white)
+        return self.mask_files[key], f"{self.settings.whitefield_file} (whitefield)"
 
     def detector_file(self, path, shape) -> np.ndarray | None:
         """A per-detector array from settings (read once), used where its shape is the frames'."""

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                                          "are its shape; pixels at the dtype's maximum are invalid in any case")
     flat_field_file: Path | None = Field(None, description="the detector's flat field (H×W per-pixel gain, multiplied; "
                                          "0 = masked), applied before the network and refinement to frames of its shape")
+    whitefield_file: Path | None = Field(None, description="the detector's whitefield (H×W flood-field counts, as APS "
+                                         "34-ID-C keeps one), used where FLAT_FIELD_FILE is unset: its flat field is "
+                                         "mean/whitefield, pixels more than 3σ below the mean masked")
     dark_file: Path | None = Field(None, description="the detector's dark image (H×W counts, subtracted), applied before "
                                    "the network and refinement to frames of its shape")
     convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
@@ -90,7 +93,7 @@ class Settings(BaseSettings):
     max_live_subscribers: int = Field(200, description="open Server-Sent-Event streams per gateway")
     max_request_bytes: int = Field(65536, description="largest request body the gateway accepts")
 
-    @field_validator("access_file", "pixel_mask_file", "flat_field_file", "dark_file", mode="before")
+    @field_validator("access_file", "pixel_mask_file", "flat_field_file", "whitefield_file", "dark_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         """An empty variable (compose's ``${VAR:-}``) means unset, not the current folder."""

@@ -48,6 +48,20 @@ def invalid(frames: np.ndarray, dtype=None, saturation: float | None = None,
     return bad
 
 
+WHITEFIELD_CUT = 3.0  # σ below a whitefield's mean: a pixel that dim is dead or lies on a chip seam (34-ID-C's rule)
+
+
+def flat_from_whitefield(whitefield: np.ndarray) -> np.ndarray:
+    """The flat field (per-pixel gain, multiplied; 0 = masked) of a whitefield: a flood-field image, counts per
+    pixel under uniform illumination, as APS 34-ID-C keeps one per detector. Its gain is mean/whitefield (the
+    corrected counts keep the detector's mean scale); a pixel more than WHITEFIELD_CUT σ below the mean is
+    masked, as cohere's 34-ID-C preprocessing kills it."""
+    white = np.asarray(whitefield, np.float64)
+    good = white > white.mean() - WHITEFIELD_CUT * white.std()
+    good &= white > 0
+    return np.where(good, white[good].mean() / np.where(good, white, 1.0), 0.0).astype(np.float32)
+
+
 def corrected(frames: np.ndarray, dark: np.ndarray | None = None, flat: np.ndarray | None = None) -> np.ndarray:
     """Frames after the detector's dark subtraction and flat-field gain, as APS 34-ID-C preprocessing applies
     them: (N − dark)·flat, negatives clipped to 0 (float32). The result is no longer counts: the noise floor
