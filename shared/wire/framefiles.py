@@ -8,7 +8,8 @@ did), ``received`` (the union), the pixel mask, dark and flat field, and the ``s
 attributes — so every reader (refinement, detector view, restore from disk) reads it unchanged.
 Source files are named relative to ``frames.h5``: the scan's folder can be moved or copied whole.
 A download gets a self-contained copy (``self_contained``): chunks are copied as stored, never
-decompressed.
+decompressed. A window of the frames (a large detector's signal, the ROI) is read by ``FrameWindows``,
+which decodes only the window's rows of each stored chunk.
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ def self_contained(path: Path) -> Path:
                 out.attrs[key] = value
     os.replace(partial, whole)
     return whole
-
 
 
 class FrameWindows:
