@@ -44,12 +44,6 @@ SCHEDULE = phasing.PAPER_SCHEDULE  # the textbook's 620 iterations, the support 
 AXES = (1, 2, 3)
 
 
-def frames_taken(size: int, fraction: float) -> np.ndarray:
-    """Centred mask of the frames taken so far: the first ``fraction`` of the rocking axis (axis 0)."""
-    kept = int(round(fraction * size))
-    return np.broadcast_to((np.arange(size) < kept)[:, None, None], (size, size, size))
-
-
 def true_support(truth: np.ndarray) -> np.ndarray:
     amp = np.abs(truth)
     inside = amp > 0.1 * amp.max(axis=AXES, keepdims=True)
@@ -82,31 +76,22 @@ def chi_free(objects, intensity, taken) -> np.ndarray:
 
 
 def previews(intensity, fractions) -> dict[float, np.ndarray]:
-    """The shipped preview at each fraction, warm-started from the one before it, as the service runs it."""
-    from shared.nn.data import magnitude_of, truncate_frames
+    """The shipped preview at each fraction, warm-started over the evaluation's fractions, as the service runs it."""
+    from shared.nn.data import magnitude_of
     from shared.nn.inference import Predictor
-    from shared.solver.plans import PREVIEW_PLAN, converge
 
-    predictor, magnitudes = Predictor(), magnitude_of(intensity)
-    size, out, previous = magnitudes.shape[1], {}, None
-    for fraction in sorted(set(evaluation.FRACTIONS) | set(fractions)):
-        kept = int(round(fraction * size))
-        partial = truncate_frames(magnitudes, np.full(len(magnitudes), kept))
-        a, p = predictor.predict_magnitudes(partial)
-        nn = (a * np.exp(1j * p)).astype(np.complex64)
-        previous = converge(partial**2, nn, frames_taken(size, fraction), PREVIEW_PLAN, warm=previous).obj
-        if fraction in fractions:
-            out[fraction] = previous
-    return out
+    every = sorted(set(evaluation.FRACTIONS) | set(fractions))
+    return {fraction: preview for fraction, preview, _ in
+            evaluation.live_previews(Predictor(), magnitude_of(intensity), every) if fraction in fractions}
 
 
 def measure(family: str, count: int, seed: int, fractions, starts: int, slack: float, preview: bool) -> dict:
     intensity, truth, kinds = evaluation.population(family, count, seed)
-    support, size = true_support(truth), intensity.shape[1]
+    support = true_support(truth)
     shown = previews(intensity, fractions) if preview else {}
     rows = {}
     for fraction in fractions:
-        taken = frames_taken(size, fraction)
+        taken = evaluation.frames_taken(intensity.shape[1:], fraction)
         started = time.perf_counter()
         answer, chi = oracle_search(intensity, support, taken, starts, seed)
         error = np.array(evaluation.all_errors(answer, truth)["phase_unweighted"])

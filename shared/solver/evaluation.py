@@ -195,19 +195,29 @@ def calibration(rows: list[dict], errors: list[float]) -> dict:
             "rows": [{**r, "error": float(e)} for r, e in zip(rows, errors)]}
 
 
+def frames_taken(shape, fraction: float) -> np.ndarray:
+    """Centred mask of a volume of ``shape`` whose first ``fraction`` of frames (rocking axis, axis 0) are in."""
+    kept = int(round(fraction * shape[0]))
+    return np.broadcast_to((np.arange(shape[0]) < kept)[:, None, None], tuple(shape))
+
+
+def live_previews(predictor, magnitudes, fractions=FRACTIONS):
+    """(fraction, preview, network answer) as the frames come in: ``PREVIEW_PLAN`` on the first ``fraction`` of
+    them (those not yet taken left free), each preview warm-started from the one before it, as live."""
+    shape, previous = magnitudes.shape[1:], None
+    for fraction in fractions:
+        partial = truncate_frames(magnitudes, np.full(len(magnitudes), int(round(fraction * shape[0]))))
+        a, p = predictor.predict_magnitudes(partial)
+        nn = (a * np.exp(1j * p)).astype(np.complex64)
+        previous = converge(partial**2, nn, frames_taken(shape, fraction), PREVIEW_PLAN, warm=previous).obj
+        yield fraction, previous, nn
+
+
 def partial_scans(predictor, magnitudes, truth) -> dict:
     """Plain phase error of the preview, the network and a flat phase when only the first frames are in."""
     series = {"preview": [], "3D-CDI-NN": [], "flat phase": []}
     better = []
-    size = magnitudes.shape[1]
-    previous = None  # as live: each preview warm-starts from the one before it (fewer frames)
-    for fraction in tqdm(FRACTIONS, desc="partial scans"):
-        kept = int(round(fraction * size))
-        partial = truncate_frames(magnitudes, np.full(len(magnitudes), kept))
-        measured = np.broadcast_to((np.arange(size) < kept)[:, None, None], partial.shape[1:])
-        a, p = predictor.predict_magnitudes(partial)
-        nn = (a * np.exp(1j * p)).astype(np.complex64)
-        preview = previous = converge(partial**2, nn, measured, PREVIEW_PLAN, warm=previous).obj
+    for _, preview, nn in tqdm(live_previews(predictor, magnitudes), total=len(FRACTIONS), desc="partial scans"):
         errs = {"preview": all_errors(preview, truth)["phase_unweighted"],
                 "3D-CDI-NN": all_errors(nn, truth)["phase_unweighted"],
                 "flat phase": all_errors(np.abs(nn).astype(np.complex64), truth)["phase_unweighted"]}
