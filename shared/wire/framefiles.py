@@ -107,7 +107,8 @@ class FrameWindows:
         self.shape, self.dtype = self.frames.shape[1:], self.frames.dtype
         self.parts, self.opened = {}, {}  # frame index → (part file, dataset name); part file → (dataset, direct)
         self.own = (None, False)
-        if self.frames.is_virtual:
+        self.virtual = self.frames.is_virtual  # asked once: h5py reads the creation property list each time
+        if self.virtual:
             folder = Path(handle.filename).parent
             for mapping in self.frames.virtual_sources():
                 index = mapping.vspace.get_select_bounds()[0][0]
@@ -145,7 +146,7 @@ class FrameWindows:
         return out
 
     def _holder(self, index: int):
-        if not self.frames.is_virtual:
+        if not self.virtual:
             return self.own
         if index not in self.parts:
             return None, False
