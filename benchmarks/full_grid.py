@@ -73,9 +73,8 @@ def run_case(name: str) -> dict:
     if name == "calibrated":
         from shared.wire import detector
 
-        calibration = ROOT / "deploy" / "calibration" / "aps-34idc-tim2"
-        flat = detector.flat_from_whitefield(np.load(calibration / "whitefield.npy"))
-        measured = np.broadcast_to((flat > 0) & (np.load(calibration / "bad_pixels.npy") == 0), intensity.shape)
+        flat, pixels = detector.shipped_calibration()
+        measured = np.broadcast_to(pixels, intensity.shape)
         counts, intensity = intensity, detector.corrected(intensity, None, flat)
     predictor = Predictor()
     began = time.perf_counter()

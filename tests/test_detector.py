@@ -221,6 +221,9 @@ def test_the_shipped_34idc_calibration_fits_scan_54s_frames():
     flat = detector.flat_from_whitefield(np.load(calibration / "whitefield.npy"))
     bad = np.load(calibration / "bad_pixels.npy")
     assert flat.shape == bad.shape == frames.shape[1:] and int(bad.sum()) == 13
+    shipped_flat, pixels = detector.shipped_calibration()  # as the evaluation, the demo and benchmarks read it
+    assert np.array_equal(shipped_flat, flat) and np.array_equal(pixels, (flat > 0) & (bad == 0))
+    assert detector.shipped_calibration("no-such-detector") is None
     summed = frames.sum(axis=0)
     judged = (summed > 500) & (flat > 0) & (flat.T > 0) & (bad == 0)
 

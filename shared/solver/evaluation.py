@@ -228,26 +228,36 @@ def partial_scans(predictor, magnitudes, truth) -> dict:
 
 
 def real_sets(data: Path, real_size: int) -> dict[str, np.ndarray]:
-    """Both real sets as intensities: the paper's 64³ crop, and the APS scan DCT-downsampled to ``real_size``
-    per axis (phase-retrieve on the raw 201×256×256 frames would take about 20 minutes here)."""
+    """The real sets as intensities: the paper's 64³ crop, and the APS scan DCT-downsampled to ``real_size``
+    per axis (phase-retrieve on the raw 201×256×256 frames would take about 20 minutes here), as counted and
+    as the beamline corrects it (its detector's whitefield gain, bad pixels inpainted: ``deploy/calibration``,
+    as ``make demo`` plays it); both tools are given the same input."""
     sets = {}
     paper = data / "paper-example" / "ft_crop_64.npy"
     if paper.exists():
         sets["paper example (Au, ft_crop_64², 64³)"] = np.load(paper).astype(np.float32) ** 2
     scan = data / "aps-34idc-scan54" / "frames.npz"
     if scan.exists():
-        from shared.solver.stages import peak_offset, peak_to_centre, to_grid
+        from shared.solver.stages import fill_unmeasured, peak_offset, peak_to_centre, to_grid
+        from shared.wire import detector
 
         with np.load(scan) as z:
             frames = z["frames"].astype(np.float32)
-        centred = peak_to_centre(frames, peak_offset(frames))
         grid = tuple(min(n, real_size) for n in frames.shape)
-        sets[f"APS 34-ID-C scan 54 (201×256×256, DCT to {'×'.join(map(str, grid))})"] = to_grid(centred, grid)
+        binned = f"201×256×256, DCT to {'×'.join(map(str, grid))}"
+        sets[f"APS 34-ID-C scan 54 ({binned})"] = to_grid(peak_to_centre(frames, peak_offset(frames)), grid)
+        calibration = detector.shipped_calibration()
+        if calibration is not None:
+            flat, pixels = calibration
+            measured = np.broadcast_to(pixels, frames.shape)
+            fixed = fill_unmeasured(detector.corrected(frames, None, flat)[None], measured[None])[0]
+            sets[f"APS 34-ID-C scan 54, whitefield and bad pixels ({binned})"] = to_grid(
+                peak_to_centre(fixed, peak_offset(fixed)), grid)
     return sets
 
 
 def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE) -> dict:
-    """Both real sets: χ of the written refined result and of `phase-retrieve --starts 4` against the same input."""
+    """Every real set: χ of the written refined result and of `phase-retrieve --starts 4` against the same input."""
     from shared.solver.stages import reconstruct
 
     summary = {}

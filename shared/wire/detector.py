@@ -18,6 +18,8 @@ Pure functions on arrays.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
@@ -60,6 +62,22 @@ def flat_from_whitefield(whitefield: np.ndarray) -> np.ndarray:
     good = white > white.mean() - WHITEFIELD_CUT * white.std()
     good &= white > 0
     return np.where(good, white[good].mean() / np.where(good, white, 1.0), 0.0).astype(np.float32)
+
+
+CALIBRATIONS = Path(__file__).resolve().parents[2] / "deploy" / "calibration"  # one folder per detector area
+SCAN54_DETECTOR = "aps-34idc-tim2"  # APS 34-ID-C's Timepix where scan 54's 256² frames sit (its README says how cut)
+
+
+def shipped_calibration(name: str = SCAN54_DETECTOR) -> tuple[np.ndarray, np.ndarray] | None:
+    """(flat field, pixels that hold counts) of a detector calibration shipped in ``deploy/calibration/NAME``
+    (``whitefield.npy``, ``bad_pixels.npy``: non-zero = bad), as ``reconstruct --whitefield … --mask …`` reads
+    them; None where it is not shipped."""
+    folder = CALIBRATIONS / name
+    if not (folder / "whitefield.npy").is_file():
+        return None
+    flat = flat_from_whitefield(np.load(folder / "whitefield.npy"))
+    bad = np.load(folder / "bad_pixels.npy") != 0 if (folder / "bad_pixels.npy").is_file() else False
+    return flat, (flat > 0) & ~bad
 
 
 def corrected(frames: np.ndarray, dark: np.ndarray | None = None, flat: np.ndarray | None = None) -> np.ndarray:
