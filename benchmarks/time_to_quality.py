@@ -130,7 +130,7 @@ def main():
                 "seconds per scan (2-core CPU)", f"success rate (phase error < {SUCCESS} rad)",
                 f"time to quality, {args.count} held-out crystals", logx=True)
     if not args.no_real:
-        for name, volume in real_sets(DATA, 128).items():
+        for name, (volume, _) in real_sets(DATA, 128).items():
             stages, ours_s = timed(lambda: reconstruct(volume[None], predictor, refine=True))
             ours = stages["refined"].amplitude[0] * np.exp(1j * stages["refined"].phase[0])
             (objects, _, _), erhio_s = timed(lambda: phasing.phase_retrieve(volume[None], starts=4, seed=0))

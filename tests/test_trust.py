@@ -125,6 +125,22 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         assert f["phase_uncertainty"].shape == f["phase"].shape
 
 
+def test_an_input_binned_from_counts_is_judged_on_the_counts_floor():
+    """A scan binned before the refined stage (as the evaluation bins APS scan 54 for both tools) is no longer
+    counts; given the frames it was binned from, its χ floor and χ_free floor are theirs, as the service judges a
+    binned region, and no flat background is fitted to the binned floats."""
+    from shared.nn.inference import Predictor
+    from shared.solver.stages import reconstruct, to_grid
+
+    counts = np.round(crystals.simulated_scan(48, 9711, 0, 0, True, (1e6, 1e6))[0]).astype(np.float32)
+    binned = to_grid(counts, (32, 32, 32))
+    assert trust.noise_floor(binned) == 0.0  # floats: alone they would be judged as noise-free data
+    refined = reconstruct(binned[None], Predictor(), refine=True, counts=counts[None])["refined"]
+    floor = trust.noise_floor(counts)
+    assert refined.info["chi_floor"][0] == pytest.approx(floor) and floor > 0
+    assert refined.info["chi_free_floor"][0] >= floor and refined.info["background"][0] == 0.0
+
+
 def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_never_worsens_it():
     """Scans the refined stage calls converged run once; uncertain ones whose data allow a verdict, or
     whose χ is above the fitted floor, run again from new starts (at most MAX_RUNS), keep their lowest-χ answer and gain an independent solution."""

@@ -227,15 +227,16 @@ def partial_scans(predictor, magnitudes, truth) -> dict:
     return {key: {"median": values} for key, values in series.items()} | {"preview beats flat": {"median": better}}
 
 
-def real_sets(data: Path, real_size: int) -> dict[str, np.ndarray]:
-    """The real sets as intensities: the paper's 64³ crop, and the APS scan DCT-downsampled to ``real_size``
-    per axis (phase-retrieve on the raw 201×256×256 frames would take about 20 minutes here), as counted and
-    as the beamline corrects it (its detector's whitefield gain, bad pixels inpainted: ``deploy/calibration``,
-    as ``make demo`` plays it); both tools are given the same input."""
+def real_sets(data: Path, real_size: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """The real sets as (intensity, the counts it was binned from or None): the paper's 64³ crop, and the APS scan
+    DCT-downsampled to ``real_size`` per axis (phase-retrieve on the raw 201×256×256 frames would take about 20
+    minutes here), as counted and as the beamline corrects it (its detector's whitefield gain, bad pixels
+    inpainted: ``deploy/calibration``, as ``make demo`` plays it); both tools are given the same input, and the
+    frames as counted set its noise floor, as the service's."""
     sets = {}
     paper = data / "paper-example" / "ft_crop_64.npy"
     if paper.exists():
-        sets["paper example (Au, ft_crop_64², 64³)"] = np.load(paper).astype(np.float32) ** 2
+        sets["paper example (Au, ft_crop_64², 64³)"] = np.load(paper).astype(np.float32) ** 2, None
     scan = data / "aps-34idc-scan54" / "frames.npz"
     if scan.exists():
         from shared.solver.stages import fill_unmeasured, peak_offset, peak_to_centre, to_grid
@@ -245,14 +246,14 @@ def real_sets(data: Path, real_size: int) -> dict[str, np.ndarray]:
             frames = z["frames"].astype(np.float32)
         grid = tuple(min(n, real_size) for n in frames.shape)
         binned = f"201×256×256, DCT to {'×'.join(map(str, grid))}"
-        sets[f"APS 34-ID-C scan 54 ({binned})"] = to_grid(peak_to_centre(frames, peak_offset(frames)), grid)
+        sets[f"APS 34-ID-C scan 54 ({binned})"] = to_grid(peak_to_centre(frames, peak_offset(frames)), grid), frames
         calibration = detector.shipped_calibration()
         if calibration is not None:
             flat, pixels = calibration
             measured = np.broadcast_to(pixels, frames.shape)
             fixed = fill_unmeasured(detector.corrected(frames, None, flat)[None], measured[None])[0]
             sets[f"APS 34-ID-C scan 54, whitefield and bad pixels ({binned})"] = to_grid(
-                peak_to_centre(fixed, peak_offset(fixed)), grid)
+                peak_to_centre(fixed, peak_offset(fixed)), grid), frames
     return sets
 
 
@@ -261,8 +262,9 @@ def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE
     from shared.solver.stages import reconstruct
 
     summary = {}
-    for k, (name, intensity) in enumerate(real_sets(data, real_size).items()):
-        stages, ours_s = timed(lambda: reconstruct(intensity[None], predictor, refine=True))
+    for k, (name, (intensity, counts)) in enumerate(real_sets(data, real_size).items()):
+        stages, ours_s = timed(lambda: reconstruct(intensity[None], predictor, refine=True,
+                                                   counts=None if counts is None else counts[None]))
         refined, nn = stages["refined"], stages["nn"]
         ours = refined.amplitude[0] * np.exp(1j * refined.phase[0])
         (objects, _, _), erhio_s = timed(lambda: phasing.phase_retrieve(intensity[None], starts=4, seed=k))
@@ -345,7 +347,8 @@ def report(s: dict) -> str:
               "its file, the API and the page give it; beside it the same answer's χ with the plain model (coherent, "
               "no background), the one ER/HIO's χ uses. Both timed in this run. The paper's example is photon counts "
               "normalised to a maximum of 1: its floor comes from the counts, recovered by its one-photon step. "
-              "Scan 54 is DCT-downsampled here (no longer counts: the whole data's floor stands for it).", "",
+              "Scan 54 is DCT-downsampled here (no longer counts: the floor of its frames as counted stands for "
+              "its χ floor and its χ_free floor, as in the service).", "",
               "| data | χ refined stage (file) | blur σ | background (photons per voxel) | χ, plain model | χ_free "
               "| χ_free floor | χ floor | verdict | reason | time | χ `phase-retrieve --starts 4` | time | χ 3D-CDI-NN |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -113,7 +113,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     ``info["chi_refinement_grid"]`` is the χ on the refinement grid, labelled with it.
 
     ``yield_now`` and ``resume``: preemption between schedule steps (``shared.solver.plans.converge``).
-    ``counts``: the frames as measured, for the noise floor, when ``intensity`` was corrected (dark, flat).
+    ``counts``: the frames as measured, for the noise floor, when ``intensity`` was corrected (dark, flat), or the
+    frames it was binned from (another shape: their floor is the data's, as for a binned region, and no background
+    is fitted).
 
     ``on_input_grid`` False returns the arrays on the refinement grid, peak centred (``phase_ramp``
     "removed"), as the service keeps them; ``finalists`` holds the seeds of the full-grid stage.
@@ -157,10 +159,11 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
             starts.append(centre_crop(a * np.exp(1j * p), grid))  # (the window is the grid already)
         starts = np.stack(starts)
     measured_counts = counts if counts is not None else intensity
+    binned_from = counts is not None and counts.shape[1:] != intensity.shape[1:]  # only the counts' floor is read
     # a flat background is fitted to photon counts, on a grid that holds them (a binned one does not: its faint
     # voxels are no longer Poisson draws). APS scan 54 is binned: its full-grid fit with a background (0.018
     # photons per voxel) ended at χ 0.170 against 0.161 without; at a few counts a voxel χ does not reward it
-    counting = [tuple(grid) == r.shape and trust.photon_step(raw if m is None else raw[m]) is not None
+    counting = [not binned_from and tuple(grid) == r.shape and trust.photon_step(raw if m is None else raw[m]) is not None
                 for raw, r, m in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions))]
 
     def keep_inputs(preempted: Preempted) -> None:  # the prepared inputs go with the checkpoint
@@ -176,11 +179,12 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     except Preempted as preempted:
         keep_inputs(preempted)
         raise
-    floors = [trust.noise_floor(raw, m) for raw, m in  # the counts as measured (on the input's grid)
+    floors = [trust.noise_floor(raw, None if binned_from else m) for raw, m in  # the counts as measured
               zip(measured_counts, measured if measured is not None else [None] * len(regions))]
-    free_floors = [free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
-                   for raw, r, m, f in zip(measured_counts, regions,
-                                           measured if measured is not None else [None] * len(regions), floors)]
+    free_floors = floors if binned_from else [
+        free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
+        for raw, r, m, f in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions),
+                                floors)]
 
     def stage_of(result, runs, searching) -> Stage:
         return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
@@ -327,7 +331,7 @@ def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = Fals
 
     ``measured`` False marks voxels that hold no count (detector gaps, flagged, saturated or masked
     pixels, frames not taken): they are inpainted for every step before the refinement (peak search,
-    crop, DCT, network input) and left free in it (``shared.wire.detector``)."""
+    crop, DCT, network input) and left free in it (``shared.wire.detector``). ``counts``: as ``refined_stage``'s."""
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
         intensity = fill_unmeasured(intensity, measured)
