@@ -121,6 +121,9 @@ def test_evaluate_writes_a_report(tmp_path):
     for family in summary["families"].values():
         assert {"converged", "uncertain"} == set(family["calibration"]["verdicts"])
         assert set(family["calibration"]["reasons"]) == {"search", "model", "photons", "disagreement"}
+    scan54 = {name: row for name, row in summary["real"].items() if "scan 54" in name}
+    assert any("whitefield and bad pixels" in name for name in scan54) and len(scan54) == 2  # as counted, calibrated
+    assert all(row["chi_floor"] > 0 for row in scan54.values())  # binned, judged on the floor of its frames
     for figure in ("errors_facets.png", "slices_fill.png", "partial_fill.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000
     if REAL_DATA.exists():
