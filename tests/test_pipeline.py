@@ -141,19 +141,3 @@ def test_the_live_preview_starts_from_the_last_one():
                                                                                           8, 8, 8)
     assert PREVIEW_PLAN.starts[0] == "previous" and PREVIEW_PLAN.polish_steps == 0
     assert np.array_equal(starts[0, 0], last) and np.array_equal(starts[1, 0], np.abs(prediction[1]))
-
-
-def test_the_final_step_keeps_the_support_the_tighten_step_chose():
-    """Where the tight support is turned down (here always: a tolerance below zero), the answer is the loose one:
-    the final ER on all data shrink-wraps at the loose threshold, as if there had been no tighten step, not at
-    the tight one (on APS scan 54, binned, that raised its χ from 0.117 to 0.181)."""
-    import dataclasses
-
-    from shared.solver.plans import REFINE_PLAN
-
-    intensity, truth = held_out_set(2, 4305)
-    plan = dataclasses.replace(REFINE_PLAN, starts=("nn",), explore=(), polish_steps=0)
-    untightened = converge(intensity, truth, plan=dataclasses.replace(plan, tighten=""))
-    refused = converge(intensity, truth, plan=dataclasses.replace(plan, tight_threshold=0.5, tight_tolerance=-1.0))
-    assert np.array_equal(refused.support, untightened.support)
-    assert np.allclose(refused.chi, untightened.chi, rtol=1e-4)
