@@ -76,7 +76,8 @@ def shipped_calibration(name: str = SCAN54_DETECTOR) -> tuple[np.ndarray, np.nda
     if not (folder / "whitefield.npy").is_file():
         return None
     flat = flat_from_whitefield(np.load(folder / "whitefield.npy"))
-    bad = np.load(folder / "bad_pixels.npy") != 0 if (folder / "bad_pixels.npy").is_file() else False
+    marked = folder / "bad_pixels.npy"
+    bad = np.load(marked) != 0 if marked.is_file() else np.zeros(flat.shape, bool)
     return flat, (flat > 0) & ~bad
 
 
