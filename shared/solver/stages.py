@@ -160,11 +160,13 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         starts = np.stack(starts)
     measured_counts = counts if counts is not None else intensity
     binned_from = counts is not None and counts.shape[1:] != intensity.shape[1:]  # only the counts' floor is read
+    each_measured = measured if measured is not None else [None] * len(regions)
     # a flat background is fitted to photon counts, on a grid that holds them (a binned one does not: its faint
     # voxels are no longer Poisson draws). APS scan 54 is binned: its full-grid fit with a background (0.018
     # photons per voxel) ended at χ 0.170 against 0.161 without; at a few counts a voxel χ does not reward it
-    counting = [not binned_from and tuple(grid) == r.shape and trust.photon_step(raw if m is None else raw[m]) is not None
-                for raw, r, m in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions))]
+    counting = [not binned_from and tuple(grid) == r.shape
+                and trust.photon_step(raw if m is None else raw[m]) is not None
+                for raw, r, m in zip(measured_counts, regions, each_measured)]
 
     def keep_inputs(preempted: Preempted) -> None:  # the prepared inputs go with the checkpoint
         preempted.checkpoint.arrays.update(input_data=data, input_starts=starts,
@@ -179,12 +181,11 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     except Preempted as preempted:
         keep_inputs(preempted)
         raise
-    floors = [trust.noise_floor(raw, None if binned_from else m) for raw, m in  # the counts as measured
-              zip(measured_counts, measured if measured is not None else [None] * len(regions))]
+    floors = [trust.noise_floor(raw, None if binned_from else m)  # the counts as measured
+              for raw, m in zip(measured_counts, each_measured)]
     free_floors = floors if binned_from else [
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
-        for raw, r, m, f in zip(measured_counts, regions, measured if measured is not None else [None] * len(regions),
-                                floors)]
+        for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]
 
     def stage_of(result, runs, searching) -> Stage:
         return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
