@@ -51,6 +51,27 @@ def test_results_are_files_first_and_redis_only_caches_them_within_its_bound(sto
     assert store.redis.zcard(store.keys.cache_index) == 0 and int(store.redis.get(store.keys.cache_bytes)) == 0
 
 
+def test_a_record_field_written_after_redis_was_emptied_does_not_hide_the_scan_from_its_restore(store, tmp_path):
+    """A worker's late field (``put_result`` writes the record after the result) lands in an emptied Redis
+    as a record hash with no list entry: the restore still rebuilds and lists the scan."""
+    from services.ingest.scanfile import ScanFile
+    from shared.wire.messages import Start
+
+    start = Start(type="start", scan="late", frames=4, shape=(16, 16), dtype="uint32")
+    scan = ScanFile.create(start, tmp_path / "late", {"started": time.time()})
+    for index in range(4):
+        scan.add(index, np.ones((16, 16), np.uint32))
+    scan.close({"state": "complete", "frames_received": 4, "ended": time.time()})
+    store.put_result("late", "nn", np.ones((8, 8, 8), np.float32), np.zeros((8, 8, 8), np.float32),
+                     {"seq": 1, "final": True, "frames_used": 4})
+    for key in store.redis.scan_iter(f"{store.settings.key_prefix}:*"):  # Redis emptied
+        store.redis.delete(key)
+    store.update_scan("late", result_nn={"frames_used": 4})  # the late field, in the empty Redis
+    assert store.restore_from_disk() == {"restored": 1, "queued": 1}
+    records, total = store.list_scans(None, 10, 0)
+    assert total == 1 and records[0]["scan"] == "late" and records[0]["state"] == "complete"
+
+
 def test_retention_never_deletes_what_is_still_needed():
     now, old = 1e9, 1e9 - 30 * retention.DAY
     records = [{"scan": "acquiring", "state": "acquiring", "started": old},

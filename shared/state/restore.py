@@ -14,15 +14,15 @@ class Restore:
     Part of ``Store``: uses its ``redis``, ``keys`` and ``settings``."""
 
     def restore_from_disk(self) -> dict:
-        """Every scan in DATA_DIR that Redis does not know gets its record and result infos back from its
+        """Every scan in DATA_DIR that Redis does not list gets its record and result infos back from its
         files (``shared.state.results``); nothing is recomputed: a complete scan with an NN result but no refined
         one is queued for refinement, as it was; a binned refined one with no full-grid result is queued
         for its full-grid stage. Returns counts."""
         restored = queued = 0
         for raw in sorted(self.settings.data_dir.glob("*/frames.h5")):
             scan = raw.parent.name
-            if self.redis.exists(self.keys.scan(scan)):
-                continue
+            if self.redis.zscore(self.keys.scans, scan) is not None:
+                continue  # listed; a record hash alone may be a worker's late field written after the loss
             rebuilt = results.record_from_files(raw.parent)
             if rebuilt is None:
                 continue
