@@ -141,3 +141,16 @@ def test_the_live_preview_starts_from_the_last_one():
                                                                                           8, 8, 8)
     assert PREVIEW_PLAN.starts[0] == "previous" and PREVIEW_PLAN.polish_steps == 0
     assert np.array_equal(starts[0, 0], last) and np.array_equal(starts[1, 0], np.abs(prediction[1]))
+
+
+def test_a_scans_random_starts_do_not_depend_on_its_batch():
+    """A run again batches only the scans left uncertain: each scan's random starts are its own."""
+    from shared.solver.starts import candidate_starts
+
+    rng = np.random.default_rng(4)
+    prediction = (rng.random((3, 8, 8, 8)) * np.exp(1j * rng.random((3, 8, 8, 8)))).astype(np.complex64)
+    names = ("random", "flat", "random")
+    batch = candidate_starts(prediction, names, seed=1).reshape(3, len(names), 8, 8, 8)
+    alone = candidate_starts(prediction[2:], names, seed=1)
+    assert np.array_equal(batch[2], alone) and not np.array_equal(alone[0], alone[2])
+    assert not np.array_equal(candidate_starts(prediction[2:], names, seed=2)[0], alone[0])

@@ -16,6 +16,8 @@ its twin. So several starts are run side by side and the data decide:
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from shared.physics.metrics import point_inversion, twin
@@ -42,17 +44,19 @@ STARTS = {"flat": _flat, "nn": _nn, "twin": lambda obj, rng: twin(obj), "flat_tw
 
 def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) -> np.ndarray:
     """(B, n, n, n) complex predictions → (B·S, n, n, n) starts, scan-major (scan b's starts are rows b·S … b·S+S−1).
-    ``warm``: per scan, the start ``previous`` (None where a scan has none)."""
+    ``warm``: per scan, the start ``previous`` (None where a scan has none).
+
+    Each scan draws its random starts from ``seed`` and its own prediction: its answer does not depend on which
+    scans share its batch (a run again batches only the scans left uncertain)."""
     unknown = [n for n in names if n not in STARTS and n != "previous"]
     if unknown:
         raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)} or previous")
-    rng = np.random.default_rng(seed)
     warm = [None] * len(prediction) if warm is None else warm
 
-    def start(name, obj, previous):
-        if name == "previous":
-            return previous if previous is not None else _flat(obj, rng)
-        return STARTS[name](obj, rng)
+    def starts_of(obj, previous):
+        rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])
+        return [previous if name == "previous" and previous is not None else
+                _flat(obj, rng) if name == "previous" else STARTS[name](obj, rng) for name in names]
 
-    return np.stack([start(name, obj, previous) for obj, previous in zip(prediction, warm)
-                     for name in names]).astype(np.complex64)
+    return np.stack([start for obj, previous in zip(prediction, warm)
+                     for start in starts_of(obj, previous)]).astype(np.complex64)
