@@ -98,7 +98,9 @@ def test_uncertainty_is_zero_for_agreeing_solutions_and_sees_where_they_differ()
     assert spread[inside].mean() > trust.AGREEMENT and spread[inside].max() > 0.12 and spread[~inside].max() == 0
     # judge(chi_free, its floor, the data's floor, support fraction, uncertainty, support)
     assert trust.judge(0.05, 0.0, 0.0, 0.1, None) == ("uncertain", "model")
-    assert trust.judge(0.02, 0.0, 0.0, 0.1, None) == ("converged", None)
+    assert trust.judge(0.01, 0.0, 0.0, 0.1, None) == ("converged", None)
+    assert trust.judge(0.015, 0.0, 0.0, 0.1, None) == ("uncertain", "model")  # noise-free data hide no misfit
+    assert trust.judge(0.015, 0.001, 0.001, 0.1, None) == ("converged", None)  # the model's allowance on counts
     assert trust.judge(0.05, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "disagreement")
     assert trust.judge(0.1, 0.05, 0.05, 0.1, spread, inside) == ("uncertain", "search")  # above, and they differ
     assert trust.judge(0.05, 0.2, 0.2, 0.1, None) == ("uncertain", "photons")  # too few photons to promise 0.1 rad

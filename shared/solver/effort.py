@@ -80,10 +80,12 @@ def _answer(result: Converged, k: int, measured: np.ndarray | None) -> tuple[flo
 
 def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarray:
     """The other solutions that stand for the best answer's uncertainty: the best answer of another run
-    when that one reached the free floor too (two independent searches that both fit), else the best
-    run's own other finalists (a run stuck in a wrong basin says nothing about the right answer's spread)."""
+    when that one fits too (two independent searches; within the model's allowance, which a first run
+    stopped short of noise-free data's stricter one still meets), else the best run's own other finalists
+    (a run stuck in a wrong basin says nothing about the right answer's spread)."""
     ranked = sorted(answers, key=lambda answer: answer[0])
-    good = [obj for chi_free, obj, free in ranked[1:] if trust.reached_free_floor(chi_free, free_floor, free)]
+    good = [obj for chi_free, obj, free in ranked[1:]
+            if trust.reached_free_floor(chi_free, free_floor, free, allowance=trust.MODEL_ALLOWANCE)]
     return np.repeat(good[0][None], len(own), 0) if good else own
 
 
