@@ -53,10 +53,14 @@ def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) ->
         raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)} or previous")
     warm = [None] * len(prediction) if warm is None else warm
 
+    def start(name, obj, previous, rng):
+        if name == "previous":
+            return previous if previous is not None else _flat(obj, rng)
+        return STARTS[name](obj, rng)
+
     def starts_of(obj, previous):
-        rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])
-        return [previous if name == "previous" and previous is not None else
-                _flat(obj, rng) if name == "previous" else STARTS[name](obj, rng) for name in names]
+        rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])  # the scan's own
+        return [start(name, obj, previous, rng) for name in names]
 
     return np.stack([start for obj, previous in zip(prediction, warm)
                      for start in starts_of(obj, previous)]).astype(np.complex64)
