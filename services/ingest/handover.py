@@ -33,6 +33,7 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14+: map every page now (the mmap module doe
 SMALL_PART = 65536  # parts up to this size are handed over as bytes (headers: JSON and pydantic want bytes)
 INLINE = -1  # a note's position when the parts travel with it
 ALIGN = 64
+WAIT_FIRST_S, WAIT_LONGEST_S = 0.0002, 0.002  # a full ring is polled ever less often: each wake costs CPU the storing needs
 
 
 def aligned(nbytes: int) -> int:
@@ -121,11 +122,13 @@ class Writer:
         if total > ring.size // 2 or (self.overflow and ring.lacks_room(head, total)):
             self.notes.send_multipart([note(INLINE, 0, lengths), *parts])
             return
+        pause = WAIT_FIRST_S
         while ring.lacks_room(head, total):  # full: the storing process is behind
             if self.stop():  # told to stop: this message goes inline rather than nowhere
                 self.notes.send_multipart([note(INLINE, 0, lengths), *parts])
                 return
-            time.sleep(0.0002)
+            time.sleep(pause)
+            pause = min(2 * pause, WAIT_LONGEST_S)
         at = start
         for part, n in zip(parts, lengths):
             ring.view[at:at + n] = part.buffer if isinstance(part, zmq.Frame) else part

@@ -104,11 +104,13 @@ def crop_shape(volume: np.ndarray, centre, size: int = NETWORK_SIZE, target: flo
     return tuple(shape)
 
 
-def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE) -> np.ndarray:
+def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE, precision=np.float64) -> np.ndarray:
     """DCT → keep the low-frequency block of ``size`` (an int or one per axis) → inverse DCT.
 
     Orthonormal transforms are used and the result is rescaled so that mean
-    values are preserved (a constant stays the same constant).
+    values are preserved (a constant stays the same constant). ``precision``: float64 keeps faint voxels'
+    counts exact next to a bright peak (a refinement's data); float32, 2.5× faster, is enough for an input
+    normalised to its maximum (the network's: errors ~1e-6 of the peak).
     """
     m = volume.shape
     sizes = (size,) * volume.ndim if np.isscalar(size) else tuple(size)
@@ -116,11 +118,12 @@ def dct_downsample(volume: np.ndarray, size=NETWORK_SIZE) -> np.ndarray:
         raise InputError(f"volume {m} is smaller than {sizes}")
     if tuple(m) == sizes:
         return np.asarray(volume, np.float32)
-    out = np.asarray(volume, np.float64)
+    out = np.asarray(volume, precision)
     for axis, (n, t) in enumerate(zip(m, sizes)):  # the transform pair along each axis is one t × n matrix
         if n != t:
-            out = np.moveaxis(np.tensordot(_dct_resampler(n, t), out, axes=([1], [axis])), 0, axis)
-    out *= np.sqrt(np.prod([t / s for t, s in zip(sizes, m)]))
+            out = np.moveaxis(np.tensordot(_dct_resampler(n, t).astype(precision, copy=False), out,
+                                           axes=([1], [axis])), 0, axis)
+    out *= precision(np.sqrt(np.prod([t / s for t, s in zip(sizes, m)])))
     return out.astype(np.float32)
 
 
@@ -154,8 +157,8 @@ def network_input(intensity_volume: np.ndarray, size: int = NETWORK_SIZE, centre
         raise InputError(f"need a 3D intensity of at least {size} per axis, got {vol.shape}")
     centre = bragg_peak(vol) if centre is None else tuple(int(c) for c in centre)
     cropped = crop_around(vol, centre, crop or crop_shape(vol, centre, size))
-    magnitude = np.sqrt(np.clip(cropped, 0, None))
-    small = np.clip(dct_downsample(magnitude, size), 0, None)
+    magnitude = np.sqrt(np.maximum(cropped, 0))
+    small = np.maximum(dct_downsample(magnitude, size, np.float32), 0)
     peak = small.max()
     return small / peak if peak > 0 else small
 
