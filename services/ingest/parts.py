@@ -213,9 +213,9 @@ class SharedStream:
         start = Start.model_validate_json(shared["start"])
         if len(self.ingest.scans) >= self.ingest.settings.max_concurrent_scans:
             raise Rejected("too many concurrent scans")
-        mask, source = self.ingest.pixel_mask(start, [b"", shared["mask"]])
-        dark = self.ingest.detector_file(self.ingest.settings.dark_file, start.shape)
-        flat, _ = self.ingest.flat_field(start.shape)
+        mask, source = self.ingest.calibration.pixel_mask(start, shared["mask"])
+        dark = self.ingest.calibration.dark(start.shape)
+        flat, _ = self.ingest.calibration.flat_field(start.shape)
         settings = self.ingest.settings
         record = {"scan": name, "started": time.time(), "ingest": self.ingest.name}  # the owner's is the record
         scan = ScanFile.create(start, settings.data_dir / name, record, settings.ingest_roi_px, self.ingest.scratch,

@@ -34,6 +34,7 @@ import zmq
 from threadpoolctl import threadpool_limits
 
 from services.ingest import assembly
+from services.ingest.calibration import DetectorFiles
 from services.ingest.scanfile import ScanFile
 from services.ingest.dectris import DectrisTranslator
 from services.ingest.parts import SharedStream
@@ -41,7 +42,6 @@ from services.ingest.rejected import Rejected
 from services.ingest.receive import Receiver, part_address
 from shared.wire import codecs, detector, framefiles
 from shared.state import retention, scheduling
-from shared.wire.files import read_array
 from shared.wire.messages import End, Frame, Start, parse_header
 from shared.state.settings import Settings
 from shared.state.store import Store
@@ -116,7 +116,7 @@ class Ingest:
         assembly.remove_stale(self.scratch)
         self.assembler = self.start_assembler()
         self.computing: list[tuple[ScanFile, dict, Future]] = []  # (scan, job fields, input being computed), in order
-        self.mask_files: dict = {}  # PIXEL_MASK_FILE, read once
+        self.calibration = DetectorFiles(settings)  # mask, dark and flat-field files, read once
         # several receivers on one stream: this one's part of each scan, met in Redis (``parts``)
         self.shared = SharedStream(self) if settings.ingest_receivers > 1 else None
         self.last_idle = 0.0  # when the receive loop last found its socket empty
@@ -285,9 +285,9 @@ class Ingest:
             raise Rejected("scan id already used")
         if start.proposal is None:  # whose data the scan is, in the record and in every file of it
             start = start.model_copy(update={"proposal": self.settings.default_proposal})
-        mask, source = self.pixel_mask(start, parts)
-        dark = self.detector_file(self.settings.dark_file, start.shape)
-        flat, flat_source = self.flat_field(start.shape)
+        mask, source = self.calibration.pixel_mask(start, parts[1] if len(parts) > 1 else None)
+        dark = self.calibration.dark(start.shape)
+        flat, flat_source = self.calibration.flat_field(start.shape)
         record = {"scan": start.scan, "state": "acquiring", "frames_expected": start.frames, "frames_received": 0,
                   "duplicates": 0, "out_of_order": 0, "shape": list(start.shape), "dtype": start.dtype,
                   "geometry": start.geometry.model_dump() if start.geometry else None, "started": time.time(),
@@ -304,46 +304,6 @@ class Ingest:
         self.later(start.scan, {"event": "start", "frames_expected": start.frames})
         self.count("scans_started")
         self.sync(force=True)
-
-    def flat_field(self, shape) -> tuple[np.ndarray | None, str | None]:
-        """(the flat field for frames of ``shape``, the file it came from): FLAT_FIELD_FILE's, else the one of
-        WHITEFIELD_FILE (``detector.flat_from_whitefield``); (None, None) where neither fits the frames."""
-        flat = self.detector_file(self.settings.flat_field_file, shape)
-        if flat is not None:
-            return flat, str(self.settings.flat_field_file)
-        white = self.detector_file(self.settings.whitefield_file, shape)
-        if white is None:
-            return None, None
-        key = ("whitefield", self.settings.whitefield_file)
-        if key not in self.mask_files:
-            self.mask_files[key] = detector.flat_from_whitefield(white)
-        return self.mask_files[key], f"{self.settings.whitefield_file} (whitefield)"
-
-    def detector_file(self, path, shape) -> np.ndarray | None:
-        """A per-detector array from settings (read once), used where its shape is the frames'."""
-        if path is None:
-            return None
-        if path not in self.mask_files:
-            try:
-                self.mask_files[path] = read_array(path)
-            except Exception as exc:  # a broken settings file must not stop scans: said once, not used
-                log.error("%s unreadable (%s); scans go without it", path, exc)
-                self.mask_files[path] = None
-        values = self.mask_files[path]
-        return values if values is not None and values.shape == tuple(shape) else None
-
-    def pixel_mask(self, start: Start, parts) -> tuple[np.ndarray | None, str]:
-        """The scan's pixel mask: the start message's own, else the detector's file in settings
-        (PIXEL_MASK_FILE, used where its shape is the frames'); flags at the dtype's maximum in any case."""
-        if start.pixel_mask is not None:
-            try:
-                return start.mask_array(parts[1]), start.pixel_mask.source
-            except ValueError as exc:
-                raise Rejected(str(exc)) from None
-        mask = self.detector_file(self.settings.pixel_mask_file, start.shape)
-        if mask is not None:
-            return mask, f"settings: {self.settings.pixel_mask_file}"
-        return None, "dtype maximum only"
 
     def file_name(self) -> str:
         return "frames.h5" if self.shared is None else framefiles.part_name(self.settings.ingest_receiver)
