@@ -33,7 +33,8 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14+: map every page now (the mmap module doe
 SMALL_PART = 65536  # parts up to this size are handed over as bytes (headers: JSON and pydantic want bytes)
 INLINE = -1  # a note's position when the parts travel with it
 ALIGN = 64
-WAIT_FIRST_S, WAIT_LONGEST_S = 0.0002, 0.002  # a full ring is polled ever less often: each wake costs CPU the storing needs
+# a full ring is polled ever less often: each wake costs CPU that the storing process, which is behind, needs
+WAIT_FIRST_S, WAIT_LONGEST_S = 0.0002, 0.002
 
 
 def aligned(nbytes: int) -> int:
