@@ -62,5 +62,5 @@ def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) ->
         rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])  # the scan's own
         return [start(name, obj, previous, rng) for name in names]
 
-    return np.stack([start for obj, previous in zip(prediction, warm)
-                     for start in starts_of(obj, previous)]).astype(np.complex64)
+    return np.stack([candidate for obj, previous in zip(prediction, warm)
+                     for candidate in starts_of(obj, previous)]).astype(np.complex64)
