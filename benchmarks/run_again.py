@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import variants  # noqa: E402
 
-VARIANTS = ("shipped", "short", "erhio4")
+VARIANTS = ("shipped", "short", "erhio4")  # also: "no_photons" (no run again where the floor is above NOISE_LIMIT)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -48,6 +48,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
 
         if variant == "short":
             effort.AGAIN_CONVERGE = REFINE_PLAN.converge
+        if variant == "no_photons":
+            effort.AGAIN_SLACK = float("inf")
+        if variant.startswith("stall"):  # e.g. stall0.02
+            effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor()
         began = time.perf_counter()
         refined = stages.reconstruct(intensity, predictor, refine=True)["refined"]

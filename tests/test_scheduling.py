@@ -10,7 +10,7 @@ import redis
 from services.worker.backlog import RefineBacklog
 from shared.state import scheduling
 from shared.solver.evaluation import held_out_set
-from shared.solver.plans import Checkpoint, Preempted, converge
+from shared.solver.plans import Checkpoint, Plan, Preempted, converge, stall_checks
 from shared.state.settings import Settings, keys
 from shared.state.scheduling import Job
 
@@ -54,6 +54,33 @@ def test_a_preempted_refinement_resumes_exactly_where_it_stopped(tmp_path):
         assert phases and np.array_equal(result.obj, whole.obj) and np.array_equal(result.chi, whole.chi)
         assert result.start == whole.start
     assert "polish" in phases and "converge" in phases
+
+
+def test_a_converge_that_stops_runs_on_free_chi_resumes_exactly_where_it_stopped(tmp_path):
+    """With ``converge_stall`` some runs stop at the end of an ER stretch and the rest go on without them; a
+    preemption in between keeps which runs stopped, and the answer is the uninterrupted run's, bit for bit."""
+    intensity, truth = held_out_set(2, 9910)
+    start = np.abs(truth).astype(np.complex64)
+    plan = Plan(starts=("random", "flat"), explore=(), converge="3*(20*ER+30*HIO)+20*ER", converge_stall=0.5,
+                polish_steps=0)
+    assert stall_checks(plan.converge) == [20, 70, 120]
+    whole = converge(intensity, start, plan=plan, seed=1)
+    asked, checkpoint, stopped = [0], None, []
+
+    def yield_now():
+        asked[0] += 1
+        return asked[0] % 17 == 0
+
+    while True:
+        try:
+            result = converge(intensity, start, plan=plan, seed=1, yield_now=yield_now, resume=checkpoint)
+            break
+        except Preempted as preempted:
+            preempted.checkpoint.save(tmp_path / "c.npz")
+            checkpoint = Checkpoint.load(tmp_path / "c.npz")
+            stopped.append(int(checkpoint.arrays.get("stopped", np.zeros(1, bool)).sum()))
+    assert max(stopped) > 0, "a generous stall stops some runs"
+    assert np.array_equal(result.obj, whole.obj) and np.array_equal(result.chi_free, whole.chi_free)
 
 
 @pytest.fixture

@@ -301,6 +301,20 @@ def masked_chi(obj: np.ndarray, magnitude_unshifted: np.ndarray, mask: np.ndarra
     return np.sqrt((diff**2).sum(AXES) / np.maximum(((magnitude_unshifted * mask) ** 2).sum(AXES), 1e-30))
 
 
+def write_back(full: PhasingState, part: PhasingState, index: np.ndarray) -> None:
+    """The runs ``index`` of ``full`` take on where ``part`` (``select(full, index)``, run on alone) got to."""
+    if part is full:
+        return
+    full.obj, full.support = np.array(full.obj), np.array(full.support)
+    full.obj[index], full.support[index], full.iteration = part.obj, part.support, part.iteration
+    if full.background is not None:
+        full.background = np.array(full.background)
+        full.background[index] = part.background
+    if full.chi is not None and part.chi is not None:
+        full.chi = np.array(full.chi)
+        full.chi[index] = part.chi
+
+
 def select(state: PhasingState, index: np.ndarray) -> PhasingState:
     """The runs ``index`` of a batch, to go on alone (dropping starts that lost)."""
     pick = lambda a: None if a is None else a[index]  # noqa: E731

@@ -46,6 +46,7 @@ AGAIN_COHERENCE = (0.0, 0.5, 1.0, (0.5, 0.5, 0.5))
 # converge is 100): a crystal unlike the network's training set (a dislocation's phase vortex, a box-filling rod)
 # needs HIO's long search, which a start near the answer does not
 AGAIN_CONVERGE = PAPER_SCHEDULE
+AGAIN_STALL = 0.0  # stop on free χ (``Plan.converge_stall``): a run whose χ_free gains less over an ER-to-ER stretch stops
 SMALL_GRID = 64**3
 AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
@@ -129,7 +130,7 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
     again_plan = dataclasses.replace(plan, starts=AGAIN_STARTS, coherence=AGAIN_COHERENCE,
-                                     converge=AGAIN_CONVERGE)
+                                     converge=AGAIN_CONVERGE, converge_stall=AGAIN_STALL)
     for attempt in range(1, MAX_RUNS):
         todo = needs_more(best, floors, free_floors, measured)
         if not todo:

@@ -52,6 +52,8 @@ class Plan:
     starts: tuple = ("flat", "nn", "twin", "flat_twin")
     explore: tuple = (("10*ER+10*HIO", 2), ("10*HIO", 2))  # rounds: (schedule, starts kept per scan after it)
     converge: str = "80*HIO+20*ER"
+    converge_stall: float = 0.0  # stop on free χ: a run whose χ_free gained less than this fraction over a stretch
+    # of the converge (ER end to ER end) stops there; 0: every run converges to the end
     coherence: tuple = ()  # partial coherence: blurs tried with every start, each σ (voxels) on the detector axes or
     # three σ (rocking, rows, columns): ``coherence.sigmas_of``
     background: bool = True  # fit a flat background to photon counts (EM, with the projections: ``shared.physics.coherence``)
@@ -77,6 +79,8 @@ class Plan:
             steps[0] += ", flat background fitted"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
         steps += [self.converge] if self.converge else []
+        if self.converge and self.converge_stall:
+            steps[-1] += f" (a run stops where an ER stretch gains < {100 * self.converge_stall:g} % χ_free)"
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
         steps += [f"{self.final} on all data"] if self.final else []
         steps += [f"≤ {self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
@@ -233,6 +237,48 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             run.advance(state, CHUNK)
         return run.result()
 
+    def converge_runs() -> np.ndarray:
+        """The plan's converge. With ``converge_stall`` (stop on free χ), at the end of each ER stretch but the
+        last a run whose χ_free gained less than that fraction since the last one stops there, with that ER
+        iterate; the others go on without it (its FFTs saved). Preempted, it keeps which runs stopped."""
+        nonlocal state
+        checks = stall_checks(plan.converge) if plan.converge_stall else []
+        if not checks:
+            return run_chunked(plan.converge, 10, {})
+        stopped = arrays.get("stopped", np.zeros(len(state.obj), bool))
+        last = arrays.get("last_free", np.full(len(state.obj), np.inf))
+        run = phasing.ScheduleRun(plan.converge, 10, done, arrays.get("mean"))
+        free_rows = np.repeat(np.broadcast_to(free_unshifted, magnitude.shape), names.shape[1], axis=0)
+        going = np.flatnonzero(~stopped)
+        full, state = state, phasing.select(state, going) if stopped.any() else state
+        try:
+            while not run.finished and len(going):
+                if yield_now is not None and yield_now():
+                    lap("converge")
+                    phasing.write_back(full, state, going)
+                    raise Preempted(Checkpoint("converge", run.done, names.ravel().tolist(), full.iteration,
+                                               {"obj": full.obj, "support": full.support, "mean": run.mean,
+                                                "widths": widths, "background": full.background,
+                                                "stopped": stopped, "last_free": last}, timings))
+                run.advance(state, CHUNK)
+                if run.done in checks:
+                    now = phasing.masked_chi(state.obj, state.magnitude, free_rows[going], state.coherence,
+                                             state.background)
+                    stall = now > (1 - plan.converge_stall) * last[going]
+                    last[going] = now
+                    if stall.any():
+                        phasing.write_back(full, state, going)
+                        stopped[going[stall]] = True
+                        going, state = going[~stall], phasing.select(state, np.flatnonzero(~stall))
+                        run.mean = None if run.mean is None else run.mean[~stall]
+            averaged = np.array(full.obj)
+            if len(going):
+                averaged[going] = run.result()
+            return averaged
+        finally:
+            phasing.write_back(full, state, going)
+            state = full
+
     for phase in phases[phases.index(phase):]:
         if phase.startswith("explore"):  # successive halving: losing starts stop early
             schedule, keep = rounds[int(phase.split(":")[1])]
@@ -244,7 +290,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             state = phasing.select(state, (ranked + alive * np.arange(batch)[:, None]).ravel())
             lap("explore")
         elif phase == "converge":
-            obj = run_chunked(plan.converge, 10, {}) if plan.converge else state.obj
+            obj = converge_runs() if plan.converge else state.obj
             obj = obj * state.support
             lap("converge")
         elif phase == "tighten" and plan.tighten:  # noise fitted in the support's faint skirt goes;
@@ -289,7 +335,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         if phase == "converge" or phase == "tighten":
             state.obj = obj
         done = 0
-        arrays.pop("mean", None)
+        for name in ("mean", "stopped", "last_free"):
+            arrays.pop(name, None)
     else:
         support = state.support
         chi = phasing.project_chi(obj, magnitude, mask, coherence_of(widths[:, :1], magnitude.shape[1:]),
@@ -299,6 +346,17 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
                      arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64),
                      flat)
+
+
+def stall_checks(schedule: str) -> list[int]:
+    """Where a converge may stop a run: after each ER stretch but the last (an ER iterate is a fit, a HIO one a search
+    in progress)."""
+    ends, at = [], 0
+    for name, count in phasing.parse_schedule(schedule):
+        at += count
+        if name == "ER":
+            ends.append(at)
+    return ends[:-1]
 
 
 def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
