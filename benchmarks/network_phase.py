@@ -12,6 +12,7 @@ For each crystal family (``shared.physics.families``) at a seed no training set 
     short          ``SHORT_PLAN``: 120 iterations from the network's answer alone: do its starts shorten the plan?
 
     .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
+    .venv/bin/python benchmarks/network_phase.py --weights shipped:plain,shipped   # without and with mirror averaging
                      [--count 48] [--seed 9940] [--families facets,defects,fill] [--network-only] [--json out.json]
 """
 
@@ -81,7 +82,8 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="shipped", help="comma-separated weight files ('shipped': the default)")
+    parser.add_argument("--weights", default="shipped", help="comma-separated weight files ('shipped': the default; "
+                        "a ':plain' suffix: without mirror averaging)")
     parser.add_argument("--count", type=int, default=48)
     parser.add_argument("--seed", type=int, default=9940)
     parser.add_argument("--families", default=",".join(families.NAMES))
@@ -90,7 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for weights in args.weights.split(","):
-        predictor = Predictor(None if weights == "shipped" else weights)
+        path, _, mode = weights.partition(":")  # "…:plain": one answer per pattern, not the mirrors' average
+        predictor = Predictor(None if path == "shipped" else path, mirrored=mode != "plain")
         predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # graph built outside timings
         for family in args.families.split(","):
             measured = measure(predictor, family, args.count, args.seed, args.network_only)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from shared.nn import loss, network
+from shared.nn import loss, mirrors, network
 from shared.nn.data import ShardBatches, truncate_frames
 from shared.nn.fft import far_field_magnitude
 from shared.nn.training import PhysicsAwareTrainer, TrainConfig, train
@@ -167,3 +167,31 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
 
     _, card = load_model(tmp_path / "tuned" / "final.weights.h5")  # the run's model.json names the architecture
     assert card["width"] == 4 and card["friedel"]
+
+
+def test_a_mirrored_crystal_diffracts_into_the_mirrored_pattern(batch):
+    """The symmetry mirror averaging rests on: |F| of ρ mirrored on any axes is |F| of ρ mirrored the same way."""
+    amp, phase, mag = batch
+    obj = (amp * np.exp(1j * phase)).astype(np.complex64)
+    for axes in mirrors.MIRRORS:
+        mirrored = np.sqrt(np.stack([fourier.intensity(o) for o in mirrors.mirror(obj, axes)]))
+        np.testing.assert_allclose(mirrored / mirrored.max(axis=(1, 2, 3), keepdims=True),
+                                   mirrors.mirror(mag, axes), atol=1e-5)
+
+
+def test_mirror_averaging_keeps_an_answer_every_mirror_agrees_on(batch):
+    """A network that answered each mirror image exactly (some as the twin, with any global phase) is averaged
+    back to its plain answer."""
+    amp, phase, _ = batch
+    obj = (amp * np.exp(1j * phase)).astype(np.complex64)
+    rng = np.random.default_rng(3)
+    answers = []
+    for k, axes in enumerate(mirrors.MIRRORS):
+        answer = mirrors.mirror(obj, axes) * np.exp(1j * rng.uniform(-np.pi, np.pi))
+        answers.append(mirrors.mirror(np.conj(answer), (1, 2, 3)) if k % 3 == 1 else answer)  # some twins
+    answers = np.concatenate(answers)
+    plain = answers[:len(obj)]
+    a, p = mirrors.average(np.abs(answers), np.angle(answers))
+    np.testing.assert_allclose(a, amp, atol=1e-5)
+    inside = amp > 0.1
+    np.testing.assert_allclose(np.angle(np.exp(1j * (p - np.angle(plain))))[inside], 0, atol=1e-4)

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from shared.physics.errors import InputError
-from shared.nn import network
+from shared.nn import mirrors, network
 from shared.physics import downsample, metrics
 from shared.physics.downsample import to_input_grid
 
@@ -74,16 +74,24 @@ class Prediction:
 class Predictor:
     """Loaded once, called many times (CLI, inference worker)."""
 
-    def __init__(self, weights: str | Path | None = None, batch_size: int = 64):
+    def __init__(self, weights: str | Path | None = None, batch_size: int = 64, mirrored: bool = True):
         use_all_cores()
         self.model, self.card = load_model(weights)
         self.batch_size = batch_size
+        self.mirrored = mirrored  # the answers to the mirror images of each pattern, averaged (``mirrors``)
 
     def predict_magnitudes(self, magnitudes: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw network outputs for (B, 32, 32, 32) magnitudes normalised to max 1."""
+        """The network's answers for (B, 32, 32, 32) magnitudes normalised to max 1: amplitude and phase."""
         magnitudes = np.asarray(magnitudes, np.float32)
         if magnitudes.ndim != 4 or magnitudes.shape[1:] != (network.SIZE,) * 3:
             raise InputError(f"network input must be (B, 32, 32, 32), got {magnitudes.shape}")
+        if not self.mirrored:
+            return self._predict(magnitudes, progress)
+        tick = None if progress is None else (lambda n: progress(n / len(mirrors.MIRRORS)))
+        return mirrors.average(*self._predict(np.ascontiguousarray(mirrors.images(magnitudes)), tick))
+
+    def _predict(self, magnitudes: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw network outputs, ``batch_size`` at a time."""
         amps, phases = [], []
         for first in range(0, len(magnitudes), self.batch_size):
             out = self.model.predict_on_batch(magnitudes[first:first + self.batch_size])
