@@ -35,7 +35,8 @@ def mirror(x: np.ndarray, axes) -> np.ndarray:
 
 
 def images(magnitudes: np.ndarray) -> np.ndarray:
-    """(B, …) magnitudes → (M·B, …), M = len(MIRRORS): every mirror image of the batch, mirror by mirror (the plain batch first)."""
+    """(B, …) magnitudes → (M·B, …), M = len(MIRRORS): every mirror image of the batch, mirror by mirror (the
+    plain batch first)."""
     return np.concatenate([mirror(magnitudes, axes) for axes in MIRRORS])
 
 
