@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import variants  # noqa: E402
 
-VARIANTS = ("shipped", "short", "erhio4")  # also: "no_photons" (no run again where the floor is above NOISE_LIMIT)
+VARIANTS = ("shipped", "short", "erhio4")
+# also: "no_photons" (no run again where the floor is above NOISE_LIMIT), "stall<fraction>" (``effort.AGAIN_STALL``),
+# "plain_network" (the network's plain answer, without the mirror average)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -52,7 +54,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.AGAIN_SLACK = float("inf")
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
-        predictor = Predictor()
+        predictor = Predictor(mirrored=variant != "plain_network")
         began = time.perf_counter()
         refined = stages.reconstruct(intensity, predictor, refine=True)["refined"]
         obj = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
