@@ -12,8 +12,8 @@ For each crystal family (``shared.physics.families``) at a seed no training set 
     short          ``SHORT_PLAN``: 120 iterations from the network's answer alone: do its starts shorten the plan?
 
     .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
-    .venv/bin/python benchmarks/network_phase.py --weights shipped:plain,shipped   # without and with mirror averaging
                      [--count 48] [--seed 9940] [--families facets,defects,fill] [--network-only] [--json out.json]
+    .venv/bin/python benchmarks/network_phase.py --weights shipped:plain,shipped   # without and with mirror averaging
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """3D-CDI-NN: shapes, the keras.ops FFT, the loss, save/load, training and resume."""
 
+import itertools
 import json
 
 import keras
@@ -173,7 +174,7 @@ def test_a_mirrored_crystal_diffracts_into_the_mirrored_pattern(batch):
     """The symmetry mirror averaging rests on: |F| of ρ mirrored on any axes is |F| of ρ mirrored the same way."""
     amp, phase, mag = batch
     obj = (amp * np.exp(1j * phase)).astype(np.complex64)
-    for axes in mirrors.MIRRORS:
+    for axes in [axes for count in range(4) for axes in itertools.combinations((1, 2, 3), count)]:
         mirrored = np.sqrt(np.stack([fourier.intensity(o) for o in mirrors.mirror(obj, axes)]))
         np.testing.assert_allclose(mirrored / mirrored.max(axis=(1, 2, 3), keepdims=True),
                                    mirrors.mirror(mag, axes), atol=1e-5)
