@@ -225,15 +225,19 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - clock
         clock = time.perf_counter()
 
+    def preempted(run: phasing.ScheduleRun, extra: dict) -> Preempted:
+        """Where the phase's schedule stopped, every run of ``state`` and the phase's own arrays (``extra``)."""
+        lap(phase.split(":")[0])
+        return Preempted(Checkpoint(phase, run.done, names.ravel().tolist(), state.iteration,
+                                    {"obj": state.obj, "support": state.support, "mean": run.mean,
+                                     "widths": widths, "background": state.background, **extra}, timings))
+
     def run_chunked(schedule: str, average_last: int, extra: dict) -> np.ndarray:
         """The phase's schedule, from ``done`` on, yielding between chunks."""
         run = phasing.ScheduleRun(schedule, average_last, done, arrays.get("mean"))
         while not run.finished:
             if yield_now is not None and yield_now():
-                lap(phase.split(":")[0])
-                raise Preempted(Checkpoint(phase, run.done, names.ravel().tolist(), state.iteration,
-                                           {"obj": state.obj, "support": state.support, "mean": run.mean,
-                                            "widths": widths, "background": state.background, **extra}, timings))
+                raise preempted(run, extra)
             run.advance(state, CHUNK)
         return run.result()
 
@@ -254,12 +258,9 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         try:
             while not run.finished and len(going):
                 if yield_now is not None and yield_now():
-                    lap("converge")
                     phasing.write_back(full, state, going)
-                    raise Preempted(Checkpoint("converge", run.done, names.ravel().tolist(), full.iteration,
-                                               {"obj": full.obj, "support": full.support, "mean": run.mean,
-                                                "widths": widths, "background": full.background,
-                                                "stopped": stopped, "last_free": last}, timings))
+                    state = full
+                    raise preempted(run, {"stopped": stopped, "last_free": last})
                 run.advance(state, CHUNK)
                 if run.done in checks:
                     now = phasing.masked_chi(state.obj, state.magnitude, free_rows[going], state.coherence,
