@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.solver import effort, trust, yardstick
+from shared.solver import effort, stages, trust, yardstick
 from shared import plots
 from shared.nn.data import magnitude_of, truncate_frames
 from shared.physics import coherence, crystals, families, metrics, phasing
@@ -24,6 +24,7 @@ from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
 
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SUCCESS = 0.1  # rad: plain RMS phase error below this is a success
+REFINED = "refined stage (NN → ER/HIO → AD)"
 
 
 def held_out_set(count: int, seed: int, photons=(1e5, 1e7)):
@@ -98,21 +99,12 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     (amp, phase), nn_s = timed(lambda: predictor.predict_magnitudes(magnitudes))
     nn = (amp * np.exp(1j * phase)).astype(np.complex64)
 
-    from shared.solver.stages import free_floor_of
+    def refined_stage():  # the service's own path (`reconstruct --refine`): its answers, χ and verdicts exactly
+        return stages.reconstruct(intensity, predictor, refine=True)["refined"]
 
-    counting = [trust.photon_step(v) is not None for v in intensity]  # a background is fitted to counts
-
-    def refined_with_effort():  # as the service runs it
-        first = converge(intensity, nn, plan=REFINE_PLAN, counting=counting)
-        floors = [trust.noise_floor(v) for v in intensity]
-        free_floors = [free_floor_of(v, True, v.shape, first.free, f) for v, f in zip(intensity, floors)]
-        return effort.refine_with_effort(intensity, nn, None, REFINE_PLAN, floors, free_floors, first,
-                                         counting)[0], free_floors
-
-    (stage, free_floors), refine_s = timed(refined_with_effort)
-    refined = stage.obj
-    trusted, trust_s = timed(lambda: trust_of(stage, intensity, free_floors))
-    refine_s += trust_s  # the verdict and the uncertainty map are part of the stage's answer
+    stage, refine_s = timed(refined_stage)
+    refined = (stage.amplitude * np.exp(1j * stage.phase)).astype(np.complex64)
+    trusted = trust_of(stage)
     preview, preview_s = timed(lambda: converge(intensity, nn, plan=PREVIEW_PLAN).obj)  # as the service: no background
     baselines = {}
     for starts in (1, 4):
@@ -125,7 +117,7 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     if cohere:
         with tqdm(total=count, desc=f"{family}: cohere-core ×4 and GA", unit="scan") as bar:
             yardsticks = cohere_rows(intensity, bar)
-    methods = {"refined stage (NN → ER/HIO → AD)": (refined, nn_s + refine_s),
+    methods = {REFINED: (refined, refine_s),  # its own network call included
                "preview (the refined plan without its polish, all frames)": (preview, nn_s + preview_s),
                "3D-CDI-NN": (nn, nn_s),
                "ER/HIO, 1 random start": baselines[1],
@@ -137,6 +129,7 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     for name, (estimates, _) in tqdm(methods.items(), desc=f"{family}: metrics"):
         results[name] = all_errors(estimates, truth)
         results[name]["chi"] = [metrics.chi(e, i) for e, i in zip(estimates, intensity)]
+    results[REFINED]["chi"] = [float(c) for c in stage.chi]  # its file's χ: its model's, with blur and background
     plots.distributions(results, out / f"errors_{family}.png", f"{family} family, held out (n={count})")
     middle = int(np.argsort(results["3D-CDI-NN"]["phase_unweighted"])[count // 2])
     show = {"truth": truth[middle], "3D-CDI-NN": nn[middle], "refined": refined[middle],
@@ -147,7 +140,7 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     plots.curve(list(FRACTIONS), {k: v["median"] for k, v in partial.items()}, out / f"partial_{family}.png",
                 "fraction of rocking frames acquired", "median plain phase error (rad)",
                 f"{family}: live preview on partial scans")
-    errors_refined = results["refined stage (NN → ER/HIO → AD)"]["phase_unweighted"]
+    errors_refined = results[REFINED]["phase_unweighted"]
     return {"tuning": family == families.TUNING, "scans": kinds,
             "calibration": calibration(trusted, errors_refined),
             "seconds_per_scan": {name: (t / count if t is not None else None) for name, (_, t) in methods.items()},
@@ -156,20 +149,14 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
             "partial": partial}
 
 
-def trust_of(stage, intensity, free_floors) -> list[dict]:
-    """Per scan of a ``converge`` result: the trust fields the service gives it, and the mean phase
-    uncertainty over the crystal."""
-    from shared.solver.stages import trust_fields
-
-    rows = []
-    for k, (obj, alternatives, fitted, volume) in enumerate(zip(stage.obj, stage.alternatives, stage.support,
-                                                                  intensity)):
-        spread = trust.phase_spread(obj, list(alternatives))
-        support = np.abs(obj) > 0.1 * np.abs(obj).max()
-        fields = trust_fields(float(stage.chi_free[k]), free_floors[k], trust.noise_floor(volume),
-                              trust.free_fraction(fitted), spread, support)
-        rows.append({"chi": metrics.chi(obj, volume), **fields, "uncertainty": float(spread[support].mean())})
-    return rows
+def trust_of(stage) -> list[dict]:
+    """Per scan of the refined stage (``stages.reconstruct``): the trust fields its file, the API and the page
+    give it, its χ as written there (its model's: blur and background) and the mean phase uncertainty over the
+    crystal."""
+    info = stage.info
+    keys = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "chi_floor_fitted")
+    return [{"chi": float(stage.chi[k]), **{key: info[key][k] for key in keys},
+             "uncertainty": float(stage.uncertainty[k][stage.support[k]].mean())} for k in range(len(stage.chi))]
 
 
 def calibration(rows: list[dict], errors: list[float]) -> dict:
@@ -259,13 +246,11 @@ def real_sets(data: Path, real_size: int) -> dict[str, tuple[np.ndarray, np.ndar
 
 def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE) -> dict:
     """Every real set: χ of the written refined result and of `phase-retrieve --starts 4` against the same input."""
-    from shared.solver.stages import reconstruct
-
     summary = {}
     for k, (name, (intensity, counts)) in enumerate(real_sets(data, real_size).items()):
-        stages, ours_s = timed(lambda: reconstruct(intensity[None], predictor, refine=True,
-                                                   counts=None if counts is None else counts[None]))
-        refined, nn = stages["refined"], stages["nn"]
+        result, ours_s = timed(lambda: stages.reconstruct(intensity[None], predictor, refine=True,
+                                                          counts=None if counts is None else counts[None]))
+        refined, nn = result["refined"], result["nn"]
         ours = refined.amplitude[0] * np.exp(1j * refined.phase[0])
         (objects, _, _), erhio_s = timed(lambda: phasing.phase_retrieve(intensity[None], starts=4, seed=k))
         ea, ep, _ = metrics.canonical(objects[0], phase_outside=True)  # as phase-retrieve writes it
@@ -331,7 +316,7 @@ def report(s: dict) -> str:
         lines += ["cohere-core was left out of this run (`--no-cohere`, or not installed).", ""]
     lines += ["## Summary", "", "| family | refined stage right | ER/HIO ×4 right | cohere best of 4 right | called converged "
               "| right among converged | time vs ER/HIO ×4 |", "|---|---|---|---|---|---|---|"]
-    ref, four, cohere4 = "refined stage (NN → ER/HIO → AD)", "ER/HIO, 4 random starts", "cohere-core, best of 4"
+    ref, four, cohere4 = REFINED, "ER/HIO, 4 random starts", "cohere-core, best of 4"
     for name, f in s["families"].items():
         v = f["calibration"]["verdicts"]
         called = v["converged"]["right"] + v["converged"]["wrong"]
@@ -371,13 +356,15 @@ def report(s: dict) -> str:
 def family_report(name: str, f: dict, count: int) -> list[str]:
     med, times = f["median"], f["seconds_per_scan"]
     lines = ["", f"## Family {name}{' (tuning family)' if f['tuning'] else ' (never tuned on)'}", "",
-             "| method | success | median plain phase error (rad) | median amplitude error | median χ | time per scan "
+             "| method | success | median plain phase error (rad) | median amplitude error | median χ (its model ¹) | time per scan "
              "| median weighted phase error |", "|---|---|---|---|---|---|---|"]
     for method, m in med.items():
         t = times.get(method)
         t = "—" if t is None else (f"{1000 * t:.1f} ms" if t < 1 else f"{t:.2f} s")
         lines.append(f"| {method} | {f['success'][method]}/{count} | {m['phase_unweighted']:.3f} "
                      f"| {m['amplitude']:.3f} | {m['chi']:.3f} | {t} | {m['phase']:.3f} |")
+    lines += ["", "¹ χ = ‖s·M − √I‖ / ‖√I‖: for the refined stage M is its model's, with the partial-coherence blur "
+              "and the flat background it fitted (its file's χ); for the other methods the plain, coherent model."]
     c = f["calibration"]
     v = c["verdicts"]
     called = v["converged"]["right"] + v["converged"]["wrong"]
