@@ -27,6 +27,8 @@ from benchmarks import variants  # noqa: E402
 
 VARIANTS = ("shipped", "short", "erhio4")
 # also: "no_photons" (no run again where the floor is above NOISE_LIMIT), "stall<fraction>" (``effort.AGAIN_STALL``),
+# "runs<n>" (``effort.MAX_RUNS``: runs2 is the refined stage without the textbook's own search), "textbook_all"
+# (that search for photon-limited scans too),
 # "plain_network" (the network's plain answer, without the mirror average)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
@@ -52,6 +54,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.AGAIN_CONVERGE = REFINE_PLAN.converge
         if variant == "no_photons":
             effort.AGAIN_SLACK = float("inf")
+        if variant.startswith("runs"):  # e.g. runs2: without the textbook's own search (``effort.MAX_RUNS``)
+            effort.MAX_RUNS = int(variant[len("runs"):])
+        if variant == "textbook_all":  # the textbook's search for photon-limited scans too
+            effort.TEXTBOOK_PHOTON_LIMITED = True
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -154,3 +154,28 @@ def test_a_scans_random_starts_do_not_depend_on_its_batch():
     alone = candidate_starts(prediction[2:], names, seed=1)
     assert np.array_equal(batch[2], alone) and not np.array_equal(alone[0], alone[2])
     assert not np.array_equal(candidate_starts(prediction[2:], names, seed=2)[0], alone[0])
+
+
+def test_the_textbook_start_ignores_the_network_and_the_last_run_searches_from_it():
+    """``box``: a random phase in a centred box of half the grid whatever the prediction (the search a network's
+    shape cannot bias); the runs after the first are the run again, then the textbook's own search from such
+    starts, every one of them converging, coherent, shrink-wrapped every 20 iterations as the textbook."""
+    from shared.physics.phasing import box_support
+    from shared.solver import effort
+    from shared.solver.plans import REFINE_PLAN
+    from shared.solver.starts import candidate_starts
+
+    rng = np.random.default_rng(5)
+    prediction = np.zeros((2, 8, 8, 8), np.complex64)
+    prediction[0, 1:3, 1:3, 1:3] = 1  # a shape in a corner: the box start does not follow it
+    prediction[1] = rng.random((8, 8, 8))
+    starts = candidate_starts(prediction, ("box", "box"), seed=1).reshape(2, 2, 8, 8, 8)
+    box = box_support((8, 8, 8))
+    for scan in starts:
+        assert np.all(scan[:, ~box] == 0) and np.allclose(np.abs(scan[:, box]), 1)
+        assert not np.allclose(scan[0], scan[1])  # each its own random phase
+    again, textbook = effort.again_plans(REFINE_PLAN)
+    assert again.starts == effort.AGAIN_STARTS and len(again.coherence) > 1
+    assert textbook.starts == effort.TEXTBOOK_STARTS and set(textbook.starts) == {"box"}
+    assert textbook.explore == (("", len(textbook.starts)),) and textbook.coherence == ()
+    assert textbook.shrink_every == 20 and textbook.converge == effort.AGAIN_CONVERGE

@@ -220,7 +220,7 @@ def test_a_run_again_cut_short_in_the_service_puts_its_job_back(tmp_path):
 
 def test_a_job_resumed_after_its_run_again_was_cut_runs_only_the_run_again(tmp_path, monkeypatch):
     """The refined stage as the service runs it (``requeue_again``): cut in its run again, then resumed from the
-    checkpoint it left, it converges once (the run again), and the scans that ran again have 2 runs."""
+    checkpoint it left, it converges once (the run again), and the scans that ran again have their runs."""
     from shared.solver import stages
     from shared.solver.plans import Checkpoint, Preempted
 
@@ -231,7 +231,7 @@ def test_a_job_resumed_after_its_run_again_was_cut_runs_only_the_run_again(tmp_p
     real = stages.converge
     monkeypatch.setattr(stages, "converge", lambda *a, **k: runs.append(1) or real(*a, **k))  # counts, runs it
     first = stages.refined_stage(intensity, amplitude, phase, crops, on_input_grid=False)
-    assert max(first.info["runs"]) == 2, "this set should hold a scan that runs again"
+    assert max(first.info["runs"]) >= 2, "this set should hold a scan that runs again"
     runs.clear()
     with pytest.raises(Preempted) as cut:  # fresher work comes a few iterations into the run again
         stages.refined_stage(intensity, amplitude, phase, crops, on_input_grid=False, requeue_again=True,

@@ -303,7 +303,10 @@ def report(s: dict) -> str:
              "instead, each with every partial-coherence blur σ ∈ {"
              f"{', '.join(s.get('again_coherence') or map(coherence.blur_name, effort.AGAIN_COHERENCE))}}} voxels "
              "(one number: the detector axes; three: rocking, rows, columns; the lowest χ_free "
-             f"wins), up to {effort.MAX_RUNS} runs (adaptive effort, `shared/solver/effort.py`).",
+             "wins)" + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
+                        "starts of random phase in a centred box of half the grid, each converging as long, coherent"
+                        if effort.MAX_RUNS > 2 else "") +
+             f"; {effort.MAX_RUNS} runs at most (adaptive effort, `shared/solver/effort.py`).",
              "", f"Preview: {s['preview_plan']}.", "", f"Verdict rule: {s['rule']}.", ""]
     if s.get("cohere"):
         lines += [f"cohere-core {_version('cohere-core')} (APS), numpy backend, as its users run it: "

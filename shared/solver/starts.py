@@ -10,6 +10,9 @@ its twin. So several starts are run side by side and the data decide:
 - ``flat_twin``: the inverted amplitude with a flat phase;
 - ``random``: the predicted amplitude with a random phase (an ordinary
   random start, but inside the network's support);
+- ``box``: the textbook's start, independent of the network: a random phase in a
+  centred box of half the grid (``phasing.box_support``, as ``phase-retrieve``
+  and cohere start), for a search the network's shape cannot bias;
 - ``previous``: the last answer for the same scan (``warm``: the live view's
   preview from fewer frames), else the predicted amplitude with a flat phase.
 """
@@ -21,6 +24,7 @@ import zlib
 import numpy as np
 
 from shared.physics.metrics import point_inversion, twin
+from shared.physics.phasing import box_support
 
 
 def _flat(obj, rng):
@@ -39,7 +43,12 @@ def _random(obj, rng):
     return np.abs(obj) * np.exp(1j * rng.uniform(-np.pi, np.pi, obj.shape))
 
 
-STARTS = {"flat": _flat, "nn": _nn, "twin": lambda obj, rng: twin(obj), "flat_twin": _flat_twin, "random": _random}
+def _box(obj, rng):
+    return box_support(obj.shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, obj.shape))
+
+
+STARTS = {"flat": _flat, "nn": _nn, "twin": lambda obj, rng: twin(obj), "flat_twin": _flat_twin, "random": _random,
+          "box": _box}
 
 
 def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) -> np.ndarray:

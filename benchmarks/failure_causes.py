@@ -1,0 +1,83 @@
+"""Why is the refined stage wrong where it is (issue 31)? A search that missed, or data that do not tell?
+
+For each crystal family (``shared.physics.families``) at a seed, every scan is refined as the service refines it
+(``stages.reconstruct(…, refine=True)``), and once more from the **true crystal**: the refined plan's last steps
+(``20*ER`` → tighten → ``20*ER`` on all data → AD polish) with every partial-coherence blur the run again tries,
+the lowest χ_free kept, exactly as the service would choose among them. No search can start nearer the answer.
+A wrong answer (plain phase error ≥ 0.1 rad) is then
+
+    search      the truth's fit is right and predicts the withheld voxels better (lower χ_free) than the wrong
+                answer: the data prefer the crystal; more search, selected by χ_free, would find it
+    blind       the truth's fit is right, but the wrong answer's χ_free is as low or lower: the withheld voxels
+                cannot tell them apart, so no selection by the data can
+    data        the truth's fit is itself wrong: these data, with this forward model, do not hold the crystal to
+                0.1 rad (too few photons, a blur, a model that misses)
+
+    .venv/bin/python benchmarks/failure_causes.py [--count 24] [--seed 9991] [--families facets,defects,fill]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import variants  # noqa: E402
+
+RIGHT = 0.1  # rad
+CAUSES = ("search", "blind", "data")
+
+
+def run_case(family: str, variant: str, count: int, seed: int) -> dict:
+    import dataclasses
+
+    import numpy as np
+
+    from shared.nn.inference import Predictor
+    from shared.solver import effort, evaluation, stages, trust
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    intensity, truth, kinds = evaluation.population(family, count, seed)
+    refined = stages.reconstruct(intensity, Predictor(), refine=True)["refined"]
+    answer = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
+    errors = np.array(evaluation.all_errors(answer, truth)["phase_unweighted"])
+    from_truth = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
+                                     coherence=effort.AGAIN_COHERENCE)
+    counting = [trust.photon_step(v) is not None for v in intensity]
+    held = converge(intensity, truth.astype(np.complex64), plan=from_truth, warm=list(truth.astype(np.complex64)),
+                    counting=counting)
+    truth_errors = np.array(evaluation.all_errors(held.obj, truth)["phase_unweighted"])
+    answer_free = np.array(refined.info["chi_free"], np.float64)
+    causes = []
+    for k in range(count):
+        if errors[k] < RIGHT:
+            causes.append("right")
+        elif truth_errors[k] >= RIGHT:
+            causes.append("data")
+        else:
+            causes.append("search" if held.chi_free[k] < answer_free[k] else "blind")
+    return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < RIGHT).sum()),
+            "truth_right": int((truth_errors < RIGHT).sum()), **{c: causes.count(c) for c in CAUSES},
+            "errors": [round(float(e), 4) for e in errors], "truth_errors": [round(float(e), 4) for e in truth_errors],
+            "chi_free": [round(float(c), 5) for c in answer_free],
+            "truth_chi_free": [round(float(c), 5) for c in held.chi_free], "causes": causes, "kinds": kinds}
+
+
+def main() -> None:
+    args = variants.arguments(__doc__.splitlines()[0], 9991, ("shipped",))
+    if args.case:
+        print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
+        return
+    rows = variants.run_each(__file__, args.families.split(","), args,
+                             brief=("errors", "truth_errors", "chi_free", "truth_chi_free", "causes", "kinds"))
+    print("\n| family | right | right from the truth | wrong: search | wrong: blind | wrong: data |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['family']} | {r['right']}/{r['count']} | {r['truth_right']}/{r['count']} | {r['search']} "
+              f"| {r['blind']} | {r['data']} |")
+
+
+if __name__ == "__main__":
+    main()
