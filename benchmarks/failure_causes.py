@@ -46,8 +46,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     from_truth = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
                                      coherence=effort.AGAIN_COHERENCE)
     counting = [trust.photon_step(v) is not None for v in intensity]
-    held = converge(intensity, truth.astype(np.complex64), plan=from_truth, warm=list(truth.astype(np.complex64)),
-                    counting=counting)
+    crystal = truth.astype(np.complex64)
+    held = converge(intensity, crystal, plan=from_truth, warm=list(crystal), counting=counting)
     truth_errors = np.array(evaluation.all_errors(held.obj, truth)["phase_unweighted"])
     answer_free = np.array(refined.info["chi_free"], np.float64)
     causes = []

@@ -80,15 +80,17 @@ def again_plans(plan: Plan) -> list[Plan]:
     return [again, textbook][:MAX_RUNS - 1]
 
 
-def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | None) -> list[int]:
+def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | None,
+               photon_limited: bool = True) -> list[int]:
     """The scans of a run that get another: judged on their own grid (the run's χ_free against its withheld
-    voxels' floor, its support as the free voxels)."""
+    voxels' floor, its support as the free voxels). ``photon_limited`` False: none whose floor is above
+    NOISE_LIMIT."""
     todo = []
     for k, obj in enumerate(result.obj):
         chi_free, _, free = _answer(result, k, measured)
         blurred = trust.is_blurred(None if result.coherence is None else result.coherence[k])
         if floors[k] > trust.NOISE_LIMIT:  # never "converged": again only while above the free floor
-            if chi_free > AGAIN_SLACK * trust.free_floor(free_floors[k], free):
+            if photon_limited and chi_free > AGAIN_SLACK * trust.free_floor(free_floors[k], free):
                 todo.append(k)
             continue
         if not trust.reached_free_floor(chi_free, free_floors[k], free, blurred):  # uncertain whatever the spread
@@ -158,12 +160,9 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
                                background=np.array(first.background),
                                alternatives=None if first.alternatives is None else np.array(first.alternatives))
     answers = [[_answer(first, k, measured)] for k in range(len(first.obj))]  # every run's best, per scan
-    plans = again_plans(plan)
-    for attempt in range(1, MAX_RUNS):
-        again_plan = plans[attempt - 1]
-        todo = needs_more(best, floors, free_floors, measured)
-        if attempt > 1 and not TEXTBOOK_PHOTON_LIMITED:
-            todo = [k for k in todo if floors[k] <= trust.NOISE_LIMIT]
+    for attempt, again_plan in enumerate(again_plans(plan), start=1):
+        textbook = again_plan.starts == TEXTBOOK_STARTS
+        todo = needs_more(best, floors, free_floors, measured, photon_limited=TEXTBOOK_PHOTON_LIMITED or not textbook)
         if not todo:
             break
         if attempt == 1 and before_again is not None:
