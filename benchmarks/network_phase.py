@@ -10,6 +10,8 @@ For each crystal family (``shared.physics.families``) at a seed no training set 
     refined        the refined stage's first run (``REFINE_PLAN`` from the network's starts, no run again):
                    right and seconds per scan: do the network's starts improve it?
     short          ``SHORT_PLAN``: 120 iterations from the network's answer alone: do its starts shorten the plan?
+    real data      χ of the network's answer against the two real sets' 32³ network inputs (no truth there, and
+                   no training set holds them); the paper's own network's answer for its example is the yardstick
 
     .venv/bin/python benchmarks/network_phase.py --weights shipped,runs/new/final.weights.h5
                      [--count 48] [--seed 9940] [--families facets,defects,fill] [--network-only] [--json out.json]
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.nn.data import magnitude_of, truncate_frames  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
-from shared.physics import families  # noqa: E402
+from shared.physics import downsample, families, metrics  # noqa: E402
 from shared.solver import evaluation, trust  # noqa: E402
 from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, Plan, converge  # noqa: E402
 
@@ -80,6 +82,19 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
             "refined s per scan": refined_s, "short s per scan": short_s}
 
 
+def real_inputs(data: Path) -> dict[str, np.ndarray]:
+    """The two real sets as the network sees them: 32³ magnitudes (max 1)."""
+    paper = np.load(data / "paper-example" / "ft_downsampled_32.npy").astype(np.float32)
+    with np.load(data / "aps-34idc-scan54" / "frames.npz") as z:
+        scan54 = downsample.network_input(z["frames"].astype(np.float32))
+    return {"paper example": paper / paper.max(), "scan 54": scan54}
+
+
+def real_chi(predictor: Predictor, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    amp, phase = predictor.predict_magnitudes(np.stack(list(inputs.values())))
+    return {name: metrics.chi(a * np.exp(1j * p), m**2) for name, a, p, m in zip(inputs, amp, phase, inputs.values())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="shipped", help="comma-separated weight files ('shipped': the default; "
@@ -89,19 +104,27 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(families.NAMES))
     parser.add_argument("--network-only", action="store_true", help="the network and the flat phase only (seconds)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the real sets")
     args = parser.parse_args()
-    rows = []
+    rows, real = [], {}
+    inputs = real_inputs(args.data) if args.data.is_dir() else {}
+    if inputs:
+        paper_nn = np.load(args.data / "paper-example" / "nn_output_32.npy")
+        real["the paper's network"] = {"paper example": metrics.chi(paper_nn, inputs["paper example"] ** 2)}
     for weights in args.weights.split(","):
         path, _, mode = weights.partition(":")  # "…:plain": one answer per pattern, not the mirrors' average
         predictor = Predictor(None if path == "shipped" else path, mirrored=mode != "plain")
         predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # graph built outside timings
+        if inputs:
+            real[weights] = real_chi(predictor, inputs)
+            print(json.dumps({"weights": weights, "real χ": real[weights]}), flush=True)
         for family in args.families.split(","):
             measured = measure(predictor, family, args.count, args.seed, args.network_only)
             row = {"weights": weights, "family": family, **measured}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"families": rows, "real χ": real}, indent=1))
     print("\n| weights | family | network phase | flat phase | network beats flat | amplitude | "
           "preview 60 % right | preview 100 % right | refined right | refined s/scan | short plan right | "
           "short s/scan |")
@@ -115,6 +138,13 @@ def main() -> None:
               f"{r['amplitude']:.3f} | {r['preview 60 % right']}/{n} | {r['preview 100 % right']}/{n} | "
               f"{r['refined right']}/{n} | {r['refined s per scan']:.2f} | {r['short right']}/{n} | "
               f"{r['short s per scan']:.2f} |")
+
+    if real:
+        print("\nχ of the network's answer against the real sets' 32³ inputs (lower fits the data better):\n")
+        print("| weights | paper example | scan 54 |\n|---|---|---|")
+        for name, chis in real.items():
+            print(f"| {name} | {chis['paper example']:.3f} | " + (f"{chis['scan 54']:.3f} |" if "scan 54" in chis
+                                                                      else "— |"))
 
 
 if __name__ == "__main__":
