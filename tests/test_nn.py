@@ -10,7 +10,7 @@ import pytest
 from shared.nn import loss, mirrors, network
 from shared.nn.data import ShardBatches, truncate_frames
 from shared.nn.fft import far_field_magnitude
-from shared.nn.training import PhysicsAwareTrainer, TrainConfig, train
+from shared.nn.training import PhysicsAwareTrainer, TrainConfig, parse_schedule, train
 from shared.physics import crystals, fourier
 
 
@@ -144,6 +144,15 @@ def test_resume_continues_exactly(tmp_path):
     train(TrainConfig(out=str(tmp_path / "cut"), schedule="shape=1,joint=2", **common), progress=False)
     state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["epoch"], state["global_epoch"]) == (1, 2, 3)  # a longer last stage continues
+
+
+def test_settle_is_the_joint_stage_at_a_tenth_of_the_rate():
+    joint, settle = parse_schedule("joint=20,settle=8")
+    assert (joint.epochs, settle.epochs) == (20, 8)
+    assert settle.trainable == joint.trainable and settle.weights == joint.weights
+    assert settle.learning_rate == pytest.approx(joint.learning_rate / 10)
+    with pytest.raises(ValueError, match="NAME=EPOCHS"):
+        parse_schedule("settle")
 
 
 def test_fine_tuning_starts_from_the_given_weights(tmp_path):
