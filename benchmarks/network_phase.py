@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,8 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(families.NAMES))
     parser.add_argument("--network-only", action="store_true", help="the network and the flat phase only (seconds)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the real sets")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data")),
+                        help="the real sets")
     args = parser.parse_args()
     rows, real = [], {}
     inputs = real_inputs(args.data) if args.data.is_dir() else {}
