@@ -85,10 +85,10 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
 
 def real_inputs(data: Path) -> dict[str, np.ndarray]:
     """The two real sets as the network sees them: 32³ magnitudes (max 1)."""
-    paper = np.load(data / "paper-example" / "ft_downsampled_32.npy").astype(np.float32)
+    paper = np.load(data / "paper-example" / "ft_downsampled_32.npy").astype(np.float32) ** 2  # magnitudes
     with np.load(data / "aps-34idc-scan54" / "frames.npz") as z:
-        scan54 = downsample.network_input(z["frames"].astype(np.float32))
-    return {"paper example": paper / paper.max(), "scan 54": scan54}
+        scan54 = z["frames"].astype(np.float32)
+    return {"paper example": downsample.network_input(paper), "scan 54": downsample.network_input(scan54)}
 
 
 def real_chi(predictor: Predictor, inputs: dict[str, np.ndarray]) -> dict[str, float]:

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -43,9 +43,10 @@ STAGES = {
     "shape": lambda n: Stage("shape", n, ("enc", "latent", "amp"), (1.0, 0.0, 0.0), 1e-3),
     "strain": lambda n: Stage("strain", n, ("pha",), (1.0, 5.0, 2.0), 1e-3),
     "joint": lambda n: Stage("joint", n, ("enc", "latent", "amp", "pha"), (1.0, 5.0, 2.0), 3e-4),
-    # the joint stage at a tenth of its rate: fine-tuned weights jump between epochs at 3e-4, and settle here
-    "settle": lambda n: Stage("settle", n, ("enc", "latent", "amp", "pha"), (1.0, 5.0, 2.0), 3e-5),
 }
+# the joint stage at a tenth of its rate: fine-tuned weights jump between epochs at 3e-4, and settle here
+STAGES["settle"] = lambda n: replace(STAGES["joint"](n), name="settle",
+                                     learning_rate=STAGES["joint"](n).learning_rate / 10)
 
 
 def parse_schedule(text: str) -> list[Stage]:
