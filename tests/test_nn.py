@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared.nn import loss, mirrors, network
-from shared.nn.data import ShardBatches, truncate_frames
+from shared.nn.data import ShardBatches, flagged_pixels, truncate_frames
 from shared.nn.fft import far_field_magnitude
 from shared.nn.training import PhysicsAwareTrainer, TrainConfig, parse_schedule, train
 from shared.physics import crystals, fourier
@@ -103,6 +103,33 @@ def test_batches_are_deterministic(tmp_path):
     assert np.array_equal(a[1][0], b[1][0])
     b.epoch = 3
     assert not np.array_equal(a[1][0], b[1][0])
+
+
+def test_flaws_are_a_gap_beside_the_peak_filled_as_the_service_fills_it(batch):
+    """A module gap through every frame within 4 pixels of the peak, inpainted by the service's own
+    ``detector.inpaint``; targets keep the full magnitude."""
+    from shared.wire import detector
+
+    amp, phase, _ = batch
+    intensity = np.stack([fourier.intensity(fourier.make_object(a, p)) for a, p in zip(amp, phase)])
+    bad = flagged_pixels(intensity[0], np.random.default_rng(5))
+    assert bad.any() and (bad == bad[:1]).all()  # the same pixels in every frame
+    peak = np.unravel_index(intensity[0].argmax(), intensity[0].shape)
+    columns = [np.flatnonzero(bad[0].all(axis=1 - k)) for k in range(2)]  # rows or columns wholly flagged
+    assert any(len(c) and np.abs(c - peak[1 + k]).min() <= 6 for k, c in enumerate(columns))
+    data = {"intensity": intensity, "amplitude": amp, "phase": phase}
+    kept, flawed = (ShardBatches(data, np.arange(4), 4, seed=2, partial_probability=0, flaw_probability=p)[0]
+                    for p in (0, 1))
+    assert np.array_equal(kept[1]["magnitude"], flawed[1]["magnitude"])
+    assert np.isfinite(flawed[0]).all() and np.allclose(flawed[0].max(axis=(1, 2, 3)), 1)
+    for before, after in zip(kept[0], flawed[0]):  # the same symmetry drawn: only the flagged pixels differ
+        bright = before > 0.01
+        scale = np.median(after[bright] / before[bright])
+        changed = ~np.isclose(after / scale, before, rtol=1e-3, atol=1e-6)
+        assert 0 < changed.mean() <= (3 * 32 + 8) / 32 ** 2  # at most a 3-column gap and 8 dead pixels
+    hole = np.zeros((32, 32, 32), bool)
+    hole[:, :, 15:17] = True
+    assert np.all(detector.inpaint(intensity[0], hole)[hole] > 0)  # the service's fill leaves no zeros
 
 
 def test_targets_are_canonical_twins(batch):

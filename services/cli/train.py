@@ -21,6 +21,8 @@ def add_arguments(p):
     p.add_argument("--schedule", default="shape=4,strain=4,joint=14", help="stages and their epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--partial-probability", type=fraction, default=0.5, help="share of truncated rocking curves")
+    p.add_argument("--flaw-probability", type=fraction, default=0.5,
+                   help="share of scans given a module gap and dead pixels, inpainted as the service does")
     p.add_argument("--twin", default="canonical", choices=["canonical", "min"],
                    help="twin image: canonical targets, or the smaller loss of prediction and twin")
     p.add_argument("--init", type=Path, help="weights to start from (fine-tuning; ignored when resuming)")
@@ -39,7 +41,8 @@ def run(args):
         raise InputError(str(exc)) from None
     config = TrainConfig(data=[str(p) for p in args.data], out=str(args.out), width=args.width,
                          batch_size=args.batch, steps_per_epoch=args.steps_per_epoch, schedule=args.schedule,
-                         seed=args.seed, partial_probability=args.partial_probability, precision=args.precision,
+                         seed=args.seed, partial_probability=args.partial_probability,
+                         flaw_probability=args.flaw_probability, precision=args.precision,
                          twin=args.twin, init=str(args.init or ""))
     summary = train(config)
     print(json.dumps(summary["final"], indent=1))

@@ -7,7 +7,12 @@ resumed run sees exactly the data an uninterrupted one would have. Augmentation:
 - truncated rocking curves: with probability ``partial_probability`` only the
   first k frames (axis 0) are kept, k from 30% to 100%, the rest zero — what the
   streaming service sees while a scan is running. The Fourier loss still
-  compares against the full, noiseless magnitude.
+  compares against the full, noiseless magnitude;
+- flagged detector pixels: with probability ``flaw_probability`` a module gap
+  (1–3 columns of one detector axis, through every frame, beside the peak) and a
+  few dead pixels are dropped and inpainted exactly as the service fills them
+  (``shared.wire.detector.inpaint``), so the network learns what a filled hole
+  looks like; the target is still the full magnitude.
 Twin image: with ``canonical_twin`` each target is replaced, when needed, by its
 twin so that its ``handedness`` is non-negative (shared.physics.metrics): both
 twins give the same input, so the network is shown one answer, not two.
@@ -22,6 +27,7 @@ import scipy.fft as sfft
 
 from shared.physics.errors import InputError
 from shared.physics.metrics import canonical_twin
+from shared.wire import detector
 
 
 def load_shards(paths, size: int = 32) -> dict[str, np.ndarray]:
@@ -57,16 +63,33 @@ def truncate_frames(magnitude: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return out / np.maximum(out.max(axis=(1, 2, 3), keepdims=True), 1e-30)
 
 
+def flagged_pixels(volume: np.ndarray, rng: np.random.Generator, dead: int = 8) -> np.ndarray:
+    """Where a real detector holds no count, for one frames-first volume: a module gap of 1–3 columns along
+    one detector axis, starting within 4 pixels of the Bragg peak, and up to ``dead`` dead pixels, both
+    through every frame."""
+    n = volume.shape
+    axis = int(rng.integers(1, 3))
+    peak = np.unravel_index(int(volume.argmax()), n)[axis]
+    width = int(rng.integers(1, 4))
+    start = int(np.clip(peak + rng.integers(-4, 5), 0, n[axis] - width))
+    pixels = np.zeros(n[1:], bool)
+    pixels[(slice(None),) * (axis - 1) + (slice(start, start + width),)] = True
+    count = int(rng.integers(0, dead + 1))
+    pixels[rng.integers(0, n[1], count), rng.integers(0, n[2], count)] = True
+    return np.broadcast_to(pixels, n)
+
+
 class ShardBatches(keras.utils.PyDataset):
     """Batches of (magnitude, {amplitude, phase, magnitude}) for the physics-aware loss."""
 
     def __init__(self, data, indices, batch_size=16, seed=0, augment=True, partial_probability=0.5,
-                 min_fraction=0.3, canonical=True):
+                 min_fraction=0.3, canonical=True, flaw_probability=0.0):
         super().__init__(workers=1, use_multiprocessing=False)
         self.data, self.indices = data, np.asarray(indices)
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.partial_probability, self.min_fraction = partial_probability, min_fraction
         self.canonical = canonical
+        self.flaw_probability = flaw_probability
         self.epoch = 0
 
     def __len__(self):
@@ -94,6 +117,10 @@ class ShardBatches(keras.utils.PyDataset):
         obj = amplitude * np.exp(1j * phase)
         clean = np.abs(sfft.fftshift(sfft.fftn(obj, axes=(1, 2, 3), workers=-1), axes=(1, 2, 3)))
         clean = (clean / clean.max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+        if self.augment and self.flaw_probability:
+            flawed = rng.random(len(pick)) < self.flaw_probability
+            intensity = np.stack([detector.inpaint(v, flagged_pixels(v, rng)) if f else v
+                                  for v, f in zip(intensity, flawed)])
         magnitude = magnitude_of(intensity)
         if self.augment and self.partial_probability:
             n = magnitude.shape[1]

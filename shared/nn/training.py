@@ -72,6 +72,7 @@ class TrainConfig:
     validation_fraction: float = 0.05
     seed: int = 0
     partial_probability: float = 0.5
+    flaw_probability: float = 0.0  # share of scans with a module gap and dead pixels, inpainted (shared.nn.data)
     precision: str = "float32"
     friedel: bool = True  # Friedel-difference input channel (shared.nn.network)
     twin: str = "canonical"  # canonical targets, or "min": twin-invariant loss (shared.nn.loss)
@@ -185,7 +186,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"twin must be 'canonical' or 'min', not {config.twin!r}")
     canonical = config.twin == "canonical"
     train_batches = ShardBatches(data, train_idx, config.batch_size, config.seed,
-                                 partial_probability=config.partial_probability, canonical=canonical)
+                                 partial_probability=config.partial_probability, canonical=canonical,
+                                 flaw_probability=config.flaw_probability)
     val_batches = ShardBatches(data, val_idx, config.batch_size, config.seed, augment=False, canonical=canonical)
     steps = min(config.steps_per_epoch, len(train_batches))
     stages = parse_schedule(config.schedule)
