@@ -8,7 +8,8 @@ scan is reconstructed (refined stage) as sent, then with two detector columns be
     flags      flagged, no mask given (flags detected from the dtype's maximum)
     mask       flagged, and the gap given as a pixel mask (``--mask``)
 
-Reports the median plain phase error (rad) of each; target: flagged within +0.03 rad of clean.
+Reports the median plain phase error (rad) of each, and each answer's verdict; target: flagged within +0.03 rad
+of clean, and no wrong answer called converged.
 
     .venv/bin/python benchmarks/detector_flags.py [--crystals 8] [--seed 4242] [--weights shipped,runs/x/final.weights.h5]
 
@@ -52,6 +53,14 @@ def phase_error(stage, truth) -> float:
     return metrics.errors(obj, truth)["phase_unweighted"]
 
 
+def judged(row: dict, name: str, stage, truth) -> None:
+    """The stage's phase error under ``name``, and its verdict (with its reason) under ``name``_verdict."""
+    row[name] = phase_error(stage, truth)
+    reason = stage.info["verdict_reason"][0]
+    row[f"{name}_verdict"] = stage.info["verdict"][0] + (f" ({reason})" if reason else "")
+    row[f"{name}_unmeasured_signal"] = stage.info["unmeasured_signal"][0]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crystals", type=int, default=8)
@@ -67,6 +76,11 @@ def main():
               f"{medians['clean']:.3f}, flags detected {medians['flags']:.3f} (+{medians['flags'] - medians['clean']:.3f}),"
               f" with --mask {medians['mask']:.3f} (+{medians['mask'] - medians['clean']:.3f}) rad; median penalty "
               f"{np.median([r['flags'] - r['clean'] for r in rows]):+.3f}", flush=True)
+        for name in ("clean", "flags"):
+            right = sum(r[name] < 0.1 for r in rows)
+            called = [r for r in rows if r[f"{name}_verdict"] == "converged"]
+            print(f"  {name}: right {right}/{len(rows)}, called converged {len(called)}, wrong among them "
+                  f"{sum(r[name] >= 0.1 for r in called)}", flush=True)
         report[weights] = {"rows": rows, "medians": medians}
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "weights": report}, indent=1))
@@ -82,13 +96,12 @@ def measure(predictor, seed: int, count: int) -> list[dict]:
         counts = np.round(intensity).astype(np.uint32)
         flagged, mask = flagged_copy(counts, rng)
         row = {"crystal": index}
-        clean = reconstruct(counts[None].astype(np.float32), predictor, refine=True)
-        row["clean"] = phase_error(clean["refined"], truth)
+        judged(row, "clean", reconstruct(counts[None].astype(np.float32), predictor, refine=True)["refined"], truth)
         bad = invalid(flagged)  # what the CLI and the service do with frames as sent
         as_sent = np.where(bad, 0, flagged).astype(np.float32)[None]
-        row["flags"] = phase_error(reconstruct(as_sent, predictor, refine=True, measured=~bad[None])["refined"], truth)
+        judged(row, "flags", reconstruct(as_sent, predictor, refine=True, measured=~bad[None])["refined"], truth)
         with_mask = ~(bad | (mask != 0))[None]
-        row["mask"] = phase_error(reconstruct(as_sent, predictor, refine=True, measured=with_mask)["refined"], truth)
+        judged(row, "mask", reconstruct(as_sent, predictor, refine=True, measured=with_mask)["refined"], truth)
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return rows

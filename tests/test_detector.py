@@ -42,26 +42,32 @@ def predictor():
     return Predictor()
 
 
-def test_flagged_gap_and_dead_pixels_cost_little_phase_error(predictor):
-    """Unseen crystals (seed 4243) with a two-column gap beside the peak and dead pixels at 2³²−1: with the flags
-    found from the dtype alone, the refined phase error stays within 0.03 rad of the unflagged scan's (the median
-    over four crystals: on one crystal near the search's edge, two searches differ by more than that by chance;
-    measured 0.02–0.06 there, both answers wrong)."""
-    penalties = []
+def test_flagged_gap_and_dead_pixels_are_left_free_and_not_trusted(predictor):
+    """Unseen crystals (seed 4243) with a two-column module gap beside the peak and dead pixels at 2³²−1, the flags
+    found from the dtype alone and left free: per crystal the flags cost less than half of what taking those
+    pixels as zero counts costs, and the answer is never called converged, since a quarter of its signal falls
+    where nothing was counted (``trust.unmeasured_signal``). Left free, the flags cost a median 0.021 rad over 48
+    crystals (``benchmarks/detector_flags.py``, seeds 4243–4248; quartiles 0.006–0.047): too spread to bound on
+    four, where a median below 0.03 held on one machine's rounding and not on another's. As zeros: 0.20–0.55 rad
+    on 8 crystals (seeds 4243 and 4249)."""
     for index in range(4):
         intensity, amplitude, phase, _, _ = crystals.simulated_scan(32, 4243, index, index, True, (1e6, 1e6))
         truth = fourier.make_object(amplitude, phase)
         counts = np.round(intensity).astype(np.uint32)
         peak = int(np.unravel_index(counts.argmax(), counts.shape)[2])
         flagged, _ = detector_flaws(counts, [peak + 1, peak + 2], [(3, 4), (20, 9), (28, 30), (9, 17), (15, 2)])
-        errors = []
-        for frames in (counts, flagged):
-            bad = detector.invalid(frames)
-            stage = reconstruct(np.where(bad, 0, frames).astype(np.float32)[None], predictor, refine=True,
-                                measured=None if not bad.any() else ~bad[None])["refined"]
-            errors.append(metrics.errors(stage.amplitude[0] * np.exp(1j * stage.phase[0]), truth)["phase_unweighted"])
-        penalties.append(errors[1] - errors[0])
-    assert np.median(penalties) < 0.03, penalties
+        bad = detector.invalid(flagged)
+        as_sent = np.where(bad, 0, flagged).astype(np.float32)[None]
+        answers = {name: reconstruct(frames, predictor, refine=True, measured=measured)["refined"]
+                   for name, (frames, measured) in {"clean": (counts.astype(np.float32)[None], None),
+                                                    "left free": (as_sent, ~bad[None]),
+                                                    "as zeros": (as_sent, None)}.items()}
+        error = {name: metrics.errors(stage.amplitude[0] * np.exp(1j * stage.phase[0]), truth)["phase_unweighted"]
+                 for name, stage in answers.items()}
+        assert error["left free"] - error["clean"] < 0.5 * (error["as zeros"] - error["clean"]), error
+        free = answers["left free"].info
+        assert free["unmeasured_signal"][0] > 0.1 and free["verdict"][0] == "uncertain", free["unmeasured_signal"]
+        assert free["verdict_reason"][0] == "photons" and answers["clean"].info["unmeasured_signal"][0] == 0
 
 
 def finished(store, scan, key="state", value="complete"):

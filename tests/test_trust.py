@@ -108,6 +108,25 @@ def test_uncertainty_is_zero_for_agreeing_solutions_and_sees_where_they_differ()
     assert trust.judge(0.015, 0.0, 0.0, 0.1, None, blurred=True) == ("uncertain", "model")
     assert trust.judge(0.008, 0.0, 0.0, 0.1, None, blurred=True) == ("converged", None)
     assert trust.is_blurred([0.0, 0.55, 0.55]) and not trust.is_blurred([0.0, 0.0, 0.0]) and not trust.is_blurred(None)
+    # too much of the answer's signal where nothing was measured: χ_free cannot judge it
+    assert trust.judge(0.01, 0.0, 0.0, 0.1, None, unmeasured=0.3) == ("uncertain", "photons")
+    assert trust.judge(0.01, 0.0, 0.0, 0.1, None, unmeasured=0.05) == ("converged", None)
+
+
+def test_unmeasured_signal_is_the_share_of_the_answers_intensity_on_unmeasured_voxels():
+    """Analytic: one voxel diffracts evenly, so its unmeasured share is the unmeasured voxels' share; a wide,
+    smooth crystal puts its signal at the centre, so a gap beside the peak costs far more than one at the edge."""
+    point = np.zeros((16, 16, 16), np.complex64)
+    point[3, 5, 7] = 1
+    measured = np.ones(point.shape, bool)
+    measured[:, :, :4] = False
+    assert trust.unmeasured_signal(point, measured) == pytest.approx(0.25, abs=1e-6)
+    assert trust.unmeasured_signal(point, None) == 0.0 == trust.unmeasured_signal(point, np.ones(point.shape, bool))
+    ball = (np.sum((np.indices((32,) * 3) - 16.0) ** 2, axis=0) < 8**2).astype(np.complex64)
+    beside, edge = np.ones(ball.shape, bool), np.ones(ball.shape, bool)
+    beside[:, :, 17:19] = False  # two columns beside the Bragg peak (index 16)
+    edge[:, :, 0:2] = False
+    assert trust.unmeasured_signal(ball, beside) > trust.UNMEASURED_LIMIT > 10 * trust.unmeasured_signal(ball, edge)
 
 
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):

@@ -134,6 +134,9 @@ def run(args):
                      "chi_free": np.array(trusted.info["chi_free"]) if was_batch else float(trusted.info["chi_free"][0]),
                      "chi_free_floor": np.array(trusted.info["chi_free_floor"]) if was_batch
                      else float(trusted.info["chi_free_floor"][0]),
+                     # the share of the answer's signal on unmeasured voxels (gaps, masks), which χ_free cannot judge
+                     "unmeasured_signal": np.array(trusted.info["unmeasured_signal"]) if was_batch
+                     else float(trusted.info["unmeasured_signal"][0]),
                      "verdict_reason": np.array([r or "" for r in trusted.info["verdict_reason"]],
                                                 dtype=h5py.string_dtype()) if was_batch
                      else trusted.info["verdict_reason"][0] or "",

@@ -21,7 +21,8 @@ DESCRIPTIONS = {
     "verdict": "the refined and full-grid stages': whether the answer can be trusted (shared.solver.trust)",
     "chi_floor": "the χ the data's own counting noise allows (refined, full)",
     "verdict_reason": "why an answer is uncertain: search (above the floor, more work may help), model (the floor is "
-                      "not reachable with this forward model), photons (the floor is too high to promise 0.1 rad), "
+                      "not reachable with this forward model), photons (the floor is too high, or too much of the signal "
+                      "unmeasured, to promise 0.1 rad), "
                       "disagreement (independent solutions differ); null when converged",
     "chi_free": "χ on 5 % of the measured voxels withheld from the fit (cross-validation, as crystallography's "
                 "R-free): fitting noise gets no credit there",
@@ -29,6 +30,9 @@ DESCRIPTIONS = {
                       "the verdict compares chi_free with it",
     "chi_floor_fitted": "the χ a right answer reaches once its support's voxels have fitted part of that noise: "
                         "chi_floor·√(1 − 2·support/voxels) (informative; the verdict reads chi_free)",
+    "unmeasured_signal": "the share of the answer's own diffracted intensity that falls on voxels holding no count "
+                         "(detector gaps, masked pixels, frames not taken), where chi_free cannot judge it; above 0.1 "
+                         "the verdict is uncertain, reason photons",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free); chi and chi_free are of that blurred model; zeros: coherent",
@@ -86,6 +90,7 @@ class StageSummary(Described):
     chi_free: float | None = None
     chi_free_floor: float | None = None
     chi_floor_fitted: float | None = None
+    unmeasured_signal: float | None = None
     coherence_blur: list[float] | None = None
     background: float | None = None
     grid: list[int] | None = None

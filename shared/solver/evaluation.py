@@ -154,7 +154,8 @@ def trust_of(stage) -> list[dict]:
     give it, its χ as written there (its model's: blur and background) and the mean phase uncertainty over the
     crystal."""
     info = stage.info
-    keys = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "chi_floor_fitted")
+    keys = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "chi_floor_fitted",
+            "unmeasured_signal")
     return [{"chi": float(stage.chi[k]), **{key: info[key][k] for key in keys},
              "uncertainty": float(stage.uncertainty[k][stage.support[k]].mean())} for k in range(len(stage.chi))]
 

@@ -228,7 +228,8 @@ def _stage(result, runs, searching, intensity, measured, regions, grid, mask, fr
                        else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
         judged.append(trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free,
-                                   spreads[-1] if len(alternatives) else None, s, result.coherence[k]))
+                                   spreads[-1] if len(alternatives) else None, s, result.coherence[k],
+                                   trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k])))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
     info = {**{key: [j[key] for j in judged] for key in judged[0]}, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
@@ -249,11 +250,13 @@ def free_floor_of(counts: np.ndarray, inside: np.ndarray, grid, free: np.ndarray
     return free_floor if free_floor > 0 or floor == 0 else floor
 
 
-def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support, blur=None) -> dict:
+def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support, blur=None,
+                 unmeasured: float = 0.0) -> dict:
     """One answer's trust, as the file, the API and the page show it (``shared.solver.trust``); ``blur``: its
-    partial-coherence σ per axis (None: coherent)."""
-    verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur))
-    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free,
+    partial-coherence σ per axis (None: coherent); ``unmeasured``: the share of its signal on unmeasured voxels."""
+    verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur),
+                                  unmeasured)
+    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "unmeasured_signal": round(unmeasured, 4),
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
             "chi_floor_fitted": trust.fitted_floor(floor, free)}
 
@@ -307,7 +310,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(fitted.support, inside)
         judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
-                                   spreads[-1] if others else None, s, blur))
+                                   spreads[-1] if others else None, s, blur, trust.unmeasured_signal(fitted.obj[0], inside)))
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
                         "support_grown_by": fitted.grown * plan.grow_by,
                         "chi_history": [round(c, 5) for c in fitted.history],
