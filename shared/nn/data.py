@@ -11,7 +11,7 @@ resumed run sees exactly the data an uninterrupted one would have. Augmentation:
 - flagged detector pixels: with probability ``flaw_probability`` a module gap
   (1–3 columns of one detector axis, through every frame, beside the peak) and a
   few dead pixels are dropped and inpainted exactly as the service fills them
-  (``shared.wire.detector.inpaint``), so the network learns what a filled hole
+  (``shared.physics.inpainting``, as ``shared.wire.detector``), so the network learns what a filled hole
   looks like; the target is still the full magnitude.
 Twin image: with ``canonical_twin`` each target is replaced, when needed, by its
 twin so that its ``handedness`` is non-negative (shared.physics.metrics): both
@@ -27,7 +27,7 @@ import scipy.fft as sfft
 
 from shared.physics.errors import InputError
 from shared.physics.metrics import canonical_twin
-from shared.wire import detector
+from shared.physics.inpainting import inpaint
 
 
 def load_shards(paths, size: int = 32) -> dict[str, np.ndarray]:
@@ -119,7 +119,7 @@ class ShardBatches(keras.utils.PyDataset):
         clean = (clean / clean.max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
         if self.augment and self.flaw_probability:
             flawed = rng.random(len(pick)) < self.flaw_probability
-            intensity = np.stack([detector.inpaint(v, flagged_pixels(v, rng)) if f else v
+            intensity = np.stack([inpaint(v, flagged_pixels(v, rng)) if f else v
                                   for v, f in zip(intensity, flawed)])
         magnitude = magnitude_of(intensity)
         if self.augment and self.partial_probability:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+
+from shared.physics.inpainting import inpaint  # noqa: F401  (every step's fill of the holes: one implementation)
 
 PEAK_NEIGHBOURHOOD = 2  # voxels each side of the Bragg peak looked at for "peak on a gap"
 PEAK_FLAG_FRACTION = 0.2  # that neighbourhood's invalid fraction above which a scan is flagged
@@ -93,24 +94,6 @@ def corrected(frames: np.ndarray, dark: np.ndarray | None = None, flat: np.ndarr
     if flat is not None:
         out = out * np.asarray(flat, np.float32)
     return np.clip(out, 0, None)
-
-
-def inpaint(volume: np.ndarray, bad: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """``volume`` (float) with its ``bad`` voxels replaced by a Gaussian-weighted mean of the good ones
-    around them (normalised convolution); the width doubles until every hole is filled."""
-    out = np.where(bad, 0, volume).astype(np.float32)
-    if not bad.any():
-        return out
-    good = (~bad).astype(np.float32)
-    todo = bad.copy()
-    while todo.any() and sigma <= 64:
-        weight = ndimage.gaussian_filter(good, sigma, mode="constant")
-        total = ndimage.gaussian_filter(out * good, sigma, mode="constant")
-        ready = todo & (weight > 1e-3)
-        out[ready] = total[ready] / weight[ready]
-        todo &= ~ready
-        sigma *= 2
-    return out
 
 
 def summary(mask: np.ndarray | None, source: str | None, saturated: int = 0) -> dict:
