@@ -28,24 +28,22 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from services.beamline.sim import detector_flaws  # noqa: E402
 from shared.wire.detector import invalid  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import crystals, fourier, metrics  # noqa: E402
+from shared.solver.evaluation import SUCCESS  # noqa: E402
 from shared.solver.stages import reconstruct  # noqa: E402
 
-SEED, PHOTONS, FLAG = 4242, 1e6, np.iinfo(np.uint32).max
+SEED, PHOTONS = 4242, 1e6
 
 
 def flagged_copy(counts: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """The frames with a 2-column gap beside the peak and 5 dead pixels at the flag; the gap's pixel mask."""
-    out = counts.copy()
+    """The frames with a 2-column gap beside the peak and 5 dead pixels at the flag, as the beamline simulator
+    sends them (``detector_flaws``); their pixel mask."""
     peak_col = int(np.unravel_index(np.argmax(counts), counts.shape)[2])
-    mask = np.zeros(counts.shape[1:], np.uint32)
-    mask[:, peak_col + 1:peak_col + 3] = 1
-    for _ in range(5):
-        mask[rng.integers(0, counts.shape[1]), rng.integers(0, counts.shape[2])] = 1
-    out[:, mask != 0] = FLAG
-    return out, mask
+    dead = [(rng.integers(0, counts.shape[1]), rng.integers(0, counts.shape[2])) for _ in range(5)]
+    return detector_flaws(counts, [peak_col + 1, peak_col + 2], dead)
 
 
 def phase_error(stage, truth) -> float:
@@ -77,10 +75,10 @@ def main():
               f" with --mask {medians['mask']:.3f} (+{medians['mask'] - medians['clean']:.3f}) rad; median penalty "
               f"{np.median([r['flags'] - r['clean'] for r in rows]):+.3f}", flush=True)
         for name in ("clean", "flags"):
-            right = sum(r[name] < 0.1 for r in rows)
+            right = sum(r[name] < SUCCESS for r in rows)
             called = [r for r in rows if r[f"{name}_verdict"] == "converged"]
             print(f"  {name}: right {right}/{len(rows)}, called converged {len(called)}, wrong among them "
-                  f"{sum(r[name] >= 0.1 for r in called)}", flush=True)
+                  f"{sum(r[name] >= SUCCESS for r in called)}", flush=True)
         report[weights] = {"rows": rows, "medians": medians}
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "weights": report}, indent=1))

@@ -11,7 +11,7 @@ resumed run sees exactly the data an uninterrupted one would have. Augmentation:
 - flagged detector pixels: with probability ``flaw_probability`` a module gap
   (1–3 columns of one detector axis, through every frame, beside the peak) and a
   few dead pixels are dropped and inpainted exactly as the service fills them
-  (``shared.physics.inpainting``, as ``shared.wire.detector``), so the network learns what a filled hole
+  (``shared.physics.inpainting``), so the network learns what a filled hole
   looks like; the target is still the full magnitude.
 Twin image: with ``canonical_twin`` each target is replaced, when needed, by its
 twin so that its ``handedness`` is non-negative (shared.physics.metrics): both

@@ -99,6 +99,7 @@ def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | No
         others = list(result.alternatives[k]) if result.alternatives is not None else []
         support = np.abs(obj) > 0.1 * np.abs(obj).max()
         spread = trust.phase_spread(obj, others) if others else None
+        # judged without its unmeasured signal (``trust.unmeasured_signal``): no search brings back what was not counted
         if trust.verdict(chi_free, free_floors[k], floors[k], free, spread, support, blurred) != "converged":
             todo.append(k)
     return todo
