@@ -29,7 +29,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # also: "no_photons" (no run again where the floor is above NOISE_LIMIT), "stall<fraction>" (``effort.AGAIN_STALL``),
 # "runs<n>" (``effort.MAX_RUNS``: runs2 is the refined stage without the textbook's own search), "textbook_all"
 # (that search for photon-limited scans too),
-# "plain_network" (the network's plain answer, without the mirror average)
+# "plain_network" (the network's plain answer, without the mirror average),
+# "no_flatten" (the refined plan without its uniform-density restarts, ``Plan.flatten``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -58,6 +59,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.MAX_RUNS = int(variant[len("runs"):])
         if variant == "textbook_all":  # the textbook's search for photon-limited scans too
             effort.TEXTBOOK_PHOTON_LIMITED = True
+        if variant == "no_flatten":  # the shipped plan instance itself: every plan derived from it follows
+            object.__setattr__(REFINE_PLAN, "flatten", ())
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -50,3 +50,31 @@ def test_starting_from_the_truth_stays_there():
     result, _, chi = phasing.phase_retrieve(intensity, "20*ER", start=np.stack(objs))
     assert chi[0] < 0.02
     assert metrics.errors(result[0], objs[0])["phase"] < 0.05
+
+
+def test_uniform_density_keeps_the_phase_and_the_support_and_flattens_the_amplitude():
+    """A textured crystal restarts as a crystal of one density: its mean amplitude above the threshold, zero
+    below, the phase untouched where it is kept."""
+    rng = np.random.default_rng(3)
+    amplitude, phase, _ = crystals.random_crystal(32, rng, max_strain=5e-3)
+    textured = (amplitude * rng.uniform(0.6, 1.0, amplitude.shape) * np.exp(1j * phase)).astype(np.complex64)
+    restart, support = phasing.uniform_density(textured[None], 0.3)
+    inside = np.abs(textured) > 0.3 * np.abs(textured).max()
+    assert np.array_equal(support[0], inside)
+    assert np.allclose(np.abs(restart[0][inside]), np.abs(textured)[inside].mean(), rtol=1e-5)
+    assert not np.abs(restart[0][~inside]).any()
+    assert np.allclose(np.angle(restart[0][inside] * np.conj(textured[inside])), 0, atol=1e-5)
+
+
+def test_the_refined_plan_keeps_uniform_density_restarts_where_the_withheld_voxels_prefer_them():
+    """On photon-limited scans (10⁶ photons) the flatten step's restarts predict the withheld voxels better
+    than the searched answers on most crystals (docs/BENCHMARKS.md "Uniform-density restarts"), and the record
+    says which start each answer came from."""
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    scans = [crystals.simulated_scan(32, 4243, i, i, True, (1e6, 1e6)) for i in range(4)]
+    intensity = np.stack([np.round(s[0]) for s in scans]).astype(np.float32)
+    start = np.stack([np.abs(fourier.make_object(s[1], s[2])) for s in scans]).astype(np.complex64)
+    assert REFINE_PLAN.flatten and "uniform-density restarts" in REFINE_PLAN.describe()
+    result = converge(intensity, start, plan=REFINE_PLAN, counting=[True] * 4)
+    assert any("flattened at" in name for name in result.start), result.start

@@ -107,6 +107,18 @@ def shrink_wrap(state: PhasingState) -> None:
     state.support = support_from(np.abs(state.obj), state.threshold, state.blur_kernel)
 
 
+def uniform_density(obj: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """A restart of each run (B, …) with its phase kept and its amplitude made flat: the mean amplitude on the
+    voxels above ``threshold`` of its peak, zero elsewhere; (object, support). Why: on photon-limited data a
+    search ends with an amplitude textured by noise, which holds the phase in a basin the withheld voxels do not
+    prefer; ER from the same phase on a crystal of uniform density (as a single crystal nearly is) often leaves
+    it. Kept only where it predicts the withheld voxels better (``shared.solver.plans``: ``flatten``)."""
+    amp = np.abs(obj)
+    inside = amp > threshold * amp.max(axis=AXES, keepdims=True)
+    mean = (amp * inside).sum(axis=AXES, keepdims=True) / np.maximum(inside.sum(axis=AXES, keepdims=True), 1)
+    return (inside * mean * np.exp(1j * np.angle(obj))).astype(np.complex64), inside
+
+
 def relaxed_averaged_alternating_reflections(state: PhasingState) -> None:
     """RAAR (Luke 2005): projected estimate inside the support, β·ρ + (1 − 2β)·ρ' outside; steadier than HIO
     with noisy data."""

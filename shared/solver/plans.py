@@ -8,6 +8,12 @@
               (successive halving on χ_free, the misfit on 5 % of the voxels withheld from every
               projection; all scans batched: dropping losing starts early is the speed)
     converge  HIO**80 * ER**20
+    flatten   the leading finalist (lowest χ_free) and its uniform-density restarts (its phase, a flat amplitude on
+              its support at 0.3 and 0.5 of the peak: ``phasing.uniform_density``), ER**20 each, the other
+              finalist beside them; the lowest χ_free of the leading finalist's variants takes its place (on
+              photon-limited data the search leaves an amplitude textured by noise that holds the phase ~2×
+              further from the crystal than the data allow; docs/BENCHMARKS.md "Uniform-density restarts"); the
+              other finalist is not restarted, so that it stays an independent solution
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
               kept per scan only where χ_free rises by less than 10 % (a real crystal's faint rim is not noise)
     final     ER**20 on every measured voxel, the withheld ones too
@@ -57,6 +63,10 @@ class Plan:
     coherence: tuple = ()  # partial coherence: blurs tried with every start, each σ (voxels) on the detector axes or
     # three σ (rocking, rows, columns): ``coherence.sigmas_of``
     background: bool = True  # fit a flat background to photon counts (EM, with the projections: ``shared.physics.coherence``)
+    flatten: tuple = (0.3, 0.5)  # uniform-density restarts of each scan's leading run (its phase, a flat amplitude on
+    # its support at each fraction of the peak: ``phasing.uniform_density``), run with ``flatten_schedule`` beside
+    # every run; the leading run's variant with the lowest χ_free goes on in its place. (): none
+    flatten_schedule: str = "20*ER"
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
     tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
@@ -81,6 +91,9 @@ class Plan:
         steps += [self.converge] if self.converge else []
         if self.converge and self.converge_stall:
             steps[-1] += f" (a run stops where an ER stretch gains < {100 * self.converge_stall:g} % χ_free)"
+        if self.flatten:
+            steps += [f"the leading run's uniform-density restarts (support at "
+                      f"{', '.join(f'{t:g}' for t in self.flatten)} of the peak) → {self.flatten_schedule} → the lowest χ_free"]
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
         steps += [f"{self.final} on all data"] if self.final else []
         steps += [f"≤ {self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
@@ -93,8 +106,8 @@ REFINE_PLAN = Plan()
 PREVIEW_PLAN = Plan(starts=("previous", *REFINE_PLAN.starts), polish_steps=0)
 # The network's answer to a finished scan, shown until the refined stage lands (~2 s later): one short projection
 # run from the last preview (≤ 0.05 s at 32³), so the refined stage is not kept waiting.
-FINAL_NN_PLAN = Plan(starts=("previous",), explore=(), converge="10*ER+40*HIO+10*ER", tighten="", final="",
-                     polish_steps=0)
+FINAL_NN_PLAN = Plan(starts=("previous",), explore=(), converge="10*ER+40*HIO+10*ER", flatten=(), tighten="",
+                     final="", polish_steps=0)
 
 
 @dataclass
@@ -119,7 +132,7 @@ CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ wit
 class Checkpoint:
     """Where a preempted refined stage stopped: enough to go on from there, not to start again.
 
-    ``phase``: "explore:<round>", "converge", "tighten" or "polish"; ``done``: iterations (or polish
+    ``phase``: "explore:<round>", "converge", "flatten", "tighten" or "polish"; ``done``: iterations (or polish
     steps) of that phase already run; ``arrays``: the iterates (obj, support, and the phase's own)."""
 
     phase: str
@@ -179,7 +192,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     power = magnitude**2 if fitting else None
     faint = coherence.faint_voxels(power, fit) if fitting else None
     rounds = list(plan.explore) or [("", 1)]
-    phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "tighten", "polish"]
+    phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "flatten", "tighten", "polish"]
     if resume is None:
         starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
                                np.repeat(magnitude, count, axis=0))
@@ -209,7 +222,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
     state.coherence, state.background = coherence_of(widths, magnitude.shape[1:]), background
     state.faint = None if faint is None else np.repeat(faint, alive, axis=0)
-    if phases.index(phase) > phases.index("converge"):
+    if phases.index(phase) > phases.index("flatten"):  # the tight support from the tighten on
         state.threshold = plan.tight_threshold
     clock = time.perf_counter()
 
@@ -280,6 +293,43 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             phasing.write_back(full, state, going)
             state = full
 
+    def flatten_runs(obj: np.ndarray) -> np.ndarray:
+        """Each scan's leading run (lowest χ_free) with its uniform-density restarts (``plan.flatten``), and its
+        other runs, each with ``plan.flatten_schedule``; the lowest χ_free of the leading run's variants takes its
+        place. The other runs are not restarted: they stay independent solutions (``shared.solver.trust``), which
+        they would not be if every run were pulled towards one density. Preempted, it keeps every variant."""
+        nonlocal state, names, widths
+        extra = len(plan.flatten)
+        runs = names.shape[1] - (extra if "flat_lead" in arrays else 0)  # resumed: the restarts are in already
+        if "flat_lead" not in arrays:
+            lead = np.argmin(chi_free(obj).reshape(batch, runs), axis=1)
+            lead_rows = np.arange(batch) * runs + lead
+            rows = np.concatenate([np.arange(batch * runs).reshape(batch, runs),
+                                   np.repeat(lead_rows[:, None], extra, axis=1)], axis=1)
+            restarts = [phasing.uniform_density(obj[lead_rows], t) for t in plan.flatten]
+            state = phasing.select(state, rows.ravel())
+            objs, supports = state.obj.reshape(batch, runs + extra, *obj.shape[1:]), state.support.reshape(
+                batch, runs + extra, *obj.shape[1:])
+            for k, (flat, inside) in enumerate(restarts):
+                objs[:, runs + k], supports[:, runs + k] = flat, inside
+            state.obj, state.support = objs.reshape(-1, *obj.shape[1:]), supports.reshape(-1, *obj.shape[1:])
+            labels = np.array([f"{n} flattened at {t:g}" for n in names[np.arange(batch), lead] for t in plan.flatten])
+            names = np.concatenate([names, labels.reshape(batch, extra)], axis=1)
+            widths = np.take_along_axis(widths, (rows - np.arange(batch)[:, None] * runs)[..., None], axis=1)
+            arrays["flat_lead"] = lead
+        lead = arrays["flat_lead"]
+        ended = run_chunked(plan.flatten_schedule, 10, {"flat_lead": lead}) * state.support
+        scores = chi_free(ended).reshape(batch, runs + extra)
+        columns = np.concatenate([lead[:, None], runs + np.arange(extra)[None].repeat(batch, 0)], axis=1)
+        winner = np.take_along_axis(columns, np.argmin(np.take_along_axis(scores, columns, axis=1), axis=1)[:, None],
+                                    axis=1)[:, 0]
+        keep = np.tile(np.arange(runs), (batch, 1))
+        keep[np.arange(batch), lead] = winner
+        rows = (keep + np.arange(batch)[:, None] * (runs + extra)).ravel()
+        names, widths = np.take_along_axis(names, keep, axis=1), np.take_along_axis(widths, keep[..., None], axis=1)
+        state = phasing.select(state, rows)
+        return ended[rows]
+
     for phase in phases[phases.index(phase):]:
         if phase.startswith("explore"):  # successive halving: losing starts stop early
             schedule, keep = rounds[int(phase.split(":")[1])]
@@ -294,6 +344,9 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             obj = converge_runs() if plan.converge else state.obj
             obj = obj * state.support
             lap("converge")
+        elif phase == "flatten" and plan.flatten:
+            obj = flatten_runs(obj)
+            lap("flatten")
         elif phase == "tighten" and plan.tighten:  # noise fitted in the support's faint skirt goes;
             if "loose" not in arrays:  # a real crystal's faint rim stays
                 arrays["loose"], arrays["loose_support"] = obj, state.support
@@ -333,10 +386,10 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                                             **{f"polish_{k}": v for k, v in result.state.items()}}, timings))
             obj, support, chi = result.obj, result.support, result.chi
             break
-        if phase == "converge" or phase == "tighten":
+        if phase in ("converge", "flatten", "tighten"):
             state.obj = obj
         done = 0
-        for name in ("mean", "stopped", "last_free"):
+        for name in ("mean", "stopped", "last_free", "flat_lead"):
             arrays.pop(name, None)
     else:
         support = state.support
