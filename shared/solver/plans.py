@@ -12,7 +12,7 @@
               its support at 0.3 and 0.5 of the peak: ``phasing.uniform_density``), ER**20 each, the other
               finalist beside them; the lowest χ_free of the leading finalist's variants takes its place (on
               photon-limited data the search leaves an amplitude textured by noise that holds the phase ~2×
-              further from the crystal than the data allow; docs/BENCHMARKS.md "Uniform-density restarts"); the
+              further from the crystal than the data allow; docs/BENCHMARKS.md, "Twenty-fifth session"); the
               other finalist is not restarted, so that it stays an independent solution
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
               kept per scan only where χ_free rises by less than 10 % (a real crystal's faint rim is not noise)
