@@ -304,10 +304,10 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
         if "flat_lead" not in arrays:
             lead = np.argmin(chi_free(obj).reshape(batch, runs), axis=1)
             lead_rows = np.arange(batch) * runs + lead
-            rows = np.concatenate([np.arange(batch * runs).reshape(batch, runs),
-                                   np.repeat(lead_rows[:, None], extra, axis=1)], axis=1)
+            columns = np.concatenate([np.tile(np.arange(runs), (batch, 1)), np.repeat(lead[:, None], extra, axis=1)],
+                                     axis=1)  # per scan: its runs, then its leading run once per restart
             restarts = [phasing.uniform_density(obj[lead_rows], t) for t in plan.flatten]
-            state = phasing.select(state, rows.ravel())
+            state = phasing.select(state, (columns + np.arange(batch)[:, None] * runs).ravel())
             objs, supports = state.obj.reshape(batch, runs + extra, *obj.shape[1:]), state.support.reshape(
                 batch, runs + extra, *obj.shape[1:])
             for k, (flat, inside) in enumerate(restarts):
@@ -315,14 +315,14 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             state.obj, state.support = objs.reshape(-1, *obj.shape[1:]), supports.reshape(-1, *obj.shape[1:])
             labels = np.array([f"{n} flattened at {t:g}" for n in names[np.arange(batch), lead] for t in plan.flatten])
             names = np.concatenate([names, labels.reshape(batch, extra)], axis=1)
-            widths = np.take_along_axis(widths, (rows - np.arange(batch)[:, None] * runs)[..., None], axis=1)
+            widths = np.take_along_axis(widths, columns[..., None], axis=1)
             arrays["flat_lead"] = lead
         lead = arrays["flat_lead"]
         ended = run_chunked(plan.flatten_schedule, 10, {"flat_lead": lead}) * state.support
-        scores = chi_free(ended).reshape(batch, runs + extra)
-        columns = np.concatenate([lead[:, None], runs + np.arange(extra)[None].repeat(batch, 0)], axis=1)
-        winner = np.take_along_axis(columns, np.argmin(np.take_along_axis(scores, columns, axis=1), axis=1)[:, None],
-                                    axis=1)[:, 0]
+        candidates = np.concatenate([lead[:, None], runs + np.tile(np.arange(extra), (batch, 1))], axis=1)
+        scores = np.take_along_axis(chi_free(ended).reshape(batch, runs + extra), candidates, axis=1)  # every row:
+        # χ_free is taken with each row's own blur and background
+        winner = candidates[np.arange(batch), np.argmin(scores, axis=1)]
         keep = np.tile(np.arange(runs), (batch, 1))
         keep[np.arange(batch), lead] = winner
         rows = (keep + np.arange(batch)[:, None] * (runs + extra)).ravel()
