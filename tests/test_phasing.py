@@ -68,7 +68,7 @@ def test_uniform_density_keeps_the_phase_and_the_support_and_flattens_the_amplit
 
 def test_the_refined_plan_keeps_uniform_density_restarts_where_the_withheld_voxels_prefer_them():
     """On photon-limited scans (10⁶ photons) the flatten step's restarts predict the withheld voxels better
-    than the searched answers on most crystals (docs/BENCHMARKS.md "Uniform-density restarts"), and the record
+    than the searched answers on most crystals (docs/BENCHMARKS.md, "Twenty-fifth session"), and the record
     says which start each answer came from."""
     from shared.solver.plans import REFINE_PLAN, converge
 

@@ -179,6 +179,7 @@ def test_adaptive_effort_works_more_only_where_the_answer_is_not_trusted_and_nev
     first = converge(intensity, prediction, plan=REFINE_PLAN)
     free_floors = [trust.noise_floor(v, over=first.free) for v in intensity]
     todo = effort.needs_more(first, floors, free_floors, None)
+    assert todo, "this set should hold a scan that runs again"
     best, runs = effort.refine_with_effort(intensity, prediction, None, REFINE_PLAN, floors, free_floors, first)
     for k in range(len(intensity)):
         assert (runs[k] == 1) == (k not in todo)
