@@ -78,3 +78,20 @@ def test_the_refined_plan_keeps_uniform_density_restarts_where_the_withheld_voxe
     assert REFINE_PLAN.flatten and "uniform-density restarts" in REFINE_PLAN.describe()
     result = converge(intensity, start, plan=REFINE_PLAN, counting=[True] * 4)
     assert any("flattened at" in name for name in result.start), result.start
+
+
+def test_the_flatten_step_is_left_out_on_grids_longer_than_its_limit():
+    """At 128³ the step cost more than it gained (docs/BENCHMARKS.md, "Twenty-sixth session"): on a grid longer
+    than ``flatten_max_grid`` per axis no run is restarted, and the plan says where the step runs."""
+    import dataclasses
+
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    scans = [crystals.simulated_scan(32, 4243, i, i, True, (1e6, 1e6)) for i in range(2)]
+    intensity = np.stack([np.round(s[0]) for s in scans]).astype(np.float32)
+    start = np.stack([np.abs(fourier.make_object(s[1], s[2])) for s in scans]).astype(np.complex64)
+    assert REFINE_PLAN.flatten_max_grid >= 32 and f"grids ≤ {REFINE_PLAN.flatten_max_grid}³" in REFINE_PLAN.describe()
+    short = dataclasses.replace(REFINE_PLAN, flatten_max_grid=16)
+    result = converge(intensity, start, plan=short, counting=[True] * 2)
+    assert not any("flattened" in name for name in result.start), result.start
+    assert "flatten" not in result.seconds

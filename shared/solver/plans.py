@@ -13,7 +13,8 @@
               finalist beside them; the lowest χ_free of the leading finalist's variants takes its place (on
               photon-limited data the search leaves an amplitude textured by noise that holds the phase ~2×
               further from the crystal than the data allow; docs/BENCHMARKS.md, "Twenty-fifth session"); the
-              other finalist is not restarted, so that it stays an independent solution
+              other finalist is not restarted, so that it stays an independent solution; on grids up to 64³
+              (at 128³ it cost more than it gained: "Twenty-sixth session")
     tighten   ER**30, support at 0.2 of the blurred maximum (noise stays out of the support's skirt),
               kept per scan only where χ_free rises by less than 10 % (a real crystal's faint rim is not noise)
     final     ER**20 on every measured voxel, the withheld ones too
@@ -67,6 +68,9 @@ class Plan:
     # its support at each fraction of the peak: ``phasing.uniform_density``), run with ``flatten_schedule`` beside
     # every run; the leading run's variant with the lowest χ_free goes on in its place. (): none
     flatten_schedule: str = "20*ER"
+    flatten_max_grid: int = 64  # the step runs on refinement grids no longer than this per axis: at 128³ it cost
+    # 1.12× the time for no more answers right and no restart kept on the real sets (docs/BENCHMARKS.md,
+    # "Twenty-sixth session")
     tighten: str = "30*ER"
     tight_threshold: float = 0.2
     tight_tolerance: float = 0.1  # the tight support is kept where it raises χ by less than this fraction
@@ -93,7 +97,8 @@ class Plan:
             steps[-1] += f" (a run stops where an ER stretch gains < {100 * self.converge_stall:g} % χ_free)"
         if self.flatten:
             steps += [f"the leading run's uniform-density restarts (support at "
-                      f"{', '.join(f'{t:g}' for t in self.flatten)} of the peak) → {self.flatten_schedule} → the lowest χ_free"]
+                      f"{', '.join(f'{t:g}' for t in self.flatten)} of the peak) → {self.flatten_schedule} → the lowest χ_free"
+                      f" (grids ≤ {self.flatten_max_grid}³)"]
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
         steps += [f"{self.final} on all data"] if self.final else []
         steps += [f"≤ {self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
@@ -344,7 +349,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             obj = converge_runs() if plan.converge else state.obj
             obj = obj * state.support
             lap("converge")
-        elif phase == "flatten" and plan.flatten:
+        elif phase == "flatten" and plan.flatten and max(intensity.shape[1:]) <= plan.flatten_max_grid:
             obj = flatten_runs(obj)
             lap("flatten")
         elif phase == "tighten" and plan.tighten:  # noise fitted in the support's faint skirt goes;
