@@ -143,6 +143,19 @@ def test_a_preview_is_asked_only_while_the_scan_has_time_left():
     assert not ask(102, 200, 0.2, 0.5)  # (timed with the file's frames: 510 frames/s)
 
 
+def test_previews_come_about_every_interval_of_acquisition_whatever_the_frame_rate():
+    """The cadence is set in seconds, not in a share of the scan: the next scan's previews leave the cores to the
+    refinement of the scan just ended, and a long, slow scan still shows something new every few frames."""
+    every = scheduling.preview_every
+    interval = scheduling.PREVIEW_INTERVAL_S
+    assert every(10, 1.0) == round(10 * interval)  # 10 frames/s
+    assert every(100, 1.0) == round(100 * interval)  # 100 frames/s: as many seconds apart
+    assert every(3, 3.0) == scheduling.PREVIEW_MIN_FRAMES  # 1 frame/s: never fewer new frames than this
+    assert every(0, 0.0) == scheduling.PREVIEW_MIN_FRAMES
+    assert every(102, 0.2, frames_before=100) == round(10 * interval)  # timed from a restarted ingest's reopening
+    assert interval <= 1.0  # issue 33: a preview at least every 2 s, with room for one to take ~0.3 s
+
+
 def test_a_source_that_cannot_wait_overflows_inline_in_order(tmp_path):
     """pvAccess drops what a slow subscriber does not take: its writer never waits for room. With the ring
     full and nothing read yet, every message still goes (inline, queued by ZeroMQ), and all arrive in order."""

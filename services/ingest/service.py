@@ -335,11 +335,13 @@ class Ingest:
             self.preview_if_due(scan)
 
     def preview_if_due(self, scan: ScanFile) -> None:
-        """A preview every PREVIEW_EVERY frames (about 8 a scan) while the scan is being taken."""
-        every = self.settings.preview_every or max(4, scan.start.frames // 8)
+        """A preview about every ``scheduling.PREVIEW_INTERVAL_S`` (or every PREVIEW_EVERY frames, where set)
+        while the scan is being taken."""
+        acquiring = time.monotonic() - scan.opened
+        every = self.settings.preview_every or scheduling.preview_every(scan.frames_in, acquiring, scan.frames_at_open)
         if scan.frames_in - scan.previewed_at < every or scan.frames_in >= scan.start.frames:
             return
-        if not scheduling.preview_worth_asking(scan.frames_in, scan.start.frames, time.monotonic() - scan.opened,
+        if not scheduling.preview_worth_asking(scan.frames_in, scan.start.frames, acquiring,
                                                self.settings.preview_min_left_s, scan.frames_at_open):
             scan.previewed_at = scan.frames_in
             self.count("previews_skipped_ending")  # the final input comes first

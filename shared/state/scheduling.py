@@ -20,7 +20,9 @@
               scan being taken now (its ingest and previews) gets the cores first, and
               a refinement (a run again's long search most of all) uses what is left
 
-    asking    the ingest asks a preview every PREVIEW_EVERY frames while the scan, at
+    asking    the ingest asks a preview about every PREVIEW_INTERVAL_S of acquisition (frames at the
+              scan's rate so far, at least PREVIEW_MIN_FRAMES apart; PREVIEW_EVERY, a setting,
+              fixes the frames instead) while the scan, at
               its frame rate so far, has PREVIEW_MIN_LEFT_S (a setting) or more to go: a preview
               of a scan about to end would come after its final input (a 200-frame
               scan at 1 kHz lasts 0.2 s), so only the final is computed
@@ -45,6 +47,21 @@ REFINE_NICENESS = 10  # the refinement worker's process niceness (0: as the othe
 REFINED, FULL = "refined", "full"  # the stages this policy orders
 PREVIEWS_PER_STEP = 2  # each costs ~0.3 s at 32³ on 2 cores (the refined plan without its polish)
 PREVIEW_MIN_LEFT_S = 0.5  # a network input takes ~0.07 s to assemble, a preview ~0.3 s more to compute
+# The next scan's previews share the cores with the refinement of the scan just ended: at one every 4 frames
+# (0.4 s at 10 frames/s) that refinement took 3.1 s after its scan's end (median of 3); at one every 0.8 s,
+# 1.3–1.6 s in every one of 6 live scans, previews still ≤ 1.6 s apart (docs/BENCHMARKS.md, "Twenty-sixth session")
+PREVIEW_INTERVAL_S = 0.8
+PREVIEW_MIN_FRAMES = 4  # a preview needs new frames to show anything new
+
+
+def preview_every(frames_in: int, seconds_acquiring: float, frames_before: int = 0,
+                  interval_s: float = PREVIEW_INTERVAL_S) -> int:
+    """Frames between previews: about one every ``interval_s`` at the scan's frame rate so far (the frames
+    received over ``seconds_acquiring``, all but ``frames_before``), at least PREVIEW_MIN_FRAMES."""
+    timed = frames_in - frames_before
+    if timed <= 0 or seconds_acquiring <= 0:
+        return PREVIEW_MIN_FRAMES
+    return max(PREVIEW_MIN_FRAMES, round(interval_s * timed / seconds_acquiring))
 
 
 def preview_worth_asking(frames_in: int, frames_expected: int, seconds_acquiring: float,

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     convergence_signal_left: float = Field(0.002, gt=0, lt=1, description="a scan is marked converged once at most "
                                            "this fraction of its rocking curve's intensity is estimated to be still to "
                                            "come (shared.solver.convergence; 0.001: no false stop measured, fewer frames saved)")
-    preview_every: int = Field(0, description="frames between partial previews (0: about 8 per scan)")
+    preview_every: int = Field(0, description="frames between partial previews (0: about one every "
+                               "0.8 s at the scan's frame rate, at least 4 frames apart)")
     preview_min_left_s: float = Field(PREVIEW_MIN_LEFT_S, ge=0, description="no preview is asked once the scan, at "
                                       "its frame rate so far, ends sooner than this (0: previews at any rate)")
     stream_maxlen: int = Field(10000, description="inference backlog (jobs not yet delivered) at which previews "
