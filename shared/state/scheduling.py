@@ -48,8 +48,9 @@ REFINED, FULL = "refined", "full"  # the stages this policy orders
 PREVIEWS_PER_STEP = 2  # each costs ~0.3 s at 32³ on 2 cores (the refined plan without its polish)
 PREVIEW_MIN_LEFT_S = 0.5  # a network input takes ~0.07 s to assemble, a preview ~0.3 s more to compute
 # The next scan's previews share the cores with the refinement of the scan just ended: at one every 4 frames
-# (0.4 s at 10 frames/s) that refinement took 3.1 s after its scan's end (median of 3); at one every 0.8 s,
-# 1.3–1.6 s in every one of 6 live scans, previews still ≤ 1.6 s apart (docs/BENCHMARKS.md, "Twenty-sixth session")
+# (0.4 s at 10 frames/s) that refinement took 3.1 s after its scan's end (median of 3); at one every 8 frames
+# (0.8 s), 1.3–1.6 s in each of 6 live scans; at this cadence, medians of 1.27 and 1.93 s in two runs; previews
+# still ≤ 1.6 s apart (docs/BENCHMARKS.md, "Twenty-sixth session")
 PREVIEW_INTERVAL_S = 0.8
 PREVIEW_MIN_FRAMES = 4  # a preview needs new frames to show anything new
 
