@@ -55,25 +55,30 @@ PREVIEW_INTERVAL_S = 0.8
 PREVIEW_MIN_FRAMES = 4  # a preview needs new frames to show anything new
 
 
+def frames_timed(frames_in: int, seconds_acquiring: float, frames_before: int = 0) -> int:
+    """The frames a scan's rate so far is timed over, received in ``seconds_acquiring``: all but
+    ``frames_before``, which a restarted ingest found in the file; 0 while there is no rate yet."""
+    timed = frames_in - frames_before
+    return timed if timed > 0 and seconds_acquiring > 0 else 0
+
+
 def preview_every(frames_in: int, seconds_acquiring: float, frames_before: int = 0,
                   interval_s: float = PREVIEW_INTERVAL_S) -> int:
-    """Frames between previews: about one every ``interval_s`` at the scan's frame rate so far (the frames
-    received over ``seconds_acquiring``, all but ``frames_before``), at least PREVIEW_MIN_FRAMES."""
-    timed = frames_in - frames_before
-    if timed <= 0 or seconds_acquiring <= 0:
+    """Frames between previews: about one every ``interval_s`` at the scan's frame rate so far
+    (``frames_timed``), at least PREVIEW_MIN_FRAMES."""
+    timed = frames_timed(frames_in, seconds_acquiring, frames_before)
+    if not timed:
         return PREVIEW_MIN_FRAMES
     return max(PREVIEW_MIN_FRAMES, round(interval_s * timed / seconds_acquiring))
 
 
 def preview_worth_asking(frames_in: int, frames_expected: int, seconds_acquiring: float,
                          min_left_s: float = PREVIEW_MIN_LEFT_S, frames_before: int = 0) -> bool:
-    """Will the scan, at its frame rate so far, still be acquiring ``min_left_s`` from now? The rate is that of
-    the frames received over ``seconds_acquiring``: all but ``frames_before``, which a restarted ingest found
-    in the file."""
+    """Will the scan, at its frame rate so far (``frames_timed``), still be acquiring ``min_left_s`` from now?"""
     if min_left_s <= 0:
         return True
-    timed = frames_in - frames_before
-    if timed <= 0 or seconds_acquiring <= 0:
+    timed = frames_timed(frames_in, seconds_acquiring, frames_before)
+    if not timed:
         return False
     return (frames_expected - frames_in) * seconds_acquiring / timed >= min_left_s
 
