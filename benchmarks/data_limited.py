@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from benchmarks import variants  # noqa: E402
+
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import crystals, fourier, metrics, phasing  # noqa: E402
 from shared.solver.evaluation import SUCCESS  # noqa: E402
@@ -64,8 +66,8 @@ def main() -> None:
     parser.add_argument("--no-flatten", action="store_true", help="the refined plan without its flatten step")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.no_flatten:  # the shipped plan instance itself: every plan derived from it follows
-        object.__setattr__(REFINE_PLAN, "flatten", ())
+    if args.no_flatten:
+        variants.without_flatten()
     predictor, rows = Predictor(), []
     for seed in map(int, args.seeds.split(",")):
         for index in range(args.count):

@@ -53,10 +53,9 @@ def run_case(case: str, variant: str, count: int, seed: int) -> dict:
     from shared.nn.inference import Predictor
     from shared.physics import metrics
     from shared.solver import stages
-    from shared.solver.plans import REFINE_PLAN
 
-    if variant == "no_flatten":  # the shipped plan instance itself: every plan derived from it follows
-        object.__setattr__(REFINE_PLAN, "flatten", ())
+    if variant == "no_flatten":
+        variants.without_flatten()
     names, intensities, counts, truths = scans(case, count, seed)
     predictor, rows = Predictor(), []
     for k, (name, intensity, counted) in enumerate(zip(names, intensities, counts)):

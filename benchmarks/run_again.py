@@ -59,8 +59,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.MAX_RUNS = int(variant[len("runs"):])
         if variant == "textbook_all":  # the textbook's search for photon-limited scans too
             effort.TEXTBOOK_PHOTON_LIMITED = True
-        if variant == "no_flatten":  # the shipped plan instance itself: every plan derived from it follows
-            object.__setattr__(REFINE_PLAN, "flatten", ())
+        if variant == "no_flatten":
+            variants.without_flatten()
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

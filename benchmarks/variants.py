@@ -39,3 +39,12 @@ def run_each(script: str, cases, args: argparse.Namespace, brief=()) -> list[dic
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def without_flatten() -> None:
+    """The refined plan without its flatten step (``Plan.flatten``), in this process: set on the shipped plan
+    instance itself, so that every plan the run again derives from it follows (a plain argument would not reach
+    them)."""
+    from shared.solver.plans import REFINE_PLAN
+
+    object.__setattr__(REFINE_PLAN, "flatten", ())
