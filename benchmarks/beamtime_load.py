@@ -39,8 +39,8 @@ import redis  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import GEOMETRY_34IDC, Beamline, simulated_volume  # noqa: E402
 from services.cli.up import wait_until_ready  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
 BURST, LIVE, LIVE_HZ = 5, 3, 10.0
 
 
@@ -149,8 +149,7 @@ def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) 
     client = redis.Redis()
     events = Events(client, prefix)
     events.start()
-    with np.load(DATA / "aps-34idc-scan54" / "frames.npz") as z:
-        volume = z["frames"]
+    volume = realdata.scan54_frames(None)
     try:
         deployment.start()
         beamline = Beamline(f"tcp://127.0.0.1:{deployment.zport}")

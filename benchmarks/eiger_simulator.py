@@ -34,8 +34,8 @@ import requests  # noqa: E402
 from benchmarks.beamtime_load import Deployment, Events, stage_times  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import Beamline  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "aps-34idc-scan54" / "frames.npz"
 ROWS, COLUMNS = 3269, 3110  # an Eiger 9M: y_pixels_in_detector × x_pixels_in_detector
 CORNER = (2100, 700)
 FRAMES, RATE_HZ = 40, 50
@@ -56,9 +56,9 @@ def write_dataset(folder: Path, frames: np.ndarray) -> Path:
 def main() -> None:
     if not shutil.which("eiger-simulator") and not (Path(sys.executable).parent / "eiger-simulator").exists():
         sys.exit("needs ALBA's eiger-simulator: pip install eiger-simulator")
-    if not DATA.exists():
-        sys.exit(f"needs the real data in {DATA.parent}")
-    frames = np.load(DATA)["frames"]
+    if not realdata.scan54_file().exists():
+        sys.exit(f"needs the real data in {realdata.folder()}")
+    frames = realdata.scan54_frames(None)
     peak = int(np.argmax(frames.sum(axis=(1, 2))))
     frames = frames[peak - FRAMES // 2:peak + FRAMES // 2]
     folder = Path(tempfile.mkdtemp(prefix="eigersim-"))

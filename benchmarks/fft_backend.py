@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
+from shared.wire import realdata  # noqa: E402
 SEED = 7100
 
 
@@ -74,9 +73,9 @@ def solver_case(case: str, count: int) -> dict:
     from shared.solver.stages import reconstruct
 
     if what == "scan54":
-        intensity = np.load(DATA / "aps-34idc-scan54" / "frames.npz")["frames"].astype(np.float32)[None]
+        intensity = realdata.scan54_frames()[None]
         predictor = Predictor()
-        reconstruct(np.load(DATA / "paper-example" / "ft_crop_64.npy").astype(np.float32)[None] ** 2, predictor,
+        reconstruct(realdata.paper_intensity()[None], predictor,
                     refine=True)  # warm-up: TensorFlow graphs
         began = time.perf_counter()
         stages = reconstruct(intensity, predictor, refine=True, full_grid=False)

@@ -17,7 +17,6 @@ its own process, on the same scans.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import variants  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 
 PHOTONS = (1e5, 1e7)
-DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def scans(case: str, count: int, seed: int):
@@ -38,7 +37,7 @@ def scans(case: str, count: int, seed: int):
     from shared.solver import evaluation
 
     if case == "real":
-        sets = evaluation.real_sets(DATA, evaluation.REFINE_SIZE)
+        sets = evaluation.real_sets(realdata.folder(), evaluation.REFINE_SIZE)
         return list(sets), [i for i, _ in sets.values()], [c for _, c in sets.values()], None
     size = int(case[len("sim"):])
     made = [crystals.simulated_scan(size, seed, i, i, True, PHOTONS) for i in range(count)]

@@ -36,12 +36,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+from shared.wire import realdata  # noqa: E402
+
 OUT = ROOT / "docs" / "full-grid"
 
 
 def scan54() -> np.ndarray:
-    return np.load(DATA / "aps-34idc-scan54" / "frames.npz")["frames"].astype(np.float32)
+    return realdata.scan54_frames()
 
 
 def run_case(name: str) -> dict:
@@ -62,7 +63,7 @@ def run_case(name: str) -> dict:
     from shared.solver.stages import reconstruct
 
     if name == "paper":
-        intensity = np.load(DATA / "paper-example" / "ft_crop_64.npy").astype(np.float32) ** 2
+        intensity = realdata.paper_intensity()
     else:
         intensity = scan54()
         if name == "offcentre":
@@ -107,8 +108,8 @@ def main() -> None:
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print("RESULT " + json.dumps(result))
         return
-    if not (DATA / "aps-34idc-scan54" / "frames.npz").exists():
-        sys.exit(f"needs the real data in {DATA}")
+    if not realdata.scan54_file().exists():
+        sys.exit(f"needs the real data in {realdata.folder()}")
     results = {}
     for case in args.cases.split(","):
         if case == "service":
@@ -155,7 +156,7 @@ def through_the_service(full_grid: bool) -> dict:
     try:
         deployment.start()
         beamline = Beamline(f"tcp://127.0.0.1:{deployment.zport}")
-        beamline.play("s54", np.load(DATA / "aps-34idc-scan54" / "frames.npz")["frames"], geometry=GEOMETRY_34IDC)
+        beamline.play("s54", realdata.scan54_frames(None), geometry=GEOMETRY_34IDC)
         end = time.time()
         beamline.close()
         wanted = ["refined", "full"] if full_grid else ["refined"]

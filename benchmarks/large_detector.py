@@ -25,9 +25,9 @@ import redis  # noqa: E402
 from benchmarks.beamtime_load import Deployment, Events, stage_times  # noqa: E402
 from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import GEOMETRY_34IDC, Beamline  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 from shared.wire import codecs  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "aps-34idc-scan54" / "frames.npz"
 EIGER_9M = (3110, 3269)
 CORNER = (2100, 700)  # where the 256² of signal sits on the large detector
 
@@ -47,9 +47,9 @@ def send(beamline: Beamline, scan: str, frames: np.ndarray, large: bool) -> floa
 
 
 def main() -> None:
-    if not DATA.exists():
-        sys.exit(f"needs the real data in {DATA.parent}")
-    frames = np.load(DATA)["frames"]
+    if not realdata.scan54_file().exists():
+        sys.exit(f"needs the real data in {realdata.folder()}")
+    frames = realdata.scan54_frames(None)
     peak = int(np.argmax(frames.sum(axis=(1, 2))))
     frames = frames[peak - 20:peak + 20]
     prefix = f"large{uuid.uuid4().hex[:6]}"

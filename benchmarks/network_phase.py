@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.wire import realdata  # noqa: E402
 from shared.nn.data import magnitude_of, truncate_frames  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import downsample, families, metrics  # noqa: E402
@@ -85,9 +85,8 @@ def measure(predictor: Predictor, family: str, count: int, seed: int, network_on
 
 def real_inputs(data: Path) -> dict[str, np.ndarray]:
     """The two real sets as the network sees them: 32³ magnitudes (max 1)."""
-    paper = np.load(data / "paper-example" / "ft_downsampled_32.npy").astype(np.float32) ** 2  # magnitudes
-    with np.load(data / "aps-34idc-scan54" / "frames.npz") as z:
-        scan54 = z["frames"].astype(np.float32)
+    paper = realdata.paper_intensity("ft_downsampled_32.npy", data)
+    scan54 = realdata.scan54_frames(root=data)
     return {"paper example": downsample.network_input(paper), "scan 54": downsample.network_input(scan54)}
 
 
@@ -105,13 +104,13 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(families.NAMES))
     parser.add_argument("--network-only", action="store_true", help="the network and the flat phase only (seconds)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data")),
+    parser.add_argument("--data", type=Path, default=realdata.folder(),
                         help="the real sets")
     args = parser.parse_args()
     rows, real = [], {}
     inputs = real_inputs(args.data) if args.data.is_dir() else {}
     if inputs:
-        paper_nn = np.load(args.data / "paper-example" / "nn_output_32.npy")
+        paper_nn = np.load(realdata.paper_file("nn_output_32.npy", args.data))
         real["the paper's network"] = {"paper example": metrics.chi(paper_nn, inputs["paper example"] ** 2)}
     for weights in args.weights.split(","):
         path, _, mode = weights.partition(":")  # "…:plain": one answer per pattern, not the mirrors' average

@@ -19,7 +19,6 @@ without the flat background, in the same run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import variants  # noqa: E402
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
+from shared.wire import realdata  # noqa: E402
 VARIANTS = ("shipped", "coherent", "no_background")
 
 
@@ -47,7 +46,7 @@ def run_case(case: str, variant: str, count: int, seed: int) -> dict:
     plan = dataclasses.replace(REFINE_PLAN, background=variant != "no_background")
     predictor = Predictor()
     if case == "paper":
-        intensity = np.load(DATA / "paper-example" / "ft_crop_64.npy").astype(np.float32)[None] ** 2
+        intensity = realdata.paper_intensity()[None]
         truth, kinds = None, None
     else:
         intensity, truth, kinds = evaluation.population(case, count, seed)

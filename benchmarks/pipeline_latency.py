@@ -30,7 +30,7 @@ from benchmarks.scale_out import free_port  # noqa: E402
 from services.beamline.sim import GEOMETRY_34IDC, Beamline, simulated_volume  # noqa: E402
 from services.cli.up import wait_until_ready  # noqa: E402
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
+from shared.wire import realdata  # noqa: E402
 
 
 def watch(pubsub, scan, until_stage="refined", timeout=120):
@@ -77,10 +77,8 @@ def main():
                 to_refined.append(refined[-1] - ended)
         print(f"32 frames of 32×32, {len(to_nn)} scans: end → NN result median {1000 * np.median(to_nn):.0f} ms, "
               f"end → refined result median {np.median(to_refined):.2f} s")
-        recorded = DATA / "aps-34idc-scan54" / "frames.npz"
-        if recorded.exists():
-            with np.load(recorded) as z:
-                volume = z["frames"]
+        if realdata.scan54_file().exists():
+            volume = realdata.scan54_frames(None)
             scan = "aps-scan54"
             began = time.perf_counter()
             beamline.play(scan, volume, rate_hz=100, geometry=GEOMETRY_34IDC)

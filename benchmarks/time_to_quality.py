@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from shared.solver.yardstick import available as cohere_available, cohere_best_of, cohere_phase  # noqa: E402
 from shared import plots  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 from shared.solver.evaluation import SUCCESS, held_out_set, real_sets, timed  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
@@ -34,7 +35,6 @@ from shared.solver.plans import REFINE_PLAN, converge  # noqa: E402
 from shared.solver.stages import reconstruct  # noqa: E402
 from shared.solver.refinement import refine  # noqa: E402
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data"))
 
 
 def _peak_rss_mb() -> float:
@@ -130,7 +130,7 @@ def main():
                 "seconds per scan (2-core CPU)", f"success rate (phase error < {SUCCESS} rad)",
                 f"time to quality, {args.count} held-out crystals", logx=True)
     if not args.no_real:
-        for name, (volume, _) in real_sets(DATA, 128).items():
+        for name, (volume, _) in real_sets(realdata.folder(), 128).items():
             stages, ours_s = timed(lambda: reconstruct(volume[None], predictor, refine=True))
             ours = stages["refined"].amplitude[0] * np.exp(1j * stages["refined"].phase[0])
             (objects, _, _), erhio_s = timed(lambda: phasing.phase_retrieve(volume[None], starts=4, seed=0))

@@ -3,7 +3,8 @@
     physics/   Bragg CDI as pure functions on arrays: forward model, geometry, strain, metrics,
                simulated crystals, ER/HIO; and the one error for bad input. Imports nothing of ours.
     nn/        3D-CDI-NN: the network, its loss, training and inference. Imports physics.
-    wire/      what crosses a boundary: messages, codecs, detector flags, files. Imports physics.
+    wire/      what crosses a boundary: messages, codecs, detector flags, files, the real data sets. Imports
+               physics.
     solver/    measured volume → answer: starts, stage plans, stages, effort, trust, convergence;
                evaluation and the yardstick. Imports physics, nn, wire; never the service's state.
     state/     the service's state: the store in Redis, scheduling, retention, result files, settings.

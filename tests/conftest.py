@@ -17,11 +17,12 @@ import redis
 import requests
 
 from services.cli.up import wait_until_ready
+from shared.wire import realdata
 from shared.physics.errors import InputError
 from shared.physics import crystals, fourier
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", REPO.parent / "shared" / "data"))
+REAL_DATA = realdata.folder()
 API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 
 
@@ -58,8 +59,8 @@ def ingest_running(settings, send, **serve_options):
         thread.join()
 
 
-def real_file(relative: str) -> Path:
-    path = REAL_DATA / relative
+def real_file(path: Path) -> Path:
+    """``path`` (``shared.realdata``'s), or the test is skipped where the real data are not beside this checkout."""
     if not path.exists():
         pytest.skip(f"real data {path} not found (set CDI_LIVE_DATA to the folder of ../shared/data)")
     return path

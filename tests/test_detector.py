@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from services.beamline.sim import Beamline, DectrisDetector, detector_flaws, simulated_volume
+from shared.wire import realdata
 from shared.wire import detector
 from shared.nn.inference import Predictor
 from shared.physics import crystals, fourier, metrics
@@ -222,7 +223,8 @@ def test_the_shipped_34idc_calibration_fits_scan_54s_frames():
 
     from tests.conftest import REPO, real_file
 
-    frames = np.load(real_file("aps-34idc-scan54/frames.npz"))["frames"].astype(np.float64)
+    real_file(realdata.scan54_file())
+    frames = realdata.scan54_frames(np.float64)
     calibration = REPO / "deploy" / "calibration" / "aps-34idc-tim2"
     flat = detector.flat_from_whitefield(np.load(calibration / "whitefield.npy"))
     bad = np.load(calibration / "bad_pixels.npy")

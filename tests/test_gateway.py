@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from services.beamline.sim import GEOMETRY_34IDC, Beamline
+from shared.wire import realdata
 from shared.physics import crystals
 from tests.conftest import API_KEY, scan_state, wait_for
 
@@ -167,7 +168,7 @@ def test_beamline_sim_sends_the_spec_geometry_and_downloads_are_in_the_lab(servi
     from tests.conftest import real_file
     from tests.test_cli import cli
 
-    spec = real_file("aps-34idc-scan54/scan54.spec")
+    spec = real_file(realdata.scan54_spec())
     intensity = crystals.simulated_scan(32, 4242, 5, 5, True, (1e8, 1e8))[0]
     np.savez(tmp_path / "recorded.npz", frames=np.round(intensity).astype(np.uint32))
     result = cli("beamline-sim", "--scans", "0", "--file", tmp_path / "recorded.npz", "--spec", spec, "--scan", "54",

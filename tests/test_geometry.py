@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from shared.wire import realdata
 from shared.physics.errors import InputError
 from shared.wire.files import geometry_from_spec
 from shared.physics import geometry as geo
@@ -103,13 +104,13 @@ def test_strained_sphere_comes_back_in_the_lab_frame(strained_sphere):
 
 
 def test_spec_file_gives_the_geometry():
-    geometry = geometry_from_spec(real_file("aps-34idc-scan54/scan54.spec"), 54)
+    geometry = geometry_from_spec(real_file(realdata.scan54_spec()), 54)
     assert geometry["delta_deg"] == pytest.approx(32.174) and geometry["gamma_deg"] == pytest.approx(12.6346)
     assert geometry["distance_m"] == pytest.approx(0.5) and geometry["energy_kev"] == pytest.approx(9.0)
     assert geometry["rocking_step_deg"] == pytest.approx(0.005, rel=1e-4) and geometry["pixel_m"] == 55e-6
     assert geometry["rocking_motor"] == "th" and geometry["theta0_deg"] == pytest.approx(-0.279996)
     with pytest.raises(InputError, match="no scan 7"):
-        geometry_from_spec(real_file("aps-34idc-scan54/scan54.spec"), 7)
+        geometry_from_spec(real_file(realdata.scan54_spec()), 7)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -128,6 +129,6 @@ def test_bad_geometry_is_one_line(tmp_path, content, message):
 
 def test_spec_without_scan_is_one_line(tmp_path):
     np.save(tmp_path / "in.npy", np.ones((40, 40, 40), np.float32))
-    result = cli("reconstruct", "in.npy", "--out", "o.h5", "--spec", str(real_file("aps-34idc-scan54/scan54.spec")),
+    result = cli("reconstruct", "in.npy", "--out", "o.h5", "--spec", str(real_file(realdata.scan54_spec())),
                  cwd=tmp_path)
     assert result.returncode == 2 and "--scan" in result.stderr

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
+from shared.wire import realdata
 from shared.solver.evaluation import held_out_set
 from shared.nn.inference import Predictor
 from shared.physics import downsample, fourier, metrics, phasing
@@ -60,7 +61,8 @@ def test_paper_example_on_its_own_grid(predictor):
     """The real 64³ example is refined on all of its 64³ (no crop), and the reported χ is the file's, with the
     partial-coherence blur and flat background it was fitted with (a fitted blur lowers its χ_free: real data are
     partially coherent; its counts hold a background of a few photons per voxel)."""
-    volume = np.load(real_file("paper-example/ft_crop_64.npy")).astype(np.float32) ** 2
+    real_file(realdata.paper_file())
+    volume = realdata.paper_intensity()
     stage = reconstruct(volume[None], predictor, refine=True)["refined"]
     assert stage.amplitude.shape == (1, 64, 64, 64) and stage.info["grid"] == [64, 64, 64]
     obj = stage.amplitude[0] * np.exp(1j * stage.phase[0])

@@ -17,6 +17,7 @@ pytest.importorskip("pvaccess", reason="pvapy is installed by `make install`")
 from services.beamline.sim import Beamline, PvaDetector, simulated_volume  # noqa: E402
 from services.ingest.pva import PvaTranslator, Rejected, attributes_of, parse_attribute_map  # noqa: E402
 from services.ingest.service import serve  # noqa: E402
+from shared.wire import realdata  # noqa: E402
 from shared.state.settings import Settings  # noqa: E402
 from shared.state.store import Store  # noqa: E402
 from tests.conftest import free_port, require_redis, scan_state, wait_for  # noqa: E402
@@ -155,11 +156,9 @@ def test_pvapy_own_area_detector_simulator_with_spec_geometry(private, tmp_path)
     import subprocess
 
     from services.cli.options import read_geometry
-    from tests.conftest import REAL_DATA
+    from tests.conftest import real_file
 
-    spec = REAL_DATA / "aps-34idc-scan54" / "scan54.spec"
-    if not spec.exists():
-        pytest.skip(f"the real data are not beside this checkout ({spec})")
+    spec = real_file(realdata.scan54_spec())
     server = shutil.which("pvapy-ad-sim-server") or str(Path(__file__).parents[1] / ".venv/bin/pvapy-ad-sim-server")
     prefix, folder = private
     name = channel()

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from shared.wire import realdata
 from shared.nn.inference import Predictor
 from shared.physics import crystals, downsample, metrics
 from tests.conftest import real_file
@@ -60,17 +61,18 @@ def test_shipped_weights_phase_beats_a_flat_phase(predictor):
 
 
 def test_paper_example_gives_compact_support(predictor):
-    magnitude = np.load(real_file("paper-example/ft_downsampled_32.npy"))
-    result = predictor.reconstruct((magnitude.astype(np.float32) ** 2)[None])
+    real_file(realdata.paper_file("ft_downsampled_32.npy"))
+    intensity = realdata.paper_intensity("ft_downsampled_32.npy")
+    result = predictor.reconstruct(intensity[None])
     filled = result.support[0].mean()
     assert 0.005 < filled < 0.35  # a crystal, not the whole box and not nothing
     assert result.chi[0] < 1.0
 
 
 def test_raw_aps_scan_goes_through(predictor):
-    with np.load(real_file("aps-34idc-scan54/frames.npz")) as z:
-        frames = z["frames"]
-    net_in = downsample.network_input(frames.astype(np.float32))
+    real_file(realdata.scan54_file())
+    frames = realdata.scan54_frames()
+    net_in = downsample.network_input(frames)
     assert net_in.shape == (32, 32, 32)
     amp, phase = predictor.predict_magnitudes(net_in[None])
     assert np.isfinite(amp).all() and np.isfinite(phase).all()

@@ -23,13 +23,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from shared.wire import realdata  # noqa: E402
 from shared.wire.files import geometry_from_spec  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.physics import downsample, metrics, phasing  # noqa: E402
 from shared.physics.strain import lab_maps  # noqa: E402
 from shared.solver.stages import embed, peak_offset, peak_to_centre, phase_ramp, reconstruct, to_grid  # noqa: E402
 
-DATA = Path(os.environ.get("CDI_LIVE_DATA", ROOT.parent / "shared" / "data")) / "aps-34idc-scan54"
 
 
 def slices(ax_row, maps, title, span):
@@ -54,9 +54,8 @@ def slices(ax_row, maps, title, span):
 
 
 def main():
-    geometry = geometry_from_spec(DATA / "scan54.spec", 54)
-    with np.load(DATA / "frames.npz") as z:
-        frames = z["frames"].astype(np.float32)
+    geometry = geometry_from_spec(realdata.scan54_spec(), 54)
+    frames = realdata.scan54_frames()
     predictor = Predictor()
     began = time.perf_counter()
     refined = reconstruct(frames[None], predictor, refine=True)["refined"]

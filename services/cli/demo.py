@@ -19,10 +19,10 @@ from tqdm import tqdm
 from services.cli.options import positive_int
 from services.cli.services_common import add_settings_arguments, refuse_open_exposure, settings_from
 from services.cli.up import services_running, wait_until_ready, wait_while_running
+from shared.wire import realdata
 from shared.wire import detector
 
-REAL_DATA = Path(os.environ.get("CDI_LIVE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-RECORDED = REAL_DATA / "aps-34idc-scan54" / "frames.npz"
+RECORDED = realdata.scan54_file()
 # the beamline's whitefield and bad-pixel map for the recorded scan's detector area (deploy/calibration/…/README.md)
 CALIBRATION = detector.CALIBRATIONS / detector.SCAN54_DETECTOR
 

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from services.cli.options import positive_int
+from shared.wire import realdata
 from shared.physics import families
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def add_arguments(p):
@@ -16,7 +15,8 @@ def add_arguments(p):
     p.add_argument("--count", type=positive_int, default=48, help="held-out crystals")
     p.add_argument("--seed", type=int, default=9000, help="held-out seed (training used others)")
     p.add_argument("--weights", type=Path, help="network weights (default: shipped)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real data sets")
+    p.add_argument("--data", type=Path, default=realdata.folder(),
+                   help="folder of the real data sets (default $CDI_LIVE_DATA or ../shared/data)")
     p.add_argument("--real-size", type=positive_int, default=128,
                    help="the APS scan is DCT-downsampled to this size per axis for both tools")
     p.add_argument("--family", action="append", choices=list(families.NAMES), dest="families",

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from shared.solver import effort, stages, trust, yardstick
 from shared import plots
+from shared.wire import realdata
 from shared.nn.data import magnitude_of, truncate_frames
 from shared.physics import coherence, crystals, families, metrics, phasing
 from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
@@ -222,16 +223,13 @@ def real_sets(data: Path, real_size: int) -> dict[str, tuple[np.ndarray, np.ndar
     inpainted: ``deploy/calibration``, as ``make demo`` plays it); both tools are given the same input, and the
     frames as counted set its noise floor, as the service's."""
     sets = {}
-    paper = data / "paper-example" / "ft_crop_64.npy"
-    if paper.exists():
-        sets["paper example (Au, ft_crop_64², 64³)"] = np.load(paper).astype(np.float32) ** 2, None
-    scan = data / "aps-34idc-scan54" / "frames.npz"
-    if scan.exists():
+    if realdata.paper_file(root=data).exists():
+        sets["paper example (Au, ft_crop_64², 64³)"] = realdata.paper_intensity(root=data), None
+    if realdata.scan54_file(data).exists():
         from shared.solver.stages import fill_unmeasured, peak_offset, peak_to_centre, to_grid
         from shared.wire import detector
 
-        with np.load(scan) as z:
-            frames = z["frames"].astype(np.float32)
+        frames = realdata.scan54_frames(root=data)
         grid = tuple(min(n, real_size) for n in frames.shape)
         binned = f"201×256×256, DCT to {'×'.join(map(str, grid))}"
         sets[f"APS 34-ID-C scan 54 ({binned})"] = to_grid(peak_to_centre(frames, peak_offset(frames)), grid), frames
