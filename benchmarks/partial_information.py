@@ -81,7 +81,7 @@ def previews(intensity, fractions) -> dict[float, np.ndarray]:
     from shared.nn.inference import Predictor
 
     every = sorted(set(evaluation.FRACTIONS) | set(fractions))
-    return {fraction: preview for fraction, preview, _ in
+    return {fraction: preview for fraction, preview, _, _ in
             evaluation.live_previews(Predictor(), magnitude_of(intensity), every) if fraction in fractions}
 
 

@@ -145,6 +145,17 @@ def test_the_live_preview_starts_from_the_last_one():
     assert np.array_equal(starts[0, 0], last) and np.array_equal(starts[1, 0], np.abs(prediction[1]))
 
 
+def test_the_live_view_shows_the_network_until_the_rocking_curves_peak_is_passed():
+    """Before the peak a preview rests on less than half of reciprocal space: the network's answer is shown, and the
+    preview shown once the frames taken go two past the peak, as the evaluation's partial-scan table shows it."""
+    from shared.solver.plans import preview_shown
+
+    frames = np.arange(32)
+    intensity = np.exp(-((frames - 16) / 4.0) ** 2)[:, None, None] * np.ones((32, 8, 8))
+    for used, shown in ((10, "network"), (17, "network"), (18, "network"), (19, "preview"), (32, "preview")):
+        assert preview_shown(intensity * (frames < used)[:, None, None], frames < used) == shown, used
+
+
 def test_a_scans_random_starts_do_not_depend_on_its_batch():
     """A run again batches only the scans left uncertain: each scan's random starts are its own."""
     from shared.solver.starts import candidate_starts

@@ -45,6 +45,8 @@ def test_scan_streams_to_refined_result(service):
     complete_at = next(i for i, e in enumerate(mine) if e["event"] == "complete")
     previews = [e for e in mine[:complete_at] if e["event"] == "result" and e["frames_used"] < 32]
     assert previews, "a preview from a partial scan should arrive before the end"
+    for preview in previews:  # the network's own answer while the frames have not passed the rocking curve's peak
+        assert preview["shown"] == "network" or preview["frames_used"] > 16, preview
     response = requests.get(f"{service['base']}/api/scans/{scan}/reconstruction",
                             params={"stage": "refined", "format": "npz"}, timeout=10)
     assert response.ok

@@ -47,6 +47,9 @@ DESCRIPTIONS = {
     "searching": "the refined stage's: true while this is its first run's answer and a run again (new starts, a "
                  "longer search, partial-coherence blurs) is still searching for a better one; its answer, if "
                  "better, replaces this one",
+    "shown": "the preview's: which answer it shows, \"network\" (3D-CDI-NN's own, until the frames taken pass the "
+             "rocking curve's peak: a preview from less than half of reciprocal space is further off) or "
+             "\"preview\" (the refined plan on the frames taken); chi and chi_free are of the answer shown",
     "StageSummary.frames_expected": "the scan's frames, beside frames_used (the preview's)",
     "position": "jobs ahead of this one (running ones included)",
     "eta_s": "estimated seconds until it starts",
@@ -98,6 +101,7 @@ class StageSummary(Described):
     partial: bool | None = None
     frames_expected: int | None = None
     searching: bool | None = None
+    shown: Literal["network", "preview"] | None = None
 
 
 class QueuePlace(Described):

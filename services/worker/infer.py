@@ -4,7 +4,10 @@ The network's prediction then seeds the refined plan without its AD polish on
 its own 32³ input (``shared.solver.plans.PREVIEW_PLAN``: frames not yet taken left
 free, χ_free withheld), warm-started from the scan's last preview when it was
 made on the same crop; that is the ``nn`` stage operators see while the scan is
-taken, marked ``partial`` until every frame is in. A finished scan's job runs
+taken, marked ``partial`` until every frame is in. Until the frames pass the rocking
+curve's peak the stage shows the network's own answer instead (``plans.preview_shown``,
+``shown``: "network"), and the preview it computed is kept in the stage's file
+(``preview_real``, ``preview_imag``) to warm-start the next. A finished scan's job runs
 ``FINAL_NN_PLAN`` (one short run from the last preview): the refined stage is
 queued right after it.
 
@@ -28,8 +31,8 @@ from services.worker.queue import JobQueue, run_forever, stream_id
 from shared.solver import convergence
 from shared.state import scheduling
 from shared.nn.inference import Predictor
-from shared.physics import downsample, metrics
-from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, Preempted, converge
+from shared.physics import downsample, metrics, phasing
+from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, Preempted, converge, preview_shown
 from shared.state.settings import Settings
 from shared.state.store import Store
 
@@ -92,8 +95,9 @@ class InferenceWorker:
         network_seconds = (time.perf_counter() - started) / len(work)
         records = [self.store.scan(w["job"]["scan"].decode()) or {} for w in work]  # one read per job
         measured = np.stack([self.measured(w["job"], r) for w, r in zip(work, records)])
-        previous = [self.store.result(w["job"]["scan"].decode(), "nn") for w in work]  # the last preview, read once
-        warm = [self.warm_start(w["job"], last) for w, last in zip(work, previous)]
+        previous = [self.store.result(w["job"]["scan"].decode(), "nn") for w in work]  # the last result, read once
+        computed = [self.last_preview(w["job"]["scan"].decode(), last) for w, last in zip(work, previous)]
+        warm = [self.warm_start(w["job"], last, obj) for w, last, obj in zip(work, previous, computed)]
         objects, chi_free = np.empty(inputs.shape, np.complex64), np.empty(len(work))
         cut = set()
         for final, plan in ((False, PREVIEW_PLAN), (True, FINAL_NN_PLAN)):  # the refined stage follows a final
@@ -111,14 +115,21 @@ class InferenceWorker:
             self.store.count("previews_cut", len(cut))
             self.queue.done(*(work[k]["id"] for k in cut))
         seconds = (time.perf_counter() - started) / len(work)
-        for k, (w, a, p, m, obj, mask, record, free, start, last) in enumerate(zip(
-                work, amp, phase, inputs, objects, measured, records, chi_free, warm, previous)):
+        for k, (w, a, p, m, obj, mask, record, free, start, last, earlier) in enumerate(zip(
+                work, amp, phase, inputs, objects, measured, records, chi_free, warm, previous, computed)):
             if k in cut:
                 continue
             job = w["job"]
             scan = job["scan"].decode()
+            shown, extra = "preview", None
+            if not w["final"]:
+                shown = preview_shown(m**2, mask[:, 0, 0])
+            if shown == "network":  # before the peak: the network's answer is shown, the preview warm-starts the next
+                extra = {"preview_real": obj.real, "preview_imag": obj.imag}
+                obj = (a * np.exp(1j * p)).astype(np.complex64)
+                free = metrics.chi(obj, m**2, mask & phasing.free_voxels(mask.shape))  # its χ on the withheld voxels
             ca, cp, _ = metrics.canonical(obj)
-            info = {"frames_used": int(job["frames_used"]), "chi": metrics.chi(obj, m**2, mask),
+            info = {"frames_used": int(job["frames_used"]), "chi": metrics.chi(obj, m**2, mask), "shown": shown,
                     "chi_on": "32×32×32 network grid", "grid": [32, 32, 32],
                     "chi_network": metrics.chi(a * np.exp(1j * p), m**2, mask), "seconds": seconds,
                     "network_seconds": network_seconds, "seq": w["seq"], "final": w["final"],
@@ -126,10 +137,11 @@ class InferenceWorker:
                     "chi_free": float(free), "partial": bool(mask[:, 0, 0].sum() < len(mask)),
                     "frames_expected": int(record.get("frames_expected") or job["frames_used"]),
                     "warm_start": start is not None}
-            if not w["final"]:
-                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], obj, info["frames_used"],
-                                                       last)
-            self.store.put_result(scan, "nn", ca, cp, info)
+            if not w["final"]:  # judged on the previews computed, whichever was shown
+                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0],
+                                                       obj if extra is None else objects[k], info["frames_used"],
+                                                       last, earlier)
+            self.store.put_result(scan, "nn", ca, cp, info, extra=extra)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
             if w["final"]:
@@ -152,13 +164,13 @@ class InferenceWorker:
         return ask
 
     def convergence(self, scan: str, record: dict, intensity: np.ndarray, measured_samples: np.ndarray,
-                    preview: np.ndarray, frames_used: int, previous) -> dict:
+                    preview: np.ndarray, frames_used: int, previous, computed: np.ndarray | None) -> dict:
         """Ask ``shared.solver.convergence`` whether more frames would change this scan's answer (``previous``: its last
-        stored preview, or None); the first time it says no, mark the record (``converged_at_frames``) and
-        publish a ``converged`` event."""
+        stored result, or None; ``computed``: the preview it was computed from); the first time it says no, mark the
+        record (``converged_at_frames``) and publish a ``converged`` event."""
         earlier = None
         if previous is not None and previous[2].get("frames_used", frames_used) < frames_used:
-            earlier = previous[0] * np.exp(1j * previous[1])
+            earlier = computed
         verdict = convergence.decide(intensity, measured_samples, preview, earlier, self.criterion)
         fields = {"convergence": {"frames": frames_used, **verdict}}  # the latest verdict, for operators
         first = verdict["converged"] and record.get("converged_at_frames") is None and record.get("state") == "acquiring"
@@ -173,13 +185,24 @@ class InferenceWorker:
                      record.get("frames_expected"), verdict["signal_left"])
         return verdict
 
+    def last_preview(self, scan: str, previous) -> np.ndarray | None:
+        """The preview last computed for this scan (``previous``: its stored result): the stage's own answer, or,
+        where the network's was shown instead, the preview kept beside it in its file."""
+        if previous is None:
+            return None
+        if previous[2].get("shown") == "network":
+            real, imag = (self.store.result_array(scan, "nn", name) for name in ("preview_real", "preview_imag"))
+            if real is not None and imag is not None:
+                return (real + 1j * imag).astype(np.complex64)
+        return (previous[0] * np.exp(1j * previous[1])).astype(np.complex64)
+
     @staticmethod
-    def warm_start(job: dict, previous) -> np.ndarray | None:
-        """The scan's last preview (``previous``, as stored), to start the next one (or the final) from; None for
-        the first, or after a preview made on another crop (its grid is not this one's)."""
+    def warm_start(job: dict, previous, computed: np.ndarray | None) -> np.ndarray | None:
+        """The scan's last preview (``computed``, from ``previous`` as stored), to start the next one (or the final)
+        from; None for the first, or after a preview made on another crop (its grid is not this one's)."""
         if previous is None or previous[2].get("crop") != json.loads(job["crop"]) or previous[0].shape != (32, 32, 32):
             return None
-        return (previous[0] * np.exp(1j * previous[1])).astype(np.complex64)
+        return computed
 
     def measured(self, job: dict, record: dict) -> np.ndarray:
         """The network-grid voxels resting on frames already taken (all, for a complete scan)."""

@@ -62,6 +62,13 @@ def signal_left(intensity: np.ndarray, measured_samples: np.ndarray) -> float:
     return float(to_come / total) if total > 0 else 1.0
 
 
+def peak_passed(intensity: np.ndarray, measured_samples: np.ndarray) -> bool:
+    """Whether the frames taken have passed the rocking curve's peak (``signal_left`` below 1). Before it a preview
+    rests on less than half of reciprocal space, and it is further from the crystal than the network's own answer
+    (``docs/BENCHMARKS.md``, "The preview before the rocking curve's peak")."""
+    return signal_left(intensity, measured_samples) < 1.0
+
+
 def previews_agree(current: np.ndarray, previous: np.ndarray, criterion: Criterion = CRITERION) -> dict:
     """How much the reconstruction moved between two previews (complex objects on one grid)."""
     change = metrics.errors(current, previous)

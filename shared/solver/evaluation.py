@@ -21,7 +21,7 @@ from shared import plots
 from shared.wire import realdata
 from shared.nn.data import magnitude_of, truncate_frames
 from shared.physics import coherence, crystals, families, metrics, phasing
-from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge
+from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge, preview_shown
 
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SUCCESS = 0.1  # rad: plain RMS phase error below this is a success
@@ -191,22 +191,27 @@ def frames_taken(shape, fraction: float) -> np.ndarray:
 
 
 def live_previews(predictor, magnitudes, fractions=FRACTIONS):
-    """(fraction, preview, network answer) as the frames come in: ``PREVIEW_PLAN`` on the first ``fraction`` of
-    them (those not yet taken left free), each preview warm-started from the one before it, as live."""
+    """(fraction, answer shown, network answer, preview computed) as the frames come in: ``PREVIEW_PLAN`` on the
+    first ``fraction`` of them (those not yet taken left free), each preview warm-started from the one before it;
+    shown as live: the network's answer until the frames pass the rocking curve's peak (``plans.preview_shown``),
+    then the preview."""
     shape, previous = magnitudes.shape[1:], None
     for fraction in fractions:
         partial = truncate_frames(magnitudes, np.full(len(magnitudes), int(round(fraction * shape[0]))))
         a, p = predictor.predict_magnitudes(partial)
         nn = (a * np.exp(1j * p)).astype(np.complex64)
-        previous = converge(partial**2, nn, frames_taken(shape, fraction), PREVIEW_PLAN, warm=previous).obj
-        yield fraction, previous, nn
+        taken = frames_taken(shape, fraction)
+        previous = converge(partial**2, nn, taken, PREVIEW_PLAN, warm=previous).obj
+        shown = [preview_shown(x**2, taken[:, 0, 0]) == "network" for x in partial]
+        yield fraction, np.where(np.array(shown)[:, None, None, None], nn, previous), nn, previous
 
 
 def partial_scans(predictor, magnitudes, truth) -> dict:
-    """Plain phase error of the preview, the network and a flat phase when only the first frames are in."""
+    """Plain phase error of the preview (the answer the live view shows), the network and a flat phase when only the
+    first frames are in."""
     series = {"preview": [], "3D-CDI-NN": [], "flat phase": []}
     better = []
-    for _, preview, nn in tqdm(live_previews(predictor, magnitudes), total=len(FRACTIONS), desc="partial scans"):
+    for _, preview, nn, _ in tqdm(live_previews(predictor, magnitudes), total=len(FRACTIONS), desc="partial scans"):
         errs = {"preview": all_errors(preview, truth)["phase_unweighted"],
                 "3D-CDI-NN": all_errors(nn, truth)["phase_unweighted"],
                 "flat phase": all_errors(np.abs(nn).astype(np.complex64), truth)["phase_unweighted"]}
