@@ -389,7 +389,9 @@ def family_report(name: str, f: dict, count: int) -> list[str]:
         rows = [e for e, k in zip(errors, f["scans"]) if test(k)]
         lines.append(f"| {label} | {len(rows)} | {sum(e < SUCCESS for e in rows)} |")
     lines += ["", f"### Partial scans (the live preview), {name}", "",
-              "| fraction of frames | preview | 3D-CDI-NN | flat phase (NN shape) | scans where preview beats flat |",
+              "Median plain phase error of the answer the live view shows: the network's until the frames pass the "
+              "rocking curve's peak (`plans.preview_shown`), then the preview.", "",
+              "| fraction of frames | preview shown | 3D-CDI-NN | flat phase (NN shape) | scans where preview beats flat |",
               "|---|---|---|---|---|"]
     p = f["partial"]
     for i, fraction in enumerate(FRACTIONS):
