@@ -30,7 +30,9 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "runs<n>" (``effort.MAX_RUNS``: runs2 is the refined stage without the textbook's own search), "textbook_all"
 # (that search for photon-limited scans too),
 # "plain_network" (the network's plain answer, without the mirror average),
-# "no_flatten" (the refined plan without its uniform-density restarts, ``Plan.flatten``)
+# "no_flatten" (the refined plan without its uniform-density restarts, ``Plan.flatten``),
+# "raar" (the runs after the first converge with RAAR where they run HIO: ``phasing.relaxed_averaged_alternating_
+# reflections``), "raar_all" (the first run's explore and converge too)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -61,6 +63,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.TEXTBOOK_PHOTON_LIMITED = True
         if variant == "no_flatten":
             variants.without_flatten()
+        if variant in ("raar", "raar_all"):
+            variants.with_raar(first_run=variant == "raar_all")
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")
