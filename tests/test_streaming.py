@@ -206,3 +206,31 @@ def test_queue_survives_a_redis_that_came_back_empty():
         assert len(queue.take(1, block_ms=10)) == 1
     finally:
         client.delete(stream)
+
+
+def test_a_preview_shown_as_the_network_keeps_the_preview_it_computed_for_the_next(tmp_path):
+    """Before the peak the stage shows the network's answer; the next preview (and the scan's final) start from the
+    preview computed, kept in the stage's file, not from the answer shown."""
+    from types import SimpleNamespace
+
+    from services.worker.infer import InferenceWorker
+    from shared.state.settings import Settings
+    from shared.state.store import Store
+
+    store = Store(Settings(key_prefix=f"shown{uuid.uuid4().hex[:6]}", data_dir=tmp_path))
+    try:
+        rng = np.random.default_rng(6)
+        network = rng.random((32, 32, 32)).astype(np.float32)
+        computed = (rng.random((32, 32, 32)) * np.exp(1j * rng.random((32, 32, 32)))).astype(np.complex64)
+        store.put_result("s1", "nn", network, np.zeros_like(network), {"seq": 1, "shown": "network", "crop": [32] * 3},
+                         extra={"preview_real": computed.real, "preview_imag": computed.imag})
+        worker = SimpleNamespace(store=store)
+        last = InferenceWorker.last_preview(worker, "s1", store.result("s1", "nn"))
+        assert np.allclose(last, computed)
+        job = {"crop": json.dumps([32] * 3)}
+        assert InferenceWorker.warm_start(job, store.result("s1", "nn"), last) is last
+        store.put_result("s1", "nn", network, np.zeros_like(network), {"seq": 2, "shown": "preview", "crop": [32] * 3})
+        assert np.allclose(InferenceWorker.last_preview(worker, "s1", store.result("s1", "nn")), network)
+    finally:
+        for key in store.redis.scan_iter(f"{store.settings.key_prefix}:*"):
+            store.redis.delete(key)

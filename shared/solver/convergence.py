@@ -63,9 +63,8 @@ def signal_left(intensity: np.ndarray, measured_samples: np.ndarray) -> float:
 
 
 def peak_passed(intensity: np.ndarray, measured_samples: np.ndarray) -> bool:
-    """Whether the frames taken have passed the rocking curve's peak (``signal_left`` below 1). Before it a preview
-    rests on less than half of reciprocal space, and it is further from the crystal than the network's own answer
-    (``docs/BENCHMARKS.md``, "The preview before the rocking curve's peak")."""
+    """Whether the frames taken have passed the rocking curve's peak (``signal_left`` below 1): before it a preview
+    rests on less than half of reciprocal space (``plans.preview_shown``)."""
     return signal_left(intensity, measured_samples) < 1.0
 
 

@@ -230,7 +230,7 @@ def real_sets(data: Path, real_size: int) -> dict[str, tuple[np.ndarray, np.ndar
     sets = {}
     if realdata.paper_file(root=data).exists():
         sets["paper example (Au, ft_crop_64², 64³)"] = realdata.paper_intensity(root=data), None
-    if realdata.scan54_file(data).exists():
+    if realdata.scan54_file(root=data).exists():
         from shared.solver.stages import fill_unmeasured, peak_offset, peak_to_centre, to_grid
         from shared.wire import detector
 
