@@ -137,10 +137,9 @@ class InferenceWorker:
                     "chi_free": float(free), "partial": bool(mask[:, 0, 0].sum() < len(mask)),
                     "frames_expected": int(record.get("frames_expected") or job["frames_used"]),
                     "warm_start": start is not None}
-            if not w["final"]:  # judged on the previews computed, whichever was shown
-                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0],
-                                                       obj if extra is None else objects[k], info["frames_used"],
-                                                       last, earlier)
+            if not w["final"]:  # judged on the previews computed (``objects``), whichever was shown
+                info["convergence"] = self.convergence(scan, record, m**2, mask[:, 0, 0], objects[k],
+                                                       info["frames_used"], last, earlier)
             self.store.put_result(scan, "nn", ca, cp, info, extra=extra)
             self.store.count("results_nn")
             self.store.record_latency("nn", info["latency"])
