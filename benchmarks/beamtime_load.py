@@ -176,7 +176,9 @@ def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) 
         counters = {k.decode(): float(v) for k, v in client.hgetall(f"{prefix}:metrics").items()}
         result.update(variant="restart" if restart else "full-grid" if after_first_answers else "burst",
                       restart_s=restarted,
-                      preempted=counters.get("jobs_preempted", 0), previews_skipped=counters.get("jobs_skipped_stale", 0))
+                      preempted=counters.get("jobs_preempted", 0), previews_skipped=counters.get("jobs_skipped_stale", 0),
+                      previews_not_asked={k: counters.get(f"previews_skipped_{k}", 0)
+                                          for k in ("busy", "backpressure", "ending")})
         return result
     finally:
         deployment.stop()

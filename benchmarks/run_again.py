@@ -32,7 +32,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "plain_network" (the network's plain answer, without the mirror average),
 # "no_flatten" (the refined plan without its uniform-density restarts, ``Plan.flatten``),
 # "raar" (the runs after the first converge with RAAR where they run HIO: ``phasing.relaxed_averaged_alternating_
-# reflections``), "raar_all" (the first run's explore and converge too)
+# reflections``), "raar_all" (the first run's explore and converge too), "oss" and "oss_all" (the same with OSS,
+# ``phasing.oversampling_smoothness``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -63,8 +64,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.TEXTBOOK_PHOTON_LIMITED = True
         if variant == "no_flatten":
             variants.without_flatten()
-        if variant in ("raar", "raar_all"):
-            variants.with_raar(first_run=variant == "raar_all")
+        if variant in ("raar", "raar_all", "oss", "oss_all"):  # another algorithm where the refined stage runs HIO
+            variants.with_algorithm(variant.split("_")[0].upper(), first_run=variant.endswith("_all"))
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

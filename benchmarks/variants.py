@@ -50,14 +50,15 @@ def without_flatten() -> None:
     object.__setattr__(REFINE_PLAN, "flatten", ())
 
 
-def with_raar(first_run: bool = False) -> None:
-    """RAAR (Luke 2005) where the refined stage runs HIO, in this process: in the runs after the first
-    (``effort.AGAIN_CONVERGE``, which the textbook's own search inherits) and, with ``first_run``, in the first
-    run's explore and converge (set on the shipped plan instance, as ``without_flatten``)."""
+def with_algorithm(name: str, first_run: bool = False) -> None:
+    """``name`` (RAAR, Luke 2005; OSS, Rodriguez et al. 2013) where the refined stage runs HIO, in this process: in
+    the runs after the first (``effort.AGAIN_CONVERGE``, which the textbook's own search inherits) and, with
+    ``first_run``, in the first run's explore and converge (set on the shipped plan instance, as
+    ``without_flatten``)."""
     from shared.solver import effort
     from shared.solver.plans import REFINE_PLAN
 
-    effort.AGAIN_CONVERGE = effort.AGAIN_CONVERGE.replace("HIO", "RAAR")
+    effort.AGAIN_CONVERGE = effort.AGAIN_CONVERGE.replace("HIO", name)
     if first_run:
-        object.__setattr__(REFINE_PLAN, "explore", tuple((s.replace("HIO", "RAAR"), k) for s, k in REFINE_PLAN.explore))
-        object.__setattr__(REFINE_PLAN, "converge", REFINE_PLAN.converge.replace("HIO", "RAAR"))
+        object.__setattr__(REFINE_PLAN, "explore", tuple((s.replace("HIO", name), k) for s, k in REFINE_PLAN.explore))
+        object.__setattr__(REFINE_PLAN, "converge", REFINE_PLAN.converge.replace("HIO", name))

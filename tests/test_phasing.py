@@ -95,3 +95,39 @@ def test_the_flatten_step_is_left_out_on_grids_longer_than_its_limit():
     result = converge(intensity, start, plan=short, counting=[True] * 2)
     assert not any("flattened" in name for name in result.start), result.start
     assert "flatten" not in result.seconds
+
+
+def test_oss_filter_narrows_from_almost_none_to_almost_flat():
+    """OSS's Fourier filter: its first stage keeps nearly every frequency, its last keeps the mean alone."""
+    first, last = phasing.oss_filter((32, 32, 32), 0), phasing.oss_filter((32, 32, 32), phasing.OSS_STAGES - 1)
+    assert first[0, 0, 0] == last[0, 0, 0] == 1
+    assert first[16, 0, 0] > 0.85 and last[1, 0, 0] < 1e-6
+    assert np.allclose(first, first[::-1, ::-1, ::-1][np.ix_(*[np.roll(np.arange(32), 1)] * 3)])  # k ↔ −k
+
+
+def test_oss_keeps_the_projection_inside_the_support_and_smooths_outside():
+    objs, intensity = simulated(1, 7)
+    magnitude = np.fft.ifftshift(np.sqrt(intensity), axes=(1, 2, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    support = phasing.box_support(magnitude.shape)
+    obj = (support * np.exp(1j * rng.uniform(-np.pi, np.pi, support.shape))).astype(np.complex64)
+    hio = phasing.PhasingState(magnitude, obj.copy(), support)
+    oss = phasing.PhasingState(magnitude, obj.copy(), support, smoothing=phasing.oss_filter((32, 32, 32), 8))
+    phasing.hybrid_input_output(hio)
+    phasing.oversampling_smoothness(oss)
+    assert np.allclose(oss.obj[support], hio.obj[support], atol=1e-5)
+    outside = lambda o: np.abs(np.diff(o * ~support, axis=1)).mean()  # noqa: E731
+    assert outside(oss.obj) < 0.5 * outside(hio.obj)
+
+
+def test_a_schedule_runs_oss_through_every_stage_of_its_filter():
+    objs, intensity = simulated(1, 7)
+    result, _, chi = phasing.phase_retrieve(intensity, "20*ER+40*OSS+20*ER", start=np.stack(objs))
+    assert chi[0] < 0.05 and metrics.errors(result[0], objs[0])["phase"] < 0.1
+    run, state = phasing.ScheduleRun("5*OSS+5*ER"), phasing.PhasingState(
+        np.ones((1, 8, 8, 8), np.float32), np.ones((1, 8, 8, 8), np.complex64), np.ones((1, 8, 8, 8), bool))
+    stages = []
+    for _ in range(5):
+        run.advance(state, 1)
+        stages.append(run.oss_stage)
+    assert stages == [0, 2, 4, 6, 8]

@@ -46,6 +46,7 @@ class PhasingState:
     coherence: np.ndarray | None = field(default=None, repr=False)  # per run: ``coherence.kernel``; None: coherent
     background: np.ndarray | None = None  # per run, a flat background fitted as it goes (intensity units); None: none
     faint: np.ndarray | None = field(default=None, repr=False)  # bool, where the background is fitted (unshifted)
+    smoothing: np.ndarray | None = field(default=None, repr=False)  # OSS's Fourier-space filter now (``oss_filter``)
 
 
 def project_magnitude(state: PhasingState) -> np.ndarray:
@@ -100,11 +101,13 @@ def support_from(amplitude: np.ndarray, threshold: float, kernel: np.ndarray) ->
     return blurred > threshold * blurred.max(axis=AXES, keepdims=True)
 
 
-def shrink_wrap(state: PhasingState) -> None:
-    """New support from the current estimate; the blur kernel is computed once per run."""
+def shrink_wrap(state: PhasingState, inside: bool = False) -> None:
+    """New support from the current estimate (``inside``: from its part in the support alone, for OSS, whose
+    smoothed outside is not driven to zero); the blur kernel is computed once per run."""
     if state.blur_kernel is None:
         state.blur_kernel = blur_kernel(state.obj.shape[1:], state.sigma)
-    state.support = support_from(np.abs(state.obj), state.threshold, state.blur_kernel)
+    amplitude = np.abs(state.obj * state.support if inside else state.obj)
+    state.support = support_from(amplitude, state.threshold, state.blur_kernel)
 
 
 def uniform_density(obj: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +130,32 @@ def relaxed_averaged_alternating_reflections(state: PhasingState) -> None:
     state.obj = np.where(state.support, projected, outside).astype(np.complex64, copy=False)
 
 
-ALGORITHMS = {"ER": error_reduction, "HIO": hybrid_input_output, "RAAR": relaxed_averaged_alternating_reflections}
+def oversampling_smoothness(state: PhasingState) -> None:
+    """OSS (Rodriguez et al. 2013): HIO, then the region outside the support smoothed by a Gaussian in Fourier
+    space (``state.smoothing``, set by ``ScheduleRun`` from wide to narrow); the inside keeps the projection.
+    Why: HIO's outside holds high-frequency noise that pulls a search into wrong basins on noisy data; smoothing
+    it, ever harder, lets the support's oversampling act as a constraint."""
+    projected = project_magnitude(state)
+    hio = np.where(state.support, projected, state.obj - state.beta * projected)
+    smooth = sfft.ifftn(sfft.fftn(hio, axes=AXES, workers=-1) * state.smoothing, axes=AXES, workers=-1,
+                        overwrite_x=True)
+    state.obj = np.where(state.support, projected, smooth).astype(np.complex64, copy=False)
+
+
+OSS_STAGES = 10  # the filter narrows in this many steps over a schedule's OSS iterations
+
+
+def oss_filter(shape, stage: int, stages: int = OSS_STAGES) -> np.ndarray:
+    """OSS's filter at ``stage`` of ``stages``: exp(−k²/2α²) (k in Fourier pixels, fftn layout), α from the
+    grid's size n (almost no smoothing) down to 1/n (the outside made nearly flat) in equal steps."""
+    n = max(shape)
+    alpha = np.linspace(n, 1 / n, stages)[min(stage, stages - 1)]
+    k = np.meshgrid(*[sfft.fftfreq(m) * m for m in shape], indexing="ij")
+    return np.exp(-sum(c**2 for c in k) / (2 * alpha**2)).astype(np.float32)
+
+
+ALGORITHMS = {"ER": error_reduction, "HIO": hybrid_input_output, "RAAR": relaxed_averaged_alternating_reflections,
+              "OSS": oversampling_smoothness}
 
 
 def parse_schedule(text: str) -> list[tuple[str, int]]:
@@ -146,7 +174,7 @@ def parse_schedule(text: str) -> list[tuple[str, int]]:
             if len(steps) == 1:
                 return [(steps[0][0], steps[0][1] * count.value)]
             return steps * count.value
-        raise InputError(f"schedule: cannot read {ast.unparse(node)!r}; use ER, HIO, RAAR, + and *")
+        raise InputError(f"schedule: cannot read {ast.unparse(node)!r}; use ER, HIO, RAAR, OSS, + and *")
 
     try:
         tree = ast.parse(text.replace(" ", ""), mode="eval")
@@ -181,6 +209,7 @@ class ScheduleRun:
     average_last: int = 20
     done: int = 0  # iterations of this schedule so far (a state may run several schedules in turn)
     mean: np.ndarray | None = None  # running sum of the last ``average_last`` iterates
+    oss_stage: int = field(default=-1, repr=False)  # the OSS filter's stage ``state.smoothing`` holds
 
     def __post_init__(self):
         self.steps = parse_schedule(self.schedule)
@@ -199,17 +228,32 @@ class ScheduleRun:
         stop = self.total if iterations is None else min(self.total, self.done + iterations)
         while self.done < stop:
             name = self._algorithm_at(self.done)
+            if name == "OSS":
+                self._smooth(state)
             ALGORITHMS[name](state)
             state.iteration += 1
             self.done += 1
             if state.shrink_every and state.iteration % state.shrink_every == 0 and self.done < self.total:
-                shrink_wrap(state)
+                shrink_wrap(state, inside=name == "OSS")
             if self.done > self.total - self.average_last:
                 self.mean += state.obj
             if progress is not None:
                 progress(1)
             if history is not None:
                 history.append((time.perf_counter(), state.chi.copy()))
+
+    def _smooth(self, state: PhasingState) -> None:
+        """OSS's filter for this iteration: its stage is how far the schedule's OSS iterations have got."""
+        before = sum(min(n, max(0, self.done - start)) for (name, n), start in zip(self.steps, self._starts)
+                     if name == "OSS")
+        total = sum(n for name, n in self.steps if name == "OSS")
+        stage = before * OSS_STAGES // total
+        if stage != self.oss_stage or state.smoothing is None:
+            state.smoothing, self.oss_stage = oss_filter(state.obj.shape[1:], stage), stage
+
+    @property
+    def _starts(self) -> list[int]:
+        return list(np.cumsum([0] + [n for _, n in self.steps[:-1]]))
 
     def _algorithm_at(self, iteration: int) -> str:
         for name, count in self.steps:
