@@ -240,3 +240,22 @@ def test_the_shipped_34idc_calibration_fits_scan_54s_frames():
 
     raw, evened, transposed = roughness(summed), roughness(summed * flat), roughness(summed * flat.T)
     assert evened < 0.9 * raw and transposed > raw, (raw, evened, transposed)
+
+
+def test_frames_past_the_last_measured_one_stay_zero_and_the_peak_is_found_on_the_measured_frames():
+    """A scan that lacks its last frames (aborted, or lost at its end): frames past the last measured one are not
+    inpainted (a plateau of the frames beside the peak, which the network never saw and which moved the region's
+    Bragg peak 6 frames on); a gap within the measured frames still is."""
+    from shared.solver.stages import fill_unmeasured, signal_regions
+
+    rng = np.random.default_rng(2)
+    intensity = fourier.intensity(fourier.make_object(*crystals.random_crystal(32, rng, max_strain=2e-3)[:2]))
+    measured = np.ones(intensity.shape, bool)
+    measured[19:] = False  # 60 % of the frames
+    measured[:, 15, :] = False  # a detector gap through the peak
+    filled = fill_unmeasured(intensity[None] * measured, measured[None])[0]
+    assert not filled[19:].any()
+    gap = filled[:19, 15, :]
+    assert (gap > 0).all() and np.corrcoef(gap.ravel(), intensity[:19, 15, :].ravel())[0, 1] > 0.9
+    peak = signal_regions(filled[None], measured[None])[0].peak
+    assert abs(peak[0] - 16) <= 1, peak
