@@ -33,6 +33,7 @@ from shared.state import scheduling
 from shared.nn.inference import Predictor
 from shared.physics import downsample, metrics, phasing
 from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, Preempted, converge, preview_shown
+from shared.state.results import complex_datasets
 from shared.state.settings import Settings
 from shared.state.store import Store
 
@@ -125,7 +126,7 @@ class InferenceWorker:
             if not w["final"]:
                 shown = preview_shown(m**2, mask[:, 0, 0])
             if shown == "network":  # before the peak: the network's answer is shown, the preview warm-starts the next
-                extra = {"preview_real": obj.real, "preview_imag": obj.imag}
+                extra = complex_datasets("preview", obj)
                 obj = (a * np.exp(1j * p)).astype(np.complex64)
                 free = metrics.chi(obj, m**2, mask & phasing.free_voxels(mask.shape))  # its χ on the withheld voxels
             ca, cp, _ = metrics.canonical(obj)
@@ -190,9 +191,9 @@ class InferenceWorker:
         if previous is None:
             return None
         if previous[2].get("shown") == "network":
-            real, imag = (self.store.result_array(scan, "nn", name) for name in ("preview_real", "preview_imag"))
-            if real is not None and imag is not None:
-                return (real + 1j * imag).astype(np.complex64)
+            kept = self.store.result_complex(scan, "nn", "preview")
+            if kept is not None:
+                return kept
         return (previous[0] * np.exp(1j * previous[1])).astype(np.complex64)
 
     @staticmethod

@@ -28,7 +28,7 @@ from services.worker.queue import run_forever
 from shared.wire import detector, framefiles
 from shared.solver import fullgrid
 from shared.state import scheduling
-from shared.state.results import TRUST
+from shared.state.results import TRUST, complex_datasets
 from shared.physics.errors import InputError
 from shared.wire.messages import Start
 from shared.solver.plans import REFINE_PLAN, Checkpoint, Preempted
@@ -226,8 +226,7 @@ class RefinementWorker:
                       "bragg_peak_offset": window.on_detector(extra["bragg_peak_offset"][0]),
                       "start": extra["start"][0], "plan": extra["plan"]}
             finalists = stage.finalists[0]  # the full-grid stage's seeds
-            arrays = {"phase_uncertainty": stage.uncertainty[0], "finalists_real": finalists.real,
-                      "finalists_imag": finalists.imag}
+            arrays = {"phase_uncertainty": stage.uncertainty[0], **complex_datasets("finalists", finalists)}
             return (stage.amplitude[0], stage.phase[0], result), arrays, seconds
 
         def show_first(stage) -> None:  # the first run's answer at once; the run again's replaces it
@@ -245,9 +244,8 @@ class RefinementWorker:
         """The full-grid stage of a refined scan: its refined finalists fitted to every measured voxel."""
         scan = taken.scan
         state, refined = self.store.scan(scan), self.store.result(scan, "refined")
-        real = self.store.result_array(scan, "refined", "finalists_real")
-        imag = self.store.result_array(scan, "refined", "finalists_imag")
-        if state is None or refined is None or real is None or imag is None:
+        finalists = self.store.result_complex(scan, "refined", "finalists")
+        if state is None or refined is None or finalists is None:
             raise KeyError("scan or its refined result is gone")
         info = refined[2]
         volume, _, measured, window = self.frames(state)
@@ -256,7 +254,7 @@ class RefinementWorker:
                                           "coherence_blur": [info.get("coherence_blur")],
                                           "background": [info.get("background")],
                                           "bragg_peak_offset": [window.in_window(info["bragg_peak_offset"])]},
-                           (real + 1j * imag)[None].astype(np.complex64), None if measured is None else measured[None],
+                           finalists[None], None if measured is None else measured[None],
                            fullgrid.FULL_PLAN, self.yield_now(taken), self.resume_of(taken),
                            keep_ramp=False)  # the service keeps answers free of the peak's ramp, as the refined stage's
         fit = stage.info["fit"][0]

@@ -59,6 +59,24 @@ def read_dataset(path: Path, name: str) -> np.ndarray | None:
         return None
 
 
+def complex_datasets(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
+    """A complex array as the two real datasets a result file keeps it in (``name``_real, ``name``_imag: plain
+    float32 that every HDF5 reader opens, where a compound complex type is h5py's own)."""
+    return {f"{name}_real": values.real, f"{name}_imag": values.imag}
+
+
+def read_complex(path: Path, name: str) -> np.ndarray | None:
+    """A complex array kept by ``complex_datasets``, both halves read in one opening of the file; None if the
+    file or either half is missing."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f"{name}_real" not in f or f"{name}_imag" not in f:
+                return None
+            return (f[f"{name}_real"][()] + 1j * f[f"{name}_imag"][()]).astype(np.complex64)
+    except (FileNotFoundError, OSError):
+        return None
+
+
 def read_stage(path: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """(amplitude, phase, info) of a result file; None if there is none."""
     try:

@@ -63,3 +63,7 @@ class StageResults:
     def result_array(self, scan: str, stage: str, name: str) -> np.ndarray | None:
         """A further array of a stage's result (e.g. ``phase_uncertainty``), from its file."""
         return results.read_dataset(results.stage_path(self.settings.data_dir, scan, stage), name)
+
+    def result_complex(self, scan: str, stage: str, name: str) -> np.ndarray | None:
+        """A further complex array of a stage's result (kept by ``results.complex_datasets``), from its file."""
+        return results.read_complex(results.stage_path(self.settings.data_dir, scan, stage), name)
