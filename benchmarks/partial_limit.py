@@ -20,7 +20,6 @@ stronger preview would close the gap; if not, the frames not yet taken hold what
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import variants  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.solver import evaluation, stages  # noqa: E402
@@ -78,12 +78,8 @@ def measure(family: str, count: int, seed: int, fraction: float, predictor) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=4641)
+    parser = variants.population_parser(__doc__.splitlines()[0], 4641, count=16)
     parser.add_argument("--fraction", type=float, default=0.6)
-    parser.add_argument("--families", default="facets,defects,fill")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     predictor = Predictor()
     rows = []

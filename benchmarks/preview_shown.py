@@ -11,7 +11,6 @@ the preview), over the fractions of frames as live (each preview warm-started fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import variants  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.solver import evaluation  # noqa: E402
@@ -42,12 +42,7 @@ def measure(family: str, count: int, seed: int, predictor) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=4621)
-    parser.add_argument("--families", default="facets,defects,fill")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = variants.population_parser(__doc__.splitlines()[0], 4621).parse_args()
     predictor = Predictor()
     rows = [row for family in args.families.split(",") for row in measure(family, args.count, args.seed, predictor)]
     if args.json:

@@ -12,14 +12,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def arguments(description: str, seed: int, variants, families: str = "facets,defects,fill") -> argparse.Namespace:
-    """The options every such benchmark takes; ``--case``/``--variant`` (hidden) run one case in this process."""
+def population_parser(description: str, seed: int, count: int = 24,
+                      families: str = "facets,defects,fill") -> argparse.ArgumentParser:
+    """The options of a benchmark over crystal families run in one process: --count, --seed, --families, --json."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--count", type=int, default=count)
     parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--families", default=families)
-    parser.add_argument("--variants", default=",".join(variants))
     parser.add_argument("--json", type=Path, help="every row, per scan too")
+    return parser
+
+
+def arguments(description: str, seed: int, variants, families: str = "facets,defects,fill") -> argparse.Namespace:
+    """The options every such benchmark takes; ``--case``/``--variant`` (hidden) run one case in this process."""
+    parser = population_parser(description, seed, families=families)
+    parser.add_argument("--variants", default=",".join(variants))
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     return parser.parse_args()
