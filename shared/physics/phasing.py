@@ -244,16 +244,10 @@ class ScheduleRun:
 
     def _smooth(self, state: PhasingState) -> None:
         """OSS's filter for this iteration: its stage is how far the schedule's OSS iterations have got."""
-        before = sum(min(n, max(0, self.done - start)) for (name, n), start in zip(self.steps, self._starts)
-                     if name == "OSS")
-        total = sum(n for name, n in self.steps if name == "OSS")
-        stage = before * OSS_STAGES // total
+        oss = np.cumsum([0] + [name == "OSS" for name, n in self.steps for _ in range(n)])  # OSS iterations before
+        stage = int(oss[self.done]) * OSS_STAGES // int(oss[-1])
         if stage != self.oss_stage or state.smoothing is None:
             state.smoothing, self.oss_stage = oss_filter(state.obj.shape[1:], stage), stage
-
-    @property
-    def _starts(self) -> list[int]:
-        return list(np.cumsum([0] + [n for _, n in self.steps[:-1]]))
 
     def _algorithm_at(self, iteration: int) -> str:
         for name, count in self.steps:

@@ -278,9 +278,9 @@ def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, 
 
 def signal_regions(intensity: np.ndarray, measured: np.ndarray | None) -> list:
     """Each scan's signal region (``shared.solver.fullgrid``), all of one shape (the largest per axis): a batch is
-    refined on one grid. Its Bragg peak is found on the measured voxels alone: a scan that lacks its last frames
-    has them inpainted from the frames beside the peak, and their weight moved the peak 6 frames on a 32-frame
-    rocking curve with 60 % of its frames."""
+    refined on one grid. Its Bragg peak is found on the measured voxels alone: what fills the others is no count
+    (inpainted past a scan's last frame, a plateau beside the peak had moved it 6 frames on a 32-frame rocking
+    curve with 60 % of its frames)."""
     regions = [fullgrid.signal_region(v, downsample.bragg_peak(v if m is None else v * m), m)
                for v, m in zip(intensity, measured if measured is not None else [None] * len(intensity))]
     common = tuple(max(r.shape[axis] for r in regions) for axis in range(3))
