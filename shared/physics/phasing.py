@@ -214,6 +214,7 @@ class ScheduleRun:
     def __post_init__(self):
         self.steps = parse_schedule(self.schedule)
         self.total = sum(n for _, n in self.steps)
+        self.oss_before = np.cumsum([0] + [name == "OSS" for name, n in self.steps for _ in range(n)])  # per iteration
         self.average_last = max(1, min(self.average_last, self.total))
 
     @property
@@ -244,8 +245,7 @@ class ScheduleRun:
 
     def _smooth(self, state: PhasingState) -> None:
         """OSS's filter for this iteration: its stage is how far the schedule's OSS iterations have got."""
-        oss = np.cumsum([0] + [name == "OSS" for name, n in self.steps for _ in range(n)])  # OSS iterations before
-        stage = int(oss[self.done]) * OSS_STAGES // int(oss[-1])
+        stage = int(self.oss_before[self.done]) * OSS_STAGES // int(self.oss_before[-1])
         if stage != self.oss_stage or state.smoothing is None:
             state.smoothing, self.oss_stage = oss_filter(state.obj.shape[1:], stage), stage
 
