@@ -30,24 +30,34 @@ RIGHT = 0.1  # rad
 CAUSES = ("search", "blind", "data")
 
 
-def run_case(family: str, variant: str, count: int, seed: int) -> dict:
+def fit_from_truth(intensity, truth, measured=None):
+    """The refined plan's last steps started from the true crystal (every blur the run again tries, the lowest
+    χ_free kept, as the service chooses): what these data hold at best. ``measured``: as ``converge``'s."""
     import dataclasses
 
     import numpy as np
 
-    from shared.nn.inference import Predictor
-    from shared.solver import effort, evaluation, stages, trust
+    from shared.solver import effort, trust
     from shared.solver.plans import REFINE_PLAN, converge
+
+    plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
+                               coherence=effort.AGAIN_COHERENCE)
+    crystal = truth.astype(np.complex64)
+    return converge(intensity, crystal, measured, plan, warm=list(crystal),
+                    counting=[trust.photon_step(v) is not None for v in intensity])
+
+
+def run_case(family: str, variant: str, count: int, seed: int) -> dict:
+    import numpy as np
+
+    from shared.nn.inference import Predictor
+    from shared.solver import evaluation, stages
 
     intensity, truth, kinds = evaluation.population(family, count, seed)
     refined = stages.reconstruct(intensity, Predictor(), refine=True)["refined"]
     answer = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
     errors = np.array(evaluation.all_errors(answer, truth)["phase_unweighted"])
-    from_truth = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
-                                     coherence=effort.AGAIN_COHERENCE)
-    counting = [trust.photon_step(v) is not None for v in intensity]
-    crystal = truth.astype(np.complex64)
-    held = converge(intensity, crystal, plan=from_truth, warm=list(crystal), counting=counting)
+    held = fit_from_truth(intensity, truth)
     truth_errors = np.array(evaluation.all_errors(held.obj, truth)["phase_unweighted"])
     answer_free = np.array(refined.info["chi_free"], np.float64)
     causes = []

@@ -6,9 +6,9 @@ the data's? The same scans, in one run:
     refined        the service's whole refined stage (network, first run, runs again, the textbook's search:
                    ``stages.reconstruct(refine=True)``) on the same frames, those not yet taken marked unmeasured
     refined, all   the refined stage on every frame (what the scan ends with)
-    truth          the refined plan's last steps started from the true crystal on the same frames (as
-                   ``failure_causes.py``, every blur the run again tries, the lowest χ_free kept): what these frames
-                   hold at best, as no search can start nearer
+    truth          the refined plan's last steps started from the true crystal on the same frames
+                   (``failure_causes.fit_from_truth``: every blur the run again tries, the lowest χ_free kept): what
+                   these frames hold at best, as no search can start nearer
 
     per family: right (plain phase error < 0.1 rad, the BCDI ambiguities removed), median error, seconds per scan
 
@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import variants  # noqa: E402
+from benchmarks.failure_causes import fit_from_truth  # noqa: E402
 from shared.nn.data import magnitude_of  # noqa: E402
 from shared.nn.inference import Predictor  # noqa: E402
 from shared.solver import evaluation, stages  # noqa: E402
@@ -45,17 +46,8 @@ def refined(intensity, predictor, measured=None):
 
 
 def from_truth(intensity, truth, measured):
-    import dataclasses
-
-    from shared.solver import effort, trust
-    from shared.solver.plans import REFINE_PLAN, converge
-
     began = time.perf_counter()
-    plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
-                               coherence=effort.AGAIN_COHERENCE)
-    crystal = truth.astype(np.complex64)
-    held = converge(intensity, crystal, measured, plan, warm=list(crystal),
-                    counting=[trust.photon_step(v) is not None for v in intensity])
+    held = fit_from_truth(intensity, truth, measured)
     return held.obj, (time.perf_counter() - began) / len(intensity)
 
 
