@@ -33,7 +33,10 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "no_flatten" (the refined plan without its uniform-density restarts, ``Plan.flatten``),
 # "raar" (the runs after the first converge with RAAR where they run HIO: ``phasing.relaxed_averaged_alternating_
 # reflections``), "raar_all" (the first run's explore and converge too), "oss" and "oss_all" (the same with OSS,
-# ``phasing.oversampling_smoothness``)
+# ``phasing.oversampling_smoothness``), "guided<n>" (the textbook's own search as a guided one, n generations of
+# ``effort.GENERATION_SCHEDULE``, each member bred with the best between them: ``effort.guided``), "guided<n>_long"
+# (each generation as long as the textbook), "widths" (each answer of a scan that ran again refitted at other blurs:
+# ``effort.refit_widths``; "widths_all": coherent answers too; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -66,6 +69,18 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             variants.without_flatten()
         if variant in ("raar", "raar_all", "oss", "oss_all"):  # another algorithm where the refined stage runs HIO
             variants.with_algorithm(variant.split("_")[0].upper(), first_run=variant.endswith("_all"))
+        if variant.startswith("guided"):  # e.g. guided3, guided3_long
+            effort.TEXTBOOK_GENERATIONS = int(variant[len("guided"):].split("_")[0])
+            if variant.endswith("_long"):
+                effort.GENERATION_SCHEDULE = phasing.PAPER_SCHEDULE
+        if variant.startswith("widths"):  # a blurred answer's width refined: widths[_all][_<schedule>]
+            effort.WIDTH_FACTORS = (0.7, 0.85, 1.0, 1.15, 1.3)
+            rest = variant[len("widths"):]
+            if rest.startswith("_all"):  # coherent answers too
+                effort.WIDTH_COHERENT = (0.0, 0.35, 0.5, 0.7, 0.9)
+                rest = rest[len("_all"):]
+            if rest:
+                effort.WIDTH_SCHEDULE = rest[1:]
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -10,6 +10,7 @@ import scipy.ndimage as ndi
 import tensorflow as tf
 
 from shared.physics import coherence, crystals, fourier, metrics, phasing
+from shared.solver import effort
 from shared.solver.plans import REFINE_PLAN, converge
 from shared.solver.refinement import gaussian_loss, refine
 
@@ -103,3 +104,17 @@ def test_the_polish_fits_the_blurred_model(blurred):
     with_blur = refine(pattern[None], obj[None], steps=5, shrink_every=0, threshold=1e-3, blur_widths=[SIGMA])
     assert with_blur.chi_start[0] < 2e-3 < 0.1 < coherent.chi_start[0]  # χ is the blurred model's
     assert with_blur.chi[0] <= with_blur.chi_start[0] + 1e-7
+
+
+def test_a_blurred_answers_width_is_refined_to_what_the_withheld_voxels_prefer(blurred):
+    """The run again's widths are a coarse grid; an answer fitted at a width that is off absorbs the difference as a
+    wrong phase, and ``effort.refine_width`` refits it at scaled widths, keeping the lowest χ_free."""
+    obj, _, pattern = blurred
+    off = converge(pattern[None], obj[None], None, dataclasses.replace(
+        REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER", coherence=(0.6 * SIGMA,)), warm=[obj])
+    grid = tuple(tuple(f * off.coherence[0]) for f in (0.7, 1.0, 1.3, 1.7))  # 1.7 × 0.6: the true width, near
+    refit = effort.refine_width(pattern[None], off.obj, None, REFINE_PLAN, grid)
+    assert refit.coherence[0] == pytest.approx([0, 1.02 * SIGMA, 1.02 * SIGMA], abs=1e-5)
+    assert refit.chi_free[0] < 0.2 * off.chi_free[0]  # 0.0125 against 0.10 here
+    off_error = metrics.errors(off.obj[0], obj)["phase_unweighted"]  # 0.97 rad: a width 0.6× off, from the truth
+    assert metrics.errors(refit.obj[0], obj)["phase_unweighted"] < 0.25 * off_error  # 0.16

@@ -192,3 +192,28 @@ def test_the_textbook_start_ignores_the_network_and_the_last_run_searches_from_i
     assert textbook.starts == effort.TEXTBOOK_STARTS and set(textbook.starts) == {"box"}
     assert textbook.explore == (("", len(textbook.starts)),) and textbook.coherence == ()
     assert textbook.shrink_every == 20 and textbook.converge == effort.AGAIN_CONVERGE
+
+
+def test_a_guided_search_breeds_each_member_with_the_best():
+    """The genetic algorithm's breeding (``starts.bred``): a member that is the best moved, its phase offset and its
+    twin is the best again, so the child keeps what both agree on; amplitudes meet at their geometric mean. A guided
+    search (``effort.guided``) starts each generation from its bred population, the k-th ``previous`` its k-th child."""
+    from shared.physics import crystals
+    from shared.solver import effort
+    from shared.solver.plans import REFINE_PLAN
+    from shared.solver.starts import bred, candidate_starts
+
+    amp, phase, _ = crystals.random_crystal(32, np.random.default_rng(6), max_strain=2e-3)
+    alpha = fourier.make_object(amp, phase).astype(np.complex64)
+    moved = np.roll(metrics.twin(alpha), (1, -2, 0), axis=(0, 1, 2)) * np.exp(0.7j)
+    inside = amp > 0.5 * amp.max()
+    assert np.abs(np.angle(bred(alpha, alpha) * np.conj(alpha)))[inside].max() < 1e-4
+    assert np.abs(np.angle(bred(alpha, moved) * np.conj(alpha)))[inside].max() < 0.05
+    assert np.allclose(np.abs(bred(alpha, 4 * alpha))[inside], 2 * np.abs(alpha)[inside], rtol=1e-3)
+    children = [np.stack([alpha, 2 * alpha])]
+    starts = candidate_starts(alpha[None], ("previous", "previous"), warm=children)
+    assert np.array_equal(starts[1], 2 * alpha)
+    intensity = fourier.intensity(alpha)[None]
+    textbook = effort.again_plans(REFINE_PLAN)[-1]
+    result = effort.guided(intensity, np.abs(alpha)[None], None, textbook, generations=2)
+    assert result.start == ["box, guided ×2"] and np.isfinite(result.chi_free[0])

@@ -35,6 +35,7 @@ import numpy as np
 from shared.physics.phasing import PAPER_SCHEDULE
 from shared.solver import trust
 from shared.solver.plans import Checkpoint, Converged, Plan, Preempted, converge
+from shared.solver.starts import bred
 
 MAX_RUNS = 3
 AGAIN_SLACK = 1.0  # noisy data (floor > NOISE_LIMIT, never "converged") run again while χ_free is above the free floor
@@ -63,9 +64,26 @@ AGAIN_STALL = 0.05
 # session's variant): so they run on their own and only their final χ_free competes.
 TEXTBOOK_STARTS = ("box",) * 4
 TEXTBOOK_SHRINK_EVERY = 20  # as the textbook (``phasing.phase_retrieve``)
+# a guided textbook search (the genetic algorithm of cohere and of Ulvestad et al. 2017): GENERATIONS runs of
+# GENERATION_SCHEDULE, each member bred with the best by χ_free between them (``starts.bred``); 1: the textbook's
+# independent starts. Measured, not kept: three generations of the textbook's whole length found two dislocations the
+# shipped search misses, but were right on 29 of 72 against 28 on seed 4651, at 1.3–1.5× the time (the rule asked +3)
+TEXTBOOK_GENERATIONS = 1
+GENERATION_SCHEDULE = "20*ER+180*HIO+20*ER"
 # not for photon-limited scans (floor above NOISE_LIMIT: never "converged"): on fresh seeds 9992–9993 the same
 # scans were right with it or without (fill 14 against 13 of 24 once), for 8–21 % less time in 5 of 6 runs
 TEXTBOOK_PHOTON_LIMITED = False
+# the width of an answer refitted after its runs (``refit_widths``): a blurred one at its blur scaled by each of
+# WIDTH_FACTORS, a coherent one at each blur of WIDTH_COHERENT (σ on the detector axes), WIDTH_SCHEDULE from the
+# answer at each, the lowest χ_free kept. Why: the run again's widths are a coarse grid, and an answer absorbs a width
+# that is off as a wrong phase (from the true crystal the blurred scans of dev seed 4699 were right on 4 of 12 at the
+# grid's widths, on 10 at their true width). Measured, not kept (docs/BENCHMARKS.md, "Twenty-ninth session"): with
+# (0.7, 0.85, 1, 1.15, 1.3), (0, 0.35, 0.5, 0.7, 0.9) and 20*ER+100*HIO+30*ER the errors fell on more scans than rose,
+# but held out it was right on 17 of 48 against 16 on fresh seed 4661 (the rule asked +2), at 1.27× the time. ():
+# none
+WIDTH_FACTORS: tuple = ()
+WIDTH_COHERENT: tuple = ()
+WIDTH_SCHEDULE = "20*ER+100*HIO+30*ER"
 SMALL_GRID = 64**3
 AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
@@ -78,6 +96,30 @@ def again_plans(plan: Plan) -> list[Plan]:
     textbook = dataclasses.replace(again, starts=TEXTBOOK_STARTS, explore=(("", len(TEXTBOOK_STARTS)),),
                                    coherence=(), shrink_every=TEXTBOOK_SHRINK_EVERY)
     return [again, textbook][:MAX_RUNS - 1]
+
+
+def guided(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan, seed: int = 0,
+           counting=None, yield_now=None, generations: int | None = None) -> Converged:
+    """``plan``'s search as a guided one: its starts run ``GENERATION_SCHEDULE``; between generations every member
+    of a scan's population is bred with its best by χ_free (``starts.bred``) and the children run again; the last
+    generation goes through the plan's own last steps (tighten, final, polish)."""
+    generations = TEXTBOOK_GENERATIONS if generations is None else generations
+    members = len(plan.starts)
+    search = dataclasses.replace(plan, converge=GENERATION_SCHEDULE, flatten=(), tighten="", final="", polish_steps=0)
+    warm = None
+    for generation in range(generations):
+        last = generation == generations - 1
+        step = dataclasses.replace(plan if last else search, converge=GENERATION_SCHEDULE)
+        if warm is not None:
+            step = dataclasses.replace(step, starts=("previous",) * members)
+        result = converge(intensity, prediction, measured, step, seed=seed, warm=warm, counting=counting,
+                          yield_now=yield_now)
+        if last:
+            result.start = [f"{start}, guided ×{generations}" for start in plan.starts[:1] * len(result.obj)]
+            return result
+        population = np.concatenate([result.obj[:, None], result.alternatives], axis=1)  # best first
+        warm = [np.stack([bred(scan[0], member) for member in scan]) for scan in population]
+    raise ValueError("generations must be ≥ 1")
 
 
 def needs_more(result: Converged, floors, free_floors, measured: np.ndarray | None,
@@ -169,9 +211,10 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         if attempt == 1 and before_again is not None:
             before_again(first, todo)
         try:
-            again = converge(intensity[todo], prediction[todo], None if measured is None else measured[todo],
-                             again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo],
-                             yield_now=yield_now)
+            run = guided if textbook and TEXTBOOK_GENERATIONS > 1 else converge
+            again = run(intensity[todo], prediction[todo], None if measured is None else measured[todo],
+                        again_plan, seed=attempt, counting=None if counting is None else np.asarray(counting)[todo],
+                        yield_now=yield_now)
         except Preempted:
             if requeue:
                 raise Preempted(first_run_kept(first)) from None
@@ -191,4 +234,40 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         if best.alternatives is not None:
             for k in todo:
                 best.alternatives[k] = _independent(answers[k], free_floors[k], best.alternatives[k])
+    refit_widths(best, runs, intensity, measured, plan, counting, yield_now)
     return best, runs
+
+
+def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, measured: np.ndarray | None, plan: Plan,
+                 counting=None, yield_now=None) -> None:
+    """In place: each answer of a scan that ran again, refitted at other blurs (``refine_width``): a blurred one at
+    its width scaled by ``WIDTH_FACTORS``, a coherent one at ``WIDTH_COHERENT``; kept where χ_free is lower. Fresher
+    work (``yield_now``) stops it, the answers so far standing. Off by default (measured, not kept: docs/BENCHMARKS.md,
+    "Twenty-ninth session")."""
+    for k in [k for k in range(len(best.obj)) if runs[k] > 1]:
+        blurred = trust.is_blurred(best.coherence[k])
+        if not (WIDTH_FACTORS if blurred else WIDTH_COHERENT):
+            continue
+        grid = tuple(tuple(float(f) * np.asarray(best.coherence[k], np.float64)) for f in WIDTH_FACTORS) \
+            if blurred else WIDTH_COHERENT
+        try:
+            refit = refine_width(intensity[k:k + 1], best.obj[k:k + 1], None if measured is None else measured[k:k + 1],
+                                 plan, grid, None if counting is None else np.asarray(counting)[k:k + 1], yield_now)
+        except Preempted:
+            return
+        if refit.chi_free[0] < best.chi_free[k]:
+            best.obj[k], best.support[k], best.chi[k] = refit.obj[0], refit.support[0], refit.chi[0]
+            best.chi_free[k], best.coherence[k] = refit.chi_free[0], refit.coherence[0]
+            best.background[k] = refit.background[0]
+            best.start[k] = f"{best.start[k]}, width refitted"
+        for name, seconds in refit.seconds.items():
+            best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+
+
+def refine_width(intensity: np.ndarray, answer: np.ndarray, measured: np.ndarray | None, plan: Plan, grid,
+                 counting=None, yield_now=None) -> Converged:
+    """One scan's answer, refitted at each blur of ``grid`` (``WIDTH_SCHEDULE`` from the answer, then the plan's
+    last steps); the lowest χ_free of them."""
+    refit = dataclasses.replace(plan, starts=("previous",), explore=(("", len(grid)),), converge=WIDTH_SCHEDULE,
+                                converge_stall=0.0, coherence=grid)
+    return converge(intensity, answer, measured, refit, warm=list(answer), counting=counting, yield_now=yield_now)

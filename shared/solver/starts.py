@@ -14,7 +14,9 @@ its twin. So several starts are run side by side and the data decide:
   centred box of half the grid (``phasing.box_support``, as ``phase-retrieve``
   and cohere start), for a search the network's shape cannot bias;
 - ``previous``: the last answer for the same scan (``warm``: the live view's
-  preview from fewer frames), else the predicted amplitude with a flat phase.
+  preview from fewer frames), else the predicted amplitude with a flat phase;
+  where ``warm`` holds a stack of answers, the k-th ``previous`` takes the k-th
+  (a guided search's bred population: ``bred``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zlib
 
 import numpy as np
 
-from shared.physics.metrics import point_inversion, twin
+from shared.physics.metrics import align, point_inversion, twin
 from shared.physics.phasing import box_support
 
 
@@ -62,14 +64,31 @@ def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) ->
         raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)} or previous")
     warm = [None] * len(prediction) if warm is None else warm
 
-    def start(name, obj, previous, rng):
+    def start(name, obj, previous, rng, k):
         if name == "previous":
-            return previous if previous is not None else _flat(obj, rng)
+            if previous is None:
+                return _flat(obj, rng)
+            return previous[k] if np.ndim(previous) > np.ndim(obj) else previous
         return STARTS[name](obj, rng)
 
     def starts_of(obj, previous):
         rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])  # the scan's own
-        return [start(name, obj, previous, rng) for name in names]
+        return [start(name, obj, previous, rng, names[:k].count("previous")) for k, name in enumerate(names)]
 
+    names = list(names)
     return np.stack([candidate for obj, previous in zip(prediction, warm)
                      for candidate in starts_of(obj, previous)]).astype(np.complex64)
+
+
+def bred(alpha: np.ndarray, member: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """A guided search's child of the population's best (``alpha``) and one member: the geometric mean of their
+    amplitudes with the mean of their phases, the member aligned on ``alpha`` first (shift, offset, ramp; its twin
+    where that fits better). The genetic algorithm's "sqrt_ab" breeding (Chen et al. 2007; cohere's GA; Ulvestad
+    et al. 2017 for crystals with defects): what the best run and another agree on is kept, where they differ is
+    searched again. ``bred(alpha, alpha)`` is ``alpha``."""
+    support = np.abs(alpha) > threshold * np.abs(alpha).max()
+    candidates = [align(c, alpha) for c in (member, twin(member))]
+    misfit = [np.abs(np.angle(c * np.conj(alpha)))[support].mean() for c in candidates]
+    other = candidates[int(np.argmin(misfit))]
+    phase = np.angle(alpha) + 0.5 * np.angle(other * np.conj(alpha))
+    return (np.sqrt(np.abs(alpha) * np.abs(other)) * np.exp(1j * phase)).astype(np.complex64)
