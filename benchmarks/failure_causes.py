@@ -11,7 +11,8 @@ A wrong answer (plain phase error ≥ 0.1 rad) is then
     blind       the truth's fit is right, but the wrong answer's χ_free is as low or lower: the withheld voxels
                 cannot tell them apart, so no selection by the data can
     data        the truth's fit is itself wrong: these data, with this forward model, do not hold the crystal to
-                0.1 rad (too few photons, a blur, a model that misses)
+                0.1 rad (too few photons, a blur, a model that misses). For a blurred scan this is often the model's
+                width: at the scan's own width the truth's fit is mostly right (``width_oracle.py``)
 
     .venv/bin/python benchmarks/failure_causes.py [--count 24] [--seed 9991] [--families facets,defects,fill]
 """

@@ -36,7 +36,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # ``phasing.oversampling_smoothness``), "guided<n>" (the textbook's own search as a guided one, n generations of
 # ``effort.GENERATION_SCHEDULE``, each member bred with the best between them: ``effort.guided``), "guided<n>_long"
 # (each generation as long as the textbook), "widths" (each answer of a scan that ran again refitted at other blurs:
-# ``effort.refit_widths``; "widths_all": coherent answers too; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``)
+# ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
+# alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -79,6 +80,9 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             if rest.startswith("_all"):  # coherent answers too
                 effort.WIDTH_COHERENT = (0.0, 0.35, 0.5, 0.7, 0.9)
                 rest = rest[len("_all"):]
+            if rest.startswith("_same"):  # every answer refitted at its own width: the schedule's iterations alone
+                effort.WIDTH_FACTORS, effort.WIDTH_COHERENT = (1.0,), (0.0,)
+                rest = rest[len("_same"):]
             if rest:
                 effort.WIDTH_SCHEDULE = rest[1:]
         if variant.startswith("stall"):  # e.g. stall0.02

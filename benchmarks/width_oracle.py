@@ -1,0 +1,124 @@
+"""What a blurred scan's width is worth (issue 31): the refined plan's last steps from the true crystal, at the run
+again's widths and at the scan's own.
+
+A third of every family is measured with a detector blur (σ 0.4–1 pixel) and the refined stage is almost never right
+on those. ``failure_causes.py`` counts most of them as "data": even the truth's fit, at the widths the run again tries
+(``effort.AGAIN_COHERENCE``), is wrong. Here the same fit is made at three models, for the blurred scans alone:
+
+    grid       the run again's widths, the lowest χ_free kept (``failure_causes.fit_from_truth``, as the service chooses)
+    true       the width the scan was measured with (an oracle: no service knows it)
+    coherent   no blur
+
+right (plain phase error < 0.1 rad), median error and median χ_free of each. Where "true" is right and "grid" is not,
+the data hold the crystal and the model's width is what misses.
+
+With ``--search``, the same scans also go through the whole refined stage (``stages.reconstruct``), as shipped and with
+its run again at the scan's true width alone (``effort.AGAIN_COHERENCE``; one scan at a time): how far knowing the
+width would take the search.
+
+    .venv/bin/python benchmarks/width_oracle.py [--count 24] [--seed 4671] [--families facets,defects,fill] [--search]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import variants  # noqa: E402
+from benchmarks.failure_causes import RIGHT, fit_from_truth  # noqa: E402
+
+MODELS = ("grid", "true", "coherent")
+SEARCHES = ("search", "search_true")
+
+
+def fit_at(intensity, truth, widths):
+    """The last steps of ``fit_from_truth`` with one blur per scan (σ on the detector axes; 0: coherent)."""
+    import numpy as np
+
+    from shared.solver import trust
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    fits = []
+    for k, width in enumerate(widths):
+        plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
+                                   coherence=(float(width),))
+        crystal = truth[k:k + 1].astype(np.complex64)
+        fits.append(converge(intensity[k:k + 1], crystal, None, plan, warm=list(crystal),
+                             counting=[trust.photon_step(intensity[k]) is not None]))
+    return np.concatenate([f.obj for f in fits]), np.concatenate([f.chi_free for f in fits])
+
+
+def searched(intensity, widths, oracle: bool):
+    """The refined stage's answers, one scan at a time: as shipped, or (``oracle``) with the run again at the scan's
+    own width alone."""
+    import numpy as np
+
+    from shared.nn.inference import Predictor
+    from shared.solver import effort, stages
+
+    predictor, shipped, answers = Predictor(), effort.AGAIN_COHERENCE, []
+    try:
+        for k, width in enumerate(widths):
+            effort.AGAIN_COHERENCE = (float(width),) if oracle else shipped
+            refined = stages.reconstruct(intensity[k:k + 1], predictor, refine=True)["refined"]
+            answers.append((refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64))
+    finally:
+        effort.AGAIN_COHERENCE = shipped
+    return np.concatenate(answers), np.full(len(widths), np.nan)
+
+
+def run_case(family: str, count: int, seed: int, search: bool = False) -> dict:
+    import numpy as np
+
+    from shared.solver import evaluation
+
+    intensity, truth, kinds = evaluation.population(family, count, seed)
+    blurred = [k for k in range(count) if kinds[k]["blur"] > 0]
+    intensity, truth = intensity[blurred], truth[blurred]
+    widths = [kinds[k]["blur"] for k in blurred]
+    grid = fit_from_truth(intensity, truth)
+    fits = {"grid": (grid.obj, grid.chi_free), "true": fit_at(intensity, truth, widths),
+            "coherent": fit_at(intensity, truth, [0.0] * len(blurred))}
+    if search:
+        fits |= {"search": searched(intensity, widths, False), "search_true": searched(intensity, widths, True)}
+    row = {"family": family, "seed": seed, "blurred": len(blurred), "widths": [round(float(w), 3) for w in widths],
+           "grid_widths": [round(float(w), 3) for w in grid.coherence[:, 1]]}
+    for model, (obj, chi_free) in fits.items():
+        errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
+        row[model] = {"right": int((errors < RIGHT).sum()), "median_error": float(np.median(errors)),
+                      "median_chi_free": float(np.median(chi_free)), "errors": [round(float(e), 4) for e in errors]}
+    return row
+
+
+def main() -> None:
+    parser = variants.population_parser(__doc__.splitlines()[0], 4671)
+    parser.add_argument("--search", action="store_true", help="the refined stage too, as shipped and at the true width")
+    args = parser.parse_args()
+    rows = []
+    for family in args.families.split(","):
+        rows.append(run_case(family, args.count, args.seed, args.search))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in MODELS + SEARCHES}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print("\n| family | blurred scans | right from the truth: grid / true width / coherent | median error (rad) | "
+          "median χ_free |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        right = " / ".join(str(r[m]["right"]) for m in MODELS)
+        error = " / ".join(f"{r[m]['median_error']:.3f}" for m in MODELS)
+        chi_free = " / ".join(f"{r[m]['median_chi_free']:.4f}" for m in MODELS)
+        print(f"| {r['family']} | {r['blurred']} | {right} | {error} | {chi_free} |")
+    if args.search:
+        print("\n| family | blurred scans | right, the refined stage: shipped / run again at the true width | median error |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['family']} | {r['blurred']} | {' / '.join(str(r[m]['right']) for m in SEARCHES)} | "
+                  f"{' / '.join(format(r[m]['median_error'], '.3f') for m in SEARCHES)} |")
+
+
+if __name__ == "__main__":
+    main()
