@@ -104,21 +104,20 @@ def main() -> None:
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in MODELS + SEARCHES}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print("\n| family | blurred scans | right from the truth: grid / true width / coherent | median error (rad) | "
-          "median χ_free |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        right = " / ".join(str(r[m]["right"]) for m in MODELS)
-        error = " / ".join(f"{r[m]['median_error']:.3f}" for m in MODELS)
-        chi_free = " / ".join(f"{r[m]['median_chi_free']:.4f}" for m in MODELS)
-        print(f"| {r['family']} | {r['blurred']} | {right} | {error} | {chi_free} |")
+    table(rows, MODELS, "right from the truth: grid / true width / coherent", median_chi_free=True)
     if args.search:
-        print("\n| family | blurred scans | right, the refined stage: shipped / run again at the true width | median error |")
-        print("|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['family']} | {r['blurred']} | {' / '.join(str(r[m]['right']) for m in SEARCHES)} | "
-                  f"{' / '.join(format(r[m]['median_error'], '.3f') for m in SEARCHES)} |")
+        table(rows, SEARCHES, "right, the refined stage: shipped / run again at the true width")
 
+
+def table(rows: list[dict], models, title: str, median_chi_free: bool = False) -> None:
+    """One row per family: right, median error (and median χ_free) of each model, separated by slashes."""
+    columns = [("right", "{}"), ("median_error", "{:.3f}")] + ([("median_chi_free", "{:.4f}")] if median_chi_free else [])
+    heads = {"right": title, "median_error": "median error (rad)", "median_chi_free": "median χ_free"}
+    print("\n| family | blurred scans | " + " | ".join(heads[c] for c, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for r in rows:
+        cells = [" / ".join(form.format(r[m][c]) for m in models) for c, form in columns]
+        print(f"| {r['family']} | {r['blurred']} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
