@@ -109,7 +109,7 @@ def guided(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray |
     warm = None
     for generation in range(generations):
         last = generation == generations - 1
-        step = dataclasses.replace(plan if last else search, converge=GENERATION_SCHEDULE)
+        step = dataclasses.replace(plan, converge=GENERATION_SCHEDULE) if last else search
         if warm is not None:
             step = dataclasses.replace(step, starts=("previous",) * members)
         result = converge(intensity, prediction, measured, step, seed=seed, warm=warm, counting=counting,

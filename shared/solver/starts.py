@@ -59,6 +59,7 @@ def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) ->
 
     Each scan draws its random starts from ``seed`` and its own prediction: its answer does not depend on which
     scans share its batch (a run again batches only the scans left uncertain)."""
+    names = list(names)
     unknown = [n for n in names if n not in STARTS and n != "previous"]
     if unknown:
         raise ValueError(f"unknown start {unknown[0]!r}; use {', '.join(STARTS)} or previous")
@@ -75,7 +76,6 @@ def candidate_starts(prediction: np.ndarray, names, seed: int = 0, warm=None) ->
         rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(obj).tobytes())])  # the scan's own
         return [start(name, obj, previous, rng, names[:k].count("previous")) for k, name in enumerate(names)]
 
-    names = list(names)
     return np.stack([candidate for obj, previous in zip(prediction, warm)
                      for candidate in starts_of(obj, previous)]).astype(np.complex64)
 
