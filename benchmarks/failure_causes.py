@@ -10,9 +10,11 @@ A wrong answer (plain phase error ≥ 0.1 rad) is then
                 answer: the data prefer the crystal; more search, selected by χ_free, would find it
     blind       the truth's fit is right, but the wrong answer's χ_free is as low or lower: the withheld voxels
                 cannot tell them apart, so no selection by the data can
+    width       a blurred scan whose truth's fit is wrong at the widths the run again tries and right at the width
+                it was measured with (an oracle): the data hold the crystal, the model's width misses
+                (``width_oracle.py``)
     data        the truth's fit is itself wrong: these data, with this forward model, do not hold the crystal to
-                0.1 rad (too few photons, a blur, a model that misses). For a blurred scan this is often the model's
-                width: at the scan's own width the truth's fit is mostly right (``width_oracle.py``)
+                0.1 rad (too few photons, a blur at any width, a model that misses)
 
     .venv/bin/python benchmarks/failure_causes.py [--count 24] [--seed 9991] [--families facets,defects,fill]
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import variants  # noqa: E402
 
 RIGHT = 0.1  # rad
-CAUSES = ("search", "blind", "data")
+CAUSES = ("search", "blind", "width", "data")
 
 
 def fit_from_truth(intensity, truth, measured=None):
@@ -48,6 +50,25 @@ def fit_from_truth(intensity, truth, measured=None):
                     counting=[trust.photon_step(v) is not None for v in intensity])
 
 
+def fit_from_truth_at(intensity, truth, widths):
+    """``fit_from_truth``'s last steps with one blur per scan (σ on the detector axes; 0: coherent)."""
+    import dataclasses
+
+    import numpy as np
+
+    from shared.solver import trust
+    from shared.solver.plans import REFINE_PLAN, converge
+
+    fits = []
+    for k, width in enumerate(widths):
+        plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
+                                   coherence=(float(width),))
+        crystal = truth[k:k + 1].astype(np.complex64)
+        fits.append(converge(intensity[k:k + 1], crystal, None, plan, warm=list(crystal),
+                             counting=[trust.photon_step(intensity[k]) is not None]))
+    return np.concatenate([f.obj for f in fits]), np.concatenate([f.chi_free for f in fits])
+
+
 def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     import numpy as np
 
@@ -61,12 +82,17 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     held = fit_from_truth(intensity, truth)
     truth_errors = np.array(evaluation.all_errors(held.obj, truth)["phase_unweighted"])
     answer_free = np.array(refined.info["chi_free"], np.float64)
+    at_width = {}  # the blurred scans the truth's fit misses: its error at the width each was measured with
+    blurred = [k for k in range(count) if errors[k] >= RIGHT and truth_errors[k] >= RIGHT and kinds[k]["blur"] > 0]
+    if blurred:
+        fits, _ = fit_from_truth_at(intensity[blurred], truth[blurred], [kinds[k]["blur"] for k in blurred])
+        at_width = dict(zip(blurred, evaluation.all_errors(fits, truth[blurred])["phase_unweighted"]))
     causes = []
     for k in range(count):
         if errors[k] < RIGHT:
             causes.append("right")
         elif truth_errors[k] >= RIGHT:
-            causes.append("data")
+            causes.append("width" if at_width.get(k, np.inf) < RIGHT else "data")
         else:
             causes.append("search" if held.chi_free[k] < answer_free[k] else "blind")
     return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < RIGHT).sum()),
@@ -83,11 +109,11 @@ def main() -> None:
         return
     rows = variants.run_each(__file__, args.families.split(","), args,
                              brief=("errors", "truth_errors", "chi_free", "truth_chi_free", "causes", "kinds"))
-    print("\n| family | right | right from the truth | wrong: search | wrong: blind | wrong: data |")
-    print("|---|---|---|---|---|---|")
+    print("\n| family | right | right from the truth | wrong: search | wrong: blind | wrong: width | wrong: data |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['family']} | {r['right']}/{r['count']} | {r['truth_right']}/{r['count']} | {r['search']} "
-              f"| {r['blind']} | {r['data']} |")
+              f"| {r['blind']} | {r['width']} | {r['data']} |")
 
 
 if __name__ == "__main__":

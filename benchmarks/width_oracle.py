@@ -21,7 +21,6 @@ width would take the search.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -29,27 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import variants  # noqa: E402
-from benchmarks.failure_causes import RIGHT, fit_from_truth  # noqa: E402
+from benchmarks.failure_causes import RIGHT, fit_from_truth, fit_from_truth_at  # noqa: E402
 
 MODELS = ("grid", "true", "coherent")
 SEARCHES = ("search", "search_true")
-
-
-def fit_at(intensity, truth, widths):
-    """The last steps of ``fit_from_truth`` with one blur per scan (σ on the detector axes; 0: coherent)."""
-    import numpy as np
-
-    from shared.solver import trust
-    from shared.solver.plans import REFINE_PLAN, converge
-
-    fits = []
-    for k, width in enumerate(widths):
-        plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
-                                   coherence=(float(width),))
-        crystal = truth[k:k + 1].astype(np.complex64)
-        fits.append(converge(intensity[k:k + 1], crystal, None, plan, warm=list(crystal),
-                             counting=[trust.photon_step(intensity[k]) is not None]))
-    return np.concatenate([f.obj for f in fits]), np.concatenate([f.chi_free for f in fits])
 
 
 def searched(intensity, widths, oracle: bool):
@@ -81,8 +63,8 @@ def run_case(family: str, count: int, seed: int, search: bool = False) -> dict:
     intensity, truth = intensity[blurred], truth[blurred]
     widths = [kinds[k]["blur"] for k in blurred]
     grid = fit_from_truth(intensity, truth)
-    fits = {"grid": (grid.obj, grid.chi_free), "true": fit_at(intensity, truth, widths),
-            "coherent": fit_at(intensity, truth, [0.0] * len(blurred))}
+    fits = {"grid": (grid.obj, grid.chi_free), "true": fit_from_truth_at(intensity, truth, widths),
+            "coherent": fit_from_truth_at(intensity, truth, [0.0] * len(blurred))}
     if search:
         fits |= {"search": searched(intensity, widths, False), "search_true": searched(intensity, widths, True)}
     row = {"family": family, "seed": seed, "blurred": len(blurred), "widths": [round(float(w), 3) for w in widths],
