@@ -37,7 +37,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # ``effort.GENERATION_SCHEDULE``, each member bred with the best between them: ``effort.guided``), "guided<n>_long"
 # (each generation as long as the textbook), "widths" (each answer of a scan that ran again refitted at other blurs:
 # ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
-# alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``)
+# alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``), "deblurred" (widths refitted on a finer grid, then a
+# blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -85,6 +86,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
                 rest = rest[len("_same"):]
             if rest:
                 effort.WIDTH_SCHEDULE = rest[1:]
+        if variant == "deblurred":  # the width refitted on a finer grid, then a search on data deblurred at it
+            effort.WIDTH_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
+            effort.WIDTH_COHERENT = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+            effort.DEBLURRED_SEARCH = True
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -95,6 +95,23 @@ def modulus(field, multiplier, xp=np, fft=sfft, background=None):
     return xp.sqrt(intensity).astype(xp.float32, copy=False)
 
 
+def deconvolve(intensity: np.ndarray, sigmas, iterations: int = 100) -> np.ndarray:
+    """One measured intensity (…, centred or not: the blur is periodic) with the blur of σ per axis taken out:
+    Richardson–Lucy, the Poisson likelihood's fixed point u ← u · G ⊛ (I / (G ⊛ u)) (G is symmetric). A search on
+    deblurred data sees the fringes' contrast a blurred model hides from it; the answer is then fitted to the measured
+    data with the blurred model."""
+    data = np.clip(np.asarray(intensity, np.float64), 0, None)
+    multiplier = kernel(data.shape, np.asarray(sigmas, np.float64).reshape(1, 3))[0]
+
+    def blur(x):
+        return sfft.irfftn(sfft.rfftn(x) * multiplier, s=data.shape)
+
+    estimate = data + 1e-6
+    for _ in range(iterations):
+        estimate *= blur(data / np.maximum(blur(estimate), 1e-9))
+    return estimate.astype(np.float32)
+
+
 def faint_voxels(intensity, fit=None):
     """Per run (B, …), the fitted voxels at or below the run's median intensity, smoothed by 2 voxels so that
     the choice does not pick the low draws of the noise (which would bias the background low): where a

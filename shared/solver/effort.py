@@ -32,6 +32,7 @@ import dataclasses
 
 import numpy as np
 
+from shared.physics import coherence
 from shared.physics.phasing import PAPER_SCHEDULE
 from shared.solver import trust
 from shared.solver.plans import Checkpoint, Converged, Plan, Preempted, converge
@@ -84,6 +85,13 @@ TEXTBOOK_PHOTON_LIMITED = False
 WIDTH_FACTORS: tuple = ()
 WIDTH_COHERENT: tuple = ()
 WIDTH_SCHEDULE = "20*ER+100*HIO+30*ER"
+# after the width is refitted (``refit_widths``), a blurred answer's search again on the data deblurred at that width
+# (``coherence.deconvolve``), coherent as the run again's starts, its answer fitted to the measured data at the width.
+# Measured with WIDTH_FACTORS 0.6–1.4 and WIDTH_COHERENT 0–1 in steps of 0.1 (``run_again.py --variants deblurred``):
+# right on 37 against 31 of 72 on fresh seed 4721 and, held out, 20 against 17 of 48 on fresh seed 4731, no more
+# wrong answers called converged; but at 1.6–1.8× the time, where the rule written before the runs allowed 1.3×:
+# not on by default (docs/BENCHMARKS.md, "Twenty-ninth session")
+DEBLURRED_SEARCH = False
 SMALL_GRID = 64**3
 AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
@@ -234,12 +242,12 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
         if best.alternatives is not None:
             for k in todo:
                 best.alternatives[k] = _independent(answers[k], free_floors[k], best.alternatives[k])
-    refit_widths(best, runs, intensity, measured, plan, counting, yield_now)
+    refit_widths(best, runs, intensity, prediction, measured, plan, counting, yield_now)
     return best, runs
 
 
-def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, measured: np.ndarray | None, plan: Plan,
-                 counting=None, yield_now=None) -> None:
+def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, prediction: np.ndarray,
+                 measured: np.ndarray | None, plan: Plan, counting=None, yield_now=None) -> None:
     """In place: each answer of a scan that ran again, refitted at other blurs (``refine_width``): a blurred one at
     its width scaled by ``WIDTH_FACTORS``, a coherent one at ``WIDTH_COHERENT``; kept where χ_free is lower. Fresher
     work (``yield_now``) stops it, the answers so far standing. Off by default (measured, not kept: docs/BENCHMARKS.md,
@@ -255,13 +263,35 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, measur
                                  plan, grid, None if counting is None else np.asarray(counting)[k:k + 1], yield_now)
         except Preempted:
             return
-        if refit.chi_free[0] < best.chi_free[k]:
-            best.obj[k], best.support[k], best.chi[k] = refit.obj[0], refit.support[0], refit.chi[0]
-            best.chi_free[k], best.coherence[k] = refit.chi_free[0], refit.coherence[0]
-            best.background[k] = refit.background[0]
-            best.start[k] = f"{best.start[k]}, width refitted"
-        for name, seconds in refit.seconds.items():
-            best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+        fits = [(refit, "width refitted")]
+        if DEBLURRED_SEARCH and trust.is_blurred(refit.coherence[0]):
+            try:
+                fits.append((search_deblurred(intensity[k:k + 1], prediction[k:k + 1],
+                                              None if measured is None else measured[k:k + 1], plan, refit.coherence[0],
+                                              None if counting is None else np.asarray(counting)[k:k + 1], yield_now),
+                             "searched deblurred"))
+            except Preempted:
+                return
+        for fit, how in fits:
+            if fit.chi_free[0] < best.chi_free[k]:
+                best.obj[k], best.support[k], best.chi[k] = fit.obj[0], fit.support[0], fit.chi[0]
+                best.chi_free[k], best.coherence[k] = fit.chi_free[0], fit.coherence[0]
+                best.background[k] = fit.background[0]
+                best.start[k] = f"{best.start[k]}, {how}"
+            for name, seconds in fit.seconds.items():
+                best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+
+
+def search_deblurred(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan, widths,
+                     counting=None, yield_now=None) -> Converged:
+    """One scan's run again on its data deblurred at ``widths`` (σ per axis), coherent; its answer then fitted to the
+    measured data with the blurred model (``20*ER`` and the plan's last steps)."""
+    deblurred = coherence.deconvolve(intensity[0], widths)[None]
+    search = dataclasses.replace(again_plans(plan)[0], coherence=())
+    found = converge(deblurred, prediction, measured, search, seed=len(again_plans(plan)) + 1, yield_now=yield_now)
+    fit = dataclasses.replace(plan, starts=("previous",), explore=(), converge="20*ER",
+                              coherence=(tuple(np.asarray(widths, np.float64)),))
+    return converge(intensity, found.obj, measured, fit, warm=list(found.obj), counting=counting, yield_now=yield_now)
 
 
 def refine_width(intensity: np.ndarray, answer: np.ndarray, measured: np.ndarray | None, plan: Plan, grid,
