@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import variants  # noqa: E402
 
 from shared.wire import realdata  # noqa: E402
-VARIANTS = ("shipped", "coherent", "no_background")
+VARIANTS = ("shipped", "coherent", "no_background")  # also "deblurred"
 
 
 def run_case(case: str, variant: str, count: int, seed: int) -> dict:
@@ -43,6 +43,8 @@ def run_case(case: str, variant: str, count: int, seed: int) -> dict:
 
     if variant == "coherent":
         effort.AGAIN_COHERENCE = (0.0,)
+    if variant == "deblurred":  # widths refitted, then a search on data deblurred at them (``effort.DEBLURRED_SEARCH``)
+        variants.with_deblurred_search()
     plan = dataclasses.replace(REFINE_PLAN, background=variant != "no_background")
     predictor = Predictor()
     if case == "paper":

@@ -87,9 +87,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             if rest:
                 effort.WIDTH_SCHEDULE = rest[1:]
         if variant == "deblurred":  # the width refitted on a finer grid, then a search on data deblurred at it
-            effort.WIDTH_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
-            effort.WIDTH_COHERENT = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-            effort.DEBLURRED_SEARCH = True
+            variants.with_deblurred_search()
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -69,3 +69,13 @@ def with_algorithm(name: str, first_run: bool = False) -> None:
     if first_run:
         object.__setattr__(REFINE_PLAN, "explore", tuple((s.replace("HIO", name), k) for s, k in REFINE_PLAN.explore))
         object.__setattr__(REFINE_PLAN, "converge", REFINE_PLAN.converge.replace("HIO", name))
+
+
+def with_deblurred_search() -> None:
+    """The width of each answer that ran again refitted on a finer grid, then a blurred answer's search again on its
+    data deblurred at that width (``effort.refit_widths``, ``effort.DEBLURRED_SEARCH``), in this process."""
+    from shared.solver import effort
+
+    effort.WIDTH_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
+    effort.WIDTH_COHERENT = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    effort.DEBLURRED_SEARCH = True
