@@ -143,3 +143,20 @@ def test_a_search_on_deblurred_data_is_fitted_to_the_measured_pattern_at_its_wid
     assert fit.coherence[0] == pytest.approx(width)
     assert fit.chi_free[0] < 0.05
     assert metrics.errors(fit.obj[0], obj)["phase_unweighted"] < 0.2  # 0.137 here; a coherent fit is ~1 rad off
+
+
+def test_after_its_runs_a_blurred_answer_gets_its_width_refitted_and_a_deblurred_search(blurred, monkeypatch):
+    """``effort.refit_widths`` (off by default): a scan that ran again keeps whichever of its answer, the refit and the
+    deblurred search predicts the withheld voxels best, and says which in its start."""
+    obj, _, pattern = blurred
+    best = converge(pattern[None], obj[None], None, dataclasses.replace(
+        REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER", coherence=(0.6 * SIGMA,)), warm=[obj])
+    before = float(best.chi_free[0])
+    monkeypatch.setattr(effort, "WIDTH_FACTORS", (1.0, 1.7))
+    monkeypatch.setattr(effort, "DEBLURRED_SEARCH", True)
+    effort.refit_widths(best, [1], pattern[None], np.abs(obj)[None].astype(np.complex64), None, REFINE_PLAN)
+    assert best.chi_free[0] == before  # a scan that did not run again is left as it is
+    effort.refit_widths(best, [2], pattern[None], np.abs(obj)[None].astype(np.complex64), None, REFINE_PLAN)
+    assert best.chi_free[0] < 0.2 * before
+    assert best.coherence[0] == pytest.approx([0, 1.02 * SIGMA, 1.02 * SIGMA], abs=1e-5)
+    assert "width refitted" in best.start[0] or "searched deblurred" in best.start[0]

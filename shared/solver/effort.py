@@ -250,7 +250,8 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
                  measured: np.ndarray | None, plan: Plan, counting=None, yield_now=None) -> None:
     """In place: each answer of a scan that ran again, refitted at other blurs (``refine_width``): a blurred one at
     its width scaled by ``WIDTH_FACTORS``, a coherent one at ``WIDTH_COHERENT``; kept where χ_free is lower. Fresher
-    work (``yield_now``) stops it, the answers so far standing. Off by default (measured, not kept: docs/BENCHMARKS.md,
+    work (``yield_now``) stops it, the answers so far standing. With ``DEBLURRED_SEARCH`` a blurred answer also runs
+    again on its data deblurred at the refitted width (``search_deblurred``). Off by default (docs/BENCHMARKS.md,
     "Twenty-ninth session")."""
     for k in [k for k in range(len(best.obj)) if runs[k] > 1]:
         blurred = trust.is_blurred(best.coherence[k])
@@ -258,20 +259,16 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
             continue
         grid = tuple(tuple(float(f) * np.asarray(best.coherence[k], np.float64)) for f in WIDTH_FACTORS) \
             if blurred else WIDTH_COHERENT
+        one = slice(k, k + 1)
+        mask, counts = None if measured is None else measured[one], None if counting is None else np.asarray(counting)[one]
         try:
-            refit = refine_width(intensity[k:k + 1], best.obj[k:k + 1], None if measured is None else measured[k:k + 1],
-                                 plan, grid, None if counting is None else np.asarray(counting)[k:k + 1], yield_now)
-        except Preempted:
+            refit = refine_width(intensity[one], best.obj[one], mask, plan, grid, counts, yield_now)
+            fits = [(refit, "width refitted")]
+            if DEBLURRED_SEARCH and trust.is_blurred(refit.coherence[0]):
+                fits.append((search_deblurred(intensity[one], prediction[one], mask, plan, refit.coherence[0], counts,
+                                              yield_now), "searched deblurred"))
+        except Preempted:  # fresher work waits: the answers so far stand
             return
-        fits = [(refit, "width refitted")]
-        if DEBLURRED_SEARCH and trust.is_blurred(refit.coherence[0]):
-            try:
-                fits.append((search_deblurred(intensity[k:k + 1], prediction[k:k + 1],
-                                              None if measured is None else measured[k:k + 1], plan, refit.coherence[0],
-                                              None if counting is None else np.asarray(counting)[k:k + 1], yield_now),
-                             "searched deblurred"))
-            except Preempted:
-                return
         for fit, how in fits:
             if fit.chi_free[0] < best.chi_free[k]:
                 best.obj[k], best.support[k], best.chi[k] = fit.obj[0], fit.support[0], fit.chi[0]
