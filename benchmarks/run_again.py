@@ -38,7 +38,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # (each generation as long as the textbook), "widths" (each answer of a scan that ran again refitted at other blurs:
 # ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
 # alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``), "deblurred" (widths refitted on a finer grid, then a
-# blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``)
+# blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``), "deblurred_lean" (the
+# same with five widths, each fitted by 50*ER)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -86,8 +87,11 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
                 rest = rest[len("_same"):]
             if rest:
                 effort.WIDTH_SCHEDULE = rest[1:]
-        if variant == "deblurred":  # the width refitted on a finer grid, then a search on data deblurred at it
+        if variant.startswith("deblurred"):  # the width refitted on a finer grid, then a search on data deblurred at it
             variants.with_deblurred_search()
+            if variant == "deblurred_lean":  # five widths, each fitted by ER alone
+                effort.WIDTH_FACTORS, effort.WIDTH_COHERENT = (0.7, 0.85, 1.0, 1.15, 1.3), (0.0, 0.4, 0.6, 0.8, 1.0)
+                effort.WIDTH_SCHEDULE = "50*ER"
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")
