@@ -33,9 +33,10 @@ RIGHT = 0.1  # rad
 CAUSES = ("search", "blind", "width", "data")
 
 
-def fit_from_truth(intensity, truth, measured=None):
+def fit_from_truth(intensity, truth, measured=None, widths=None):
     """The refined plan's last steps started from the true crystal (every blur the run again tries, the lowest
-    χ_free kept, as the service chooses): what these data hold at best. ``measured``: as ``converge``'s."""
+    χ_free kept, as the service chooses): what these data hold at best. ``measured``: as ``converge``'s;
+    ``widths``: the blurs tried (σ on the detector axes; by default the run again's)."""
     import dataclasses
 
     import numpy as np
@@ -44,28 +45,18 @@ def fit_from_truth(intensity, truth, measured=None):
     from shared.solver.plans import REFINE_PLAN, converge
 
     plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
-                               coherence=effort.AGAIN_COHERENCE)
+                               coherence=effort.AGAIN_COHERENCE if widths is None else tuple(widths))
     crystal = truth.astype(np.complex64)
     return converge(intensity, crystal, measured, plan, warm=list(crystal),
                     counting=[trust.photon_step(v) is not None for v in intensity])
 
 
 def fit_from_truth_at(intensity, truth, widths):
-    """``fit_from_truth``'s last steps with one blur per scan (σ on the detector axes; 0: coherent)."""
-    import dataclasses
-
+    """``fit_from_truth`` with one blur per scan, its own (σ on the detector axes; 0: coherent)."""
     import numpy as np
 
-    from shared.solver import trust
-    from shared.solver.plans import REFINE_PLAN, converge
-
-    fits = []
-    for k, width in enumerate(widths):
-        plan = dataclasses.replace(REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER",
-                                   coherence=(float(width),))
-        crystal = truth[k:k + 1].astype(np.complex64)
-        fits.append(converge(intensity[k:k + 1], crystal, None, plan, warm=list(crystal),
-                             counting=[trust.photon_step(intensity[k]) is not None]))
+    fits = [fit_from_truth(intensity[k:k + 1], truth[k:k + 1], widths=(float(width),))
+            for k, width in enumerate(widths)]
     return np.concatenate([f.obj for f in fits]), np.concatenate([f.chi_free for f in fits])
 
 

@@ -101,5 +101,6 @@ def table(rows: list[dict], models, title: str, median_chi_free: bool = False) -
         cells = [" / ".join(form.format(r[m][c]) for m in models) for c, form in columns]
         print(f"| {r['family']} | {r['blurred']} | " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()

@@ -179,6 +179,15 @@ def align(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return remove_phase_ramp(shifted, truth, np.abs(truth) > 0.5 * np.abs(truth).max())
 
 
+def align_either_twin(estimate: np.ndarray, reference: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``estimate`` or its twin, aligned on ``reference`` (``align``): whichever has the smaller mean phase
+    difference from it on ``support``. Two solutions of one pattern compared (a phase spread, a genetic algorithm's
+    breeding) may be each other's twin."""
+    candidates = [align(c, reference) for c in (estimate, twin(estimate))]
+    misfit = [np.abs(np.angle(c * np.conj(reference)))[support].mean() for c in candidates]
+    return candidates[int(np.argmin(misfit))]
+
+
 def errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Amplitude and phase error of ``estimate`` against ``truth``, ambiguities removed.
 

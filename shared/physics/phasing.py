@@ -214,7 +214,9 @@ class ScheduleRun:
     def __post_init__(self):
         self.steps = parse_schedule(self.schedule)
         self.total = sum(n for _, n in self.steps)
-        self.oss_before = np.cumsum([0] + [name == "OSS" for name, n in self.steps for _ in range(n)])  # per iteration
+        # OSS iterations before each iteration (OSS's filter stage follows it), for a schedule that has OSS
+        self.oss_before = np.cumsum([0] + [name == "OSS" for name, n in self.steps for _ in range(n)]) \
+            if any(name == "OSS" for name, _ in self.steps) else None
         self.average_last = max(1, min(self.average_last, self.total))
 
     @property

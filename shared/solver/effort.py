@@ -284,17 +284,18 @@ def search_deblurred(intensity: np.ndarray, prediction: np.ndarray, measured: np
     """One scan's run again on its data deblurred at ``widths`` (σ per axis), coherent; its answer then fitted to the
     measured data with the blurred model (``20*ER`` and the plan's last steps)."""
     deblurred = coherence.deconvolve(intensity[0], widths)[None]
-    search = dataclasses.replace(again_plans(plan)[0], coherence=())
-    found = converge(deblurred, prediction, measured, search, seed=len(again_plans(plan)) + 1, yield_now=yield_now)
-    fit = dataclasses.replace(plan, starts=("previous",), explore=(), converge="20*ER",
-                              coherence=(tuple(np.asarray(widths, np.float64)),))
-    return converge(intensity, found.obj, measured, fit, warm=list(found.obj), counting=counting, yield_now=yield_now)
+    later = again_plans(plan)
+    found = converge(deblurred, prediction, measured, dataclasses.replace(later[0], coherence=()), seed=len(later) + 1,
+                     yield_now=yield_now)
+    return refine_width(intensity, found.obj, measured, plan, (tuple(np.asarray(widths, np.float64)),), counting,
+                        yield_now, schedule="20*ER")
 
 
 def refine_width(intensity: np.ndarray, answer: np.ndarray, measured: np.ndarray | None, plan: Plan, grid,
-                 counting=None, yield_now=None) -> Converged:
-    """One scan's answer, refitted at each blur of ``grid`` (``WIDTH_SCHEDULE`` from the answer, then the plan's
-    last steps); the lowest χ_free of them."""
-    refit = dataclasses.replace(plan, starts=("previous",), explore=(("", len(grid)),), converge=WIDTH_SCHEDULE,
-                                converge_stall=0.0, coherence=grid)
+                 counting=None, yield_now=None, schedule: str | None = None) -> Converged:
+    """One scan's answer, refitted at each blur of ``grid`` (``schedule``, by default ``WIDTH_SCHEDULE``, from the
+    answer, then the plan's last steps); the lowest χ_free of them."""
+    refit = dataclasses.replace(plan, starts=("previous",), explore=(("", len(grid)),),
+                                converge=WIDTH_SCHEDULE if schedule is None else schedule, converge_stall=0.0,
+                                coherence=grid)
     return converge(intensity, answer, measured, refit, warm=list(answer), counting=counting, yield_now=yield_now)

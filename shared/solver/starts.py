@@ -25,7 +25,7 @@ import zlib
 
 import numpy as np
 
-from shared.physics.metrics import align, point_inversion, twin
+from shared.physics.metrics import align_either_twin, point_inversion, twin
 from shared.physics.phasing import box_support
 
 
@@ -86,9 +86,6 @@ def bred(alpha: np.ndarray, member: np.ndarray, threshold: float = 0.1) -> np.nd
     where that fits better). The genetic algorithm's "sqrt_ab" breeding (Chen et al. 2007; cohere's GA; Ulvestad
     et al. 2017 for crystals with defects): what the best run and another agree on is kept, where they differ is
     searched again. ``bred(alpha, alpha)`` is ``alpha``."""
-    support = np.abs(alpha) > threshold * np.abs(alpha).max()
-    candidates = [align(c, alpha) for c in (member, twin(member))]
-    misfit = [np.abs(np.angle(c * np.conj(alpha)))[support].mean() for c in candidates]
-    other = candidates[int(np.argmin(misfit))]
+    other = align_either_twin(member, alpha, np.abs(alpha) > threshold * np.abs(alpha).max())
     phase = np.angle(alpha) + 0.5 * np.angle(other * np.conj(alpha))
     return (np.sqrt(np.abs(alpha) * np.abs(other)) * np.exp(1j * phase)).astype(np.complex64)

@@ -156,9 +156,7 @@ def phase_spread(best: np.ndarray, others: list[np.ndarray], threshold: float = 
     support = np.abs(best) > threshold * np.abs(best).max()
     phasors = [np.exp(1j * np.angle(best))]
     for other in others:
-        candidates = [metrics.align(c, best) for c in (other, metrics.twin(other))]
-        misfit = [np.abs(np.angle(c * np.conj(best)))[support].mean() for c in candidates]
-        phasors.append(np.exp(1j * np.angle(candidates[int(np.argmin(misfit))])))
+        phasors.append(np.exp(1j * np.angle(metrics.align_either_twin(other, best, support))))
     resultant = np.clip(np.abs(np.mean(phasors, axis=0)), 1e-6, 1.0)
     spread = np.sqrt(-2 * np.log(resultant))
     return np.where(support, spread, 0).astype(np.float32)
