@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import variants  # noqa: E402
 
 from shared.wire import realdata  # noqa: E402
-VARIANTS = ("shipped", "coherent", "no_background")  # also "deblurred"
+VARIANTS = ("shipped", "coherent", "no_background")  # also "no_refit", "deblurred" (``run_again.py``'s)
 
 
 def run_case(case: str, variant: str, count: int, seed: int) -> dict:
@@ -43,7 +43,9 @@ def run_case(case: str, variant: str, count: int, seed: int) -> dict:
 
     if variant == "coherent":
         effort.AGAIN_COHERENCE = (0.0,)
-    if variant == "deblurred":  # widths refitted, then a search on data deblurred at them (``effort.DEBLURRED_SEARCH``)
+    if variant in ("no_refit", "deblurred"):  # as shipped before the thirtieth session: no steps after the runs
+        variants.without_width_refit()
+    if variant == "deblurred":  # its whole form: every width refitted by the long schedule, every fit polished
         variants.with_deblurred_search()
     plan = dataclasses.replace(REFINE_PLAN, background=variant != "no_background")
     predictor = Predictor()

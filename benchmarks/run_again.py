@@ -35,11 +35,14 @@ VARIANTS = ("shipped", "short", "erhio4")
 # reflections``), "raar_all" (the first run's explore and converge too), "oss" and "oss_all" (the same with OSS,
 # ``phasing.oversampling_smoothness``), "guided<n>" (the textbook's own search as a guided one, n generations of
 # ``effort.GENERATION_SCHEDULE``, each member bred with the best between them: ``effort.guided``), "guided<n>_long"
-# (each generation as long as the textbook), "widths" (each answer of a scan that ran again refitted at other blurs:
+# (each generation as long as the textbook), "no_refit" (the refined stage without its steps after the runs: no width
+# refit, no deblurred search; shipped before the thirtieth session), "widths" (each answer of a scan that ran again refitted at other blurs:
 # ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
 # alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``), "deblurred" (widths refitted on a finer grid, then a
 # blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``), "deblurred_lean" (the
-# same with five widths, each fitted by 50*ER)
+# same with five widths, each fitted by 50*ER), "deblurred_fast" (the same widths as "deblurred", screened by 20*ER, the
+# best two refitted by 100*HIO+30*ER, the fits without the AD polish but the one kept: shipped since the thirtieth
+# session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -50,7 +53,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     from shared.solver import effort, evaluation
 
     intensity, truth, kinds = evaluation.population(family, count, seed)
-    verdicts = [""] * count
+    verdicts, starts = [""] * count, [""] * count
     if variant == "erhio4":
         began = time.perf_counter()
         obj = np.concatenate([phasing.phase_retrieve(intensity[i:i + ERHIO_BATCH], starts=4, seed=i)[0]
@@ -76,6 +79,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             effort.TEXTBOOK_GENERATIONS = int(variant[len("guided"):].split("_")[0])
             if variant.endswith("_long"):
                 effort.GENERATION_SCHEDULE = phasing.PAPER_SCHEDULE
+        if variant.startswith("widths") or variant in ("no_refit", "deblurred", "deblurred_lean"):
+            variants.without_width_refit()  # the forms measured before the thirtieth session start from none
         if variant.startswith("widths"):  # a blurred answer's width refined: widths[_all][_<schedule>]
             effort.WIDTH_FACTORS = (0.7, 0.85, 1.0, 1.15, 1.3)
             rest = variant[len("widths"):]
@@ -92,20 +97,23 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             if variant == "deblurred_lean":  # five widths, each fitted by ER alone
                 effort.WIDTH_FACTORS, effort.WIDTH_COHERENT = (0.7, 0.85, 1.0, 1.15, 1.3), (0.0, 0.4, 0.6, 0.8, 1.0)
                 effort.WIDTH_SCHEDULE = "50*ER"
+            if variant == "deblurred_fast":  # the widths screened by 20*ER, the best two refitted; one polish
+                variants.with_fast_width_refit()
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")
         began = time.perf_counter()
         refined = stages.reconstruct(intensity, predictor, refine=True)["refined"]
         obj = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
-        verdicts = refined.info["verdict"]
+        verdicts, starts = refined.info["verdict"], refined.info["start"]
     seconds = (time.perf_counter() - began) / count
     errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
     converged = np.array([v == "converged" for v in verdicts])
     return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < 0.1).sum()),
             "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
             "right_among_converged": int((errors[converged] < 0.1).sum()),
-            "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds}
+            "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds,
+            "starts": list(starts)}
 
 
 def main() -> None:
@@ -113,7 +121,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
         return
-    rows = variants.run_each(__file__, args.families.split(","), args, brief=("errors", "verdicts", "kinds"))
+    rows = variants.run_each(__file__, args.families.split(","), args, brief=("errors", "verdicts", "kinds", "starts"))
     print("\n| family | variant | right | median error | converged (right) | s/scan |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -71,6 +71,15 @@ def with_algorithm(name: str, first_run: bool = False) -> None:
         object.__setattr__(REFINE_PLAN, "converge", REFINE_PLAN.converge.replace("HIO", name))
 
 
+def without_width_refit() -> None:
+    """The refined stage without the steps after its runs (``effort.refit_widths``: no width refit, no deblurred
+    search), as shipped before the thirtieth session, in this process."""
+    from shared.solver import effort
+
+    effort.WIDTH_FACTORS, effort.WIDTH_COHERENT, effort.DEBLURRED_SEARCH = (), (), False
+    effort.WIDTH_SCREEN, effort.WIDTH_SCHEDULE, effort.WIDTH_POLISH_WINNER = "", "20*ER+100*HIO+30*ER", False
+
+
 def with_deblurred_search() -> None:
     """The width of each answer that ran again refitted on a finer grid, then a blurred answer's search again on its
     data deblurred at that width (``effort.refit_widths``, ``effort.DEBLURRED_SEARCH``), in this process."""
@@ -79,3 +88,13 @@ def with_deblurred_search() -> None:
     effort.WIDTH_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
     effort.WIDTH_COHERENT = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     effort.DEBLURRED_SEARCH = True
+
+
+def with_fast_width_refit() -> None:
+    """The width refit as successive halving (every width 20*ER, the best two 100*HIO+30*ER: ``effort.WIDTH_SCREEN``)
+    and its fits without the AD polish but the one that takes an answer's place (``effort.WIDTH_POLISH_WINNER``), in
+    this process."""
+    from shared.solver import effort
+
+    effort.WIDTH_SCREEN, effort.WIDTH_KEEP, effort.WIDTH_SCHEDULE = "20*ER", 2, "100*HIO+30*ER"
+    effort.WIDTH_POLISH_WINNER = True

@@ -106,18 +106,45 @@ def test_the_polish_fits_the_blurred_model(blurred):
     assert with_blur.chi[0] <= with_blur.chi_start[0] + 1e-7
 
 
-def test_a_blurred_answers_width_is_refined_to_what_the_withheld_voxels_prefer(blurred):
+@pytest.fixture(scope="module")
+def off_width(blurred):
+    """The crystal's fit to its blurred pattern at 0.6× the blur's width: where a run again's coarse widths leave it."""
+    obj, _, pattern = blurred
+    return converge(pattern[None], obj[None], None, dataclasses.replace(
+        REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER", coherence=(0.6 * SIGMA,)), warm=[obj])
+
+
+WIDTHS = (0.7, 1.0, 1.3, 1.7)  # × the answer's width: 1.7 × 0.6, the true width, near
+
+
+def test_a_blurred_answers_width_is_refined_to_what_the_withheld_voxels_prefer(blurred, off_width):
     """The run again's widths are a coarse grid; an answer fitted at a width that is off absorbs the difference as a
     wrong phase, and ``effort.refine_width`` refits it at scaled widths, keeping the lowest χ_free."""
     obj, _, pattern = blurred
-    off = converge(pattern[None], obj[None], None, dataclasses.replace(
-        REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER", coherence=(0.6 * SIGMA,)), warm=[obj])
-    grid = tuple(tuple(f * off.coherence[0]) for f in (0.7, 1.0, 1.3, 1.7))  # 1.7 × 0.6: the true width, near
+    off = off_width
+    grid = tuple(tuple(f * off.coherence[0]) for f in WIDTHS)
     refit = effort.refine_width(pattern[None], off.obj, None, REFINE_PLAN, grid)
     assert refit.coherence[0] == pytest.approx([0, 1.02 * SIGMA, 1.02 * SIGMA], abs=1e-5)
     assert refit.chi_free[0] < 0.2 * off.chi_free[0]  # 0.0125 against 0.10 here
     off_error = metrics.errors(off.obj[0], obj)["phase_unweighted"]  # 0.97 rad: a width 0.6× off, from the truth
     assert metrics.errors(refit.obj[0], obj)["phase_unweighted"] < 0.25 * off_error  # 0.16
+
+
+def test_a_screened_refit_finds_the_same_width_and_only_the_fit_kept_is_polished(blurred, off_width, monkeypatch):
+    """The refit's lean form: every width screened by 20*ER, the best two refitted (``effort.WIDTH_SCREEN``), the fits
+    without the AD polish and the one kept polished once (``effort.polished``). It picks the whole refit's width; the
+    polish lowers χ and leaves χ_free (taken before it) and the width as they were."""
+    obj, _, pattern = blurred
+    monkeypatch.setattr(effort, "WIDTH_SCREEN", "20*ER")
+    monkeypatch.setattr(effort, "WIDTH_SCHEDULE", "100*HIO+30*ER")
+    grid = tuple(tuple(f * off_width.coherence[0]) for f in WIDTHS)
+    fit = effort.refine_width(pattern[None], off_width.obj, None, dataclasses.replace(REFINE_PLAN, polish_steps=0), grid)
+    assert fit.coherence[0] == pytest.approx([0, 1.02 * SIGMA, 1.02 * SIGMA], abs=1e-5)
+    assert metrics.errors(fit.obj[0], obj)["phase_unweighted"] < 0.25
+    done = effort.polished(pattern[None], fit, None, REFINE_PLAN)
+    assert done.chi[0] <= fit.chi[0]
+    assert done.chi_free[0] == fit.chi_free[0] and np.array_equal(done.coherence, fit.coherence)
+    assert set(done.seconds) == {"winner's polish"}
 
 
 def test_deconvolution_takes_a_known_blur_out(blurred):
@@ -145,12 +172,15 @@ def test_a_search_on_deblurred_data_is_fitted_to_the_measured_pattern_at_its_wid
     assert metrics.errors(fit.obj[0], obj)["phase_unweighted"] < 0.2  # 0.137 here; a coherent fit is ~1 rad off
 
 
-def test_after_its_runs_a_blurred_answer_gets_its_width_refitted_and_a_deblurred_search(blurred, monkeypatch):
-    """``effort.refit_widths`` (off by default): a scan that ran again keeps whichever of its answer, the refit and the
+def test_after_its_runs_a_blurred_answer_gets_its_width_refitted_and_a_deblurred_search(blurred, off_width,
+                                                                                         monkeypatch):
+    """``effort.refit_widths``: a scan that ran again keeps whichever of its answer, the refit and the
     deblurred search predicts the withheld voxels best, and says which in its start."""
     obj, _, pattern = blurred
-    best = converge(pattern[None], obj[None], None, dataclasses.replace(
-        REFINE_PLAN, starts=("previous",), explore=(), converge="20*ER", coherence=(0.6 * SIGMA,)), warm=[obj])
+    best = dataclasses.replace(off_width, obj=np.array(off_width.obj), support=np.array(off_width.support),
+                               chi=np.array(off_width.chi), chi_free=np.array(off_width.chi_free),
+                               coherence=np.array(off_width.coherence), background=np.array(off_width.background),
+                               start=list(off_width.start), seconds={})
     before = float(best.chi_free[0])
     monkeypatch.setattr(effort, "WIDTH_FACTORS", (1.0, 1.7))
     monkeypatch.setattr(effort, "DEBLURRED_SEARCH", True)

@@ -16,6 +16,10 @@
               cannot bias), as long, coherent; MAX_RUNS runs in all
     answer    the lowest-χ_free answer of all its runs; its other solutions are the best answer of each other
               run (independent searches: where they disagree is the phase uncertainty)
+    width     the answer of a scan that ran again, refitted at a finer grid of blurs (0.6–1.4× its own, or
+              0–1 voxel for a coherent one; every width 20*ER, the best two 100*HIO+30*ER); a blurred answer
+              then searched again on its data deblurred at that width (Richardson–Lucy) and fitted back to the
+              measured data with the blurred model; the lowest χ_free stands, polished once
     where     on refinement grids of at most SMALL_GRID voxels; a larger, binned scan gets its further work from
               the full-grid stage (``shared.solver.fullgrid``)
     yields    a run again gives way to fresher work (the scan being taken now): it is cut short, and the scan
@@ -29,6 +33,7 @@ Pure functions on arrays, around ``shared.solver.plans.converge``.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -74,24 +79,33 @@ GENERATION_SCHEDULE = "20*ER+180*HIO+20*ER"
 # not for photon-limited scans (floor above NOISE_LIMIT: never "converged"): on fresh seeds 9992–9993 the same
 # scans were right with it or without (fill 14 against 13 of 24 once), for 8–21 % less time in 5 of 6 runs
 TEXTBOOK_PHOTON_LIMITED = False
-# the width of an answer refitted after its runs (``refit_widths``): a blurred one at its blur scaled by each of
-# WIDTH_FACTORS, a coherent one at each blur of WIDTH_COHERENT (σ on the detector axes), WIDTH_SCHEDULE from the
-# answer at each, the lowest χ_free kept. Why: the run again's widths are a coarse grid, and an answer absorbs a width
-# that is off as a wrong phase (from the true crystal the blurred scans of dev seed 4699 were right on 4 of 12 at the
-# grid's widths, on 10 at their true width). Measured, not kept (docs/BENCHMARKS.md, "Twenty-ninth session"): with
-# (0.7, 0.85, 1, 1.15, 1.3), (0, 0.35, 0.5, 0.7, 0.9) and 20*ER+100*HIO+30*ER the errors fell on more scans than rose,
-# but held out it was right on 17 of 48 against 16 on fresh seed 4661 (the rule asked +2), at 1.27× the time. ():
-# none
-WIDTH_FACTORS: tuple = ()
-WIDTH_COHERENT: tuple = ()
-WIDTH_SCHEDULE = "20*ER+100*HIO+30*ER"
-# after the width is refitted (``refit_widths``), a blurred answer's search again on the data deblurred at that width
-# (``coherence.deconvolve``), coherent as the run again's starts, its answer fitted to the measured data at the width.
-# Measured with WIDTH_FACTORS 0.6–1.4 and WIDTH_COHERENT 0–1 in steps of 0.1 (``run_again.py --variants deblurred``):
-# right on 37 against 31 of 72 on fresh seed 4721 and, held out, 20 against 17 of 48 on fresh seed 4731, no more
-# wrong answers called converged; but at 1.6–1.8× the time, where the rule written before the runs allowed 1.3×:
-# not on by default (docs/BENCHMARKS.md, "Twenty-ninth session")
-DEBLURRED_SEARCH = False
+# After its runs, each answer of a scan that ran again has its width refitted (``refit_widths``) and, where it is
+# blurred, a search on its data deblurred at that width (``search_deblurred``). Why: the run again's widths are a coarse
+# grid, an answer absorbs a width that is off as a wrong phase (from the true crystal the blurred scans of dev seed 4699
+# were right on 4 of 12 at the grid's widths, on 10 at their own), and a search on blurred data does not see the
+# fringes' contrast it needs. Measured (docs/BENCHMARKS.md, "Twenty-ninth session" and "Thirtieth session"):
+#   - the whole form (every width 20*ER+100*HIO+30*ER, every fit polished): right on 37 against 31 of 72 on fresh seed
+#     4721, held out 20 against 17 of 48 on fresh seed 4731, but at 1.6–1.8× the time;
+#   - this form (the widths screened, one polish), by a rule written before the run: held out, right on 43 against 36
+#     of 96 on fresh seed 4751 (7 scans wrong to right, none right to wrong), no wrong answer called converged either
+#     way, at 1.25–1.27× the time. On by default.
+# A blurred answer is refitted at its blur × WIDTH_FACTORS, a coherent one at each σ of WIDTH_COHERENT (the detector
+# axes); (): none
+WIDTH_FACTORS: tuple = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
+WIDTH_COHERENT: tuple = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# the widths screened first (successive halving, as the refined plan's explore): WIDTH_SCREEN from the answer at every
+# width, the WIDTH_KEEP lowest by χ_free go on to WIDTH_SCHEDULE, then the plan's last steps. "": every width runs
+# WIDTH_SCHEDULE (the whole form's "20*ER+100*HIO+30*ER"; the screen picked the same widths at half the time, dev seed
+# 4699)
+WIDTH_SCREEN = "20*ER"
+WIDTH_KEEP = 2
+WIDTH_SCHEDULE = "100*HIO+30*ER"
+# the refit's and the deblurred search's fits skip the AD polish, and the one that takes an answer's place is polished
+# once (``polished``): the polish held half of a refit's time at 32³, and χ_free, which picks the fit, is taken before it
+WIDTH_POLISH_WINNER = True
+# a blurred answer's search again on its data deblurred at the refitted width (``coherence.deconvolve``), from the run
+# again's starts, coherent; its answer fitted to the measured data with the blurred model at that width
+DEBLURRED_SEARCH = True
 SMALL_GRID = 64**3
 AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
@@ -251,8 +265,8 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
     """In place: each answer of a scan that ran again, refitted at other blurs (``refine_width``): a blurred one at
     its width scaled by ``WIDTH_FACTORS``, a coherent one at ``WIDTH_COHERENT``; kept where χ_free is lower. Fresher
     work (``yield_now``) stops it, the answers so far standing. With ``DEBLURRED_SEARCH`` a blurred answer also runs
-    again on its data deblurred at the refitted width (``search_deblurred``). Off by default (docs/BENCHMARKS.md,
-    "Twenty-ninth session")."""
+    again on its data deblurred at the refitted width (``search_deblurred``). docs/BENCHMARKS.md, "Thirtieth
+    session"."""
     for k in [k for k in range(len(best.obj)) if runs[k] > 1]:
         blurred = trust.is_blurred(best.coherence[k])
         if not (WIDTH_FACTORS if blurred else WIDTH_COHERENT):
@@ -261,22 +275,46 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
             if blurred else WIDTH_COHERENT
         one = slice(k, k + 1)
         mask, counts = None if measured is None else measured[one], None if counting is None else np.asarray(counting)[one]
+        fit_plan = dataclasses.replace(plan, polish_steps=0) if WIDTH_POLISH_WINNER else plan
         try:
-            refit = refine_width(intensity[one], best.obj[one], mask, plan, grid, counts, yield_now)
+            refit = refine_width(intensity[one], best.obj[one], mask, fit_plan, grid, counts, yield_now)
             fits = [(refit, "width refitted")]
             if DEBLURRED_SEARCH and trust.is_blurred(refit.coherence[0]):
-                fits.append((search_deblurred(intensity[one], prediction[one], mask, plan, refit.coherence[0], counts,
-                                              yield_now), "searched deblurred"))
+                fits.append((search_deblurred(intensity[one], prediction[one], mask, fit_plan, refit.coherence[0],
+                                              counts, yield_now), "searched deblurred"))
         except Preempted:  # fresher work waits: the answers so far stand
             return
-        for fit, how in fits:
-            if fit.chi_free[0] < best.chi_free[k]:
-                best.obj[k], best.support[k], best.chi[k] = fit.obj[0], fit.support[0], fit.chi[0]
-                best.chi_free[k], best.coherence[k] = fit.chi_free[0], fit.coherence[0]
-                best.background[k] = fit.background[0]
-                best.start[k] = f"{best.start[k]}, {how}"
+        for fit, _ in fits:
             for name, seconds in fit.seconds.items():
                 best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+        fit, how = min(fits, key=lambda found: found[0].chi_free[0])
+        if fit.chi_free[0] < best.chi_free[k]:
+            if WIDTH_POLISH_WINNER:
+                fit = polished(intensity[one], fit, mask, plan, yield_now)
+                best.seconds["polish"] = best.seconds.get("polish", 0.0) + fit.seconds["winner's polish"]
+            best.obj[k], best.support[k], best.chi[k] = fit.obj[0], fit.support[0], fit.chi[0]
+            best.chi_free[k], best.coherence[k] = fit.chi_free[0], fit.coherence[0]
+            best.background[k] = fit.background[0]
+            best.start[k] = f"{best.start[k]}, {how}"
+
+
+def polished(intensity: np.ndarray, fit: Converged, measured: np.ndarray | None, plan: Plan,
+             yield_now=None) -> Converged:
+    """One scan's fit made without the AD polish (``WIDTH_POLISH_WINNER``), polished as the plan's last step, with its
+    blur and background held; its χ_free (taken before any polish) stands. Cut short by fresher work, it stays as it
+    was."""
+    from shared.solver.refinement import refine  # Keras loads only when the stage runs
+
+    began = time.perf_counter()
+    result = refine(intensity, fit.obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
+                    threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
+                    time_budget=plan.polish_time_budget, interrupt=yield_now, blur_widths=fit.coherence,
+                    background=fit.background)
+    seconds = {"winner's polish": time.perf_counter() - began}
+    if result.interrupted:
+        return dataclasses.replace(fit, seconds=seconds)
+    return dataclasses.replace(fit, obj=result.obj.astype(np.complex64), support=result.support, chi=result.chi,
+                               seconds=seconds)
 
 
 def search_deblurred(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray | None, plan: Plan, widths,
@@ -287,15 +325,19 @@ def search_deblurred(intensity: np.ndarray, prediction: np.ndarray, measured: np
     later = again_plans(plan)
     found = converge(deblurred, prediction, measured, dataclasses.replace(later[0], coherence=()), seed=len(later) + 1,
                      yield_now=yield_now)
-    return refine_width(intensity, found.obj, measured, plan, (tuple(np.asarray(widths, np.float64)),), counting,
-                        yield_now, schedule="20*ER")
+    fit = refine_width(intensity, found.obj, measured, plan, (tuple(np.asarray(widths, np.float64)),), counting,
+                       yield_now, schedule="20*ER")
+    fit.seconds = {**fit.seconds, "deblurred search": sum(found.seconds.values())}
+    return fit
 
 
 def refine_width(intensity: np.ndarray, answer: np.ndarray, measured: np.ndarray | None, plan: Plan, grid,
                  counting=None, yield_now=None, schedule: str | None = None) -> Converged:
     """One scan's answer, refitted at each blur of ``grid`` (``schedule``, by default ``WIDTH_SCHEDULE``, from the
-    answer, then the plan's last steps); the lowest χ_free of them."""
-    refit = dataclasses.replace(plan, starts=("previous",), explore=(("", len(grid)),),
+    answer, then the plan's last steps); the lowest χ_free of them. With ``WIDTH_SCREEN`` (the default schedule
+    only), every width first runs that and only the ``WIDTH_KEEP`` best go on."""
+    screen = WIDTH_SCREEN if schedule is None and len(grid) > WIDTH_KEEP else ""
+    refit = dataclasses.replace(plan, starts=("previous",), explore=((screen, WIDTH_KEEP if screen else len(grid)),),
                                 converge=WIDTH_SCHEDULE if schedule is None else schedule, converge_stall=0.0,
                                 coherence=grid)
     return converge(intensity, answer, measured, refit, warm=list(answer), counting=counting, yield_now=yield_now)
