@@ -190,3 +190,12 @@ def test_after_its_runs_a_blurred_answer_gets_its_width_refitted_and_a_deblurred
     assert best.chi_free[0] < 0.2 * before
     assert best.coherence[0] == pytest.approx([0, 1.02 * SIGMA, 1.02 * SIGMA], abs=1e-5)
     assert "width refitted" in best.start[0] or "searched deblurred" in best.start[0]
+
+
+def test_the_width_step_says_what_it_does_and_nothing_when_off(monkeypatch):
+    """The evaluation's report reads the step from ``effort.describe_width_step``: as set, and "" when it is off."""
+    words = effort.describe_width_step()
+    assert "9 widths" in words and "deblurred" in words and "polished once" in words
+    monkeypatch.setattr(effort, "WIDTH_FACTORS", ())
+    monkeypatch.setattr(effort, "WIDTH_COHERENT", ())
+    assert effort.describe_width_step() == ""

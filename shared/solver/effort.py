@@ -260,6 +260,21 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
     return best, runs
 
 
+def describe_width_step() -> str:
+    """The step after a scan's runs (``refit_widths``) in words, as it is set; "" where it is off."""
+    if not (WIDTH_FACTORS or WIDTH_COHERENT):
+        return ""
+    schedule = f"{WIDTH_SCREEN} at each → keep {WIDTH_KEEP} → {WIDTH_SCHEDULE}" if WIDTH_SCREEN else WIDTH_SCHEDULE
+    words = (f"the answer of a scan that ran again refitted at {len(WIDTH_FACTORS)} widths "
+             f"({min(WIDTH_FACTORS, default=1):g}–{max(WIDTH_FACTORS, default=1):g}× its blur; a coherent one at σ "
+             f"{min(WIDTH_COHERENT, default=0):g}–{max(WIDTH_COHERENT, default=0):g}), {schedule}")
+    if DEBLURRED_SEARCH:
+        words += ("; a blurred one searched again on its data deblurred at that width (Richardson–Lucy) and fitted back "
+                  "with the blurred model")
+    return words + ("; the fit with the lowest χ_free kept, polished once" if WIDTH_POLISH_WINNER else
+                    "; the fit with the lowest χ_free kept")
+
+
 def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, prediction: np.ndarray,
                  measured: np.ndarray | None, plan: Plan, counting=None, yield_now=None) -> None:
     """In place: each answer of a scan that ran again, refitted at other blurs (``refine_width``): a blurred one at

@@ -84,6 +84,7 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
     summary = {"count": count, "seed": seed, "cohere": cohere, "plan": REFINE_PLAN.describe(),
                "again_coherence": [coherence.blur_name(b) for b in effort.AGAIN_COHERENCE],
                "again_converge": effort.AGAIN_CONVERGE, "again_stall": effort.AGAIN_STALL,
+               "width_step": effort.describe_width_step(),
                "preview_plan": PREVIEW_PLAN.describe(), "tuning_family": families.TUNING, "rule": trust.RULE,
                "families": {name: evaluate_family(predictor, out, name, count, seed, cohere) for name in family_names}}
     summary["real"] = evaluate_real(predictor, out, real_data, real_size) if real_data else {}
@@ -310,7 +311,8 @@ def report(s: dict) -> str:
              "wins)" + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
                         "starts of random phase in a centred box of half the grid, each converging as long, coherent"
                         if effort.MAX_RUNS > 2 else "") +
-             f"; {effort.MAX_RUNS} runs at most (adaptive effort, `shared/solver/effort.py`).",
+             f"; {effort.MAX_RUNS} runs at most (adaptive effort, `shared/solver/effort.py`)"
+             + (f"; then {s['width_step']}" if s.get("width_step") else "") + ".",
              "", f"Preview: {s['preview_plan']}.", "", f"Verdict rule: {s['rule']}.", ""]
     if s.get("cohere"):
         lines += [f"cohere-core {_version('cohere-core')} (APS), numpy backend, as its users run it: "
