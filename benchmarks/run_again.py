@@ -36,8 +36,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # ``phasing.oversampling_smoothness``), "guided<n>" (the textbook's own search as a guided one, n generations of
 # ``effort.GENERATION_SCHEDULE``, each member bred with the best between them: ``effort.guided``), "guided<n>_long"
 # (each generation as long as the textbook), "no_refit" (the refined stage without its steps after the runs: no width
-# refit, no deblurred search; shipped before the thirtieth session), "widths" (each answer of a scan that ran again refitted at other blurs:
-# ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
+# refit, no deblurred search; shipped before the thirtieth session), "widths" (each answer of a scan that ran again
+# refitted at other blurs: ``effort.refit_widths``; "widths_all": coherent answers too; "widths_same": each at its own width, the iterations
 # alone; a suffix "_<schedule>" sets ``effort.WIDTH_SCHEDULE``), "deblurred" (widths refitted on a finer grid, then a
 # blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``), "deblurred_lean" (the
 # same with five widths, each fitted by 50*ER), "deblurred_fast" (the same widths as "deblurred", screened by 20*ER, the
