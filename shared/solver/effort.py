@@ -40,7 +40,7 @@ import numpy as np
 from shared.physics import coherence
 from shared.physics.phasing import PAPER_SCHEDULE
 from shared.solver import trust
-from shared.solver.plans import Checkpoint, Converged, Plan, Preempted, converge
+from shared.solver.plans import Checkpoint, Converged, Plan, Preempted, converge, polish_with
 from shared.solver.starts import bred
 
 MAX_RUNS = 3
@@ -246,14 +246,10 @@ def refine_with_effort(intensity: np.ndarray, prediction: np.ndarray, measured: 
             runs[k] += 1
             answers[k].append(_answer(again, j, None if measured is None else measured[todo]))
             if again.chi_free[j] < best.chi_free[k]:  # the answer that predicts the withheld voxels best
-                best.obj[k], best.support[k], best.chi[k] = again.obj[j], again.support[j], again.chi[j]
-                best.chi_free[k], best.coherence[k] = again.chi_free[j], again.coherence[j]
-                best.background[k] = again.background[j]
-                best.start[k] = f"{again.start[j]} (run {attempt + 1})"
+                _take(best, k, again, j, f"{again.start[j]} (run {attempt + 1})")
                 if best.alternatives is not None:
                     best.alternatives[k] = again.alternatives[j][:best.alternatives.shape[1]]  # its best ones
-        for name, seconds in again.seconds.items():
-            best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+        _add_seconds(best, again.seconds)
         if best.alternatives is not None:
             for k in todo:
                 best.alternatives[k] = _independent(answers[k], free_floors[k], best.alternatives[k])
@@ -301,17 +297,27 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
         except Preempted:  # fresher work waits: the answers so far stand
             return
         for fit, _ in fits:
-            for name, seconds in fit.seconds.items():
-                best.seconds[name] = best.seconds.get(name, 0.0) + seconds
+            _add_seconds(best, fit.seconds)
         fit, how = min(fits, key=lambda found: found[0].chi_free[0])
         if fit.chi_free[0] < best.chi_free[k]:
             if WIDTH_POLISH_WINNER:
                 fit = polished(intensity[one], fit, mask, plan, yield_now)
-                best.seconds["polish"] = best.seconds.get("polish", 0.0) + fit.seconds["winner's polish"]
-            best.obj[k], best.support[k], best.chi[k] = fit.obj[0], fit.support[0], fit.chi[0]
-            best.chi_free[k], best.coherence[k] = fit.chi_free[0], fit.coherence[0]
-            best.background[k] = fit.background[0]
-            best.start[k] = f"{best.start[k]}, {how}"
+                _add_seconds(best, {"polish": fit.seconds["winner's polish"]})
+            _take(best, k, fit, 0, f"{best.start[k]}, {how}")
+
+
+def _take(best: Converged, k: int, found: Converged, j: int, start: str) -> None:
+    """In place: scan k's answer in ``best`` becomes answer j of ``found`` (object, support, χ, χ_free, blur,
+    background), with ``start`` saying where it came from."""
+    best.obj[k], best.support[k], best.chi[k] = found.obj[j], found.support[j], found.chi[j]
+    best.chi_free[k], best.coherence[k], best.background[k] = found.chi_free[j], found.coherence[j], found.background[j]
+    best.start[k] = start
+
+
+def _add_seconds(best: Converged, seconds: dict) -> None:
+    """In place: a further run's seconds per stage added to ``best``'s."""
+    for name, spent in seconds.items():
+        best.seconds[name] = best.seconds.get(name, 0.0) + spent
 
 
 def polished(intensity: np.ndarray, fit: Converged, measured: np.ndarray | None, plan: Plan,
@@ -319,13 +325,8 @@ def polished(intensity: np.ndarray, fit: Converged, measured: np.ndarray | None,
     """One scan's fit made without the AD polish (``WIDTH_POLISH_WINNER``), polished as the plan's last step, with its
     blur and background held; its χ_free (taken before any polish) stands. Cut short by fresher work, it stays as it
     was."""
-    from shared.solver.refinement import refine  # Keras loads only when the stage runs
-
     began = time.perf_counter()
-    result = refine(intensity, fit.obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
-                    threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
-                    time_budget=plan.polish_time_budget, interrupt=yield_now, blur_widths=fit.coherence,
-                    background=fit.background)
+    result = polish_with(plan, intensity, fit.obj, measured, fit.coherence, fit.background, yield_now)
     seconds = {"winner's polish": time.perf_counter() - began}
     if result.interrupted:
         return dataclasses.replace(fit, seconds=seconds)

@@ -197,7 +197,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
 
     ``yield_now()``, asked every ``CHUNK`` iterations, raises :class:`Preempted` when true; passing
     its checkpoint back as ``resume`` goes on where it stopped, with the same result as one run."""
-    from shared.solver.refinement import refine, scale_to_data  # Keras loads only when the stage runs
+    from shared.solver.refinement import scale_to_data  # Keras loads only when the stage runs
 
     intensity = np.asarray(intensity, np.float32)
     batch, count = len(intensity), len(plan.starts)
@@ -390,10 +390,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                 obj = phasing.ScheduleRun(plan.final, 1).advance(state) or state.obj * state.support
         if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
-            result = refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0,
-                            threshold=1e-3, measured=measured, patience=plan.polish_patience, tolerance=1e-3,
-                            time_budget=plan.polish_time_budget, interrupt=yield_now, resume=polish,
-                            blur_widths=widths[:, 0], background=state.background)
+            result = polish_with(plan, intensity, obj, measured, widths[:, 0], state.background, yield_now, polish)
             lap("polish")
             if result.interrupted:
                 raise Preempted(Checkpoint("polish", result.steps, names.ravel().tolist(), state.iteration,
@@ -418,6 +415,19 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
                      arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64),
                      flat)
+
+
+def polish_with(plan: Plan, intensity: np.ndarray, obj: np.ndarray, measured: np.ndarray | None = None,
+                blur_widths=None, background=None, interrupt=None, resume: dict | None = None):
+    """The plan's AD polish of ``obj`` (B, …, centred like ``intensity``), its support held (the amplitude above 10⁻³ of
+    its peak), through the model with each scan's blur (σ per axis) and flat background; ``interrupt`` and ``resume``
+    as ``refinement.refine``'s. The refined plan's last step, and a fit's that skipped it (``effort.polished``)."""
+    from shared.solver.refinement import refine  # Keras loads only when the stage runs
+
+    return refine(intensity, obj, plan.polish_steps, plan.polish_rate, plan.polish_loss, shrink_every=0, threshold=1e-3,
+                  measured=measured, patience=plan.polish_patience, tolerance=1e-3,
+                  time_budget=plan.polish_time_budget, interrupt=interrupt, resume=resume, blur_widths=blur_widths,
+                  background=background)
 
 
 def stall_checks(schedule: str) -> list[int]:
