@@ -131,3 +131,44 @@ def test_a_schedule_runs_oss_through_every_stage_of_its_filter():
         run.advance(state, 1)
         stages.append(run.oss_stage)
     assert stages == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("measured", [False, True])
+@pytest.mark.parametrize("blur", [False, True])
+@pytest.mark.parametrize("background", [None, "all", "faint"])
+def test_fused_iterations_agree_with_numpy(monkeypatch, measured, blur, background):
+    """The fused loops (``kernels``, numba) are the NumPy iteration in one pass: the same estimate, χ and background
+    to float32 rounding, with every part of the model (frames left free, a blur, a flat background)."""
+    from shared.physics import coherence, kernels
+
+    if kernels.numba is None:
+        pytest.skip("numba is not installed: NumPy runs every iteration")
+    rng = np.random.default_rng(3)
+    shape = (2, 16, 16, 16)
+    magnitude = rng.random(shape, dtype=np.float32)
+    obj = (rng.random(shape) * np.exp(2j * np.pi * rng.random(shape))).astype(np.complex64)
+    obj *= np.sqrt((magnitude**2).sum() / ((np.abs(obj) ** 2).sum() * 16**3))  # |F| on the data's scale
+    support, free, faint = rng.random(shape) < 0.3, rng.random(shape) < 0.9, rng.random(shape) < 0.5
+    runs = {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("CDI_LIVE_KERNELS", fused)
+        state = phasing.PhasingState(
+            magnitude, obj.copy(), support, free if measured else None,
+            coherence=coherence.of(shape[1:], [[0.5, 0.8, 1.0], [1.0, 0.6, 0.4]]) if blur else None,
+            background=np.array([0.05, 0.2], np.float32) if background else None,
+            faint=faint if background == "faint" else None)
+        for step in (phasing.hybrid_input_output, phasing.hybrid_input_output, phasing.error_reduction):
+            step(state)
+        runs[fused] = state
+    plain, fused = runs["0"], runs["1"]
+    assert np.allclose(fused.obj, plain.obj, rtol=0, atol=1e-5 * np.abs(plain.obj).max())
+    assert np.allclose(fused.chi, plain.chi, rtol=1e-5)
+    if background:
+        assert np.allclose(fused.background, plain.background, rtol=1e-4)
+
+
+def test_kernels_can_be_turned_off(monkeypatch):
+    from shared.physics import kernels
+
+    monkeypatch.setenv("CDI_LIVE_KERNELS", "0")
+    assert not kernels.available()

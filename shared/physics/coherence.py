@@ -85,14 +85,19 @@ def modulus(field, multiplier, xp=np, fft=sfft, background=None):
         return xp.abs(field)
     intensity = field.real**2 + field.imag**2
     if multiplier is not None:
-        workers = {"workers": -1} if fft is sfft else {}
-        blurred = fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:],
-                             axes=AXES, **workers)
+        blurred = convolve(intensity, multiplier, fft)
         floor = intensity * centre(multiplier, intensity.shape[-1], xp)[:, None, None, None]
         intensity = xp.maximum(blurred, floor, out=blurred)
     if background is not None:
         intensity += xp.asarray(background, dtype=intensity.dtype).reshape(-1, 1, 1, 1)
     return xp.sqrt(intensity).astype(xp.float32, copy=False)
+
+
+def convolve(intensity, multiplier, fft=sfft):
+    """Intensities (B, …) ⊛ the blur whose rfftn multiplier is ``multiplier`` (periodic, through the FFT)."""
+    workers = {"workers": -1} if fft is sfft else {}
+    return fft.irfftn(fft.rfftn(intensity, axes=AXES, **workers) * multiplier, s=intensity.shape[1:], axes=AXES,
+                      **workers)
 
 
 def deconvolve(intensity: np.ndarray, sigmas, iterations: int = 100) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared.physics import coherence, fftw
+from shared.physics import coherence, fftw, kernels
 from shared.physics.errors import InputError
 
 fftw.install()  # FFTW for the transforms it was measured faster at (phasing's), scipy's FFT for the rest
@@ -57,6 +57,15 @@ def project_magnitude(state: PhasingState) -> np.ndarray:
     Returns the new real-space estimate (a fresh array) and updates χ.
     """
     field_ = sfft.fftn(state.obj, axes=AXES, workers=-1)
+    if _fused(field_, state.magnitude, state.measured, state.faint):
+        _impose_fused(state, field_)
+    else:
+        _impose(state, field_)
+    return sfft.ifftn(field_, axes=AXES, workers=-1, overwrite_x=True)
+
+
+def _impose(state: PhasingState, field_: np.ndarray) -> None:
+    """The modulus constraint on far fields, in place, with NumPy (the reference ``kernels`` is held to)."""
     modulus = coherence.modulus(field_, state.coherence, background=state.background)
     diff = modulus - state.magnitude
     if state.measured is not None:
@@ -70,7 +79,30 @@ def project_magnitude(state: PhasingState) -> np.ndarray:
     if state.background is not None:
         state.background = coherence.background_update(state.background, modulus**2, state.faint)
     field_ *= modulus
-    return sfft.ifftn(field_, axes=AXES, workers=-1, overwrite_x=True)
+
+
+def _impose_fused(state: PhasingState, field_: np.ndarray) -> None:
+    """The same in one loop over the voxels (``kernels``); the blur's convolution stays an FFT."""
+    blurred = centre = None
+    if state.coherence is not None:
+        blurred = np.ascontiguousarray(coherence.convolve(field_.real**2 + field_.imag**2, state.coherence),
+                                       np.float32)
+        centre = coherence.centre(state.coherence, field_.shape[-1])
+    squared, faint_ratio = kernels.impose_magnitude(field_, state.magnitude, state.measured, blurred, centre,
+                                                    state.background, state.faint)
+    state.chi = np.sqrt(squared / (state.magnitude**2).sum(AXES)).astype(np.float32)
+    if state.background is not None:
+        state.background = (state.background * faint_ratio).astype(np.float32)
+
+
+def _fused(*arrays) -> bool:
+    """Whether ``kernels`` can take these arrays (complex64 / float32 / bool, C-contiguous, one shape; None: none)."""
+    given = [a for a in arrays if a is not None]
+    return kernels.available() and all(isinstance(a, np.ndarray) and a.dtype in FUSED_TYPES for a in given) \
+        and kernels.fits(*given)
+
+
+FUSED_TYPES = (np.dtype(np.complex64), np.dtype(np.float32), np.dtype(bool))
 
 
 def error_reduction(state: PhasingState) -> None:
@@ -83,6 +115,9 @@ def error_reduction(state: PhasingState) -> None:
 def hybrid_input_output(state: PhasingState) -> None:
     """HIO: projected estimate inside the support, ρ − β·ρ' outside."""
     projected = project_magnitude(state)
+    if _fused(projected, state.obj, state.support):
+        state.obj = kernels.hio_update(projected, state.obj, state.support, state.beta)
+        return
     outside = state.obj - state.beta * projected
     state.obj = np.where(state.support, projected, outside).astype(np.complex64, copy=False)
 
