@@ -31,7 +31,7 @@ from services.worker.queue import JobQueue, run_forever, stream_id
 from shared.solver import convergence
 from shared.state import scheduling
 from shared.nn.inference import Predictor
-from shared.physics import downsample, metrics, phasing
+from shared.physics import downsample, kernels, metrics, phasing
 from shared.solver.plans import FINAL_NN_PLAN, PREVIEW_PLAN, Preempted, converge, preview_shown
 from shared.state.results import complex_datasets
 from shared.state.settings import Settings
@@ -50,6 +50,7 @@ class InferenceWorker:
                               settings.max_deliveries, self.store.keys.dead_letters, self.store.fail_job)
         self.predictor = predictor or Predictor(batch_size=settings.infer_batch)
         self.predictor.predict_magnitudes(np.zeros((1, 32, 32, 32), np.float32))  # build the graph before jobs come
+        kernels.warm_up()  # and the previews' fused phasing loops
         self.criterion = dataclasses.replace(convergence.CRITERION, signal_left=settings.convergence_signal_left)
 
     def step(self) -> int:

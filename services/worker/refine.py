@@ -25,6 +25,7 @@ import numpy as np
 
 from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
+from shared.physics import kernels
 from shared.wire import detector, framefiles
 from shared.solver import fullgrid
 from shared.state import scheduling
@@ -78,6 +79,7 @@ class RefinementWorker:
         self.last_positions, self.last_published = {}, 0.0
         self.kept: dict[str, tuple] = {}  # the last checkpoint this worker wrote: path → (mtime, checkpoint)
         self.first_shown = False  # the running job's first answer is stored (its run again is an improvement)
+        kernels.warm_up()  # phasing's fused loops compiled before jobs come
 
     def step(self) -> int:
         taken = self.backlog.take()
