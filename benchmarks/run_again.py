@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,9 @@ VARIANTS = ("shipped", "short", "erhio4")
 # blurred answer's search again on its data deblurred at that width: ``effort.DEBLURRED_SEARCH``), "deblurred_lean" (the
 # same with five widths, each fitted by 50*ER), "deblurred_fast" (the same widths as "deblurred", screened by 20*ER, the
 # best two refitted by 100*HIO+30*ER, the fits without the AD polish but the one kept: shipped since the thirtieth
-# session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured
+# session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured,
+# "numpy_iteration" (ER/HIO's element-wise work in NumPy, not in the fused loops of ``shared.physics.kernels``: the
+# iteration before the thirty-first session; "erhio4_numpy" the same for the yardstick)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -52,6 +55,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     from shared.physics import phasing
     from shared.solver import effort, evaluation
 
+    label = variant
+    if variant == "numpy_iteration" or variant == "erhio4_numpy":
+        os.environ["CDI_LIVE_KERNELS"] = "0"  # read at every iteration (``kernels.available``)
+        variant = "erhio4" if variant == "erhio4_numpy" else "shipped"
     intensity, truth, kinds = evaluation.population(family, count, seed)
     verdicts, starts = [""] * count, [""] * count
     if variant == "erhio4":
@@ -109,7 +116,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     seconds = (time.perf_counter() - began) / count
     errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
     converged = np.array([v == "converged" for v in verdicts])
-    return {"family": family, "variant": variant, "count": count, "seed": seed, "right": int((errors < 0.1).sum()),
+    return {"family": family, "variant": label, "count": count, "seed": seed, "right": int((errors < 0.1).sum()),
             "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
             "right_among_converged": int((errors[converged] < 0.1).sum()),
             "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds,
@@ -125,7 +132,7 @@ def main() -> None:
     print("\n| family | variant | right | median error | converged (right) | s/scan |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        converged = f"{r['converged']} ({r['right_among_converged']})" if r["variant"] != "erhio4" else "—"
+        converged = f"{r['converged']} ({r['right_among_converged']})" if not r["variant"].startswith("erhio4") else "—"
         print(f"| {r['family']} | {r['variant']} | {r['right']}/{r['count']} | {r['median_error']:.3f} | {converged} "
               f"| {r['seconds_per_scan']:.2f} |")
 

@@ -106,7 +106,9 @@ def impose_magnitude(field: np.ndarray, magnitude: np.ndarray, measured: np.ndar
 
 def _per_run(values, rows: int) -> np.ndarray:
     """One float32 per run (a single value stands for all), or the empty marker for none."""
-    return _NONE_1 if values is None else np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float32), rows))
+    if values is None:
+        return _NONE_1
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float32).reshape(-1), rows))
 
 
 def hio_update(projected: np.ndarray, obj: np.ndarray, support: np.ndarray, beta: float) -> np.ndarray:
