@@ -44,8 +44,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # same with five widths, each fitted by 50*ER), "deblurred_fast" (the same widths as "deblurred", screened by 20*ER, the
 # best two refitted by 100*HIO+30*ER, the fits without the AD polish but the one kept: shipped since the thirtieth
 # session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured,
-# "numpy_iteration" (ER/HIO's element-wise work in NumPy, not in the fused loops of ``shared.physics.kernels``: the
-# iteration before the thirty-first session; "erhio4_numpy" the same for the yardstick)
+# "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, off by default;
+# "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration, the default, stated explicitly)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -56,9 +56,9 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
     from shared.solver import effort, evaluation
 
     label = variant
-    if variant == "numpy_iteration" or variant == "erhio4_numpy":
-        os.environ["CDI_LIVE_KERNELS"] = "0"  # read at every iteration (``kernels.available``)
-        variant = "erhio4" if variant == "erhio4_numpy" else "shipped"
+    if variant in ("numpy_iteration", "fused", "erhio4_fused"):  # read at every iteration (``kernels.available``)
+        os.environ["CDI_LIVE_KERNELS"] = "0" if variant == "numpy_iteration" else "1"
+        variant = "erhio4" if variant == "erhio4_fused" else "shipped"
     intensity, truth, kinds = evaluation.population(family, count, seed)
     verdicts, starts = [""] * count, [""] * count
     if variant == "erhio4":
