@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.fft as sfft
 
 from shared.wire import detector
 from shared.solver import effort, fullgrid, trust
@@ -298,6 +297,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
     if measured is not None:
         measured = np.broadcast_to(measured, intensity.shape)
     amps, phases, supports, chis, spreads, details, judged, backgrounds = [], [], [], [], [], [], [], []
+    blurs = []
     floors = list(refined_info["chi_floor"])
     for k, volume in enumerate(intensity):
         region = fullgrid.Region.from_dict(refined_info["region"][k])
@@ -306,16 +306,22 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         withheld = phasing.free_voxels(region.shape) & inside  # cross-validation, as in the refined stage
         seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
         data = region.take(volume)
-        blur = refined_info.get("coherence_blur", [None] * len(intensity))[k]
         flat = (refined_info.get("background") or [None] * len(intensity))[k] or None  # 0: the refined stage fitted none
+        if resume is not None and "blur" in resume.arrays:  # chosen before it yielded
+            blur, screened = [float(b) for b in resume.arrays["blur"]] or None, {}
+        else:
+            chosen = fullgrid.choose_blur(data, inside & ~withheld, withheld, seeds,
+                                          refined_info.get("coherence_blur", [None] * len(intensity))[k], flat, plan,
+                                          yield_now)
+            if chosen is None:  # fresher work came during the screen: nothing worth keeping yet
+                raise Preempted(None)
+            blur, screened = chosen
         fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
                               None if resume is None else resume.arrays, progress, blur, flat, withheld)
         if fitted.interrupted:
-            raise Preempted(Checkpoint("full", fitted.iterations, [], 0, fitted.checkpoint, {}))
-        magnitude = sfft.ifftshift(np.sqrt(np.clip(data, 0, None)))[None]
-        multiplier = coherence.of(region.shape, None if blur is None else [blur])
-        chi_free = float(phasing.masked_chi(fitted.obj[:1], magnitude, sfft.ifftshift(withheld)[None], multiplier,
-                                            None if flat is None else np.array([flat], np.float32))[0])
+            raise Preempted(Checkpoint("full", fitted.iterations, [], 0,
+                                       {**fitted.checkpoint, "blur": np.asarray(blur or [], np.float64)}, {}))
+        chi_free = fullgrid.free_chi(data, withheld, fitted.obj[0], blur, flat)
         fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
         backgrounds.append(flat)
@@ -328,7 +334,9 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         free = trust.free_fraction(fitted.support, inside)
         judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
                                    spreads[-1] if others else None, s, blur, trust.unmeasured_signal(fitted.obj[0], inside)))
+        blurs.append(blur or [0.0] * 3)
         details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
+                        "width_screen": screened,
                         "support_grown_by": fitted.grown * plan.grow_by,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
@@ -337,7 +345,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
             "downsampled": False,
             "phase_ramp": "kept" if keep_ramp else "removed", "region": refined_info["region"],
             "bragg_peak_offset": refined_info["bragg_peak_offset"],
-            "coherence_blur": refined_info.get("coherence_blur"), "background": backgrounds, "plan": plan.describe(),
+            "coherence_blur": blurs, "background": backgrounds, "plan": plan.describe(),
             "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
