@@ -2,6 +2,7 @@
 against the measured frames, in the CLI and through the running service."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from scipy import ndimage
 from services.beamline.sim import Beamline
 from shared.solver import fullgrid
 from shared.physics import crystals, downsample, metrics, phasing
-from shared.solver.stages import embed
+from shared.solver.plans import Preempted
+from shared.solver.stages import embed, full_stage
 from tests.conftest import free_port, wait_for
 from tests.test_faults import stack  # noqa: F401  (private Redis, services as processes)
 
@@ -127,6 +129,46 @@ def test_a_growing_fit_that_yields_resumes_with_the_same_answer():
     assert np.array_equal(part.obj, whole.obj) and part.iterations == whole.iterations and part.grown == whole.grown
 
 
+def test_a_blur_carried_from_a_binned_grid_is_screened_on_the_full_grid():
+    """A σ chosen on a binned grid partly models the binning (it smooths the pattern as a blur does): on the full
+    grid, frames without a blur are fitted coherent, and frames blurred by that σ keep it (noise-free, from the
+    truth: the withheld voxels tell the models apart)."""
+    ideal, truth = large_scan(9957, 2, 0, size=48, crystal=24)
+    withheld = phasing.free_voxels(ideal.shape)
+    carried = [0.0, 1.0, 1.0]
+    sharp, _ = fullgrid.choose_blur(ideal, ~withheld, withheld, truth[None], carried)
+    blurred = ndimage.gaussian_filter(ideal, carried, mode="wrap")
+    kept, screened = fullgrid.choose_blur(blurred, ~withheld, withheld, truth[None], carried)
+    assert sharp is None and kept == carried
+    assert len(screened) == len(fullgrid.FULL_PLAN.width_factors) and min(screened.values()) == screened[str(carried)]
+    assert fullgrid.choose_blur(ideal, ~withheld, withheld, truth[None], [0.0, 0.0, 0.0]) == (None, {})  # coherent
+
+
+def test_a_full_grid_stage_that_yields_after_its_width_screen_resumes_at_that_width():
+    """The width chosen before a yield goes with the checkpoint: the stage resumed does not screen again, and ends
+    where one run ends."""
+    ideal, truth = large_scan(9957, 2, 0, size=48, crystal=24)
+    blurred = ndimage.gaussian_filter(ideal, (0, 1, 1), mode="wrap")
+    shape = blurred.shape
+    info = {"region": [fullgrid.Region(shape, tuple(n // 2 for n in shape), shape).as_dict()], "chi_floor": [0.0],
+            "coherence_blur": [[0.0, 1.0, 1.0]], "background": [None], "bragg_peak_offset": [[0, 0, 0]]}
+    plan = dataclasses.replace(fullgrid.FULL_PLAN, schedule="40*ER", patience=100, grow_steps=0)
+    whole = full_stage(blurred[None], info, truth[None, None], plan=plan)
+    asked = [0]
+
+    def yield_now():  # once, inside the fit that follows the screen (3 × 20 iterations)
+        asked[0] += 1
+        return asked[0] == 75
+
+    with pytest.raises(Preempted) as preempted:
+        full_stage(blurred[None], info, truth[None, None], plan=plan, yield_now=yield_now)
+    checkpoint, asked[0] = preempted.value.checkpoint, 100
+    resumed = full_stage(blurred[None], info, truth[None, None], plan=plan, yield_now=yield_now, resume=checkpoint)
+    assert list(checkpoint.arrays["blur"]) == [0.0, 1.0, 1.0] and resumed.info["fit"][0]["width_screen"] == {}
+    assert resumed.info["coherence_blur"] == whole.info["coherence_blur"] == [[0.0, 1.0, 1.0]]
+    assert np.allclose(resumed.phase, whole.phase, atol=1e-4) and resumed.chi == pytest.approx(whole.chi, rel=1e-5)
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "services.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=900)
@@ -147,6 +189,10 @@ def test_reconstruct_writes_the_full_grid_answer_and_its_chi_is_the_files(tmp_pa
         assert list(f.attrs["refinement_grid"]) == [32, 32, 32] and "full_grid_plan" in f.attrs
         assert np.ravel(f.attrs["full_grid_support_grown_by"])[0] % fullgrid.FULL_PLAN.grow_by == 0
         blur, background = np.ravel(f.attrs["coherence_blur"]), float(np.ravel(f.attrs["background"])[0])
+        screened = json.loads(f.attrs["full_grid_width_screen"])  # χ_free per σ tried, where the refined one blurred
+        refined_blur = f.attrs["coherence_blur_refined"]
+        assert len(refined_blur) == 3 and bool(screened) == bool(np.any(refined_blur))
+        assert not screened or min(screened.values()) == screened[str([float(b) for b in blur])]  # the width fitted
     assert stage == "full" and obj.shape == counts.shape
     # through the model the file names (a partial-coherence blur and a flat background where it has them)
     assert metrics.chi(obj, counts, blur=blur if np.any(blur) else None, background=background) == pytest.approx(

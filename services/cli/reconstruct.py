@@ -10,6 +10,7 @@ all of the input's data, so the file written reproduces the input: χ of
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -156,6 +157,12 @@ def run(args):
             grid_note.update(full_grid_plan=stages["full"].info["plan"],
                              full_grid_iterations=np.array([f["iterations"] for f in fits]),
                              full_grid_support_grown_by=np.array([f["support_grown_by"] for f in fits]),
+                             # the refined stage's blur (chi_refined's model), and its width screened on the full
+                             # grid: χ_free per σ tried ({} where the refined answer was coherent)
+                             coherence_blur_refined=np.array(info["coherence_blur"] if was_batch
+                                                             else info["coherence_blur"][0]),
+                             full_grid_width_screen=json.dumps([f["width_screen"] for f in fits] if was_batch
+                                                               else fits[0]["width_screen"]),
                              note=f"refined stage on the signal's region {region} of the input "
                                   f"{tuple(intensity.shape[1:])}, DCT-downsampled to {tuple(info['grid'])} (chi_refined, "
                                   f"chi_refinement_grid); then fitted on the region at the detector's resolution (the "

@@ -35,7 +35,9 @@ DESCRIPTIONS = {
                          "the verdict is uncertain, reason photons",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
-                      "chosen where it lowers chi_free); chi and chi_free are of that blurred model; zeros: coherent",
+                      "chosen where it lowers chi_free; the full grid's screened again on its own grid, as a σ "
+                      "chosen on a binned grid partly models the binning); chi and chi_free are of that blurred "
+                      "model; zeros: coherent",
     "background": "the flat background per voxel (air and substrate scattering, dark counts), in the input's units "
                   "(photons for raw counts), that the answer's model adds to its computed intensity, fitted on the "
                   "faint half of the measured voxels where the data are counts; chi and chi_free are of that model; "

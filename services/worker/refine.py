@@ -267,6 +267,7 @@ class RefinementWorker:
                   "region": info["region"], "downsampled": False, "phase_ramp": stage.info["phase_ramp"],
                   "bragg_peak_offset": info["bragg_peak_offset"], "plan": stage.info["plan"],
                   "iterations": fit["iterations"], "support_grown_by": fit["support_grown_by"], "device": fit["device"],
+                  "width_screen": fit["width_screen"], "coherence_blur_refined": info.get("coherence_blur"),
                   "chi_history": fit["chi_history"],
                   "chi_refined": info["chi"]}
         return (stage.amplitude[0], stage.phase[0], result), {"phase_uncertainty": stage.uncertainty[0]}, fit["seconds"]
