@@ -167,10 +167,10 @@ def test_fused_iterations_agree_with_numpy(monkeypatch, measured, blur, backgrou
         assert np.allclose(fused.background, plain.background, rtol=1e-4)
 
 
-def test_kernels_are_off_by_default_and_on_by_their_setting(monkeypatch):
+def test_kernels_are_on_by_default_and_off_by_their_setting(monkeypatch):
     from shared.physics import kernels
 
     monkeypatch.delenv("CDI_LIVE_KERNELS", raising=False)
-    assert not kernels.available()
-    monkeypatch.setenv("CDI_LIVE_KERNELS", "1")
     assert kernels.available() == (kernels.numba is not None)
+    monkeypatch.setenv("CDI_LIVE_KERNELS", "0")
+    assert not kernels.available()

@@ -10,14 +10,14 @@ batches of 8 and 32 scans of 32³, FFTs included; `phase-retrieve --starts 4` 1.
 (its AD polish and the blur's convolutions are not in these loops). The answers agree with NumPy's to float32
 rounding (χ to ~10⁻⁶ relative; a test holds them to it), and the same scans came out right.
 
-**Off by default** (``CDI_LIVE_KERNELS=1`` turns them on). On a second fresh seed (4791, 24 scans per family,
-``benchmarks/run_again.py --variants numpy_iteration,fused``) the refined stage with the loops was right on 29 of 72
-against 34 with NumPy's iteration (8 scans right to wrong, 3 wrong to right), and called one wrong answer
-converged (NumPy: none). HIO is chaotic, so float32 rounding alone moves single scans, and no numerical cause was
-found (the blurred ER/HIO path agrees to 5 digits of χ after 100 iterations). But a change that may cost right
-answers waits for a comparison powered to tell: several hundred scans, with its rule written first.
+**On by default** (``CDI_LIVE_KERNELS=0`` turns them off). On a fresh seed (4791, 24 scans per family) the refined
+stage with the loops was right on 29 of 72 against 34 with NumPy's iteration, so they waited for a comparison powered
+to tell, its rule written first (``benchmarks/run_again.py --variants numpy_iteration,fused``, docs/BENCHMARKS.md,
+"Thirty-second session"): on fresh seed 4801, 96 scans per family, right on 132 of 288 either way, 8 scans right to
+wrong and 8 wrong to right, and no wrong answer called converged (NumPy's iteration: one). HIO is chaotic, and
+float32 rounding alone moves single scans.
 
-``available()`` is False where numba is not installed or the loops are not turned on; ``phasing`` then runs its
+``available()`` is False where numba is not installed or the loops are turned off; ``phasing`` then runs its
 NumPy form, the reference. Compiled once per machine (``cache=True``: about 1.7 s on first use).
 """
 
@@ -34,9 +34,8 @@ except ImportError:  # optional at run time: NumPy does everything
 
 
 def available() -> bool:
-    """Whether the fused loops run: numba there, and turned on (``CDI_LIVE_KERNELS=1``; off by default until a
-    well-powered comparison of right answers says they may be: see the module's docstring)."""
-    return numba is not None and os.environ.get("CDI_LIVE_KERNELS", "0") == "1"
+    """Whether the fused loops run: numba there, and not turned off (``CDI_LIVE_KERNELS=0``)."""
+    return numba is not None and os.environ.get("CDI_LIVE_KERNELS", "1") != "0"
 
 
 def fits(*arrays) -> bool:
