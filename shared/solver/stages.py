@@ -307,15 +307,9 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         seeds = np.stack([embed(f, region.shape) for f in finalists[k]])
         data = region.take(volume)
         flat = (refined_info.get("background") or [None] * len(intensity))[k] or None  # 0: the refined stage fitted none
-        if resume is not None and "blur" in resume.arrays:  # chosen before it yielded
-            blur, screened = [float(b) for b in resume.arrays["blur"]] or None, {}
-        else:
-            chosen = fullgrid.choose_blur(data, inside & ~withheld, withheld, seeds,
-                                          refined_info.get("coherence_blur", [None] * len(intensity))[k], flat, plan,
-                                          yield_now)
-            if chosen is None:  # fresher work came during the screen: nothing worth keeping yet
-                raise Preempted(None)
-            blur, screened = chosen
+        blur, screened, screen_seconds = _full_grid_width(
+            data, inside, withheld, seeds, refined_info.get("coherence_blur", [None] * len(intensity))[k], flat, plan,
+            yield_now, resume)
         fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
                               None if resume is None else resume.arrays, progress, blur, flat, withheld)
         if fitted.interrupted:
@@ -335,8 +329,8 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
                                    spreads[-1] if others else None, s, blur, trust.unmeasured_signal(fitted.obj[0], inside)))
         blurs.append(blur or [0.0] * 3)
-        details.append({"iterations": fitted.iterations, "seconds": fitted.seconds, "device": fitted.device,
-                        "width_screen": screened,
+        details.append({"iterations": fitted.iterations, "seconds": fitted.seconds + screen_seconds,
+                        "device": fitted.device, "width_screen": screened,
                         "support_grown_by": fitted.grown * plan.grow_by,
                         "chi_history": [round(c, 5) for c in fitted.history],
                         "time_history": [round(t, 3) for t in fitted.times]})
@@ -349,6 +343,19 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
             "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
+
+
+def _full_grid_width(data, inside, withheld, seeds, refined_blur, flat, plan, yield_now, resume):
+    """(σ or None, the screen's χ_free per σ, its seconds) of one scan's full-grid fit: the σ chosen before a yield
+    where ``resume`` holds it, else ``fullgrid.choose_blur``'s screen of the refined stage's ``refined_blur``."""
+    if resume is not None and "blur" in resume.arrays:
+        return [float(b) for b in resume.arrays["blur"]] or None, {}, 0.0
+    began = time.perf_counter()
+    chosen = fullgrid.choose_blur(data, inside & ~withheld, withheld, seeds, refined_blur, flat, plan, yield_now)
+    if chosen is None:  # fresher work came during the screen: nothing worth keeping yet
+        raise Preempted(None)
+    blur, screened = chosen
+    return blur, screened, time.perf_counter() - began if screened else 0.0
 
 
 def reconstruct(intensity: np.ndarray, predictor: Predictor, refine: bool = False, refine_size: int = REFINE_SIZE,
