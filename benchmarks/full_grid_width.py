@@ -4,7 +4,10 @@ on the full grid with the refined stage's blur screened on its own grid (``fullg
 carried (``width_factors=(1.0,)``, before; only where the refined answer is blurred). One JSON row per scan: the
 refined blur, each answer's phase error (rad), blur, χ_free and seconds.
 
-    .venv/bin/python benchmarks/full_grid_width.py [--seed 4821] [--count 12] [--sigma 0]
+    .venv/bin/python benchmarks/full_grid_width.py [--seed 4821] [--count 12] [--sigma 0] [--blurred-dilation 2]
+
+``--blurred-dilation N`` adds a third fit where the refined answer is blurred: the screened width, its support
+dilated by N voxels where the fit's model is blurred (``FullPlan.blurred_dilation``; not shipped).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4821)
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--sigma", type=float, default=0.0, help="detector blur on the full grid (pixel); 0: coherent")
+    parser.add_argument("--blurred-dilation", type=int, help="also fit with FullPlan.blurred_dilation set to this")
     args = parser.parse_args()
     predictor = Predictor()
 
@@ -39,6 +43,9 @@ def main() -> None:
         return round(evaluation.all_errors(obj, truth[None])["phase_unweighted"][0], 4)
 
     plans = {"screened": fullgrid.FULL_PLAN, "carried": dataclasses.replace(fullgrid.FULL_PLAN, width_factors=(1.0,))}
+    if args.blurred_dilation is not None:
+        plans[f"blurred_dilation{args.blurred_dilation}"] = dataclasses.replace(
+            fullgrid.FULL_PLAN, blurred_dilation=args.blurred_dilation)
     for index in range(args.count):
         counts, truth = large_scan(args.seed, index, 0 if args.sigma else 1e8)
         if args.sigma:  # the detector's blur on the full grid, then counts
@@ -49,8 +56,8 @@ def main() -> None:
         row = {"seed": args.seed, "index": index, "sigma": args.sigma, "start": refined.info["start"][0],
                "refined_blur": blur, "refined_error": error(refined, truth)}
         for name, plan in plans.items():
-            if name == "carried" and not any(blur):
-                continue  # a coherent refined answer is not screened: both are the same fit
+            if name != "screened" and not any(blur):
+                continue  # a coherent refined answer is not screened: each is the same fit
             began = time.perf_counter()
             full = stages.full_stage(counts[None], refined.info, refined.finalists, plan=plan)
             row[name] = {"error": error(full, truth), "blur": full.info["coherence_blur"][0],

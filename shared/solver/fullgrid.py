@@ -63,6 +63,7 @@ class FullPlan:
     support_threshold: float = 0.05
     support_sigma: float = 1.0
     support_dilation: int = 8
+    blurred_dilation: int | None = None  # the dilation where the fit's model is blurred (None: support_dilation)
     patience: int = 10  # stop when χ gained less than ``tolerance`` (relative) over this many iterations
     tolerance: float = 1e-3
     time_budget: float | None = None  # seconds at most
@@ -85,7 +86,8 @@ class FullPlan:
         widths = (f"; a blurred refined answer's width × {', '.join(f'{f:g}' for f in self.width_factors)} screened "
                   f"by {self.width_screen} each, the lowest χ_free fitted" if len(self.width_factors) > 1 else "")
         return (f"{self.schedule} on the full grid, support fixed (seed blurred by {self.support_sigma} voxel "
-                f"> {self.support_threshold} of its maximum, dilated by {self.support_dilation}), "
+                f"> {self.support_threshold} of its maximum, dilated by {self.support_dilation}"
+                f"{'' if self.blurred_dilation is None else f', by {self.blurred_dilation} for a blurred model'}), "
                 f"stop when χ gains < {100 * self.tolerance:g} % over {self.patience} iterations{grows}{widths}")
 
 
@@ -207,10 +209,13 @@ class FullFit:
     grown: int = 0  # times its support grew by ``FullPlan.grow_by`` voxels and kept the growth
 
 
-def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN) -> np.ndarray:
-    blurred = ndimage.gaussian_filter(np.abs(seed).astype(np.float32), plan.support_sigma)
-    support = blurred > plan.support_threshold * blurred.max()
-    return ndimage.binary_dilation(support, iterations=plan.support_dilation) if plan.support_dilation else support
+def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN, blurred_model: bool = False) -> np.ndarray:
+    """The fit's support: the seed's amplitude smoothed, thresholded and dilated (``plan.blurred_dilation`` voxels
+    where the fit's model is blurred and the plan sets one)."""
+    smooth = ndimage.gaussian_filter(np.abs(seed).astype(np.float32), plan.support_sigma)
+    support = smooth > plan.support_threshold * smooth.max()
+    dilation = plan.blurred_dilation if blurred_model and plan.blurred_dilation is not None else plan.support_dilation
+    return ndimage.binary_dilation(support, iterations=dilation) if dilation else support
 
 
 def free_chi(intensity: np.ndarray, withheld: np.ndarray, obj: np.ndarray, blur=None, background=None) -> float:
@@ -230,7 +235,8 @@ def choose_blur(intensity: np.ndarray, measured: np.ndarray, withheld: np.ndarra
     ``yield_now`` cut the screen short. A coherent answer is not screened: only a blur can be carried wrongly."""
     if blur is None or not np.any(blur) or len(plan.width_factors) < 2:
         return blur if blur is not None and np.any(blur) else None, {}
-    screen = dataclasses.replace(plan, schedule=plan.width_screen, grow_steps=0, time_budget=None)
+    screen = dataclasses.replace(plan, schedule=plan.width_screen, grow_steps=0, time_budget=None,
+                                 blurred_dilation=None)  # one support for every width: their χ_free compare
     scores = {}
     for factor in plan.width_factors:
         width = tuple(round(float(factor) * float(b), 4) for b in blur) if factor else None
@@ -264,7 +270,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     free = None if measured is None or np.all(measured) else xp.asarray(~sfft.ifftshift(measured))
     norm = float(xp.linalg.norm(magnitude if free is None else magnitude * ~free))
     if resume is None:
-        support = support_of(seeds[0], plan)
+        support = support_of(seeds[0], plan, blur is not None and bool(np.any(blur)))
         obj, done, history = seeds.astype(np.complex64) * support, 0, []
         growth = {"grown": 0, "since": 0, "best_chi_free": np.inf, "best_obj": None, "best_support": None}
     else:
