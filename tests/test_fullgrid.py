@@ -144,6 +144,14 @@ def test_a_blur_carried_from_a_binned_grid_is_screened_on_the_full_grid():
     assert fullgrid.choose_blur(ideal, ~withheld, withheld, truth[None], [0.0, 0.0, 0.0]) == (None, {})  # coherent
 
 
+def test_a_blurred_model_starts_from_a_tighter_support_only_where_the_plan_sets_one():
+    _, truth = large_scan(9957, 2, 0, size=48, crystal=24)
+    tight = dataclasses.replace(fullgrid.FULL_PLAN, blurred_dilation=2)
+    loose, blurred = fullgrid.support_of(truth, tight), fullgrid.support_of(truth, tight, blurred_model=True)
+    assert blurred.sum() < loose.sum() and not (blurred & ~loose).any()
+    assert np.array_equal(fullgrid.support_of(truth, blurred_model=True), fullgrid.support_of(truth))  # as shipped
+
+
 def test_a_full_grid_stage_that_yields_after_its_width_screen_resumes_at_that_width():
     """The width chosen before a yield goes with the checkpoint: the stage resumed does not screen again, and ends
     where one run ends."""
