@@ -44,8 +44,9 @@ VARIANTS = ("shipped", "short", "erhio4")
 # same with five widths, each fitted by 50*ER), "deblurred_fast" (the same widths as "deblurred", screened by 20*ER, the
 # best two refitted by 100*HIO+30*ER, the fits without the AD polish but the one kept: shipped since the thirtieth
 # session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured,
-# "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, off by default;
-# "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration, the default, stated explicitly)
+# "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, stated explicitly: on by default
+# since the thirty-second session; "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration,
+# ``CDI_LIVE_KERNELS=0``)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
