@@ -233,8 +233,9 @@ def choose_blur(intensity: np.ndarray, measured: np.ndarray, withheld: np.ndarra
     each of ``plan.width_factors``, each fitted by ``plan.width_screen`` from the first seed; the lowest χ_free on
     the ``withheld`` voxels stands (None: coherent). Returns (σ or None, {σ as text: χ_free}), or None where
     ``yield_now`` cut the screen short. A coherent answer is not screened: only a blur can be carried wrongly."""
-    if blur is None or not np.any(blur) or len(plan.width_factors) < 2:
-        return blur if blur is not None and np.any(blur) else None, {}
+    blurred = trust.is_blurred(blur)
+    if not blurred or len(plan.width_factors) < 2:
+        return (blur if blurred else None), {}
     screen = dataclasses.replace(plan, schedule=plan.width_screen, grow_steps=0, time_budget=None,
                                  blurred_dilation=None)  # one support for every width: their χ_free compare
     scores = {}
@@ -270,7 +271,7 @@ def fit(intensity: np.ndarray, measured: np.ndarray | None, seeds: np.ndarray, p
     free = None if measured is None or np.all(measured) else xp.asarray(~sfft.ifftshift(measured))
     norm = float(xp.linalg.norm(magnitude if free is None else magnitude * ~free))
     if resume is None:
-        support = support_of(seeds[0], plan, blur is not None and bool(np.any(blur)))
+        support = support_of(seeds[0], plan, trust.is_blurred(blur))
         obj, done, history = seeds.astype(np.complex64) * support, 0, []
         growth = {"grown": 0, "since": 0, "best_chi_free": np.inf, "best_obj": None, "best_support": None}
     else:
