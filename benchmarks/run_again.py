@@ -46,7 +46,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # session). "widths*", "deblurred" and "deblurred_lean" start from "no_refit", as measured,
 # "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, stated explicitly: on by default
 # since the thirty-second session; "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration,
-# ``CDI_LIVE_KERNELS=0``)
+# ``CDI_LIVE_KERNELS=0``), "no_resample" (the verdict without its check on Poisson resamples of the answer,
+# ``shared.solver.resampling``: on since the thirty-third session)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -61,7 +62,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
         os.environ["CDI_LIVE_KERNELS"] = "0" if variant == "numpy_iteration" else "1"
         variant = "erhio4" if variant == "erhio4_fused" else "shipped"
     intensity, truth, kinds = evaluation.population(family, count, seed)
-    verdicts, starts = [""] * count, [""] * count
+    verdicts, starts, resampled = [""] * count, [""] * count, [None] * count
     if variant == "erhio4":
         began = time.perf_counter()
         obj = np.concatenate([phasing.phase_retrieve(intensity[i:i + ERHIO_BATCH], starts=4, seed=i)[0]
@@ -107,6 +108,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
                 effort.WIDTH_SCHEDULE = "50*ER"
             if variant == "deblurred_fast":  # the widths screened by 20*ER, the best two refitted; one polish
                 variants.with_fast_width_refit()
+        if variant == "no_resample":  # the verdict without its check on resamples (``shared.solver.resampling``)
+            from shared.solver import resampling
+
+            resampling.RESAMPLES = 0
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")
@@ -114,6 +119,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
         refined = stages.reconstruct(intensity, predictor, refine=True)["refined"]
         obj = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
         verdicts, starts = refined.info["verdict"], refined.info["start"]
+        resampled = refined.info["resampled_error"]
     seconds = (time.perf_counter() - began) / count
     errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
     converged = np.array([v == "converged" for v in verdicts])
@@ -121,7 +127,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
             "right_among_converged": int((errors[converged] < 0.1).sum()),
             "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds,
-            "starts": list(starts)}
+            "starts": list(starts), "resampled_error": list(resampled)}
 
 
 def main() -> None:

@@ -129,6 +129,54 @@ def test_unmeasured_signal_is_the_share_of_the_answers_intensity_on_unmeasured_v
     assert trust.unmeasured_signal(ball, beside) > trust.UNMEASURED_LIMIT > 10 * trust.unmeasured_signal(ball, edge)
 
 
+def test_an_answer_whose_search_misses_on_resamples_of_it_is_uncertain_for_photons():
+    """The verdict's promise, 0.1 rad, checked by the answer's own search on resamples of its model: an answer at
+    its floor whose resamples land further off is "uncertain" for photons; one whose resamples land close, or
+    that was not checked (None), keeps its verdict."""
+    at_floor = dict(chi_free=0.050, floor_free=0.05, floor=0.05, free=0.01, uncertainty=None)
+    assert trust.judge(**at_floor) == ("converged", None)
+    assert trust.judge(**at_floor, resampled=None) == ("converged", None)
+    assert trust.judge(**at_floor, resampled=0.5 * trust.PROMISE) == ("converged", None)
+    assert trust.judge(**at_floor, resampled=1.5 * trust.PROMISE) == ("uncertain", "photons")
+
+
+def test_resamples_of_an_answer_are_poisson_draws_of_its_model_at_the_datas_photon_step():
+    """Analytic: the model is the answer's |F|² scaled to the data's total, plus its flat background; draws of
+    counts scaled to a maximum of 1 come back on the same one-photon step; floats (no noise) give none."""
+    from shared.solver import resampling
+
+    obj = fourier.make_object(*crystals.simulated_scan(32, 9712, 0, 0, True)[1:3]).astype(np.complex64)
+    power = fourier.intensity(obj).astype(np.float64)
+    model = resampling.model_counts(obj, None, 0.5, 1e6)
+    assert model.sum() == pytest.approx(1e6, rel=1e-6) and model.min() >= 0.5
+    assert np.allclose(model - 0.5, power * (1e6 - 0.5 * obj.size) / power.sum(), rtol=1e-5, atol=1e-6)
+    counts = np.round(crystals.simulated_scan(32, 9712, 0, 0, True, (1e6, 1e6))[0]).astype(np.float32)
+    scaled = counts / counts.max()
+    drawn = resampling.draws(scaled, obj, None, 0.0, None, np.random.default_rng(0))
+    assert len(drawn) == resampling.RESAMPLES
+    step = trust.photon_step(scaled)
+    assert all(trust.photon_step(d) == pytest.approx(step, rel=1e-4) for d in drawn)
+    assert [d.sum() / scaled.sum() for d in drawn] == pytest.approx([1, 1], rel=0.01)
+    assert resampling.draws(power.astype(np.float32) * 1.5 + 0.25, obj, None, 0.0, None, np.random.default_rng(0)) is None
+
+
+def test_the_search_lands_near_a_bright_answer_on_its_resamples_and_far_from_a_photon_starved_one():
+    """The true objects as answers (and starts): at 10⁸ photons the refined plan's first run lands within the
+    promise on resamples of them; at 10⁴ photons it misses by more, on the first of these two crystals beyond it."""
+    from shared.solver import resampling
+    from shared.solver.plans import REFINE_PLAN
+
+    errors = {}
+    for photons in (1e8, 1e4):
+        made = [crystals.simulated_scan(32, 9712, i, i, True, (photons, photons)) for i in range(2)]
+        data = np.stack([np.round(m[0]) for m in made]).astype(np.float32)
+        truth = np.stack([fourier.make_object(m[1], m[2]) for m in made]).astype(np.complex64)
+        errors[photons] = resampling.resampled_errors(data, truth, None, REFINE_PLAN, truth, np.zeros((2, 3)),
+                                                      [0.0, 0.0], [True, True], [0, 1])
+    assert max(errors[1e8].values()) < 0.5 * trust.PROMISE
+    assert errors[1e4][0] > trust.PROMISE and min(errors[1e4].values()) > max(errors[1e8].values())
+
+
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
     intensity, _ = held_out_set(2, 9710)
     np.save(tmp_path / "batch.npy", np.round(intensity))
@@ -143,6 +191,9 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         verdicts = [v if isinstance(v, str) else v.decode() for v in f.attrs["verdict"]]
         assert all((r == "") == (v == "converged") for r, v in zip(reasons, verdicts))
         assert set(reasons) <= {"", *trust.REASONS}
+        resampled = f.attrs["resampled_error"]  # run for the answers called converged on counts, NaN elsewhere
+        assert resampled.shape == (2,)
+        assert all(np.isnan(e) or (v == "converged") == (e <= trust.PROMISE) for e, v in zip(resampled, verdicts))
         assert f["phase_uncertainty"].shape == f["phase"].shape
 
 

@@ -112,6 +112,7 @@ def run(args):
         extra.update({f"{name}/chi": stage.chi, f"{name}/seconds": np.float64(stage.seconds)})
     refined = stages.get("refined")
     trusted = stages.get("full", refined)
+    resampled = [np.nan if e is None else e for e in trusted.info.get("resampled_error", [])] if trusted else []
     grid_note = {}
     if refined is not None:
         info = refined.info
@@ -138,6 +139,8 @@ def run(args):
                      # the share of the answer's signal on unmeasured voxels (gaps, masks), which χ_free cannot judge
                      "unmeasured_signal": np.array(trusted.info["unmeasured_signal"]) if was_batch
                      else float(trusted.info["unmeasured_signal"][0]),
+                     # the search's own error on Poisson resamples of the answer's model (NaN: not run)
+                     "resampled_error": np.array(resampled) if was_batch else float(resampled[0]),
                      "verdict_reason": np.array([r or "" for r in trusted.info["verdict_reason"]],
                                                 dtype=h5py.string_dtype()) if was_batch
                      else trusted.info["verdict_reason"][0] or "",

@@ -33,6 +33,11 @@ DESCRIPTIONS = {
     "unmeasured_signal": "the share of the answer's own diffracted intensity that falls on voxels holding no count "
                          "(detector gaps, masked pixels, frames not taken), where chi_free cannot judge it; above 0.1 "
                          "the verdict is uncertain, reason photons",
+    "resampled_error": "the largest plain phase error (rad) of the refined stage's first run on 2 Poisson resamples "
+                       "of the answer's own model at the scan's photons, against the answer: the error this search "
+                       "makes on data like these; above 0.1 the verdict is uncertain, reason photons; null where not "
+                       "run (only answers about to be called converged, on photon counts, on refinement grids "
+                       "of at most 64³, are checked)",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free; the full grid's screened again on its own grid, as a σ "
@@ -96,6 +101,7 @@ class StageSummary(Described):
     chi_free_floor: float | None = None
     chi_floor_fitted: float | None = None
     unmeasured_signal: float | None = None
+    resampled_error: float | None = None
     coherence_blur: list[float] | None = None
     background: float | None = None
     grid: list[int] | None = None

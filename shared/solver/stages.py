@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.wire import detector
-from shared.solver import effort, fullgrid, trust
+from shared.solver import effort, fullgrid, resampling, trust
 from shared.nn.inference import Predictor
 from shared.physics import coherence, downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
@@ -201,9 +201,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
         for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]
 
-    def stage_of(result, runs, searching) -> Stage:
+    def stage_of(result, runs, searching, resampled=None) -> Stage:
         return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
-                      on_input_grid, started)
+                      on_input_grid, started, resampled)
 
     before_again = None if on_first is None else \
         lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
@@ -213,11 +213,23 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     except Preempted as preempted:  # a run again cut short: the first run's answers wait with the job
         keep_inputs(preempted)
         raise
-    return stage_of(result, runs, [False] * len(runs))
+    stage = stage_of(result, runs, [False] * len(runs))
+    checked = [k for k, verdict in enumerate(stage.info["verdict"])  # the answers about to be called converged
+               if verdict == "converged" and counting[k] and floors[k] > 0]
+    if not checked or not resampling.RESAMPLES or np.prod(grid) > effort.SMALL_GRID:
+        return stage
+    began = time.perf_counter()
+    try:
+        resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
+                                                result.background, counting, checked, yield_now)
+    except Preempted:  # fresher work came first: the verdicts stand unchecked (resampled_error None)
+        return stage
+    result.seconds["resampled"] = result.seconds.get("resampled", 0.0) + time.perf_counter() - began
+    return stage_of(result, runs, [False] * len(runs), resampled)
 
 
 def _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
-           on_input_grid, started) -> Stage:
+           on_input_grid, started, resampled=None) -> Stage:
     """The refined stage's answers, as every caller sees them, from a run's (or the merged runs') result."""
     shape = intensity.shape[1:]
     amps, phases, supports, chis, spreads, finalists, judged, blurs = [], [], [], [], [], [], [], []
@@ -243,7 +255,8 @@ def _stage(result, runs, searching, intensity, measured, regions, grid, mask, fr
         free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
         judged.append(trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free,
                                    spreads[-1] if len(alternatives) else None, s, result.coherence[k],
-                                   trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k])))
+                                   trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k]),
+                                   (resampled or {}).get(k)))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
     info = {**{key: [j[key] for j in judged] for key in judged[0]}, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
@@ -265,12 +278,15 @@ def free_floor_of(counts: np.ndarray, inside: np.ndarray, grid, free: np.ndarray
 
 
 def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support, blur=None,
-                 unmeasured: float = 0.0) -> dict:
+                 unmeasured: float = 0.0, resampled: float | None = None) -> dict:
     """One answer's trust, as the file, the API and the page show it (``shared.solver.trust``); ``blur``: its
-    partial-coherence σ per axis (None: coherent); ``unmeasured``: the share of its signal on unmeasured voxels."""
+    partial-coherence σ per axis (None: coherent); ``unmeasured``: the share of its signal on unmeasured voxels;
+    ``resampled``: its search's largest phase error on resamples of its model (``shared.solver.resampling``; None:
+    not run)."""
     verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur),
-                                  unmeasured)
+                                  unmeasured, resampled)
     return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "unmeasured_signal": round(unmeasured, 4),
+            "resampled_error": None if resampled is None else round(float(resampled), 4),
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
             "chi_floor_fitted": trust.fitted_floor(floor, free)}
 

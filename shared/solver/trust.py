@@ -65,12 +65,17 @@ NOISE_FREE_ALLOWANCE = 0.01
 # no seed separated right from wrong above it. Like too few photons, too little measured signal cannot promise
 # 0.1 rad: the reason is "photons" (the record's flags say "peak on a gap" where that is why).
 UNMEASURED_LIMIT = 0.1
+# The phase error a "converged" answer promises (the evaluation's "right"): an answer whose own search, run on Poisson
+# resamples of its model, lands further from it than this (``shared.solver.resampling``) cannot promise it at these
+# photons: "photons". Not fitted: the promise itself.
+PROMISE = 0.1
 REASONS = ("search", "model", "photons", "disagreement")  # why an answer is "uncertain"
 RULE = (f"converged: chi_free² ≤ ({FREE_SLACK}·chi_free_floor)² + {MODEL_ALLOWANCE}² ({BLURRED_ALLOWANCE}² where a "
         f"partial-coherence blur was fitted, {NOISE_FREE_ALLOWANCE}² on data with no noise floor) with chi_free_floor = the "
         f"withheld voxels' Poisson floor·√(1 + 2·support/measured voxels), chi_floor ≤ {NOISE_LIMIT}, at most "
         f"{UNMEASURED_LIMIT:.0%} of the answer's diffracted signal on unmeasured voxels (unmeasured_signal) and independent "
-        f"solutions' phases agree (mean spread ≤ {AGREEMENT} rad); else uncertain, with verdict_reason photons, "
+        f"solutions' phases agree (mean spread ≤ {AGREEMENT} rad) and, on photon counts, the search run on Poisson resamples "
+        f"of the answer's model lands within {PROMISE} rad of it (resampled_error); else uncertain, with verdict_reason photons, "
         "search, model or disagreement")
 
 _LAMBDA = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 400)])
@@ -227,10 +232,12 @@ def unmeasured_signal(obj: np.ndarray, measured: np.ndarray | None) -> float:
 
 
 def judge(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,
-          support: np.ndarray | None = None, blurred: bool = False, unmeasured: float = 0.0) -> tuple[str, str | None]:
+          support: np.ndarray | None = None, blurred: bool = False, unmeasured: float = 0.0,
+          resampled: float | None = None) -> tuple[str, str | None]:
     """(verdict, verdict_reason): "converged" with no reason, or "uncertain" because of
     "photons" (floor above NOISE_LIMIT, or more than UNMEASURED_LIMIT of the answer's signal unmeasured:
-    ``unmeasured_signal``), "search" (χ_free above what a right answer reaches, and the
+    ``unmeasured_signal``, or the search run on resamples of the answer's model lands further than PROMISE from
+    it: ``resampled``, ``shared.solver.resampling``; None: not run), "search" (χ_free above what a right answer reaches, and the
     independent solutions disagree: more starts may help), "model" (above it though the solutions agree:
     the forward model cannot reach the floor) or "disagreement" (at the floor, solutions apart)."""
     spread = mean_spread(uncertainty, support)
@@ -239,6 +246,8 @@ def judge(chi_free: float, floor_free: float, floor: float, free: float, uncerta
         return "uncertain", "photons"
     if not reached_free_floor(chi_free, floor_free, free, blurred):
         return "uncertain", "model" if agree else "search"
+    if resampled is not None and resampled > PROMISE:
+        return "uncertain", "photons"
     if not agree:
         return "uncertain", "disagreement"
     return "converged", None

@@ -22,7 +22,7 @@ from shared.wire.files import write_result
 
 STAGES = ("nn", "refined", "full")
 TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor",
-         "chi_floor_fitted", "unmeasured_signal",  # the refined and full stages' trust fields
+         "chi_floor_fitted", "unmeasured_signal", "resampled_error",  # the refined and full stages' trust fields
          # (``shared.solver.stages.trust_fields``)
          "coherence_blur", "background")  # and the blur and flat background their χ's model was fitted with
 # (``shared.physics.coherence``)
