@@ -47,7 +47,7 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, stated explicitly: on by default
 # since the thirty-second session; "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration,
 # ``CDI_LIVE_KERNELS=0``), "no_resample" (the verdict without its check on Poisson resamples of the answer,
-# ``shared.solver.resampling``: on since the thirty-third session)
+# ``shared.solver.resampling``), "every_search" (that check for answers found by a run again too)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -112,6 +112,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             from shared.solver import resampling
 
             resampling.RESAMPLES = 0
+        if variant == "every_search":  # the check for answers of a run again too (the first form measured)
+            from shared.solver import resampling
+
+            resampling.EVERY_SEARCH = True
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -306,6 +306,12 @@ def refit_widths(best: Converged, runs: list[int], intensity: np.ndarray, predic
             _take(best, k, fit, 0, f"{best.start[k]}, {how}")
 
 
+def found_by_first_run(start: str) -> bool:
+    """Whether a scan's answer, by its ``start`` as the record gives it, is the first run's (a run again's answer is
+    labelled "… (run n)"; a width refit keeps the label of the search that found it)."""
+    return "(run " not in start
+
+
 def _take(best: Converged, k: int, found: Converged, j: int, start: str) -> None:
     """In place: scan k's answer in ``best`` becomes answer j of ``found`` (object, support, χ, χ_free, blur,
     background), with ``start`` saying where it came from."""

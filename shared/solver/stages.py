@@ -215,7 +215,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         raise
     stage = stage_of(result, runs, [False] * len(runs))
     checked = [k for k, verdict in enumerate(stage.info["verdict"])  # the answers about to be called converged
-               if verdict == "converged" and counting[k] and floors[k] > 0]
+               if verdict == "converged" and counting[k] and floors[k] > 0  # on counts
+               and (resampling.EVERY_SEARCH or effort.found_by_first_run(result.start[k]))]  # as the check searches
     if not checked or not resampling.RESAMPLES or np.prod(grid) > effort.SMALL_GRID:
         return stage
     began = time.perf_counter()

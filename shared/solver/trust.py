@@ -23,7 +23,10 @@
                  above it even fits started from the true objects of the tuning set were wrong by more
                  than 0.1 rad on a third of them) and no more than UNMEASURED_LIMIT of the answer's own
                  diffracted signal falls on voxels that hold no count (detector gaps, masked pixels, frames not
-                 taken: χ_free cannot see a misfit there); "uncertain" otherwise, with its reason
+                 taken: χ_free cannot see a misfit there) and, on photon counts, the search run again on Poisson
+                 resamples of the answer's own model lands within PROMISE of it (``shared.solver.resampling``:
+                 one noise can hold a wrong basin at the floor, as it held noisy platelets); "uncertain" otherwise,
+                 with its reason
 
 Pure functions on arrays.
 """
