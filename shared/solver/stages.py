@@ -201,9 +201,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
         for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]
 
-    def stage_of(result, runs, searching, resampled=None) -> Stage:
+    def stage_of(result, runs, searching) -> Stage:
         return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
-                      on_input_grid, started, resampled)
+                      on_input_grid, started)
 
     before_again = None if on_first is None else \
         lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
@@ -225,12 +225,28 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                                                 result.background, counting, checked, yield_now)
     except Preempted:  # fresher work came first: the verdicts stand unchecked (resampled_error None)
         return stage
-    result.seconds["resampled"] = result.seconds.get("resampled", 0.0) + time.perf_counter() - began
-    return stage_of(result, runs, [False] * len(runs), resampled)
+    stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
+    for k, error in resampled.items():  # judged again with it: their other fields stand
+        others = result.alternatives is not None and len(result.alternatives[k]) > 0
+        fields = _judged(result, k, stage.uncertainty[k] if others else None, stage.support[k], free_floors, floors,
+                         mask, error)
+        for key, value in fields.items():
+            stage.info[key][k] = value
+    stage.seconds = time.perf_counter() - started
+    return stage
+
+
+def _judged(result, k: int, spread, support, free_floors, floors, mask, resampled=None) -> dict:
+    """Scan k's trust fields (``trust_fields``) from a run's result: ``spread`` its phase uncertainty on the
+    answer's grid as shown (None where it has no other solution), ``support`` the answer's."""
+    free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
+    return trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free, spread, support,
+                        result.coherence[k], trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k]),
+                        resampled)
 
 
 def _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
-           on_input_grid, started, resampled=None) -> Stage:
+           on_input_grid, started) -> Stage:
     """The refined stage's answers, as every caller sees them, from a run's (or the merged runs') result."""
     shape = intensity.shape[1:]
     amps, phases, supports, chis, spreads, finalists, judged, blurs = [], [], [], [], [], [], [], []
@@ -253,11 +269,7 @@ def _stage(result, runs, searching, intensity, measured, regions, grid, mask, fr
         amps.append(a), phases.append(p), supports.append(s)
         spreads.append(trust.phase_spread(a * np.exp(1j * p), list(alternatives)) if len(alternatives)
                        else np.zeros(a.shape, np.float32))
-        free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
-        judged.append(trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free,
-                                   spreads[-1] if len(alternatives) else None, s, result.coherence[k],
-                                   trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k]),
-                                   (resampled or {}).get(k)))
+        judged.append(_judged(result, k, spreads[-1] if len(alternatives) else None, s, free_floors, floors, mask))
     offsets = [[p - n // 2 for p, n in zip(r.peak, shape)] for r in regions]
     info = {**{key: [j[key] for j in judged] for key in judged[0]}, "grid": list(grid),
             "downsampled": list(grid) != list(regions[0].shape), "phase_ramp": "kept" if on_input_grid else "removed",
