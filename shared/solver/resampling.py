@@ -21,6 +21,7 @@ Pure functions on arrays, around ``converge``.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import scipy.fft as sfft
@@ -29,7 +30,7 @@ from shared.physics import coherence, metrics
 from shared.solver import trust
 from shared.solver.plans import Plan, converge
 
-RESAMPLES = 2  # Poisson draws per answer checked
+RESAMPLES = int(os.environ.get("CDI_LIVE_RESAMPLES", "2"))  # Poisson draws per answer checked (0: no check)
 # Only an answer the first run found is checked: the check reruns that search. An answer found by a run again (620
 # iterations, other starts) is not: on bright scans the first run's misses on its resamples are the search's, not the
 # photons' (seed 4861: 6 right answers of runs again, at 3.5·10⁷–10⁸ photons, resampled 0.12–0.90 rad, all demoted).
