@@ -36,8 +36,8 @@ DESCRIPTIONS = {
     "resampled_error": "the largest plain phase error (rad) of the refined stage's first run on 2 Poisson resamples "
                        "of the answer's own model at the scan's photons, against the answer: the error this search "
                        "makes on data like these; above 0.1 the verdict is uncertain, reason photons; null where not "
-                       "run (only answers about to be called converged, on photon counts, on refinement grids "
-                       "of at most 64³, are checked)",
+                       "run (only answers the first run found that are about to be called converged, on photon "
+                       "counts, on refinement grids of at most 64³, are checked)",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free; the full grid's screened again on its own grid, as a σ "
