@@ -157,7 +157,7 @@ def trust_of(stage) -> list[dict]:
     crystal."""
     info = stage.info
     keys = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "chi_floor_fitted",
-            "unmeasured_signal")
+            "unmeasured_signal", "resampled_error")
     return [{"chi": float(stage.chi[k]), **{key: info[key][k] for key in keys},
              "uncertainty": float(stage.uncertainty[k][stage.support[k]].mean())} for k in range(len(stage.chi))]
 

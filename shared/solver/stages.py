@@ -17,6 +17,7 @@ Every χ reported is computed against the input; a χ on another grid says which
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -136,7 +137,10 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
 
     ``on_first(stage)``, where given, receives the first run's answers before a run again starts
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
-    at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it).
+    at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it). It
+    receives the answers again before the verdict's check on resamples (``shared.solver.resampling``), those
+    checked "uncertain" (reason "search") and searching until the check lands (~0.5–1 s at 32³); a check cut
+    short by ``yield_now`` leaves them so.
     ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted instead of returning the first
     run's answer, its checkpoint holding that answer (phase ``effort.AGAIN``), so the service puts the job back
     and, resumed from it, only the run again comes later.
@@ -219,11 +223,17 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                and (resampling.EVERY_SEARCH or effort.found_by_first_run(result.start[k]))]  # as the check searches
     if not checked or not resampling.RESAMPLES or np.prod(grid) > effort.SMALL_GRID:
         return stage
+    unchecked = {"verdict": ["uncertain" if k in checked else v for k, v in enumerate(stage.info["verdict"])],
+                 "verdict_reason": ["search" if k in checked else r for k, r in enumerate(stage.info["verdict_reason"])]}
+    if on_first is not None:  # the service shows the answer at once, "uncertain" and searching until it is checked
+        on_first(dataclasses.replace(stage, info={**stage.info, **unchecked,
+                                                  "searching": [k in checked for k in range(len(runs))]}))
     began = time.perf_counter()
     try:
         resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
                                                 result.background, counting, checked, yield_now)
-    except Preempted:  # fresher work came first: the verdicts stand unchecked (resampled_error None)
+    except Preempted:  # fresher work came first: not checked, so not called converged (resampled_error None)
+        stage.info.update(unchecked)
         return stage
     stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
     for k, error in resampled.items():  # judged again with it: their other fields stand
