@@ -177,6 +177,22 @@ def test_the_search_lands_near_a_bright_answer_on_its_resamples_and_far_from_a_p
     assert errors[1e4][0] > trust.PROMISE and min(errors[1e4].values()) > max(errors[1e8].values())
 
 
+def test_an_answer_is_shown_at_once_and_called_converged_only_once_its_resamples_agree():
+    """A bright crystal the first run finds: the service is shown the answer before the check, "uncertain" and
+    searching; the stage returns it checked, converged, with its resampled_error within the promise."""
+    from shared.nn.inference import Predictor
+    from shared.solver import stages
+
+    counts = np.round(crystals.simulated_scan(32, 9712, 0, 0, True, (1e8, 1e8))[0]).astype(np.float32)[None]
+    nn = Predictor().reconstruct(counts, on_input_grid=False)
+    shown = []
+    stage = stages.refined_stage(counts, nn.amplitude, nn.phase, nn.crops, on_first=shown.append)
+    assert stage.info["verdict"][0] == "converged" and stage.info["resampled_error"][0] <= trust.PROMISE
+    assert shown[-1].info["verdict"][0] == "uncertain" and shown[-1].info["verdict_reason"][0] == "search"
+    assert shown[-1].info["searching"][0] and shown[-1].info["resampled_error"][0] is None
+    assert np.array_equal(shown[-1].phase, stage.phase)  # the answer itself is final when shown
+
+
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
     intensity, _ = held_out_set(2, 9710)
     np.save(tmp_path / "batch.npy", np.round(intensity))

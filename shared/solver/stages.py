@@ -240,8 +240,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         others = result.alternatives is not None and len(result.alternatives[k]) > 0
         fields = _judged(result, k, stage.uncertainty[k] if others else None, stage.support[k], free_floors, floors,
                          mask, error)
-        for key, value in fields.items():
-            stage.info[key][k] = value
+        for key, value in fields.items():  # new lists: the answers shown before the check keep theirs
+            stage.info[key] = [value if j == k else v for j, v in enumerate(stage.info[key])]
     stage.seconds = time.perf_counter() - started
     return stage
 
