@@ -270,8 +270,9 @@ def test_a_run_again_that_gives_way_to_a_live_scan_comes_back_and_settles(stack)
         wait_for(lambda scan=scan: (r := stack.result(scan)) and r["final"], timeout=120)
     stack.start("worker", "refine", CDI_LIVE_TEST_STEP_DELAY_S="0.03")
 
-    def searching():
-        return next((scan for scan in names if (stack.result(scan, "refined") or {}).get("searching")), None)
+    def searching():  # running again (not a verdict being checked on resamples: ``checking``)
+        return next((scan for scan in names if (r := stack.result(scan, "refined") or {}).get("searching")
+                     and not r.get("checking")), None)
 
     again = wait_for(searching, timeout=240, every=0.05)
     push(stack, "live", simulated_volume(32, 1, 5, 1e8))

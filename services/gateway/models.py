@@ -53,7 +53,9 @@ DESCRIPTIONS = {
                "the final answer's quality",
     "searching": "the refined stage's: true while this is its first run's answer and a run again (new starts, a "
                  "longer search, partial-coherence blurs) is still searching for a better one; its answer, if "
-                 "better, replaces this one",
+                 "better, replaces this one; also true while its verdict is checked (checking)",
+    "checking": "the refined stage's: true while the answer, final itself, has its verdict checked on Poisson "
+                "resamples of its model (resampled_error; ~0.5 s at 32³): \"uncertain\" until then",
     "shown": "the preview's: which answer it shows, \"network\" (3D-CDI-NN's own, until the frames taken pass the "
              "rocking curve's peak: a preview from less than half of reciprocal space is further off) or "
              "\"preview\" (the refined plan on the frames taken); chi and chi_free are of the answer shown",
@@ -109,6 +111,7 @@ class StageSummary(Described):
     partial: bool | None = None
     frames_expected: int | None = None
     searching: bool | None = None
+    checking: bool | None = None
     shown: Literal["network", "preview"] | None = None
 
 

@@ -219,6 +219,7 @@ class RefinementWorker:
             result = {"frames_used": info["frames_used"], "chi": float(stage.chi[0]), "chi_on": window.chi_on,
                       "chi_refinement_grid": float(extra["chi_refinement_grid"][0]), "seconds": seconds,
                       **{key: extra[key][0] for key in TRUST}, "searching": extra["searching"][0],
+                      "checking": bool(extra.get("checking", [False])[0]),
                       "runs": extra["runs"][0], "wall_seconds": time.perf_counter() - began,
                       "resumed": bool(resume is not None or taken.preempted),
                       "seq": info["seq"], "crop": extra["grid"], "voxel_grid": extra["region"][0]["shape"],

@@ -35,6 +35,10 @@ RESAMPLES = int(os.environ.get("CDI_LIVE_RESAMPLES", "2"))  # Poisson draws per 
 # iterations, other starts) is not: on bright scans the first run's misses on its resamples are the search's, not the
 # photons' (seed 4861: 6 right answers of runs again, at 3.5·10⁷–10⁸ photons, resampled 0.12–0.90 rad, all demoted).
 EVERY_SEARCH = False
+# The resamples' runs end before the AD polish: it moves an answer within its basin (0.039 → 0.047 rad on a bright
+# crystal's resamples), and it is most of the check's time (0.94 → 0.54 s per 32³ scan), which the service does not
+# cut short. Set after the rule's runs (which polished): docs/BENCHMARKS.md, "Thirty-third session".
+POLISH_STEPS = 0
 SEED = 33  # the draws are reproducible: one answer, one verdict
 
 
@@ -64,7 +68,8 @@ def resampled_errors(data: np.ndarray, prediction: np.ndarray, measured: np.ndar
                      yield_now=None) -> dict[int, float]:
     """Per scan in ``scans`` (indices into the batch, whose data are counts), the largest phase error of the
     plan's first run on RESAMPLES draws of its answer's model against the answer. One batch per blur.
-    ``yield_now``: as ``converge``'s (Preempted: the check is cut short and none is kept)."""
+    ``yield_now``: as ``converge``'s (Preempted: the check is cut short and none is kept; the refined stage does
+    not cut it)."""
     rng = np.random.default_rng(SEED)
     found: dict[int, float] = {}
     groups: dict[tuple, list] = {}
@@ -81,7 +86,8 @@ def resampled_errors(data: np.ndarray, prediction: np.ndarray, measured: np.ndar
         if not drawn:
             continue
         coherent = not trust.is_blurred(blur)
-        run_plan = dataclasses.replace(plan, coherence=() if coherent else (np.asarray(blur),))
+        run_plan = dataclasses.replace(plan, coherence=() if coherent else (np.asarray(blur),),
+                                       polish_steps=POLISH_STEPS)
         mask = None if measured is None else np.stack([measured[k] for k in who])
         result = converge(np.stack(drawn), prediction[who], mask, run_plan,
                           counting=None if counting is None else np.asarray(counting)[who], yield_now=yield_now)

@@ -139,8 +139,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
     at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it). It
     receives the answers again before the verdict's check on resamples (``shared.solver.resampling``), those
-    checked "uncertain" (reason "search") and searching until the check lands (~0.5–1 s at 32³); a check cut
-    short by ``yield_now`` leaves them so.
+    checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~0.5 s per 32³ scan,
+    not cut short: a check that yielded would leave its scan uncertain).
     ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted instead of returning the first
     run's answer, its checkpoint holding that answer (phase ``effort.AGAIN``), so the service puts the job back
     and, resumed from it, only the run again comes later.
@@ -226,15 +226,12 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     unchecked = {"verdict": ["uncertain" if k in checked else v for k, v in enumerate(stage.info["verdict"])],
                  "verdict_reason": ["search" if k in checked else r for k, r in enumerate(stage.info["verdict_reason"])]}
     if on_first is not None:  # the service shows the answer at once, "uncertain" and searching until it is checked
-        on_first(dataclasses.replace(stage, info={**stage.info, **unchecked,
-                                                  "searching": [k in checked for k in range(len(runs))]}))
+        checking = [k in checked for k in range(len(runs))]
+        on_first(dataclasses.replace(stage, info={**stage.info, **unchecked, "searching": checking,
+                                                  "checking": checking}))
     began = time.perf_counter()
-    try:
-        resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
-                                                result.background, counting, checked, yield_now)
-    except Preempted:  # fresher work came first: not checked, so not called converged (resampled_error None)
-        stage.info.update(unchecked)
-        return stage
+    resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
+                                            result.background, counting, checked)
     stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
     for k, error in resampled.items():  # judged again with it: their other fields stand
         others = result.alternatives is not None and len(result.alternatives[k]) > 0
