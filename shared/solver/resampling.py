@@ -36,8 +36,8 @@ RESAMPLES = int(os.environ.get("CDI_LIVE_RESAMPLES", "2"))  # Poisson draws per 
 # photons' (seed 4861: 6 right answers of runs again, at 3.5·10⁷–10⁸ photons, resampled 0.12–0.90 rad, all demoted).
 EVERY_SEARCH = False
 # The resamples' runs end before the AD polish: it moves an answer within its basin (0.039 → 0.047 rad on a bright
-# crystal's resamples), and it is most of the check's time (0.94 → 0.54 s per 32³ scan), which the service does not
-# cut short. Set after the rule's runs (which polished): docs/BENCHMARKS.md, "Thirty-third session".
+# crystal's resamples), and it is most of the check's time (0.94 → 0.54 s per 32³ scan), which a live scan may wait
+# for. Set after the rule's runs (which polished): docs/BENCHMARKS.md, "Thirty-third session".
 POLISH_STEPS = 0
 SEED = 33  # the draws are reproducible: one answer, one verdict
 
@@ -68,8 +68,7 @@ def resampled_errors(data: np.ndarray, prediction: np.ndarray, measured: np.ndar
                      yield_now=None) -> dict[int, float]:
     """Per scan in ``scans`` (indices into the batch, whose data are counts), the largest phase error of the
     plan's first run on RESAMPLES draws of its answer's model against the answer. One batch per blur.
-    ``yield_now``: as ``converge``'s (Preempted: the check is cut short and none is kept; the refined stage does
-    not cut it)."""
+    ``yield_now``: as ``converge``'s (Preempted: the check is cut short and none is kept)."""
     rng = np.random.default_rng(SEED)
     found: dict[int, float] = {}
     groups: dict[tuple, list] = {}

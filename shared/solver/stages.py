@@ -139,8 +139,10 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
     at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it). It
     receives the answers again before the verdict's check on resamples (``shared.solver.resampling``), those
-    checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~0.5 s per 32³ scan,
-    not cut short: a check that yielded would leave its scan uncertain).
+    checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~0.5 s per 32³ scan).
+    The check gives way to fresher work as a run again does: with ``requeue_again`` its job goes back (a checkpoint
+    of phase AGAIN holding these answers, whose scans need no run again) and comes back for the check; otherwise
+    the scans cut short stay "uncertain".
     ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted instead of returning the first
     run's answer, its checkpoint holding that answer (phase ``effort.AGAIN``), so the service puts the job back
     and, resumed from it, only the run again comes later.
@@ -230,8 +232,16 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         on_first(dataclasses.replace(stage, info={**stage.info, **unchecked, "searching": checking,
                                                   "checking": checking}))
     began = time.perf_counter()
-    resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
-                                            result.background, counting, checked)
+    try:
+        resampled = resampling.resampled_errors(data, starts, mask, plan, result.obj, result.coherence,
+                                                result.background, counting, checked, yield_now)
+    except Preempted:
+        if requeue_again:  # the service puts the job back with these answers; it comes back for the check alone
+            preempted = Preempted(effort.first_run_kept(result))
+            keep_inputs(preempted)
+            raise preempted from None
+        stage.info.update(unchecked)  # not checked, so not called converged (resampled_error None)
+        return stage
     stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
     for k, error in resampled.items():  # judged again with it: their other fields stand
         others = result.alternatives is not None and len(result.alternatives[k]) > 0
