@@ -5,7 +5,9 @@
     backlog   every older refinement: oldest first, whenever no live job waits
     improve   work on a scan that already shows an answer, the lowest priority, only when
               no refinement waits (every scan's first answer comes before any improvement):
-              a run again that fresher work cut short (``shared.solver.effort``; seconds),
+              a run again or a verdict's check on resamples that fresher work cut short
+              (``shared.solver.effort``, ``shared.solver.resampling``; seconds: the answer is shown meanwhile,
+              "uncertain" and checking, and under a backlog its check waits for the backlog to drain),
               then full-grid stages (``shared.solver.fullgrid``; minutes each); each kind
               oldest first (a live scan's settled answer waits on no backlog's full grid)
     preempt   a running refinement yields, between schedule steps, to a waiting
