@@ -77,8 +77,8 @@ RULE = (f"converged: chi_free² ≤ ({FREE_SLACK}·chi_free_floor)² + {MODEL_AL
         f"partial-coherence blur was fitted, {NOISE_FREE_ALLOWANCE}² on data with no noise floor) with chi_free_floor = the "
         f"withheld voxels' Poisson floor·√(1 + 2·support/measured voxels), chi_floor ≤ {NOISE_LIMIT}, at most "
         f"{UNMEASURED_LIMIT:.0%} of the answer's diffracted signal on unmeasured voxels (unmeasured_signal) and independent "
-        f"solutions' phases agree (mean spread ≤ {AGREEMENT} rad) and, on photon counts, the search run on Poisson resamples "
-        f"of the answer's model lands within {PROMISE} rad of it (resampled_error); else uncertain, with verdict_reason photons, "
+        f"solutions' phases agree (mean spread ≤ {AGREEMENT} rad) and, for an answer the first run found on photon counts, "
+        f"that run on Poisson resamples of the answer's model lands within {PROMISE} rad of it (resampled_error); else uncertain, with verdict_reason photons, "
         "search, model or disagreement")
 
 _LAMBDA = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 400)])
