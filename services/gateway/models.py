@@ -55,7 +55,7 @@ DESCRIPTIONS = {
                  "longer search, partial-coherence blurs) is still searching for a better one; its answer, if "
                  "better, replaces this one; also true while its verdict is checked (checking)",
     "checking": "the refined stage's: true while the answer, final itself, has its verdict checked on Poisson "
-                "resamples of its model (resampled_error; ~0.5 s at 32³): \"uncertain\" until then",
+                "resamples of its model (resampled_error; ~1 s at 32³): \"uncertain\" until then",
     "shown": "the preview's: which answer it shows, \"network\" (3D-CDI-NN's own, until the frames taken pass the "
              "rocking curve's peak: a preview from less than half of reciprocal space is further off) or "
              "\"preview\" (the refined plan on the frames taken); chi and chi_free are of the answer shown",

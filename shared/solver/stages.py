@@ -139,7 +139,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     (``shared.solver.effort``), ``info["searching"]`` true for the scans that run again: the service shows it
     at once, and the run again's answer replaces it (the scan being taken now is not kept waiting for it). It
     receives the answers again before the verdict's check on resamples (``shared.solver.resampling``), those
-    checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~0.5 s per 32³ scan).
+    checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~1 s per 32³ scan).
     The check gives way to fresher work as a run again does: with ``requeue_again`` its job goes back (a checkpoint
     of phase AGAIN holding these answers, whose scans need no run again) and comes back for the check; otherwise
     the scans cut short stay "uncertain".
