@@ -112,10 +112,10 @@ def run(args):
         extra.update({f"{name}/chi": stage.chi, f"{name}/seconds": np.float64(stage.seconds)})
     refined = stages.get("refined")
     trusted = stages.get("full", refined)
-    resampled = [np.nan if e is None else e for e in trusted.info.get("resampled_error", [])] if trusted else []
     grid_note = {}
     if refined is not None:
         info = refined.info
+        resampled = [np.nan if e is None else e for e in trusted.info["resampled_error"]]  # NaN: not run
         grid_note = {"refinement_grid": np.array(info["grid"]), "downsampled": int(info["downsampled"]),
                      "phase_ramp": info["phase_ramp"], "plan": info["plan"],
                      "bragg_peak_offset": np.array(info["bragg_peak_offset"][0] if not was_batch

@@ -21,14 +21,20 @@ from shared.physics import coherence
 AXES3 = (0, 1, 2)
 
 
+def model_modulus(estimate: np.ndarray, blur=None) -> np.ndarray:
+    """The modulus an answer predicts, centred as the data: |fftshift(fftn(ρ))|, or with a partial-coherence
+    ``blur`` (σ per axis, voxels) √(|F|² ⊛ G_σ)."""
+    multiplier = coherence.of(estimate.shape, None if blur is None else [blur])
+    return sfft.fftshift(coherence.modulus(sfft.fftn(estimate, workers=-1)[None], multiplier)[0])
+
+
 def chi(estimate: np.ndarray, measured_intensity: np.ndarray, measured: np.ndarray | None = None,
         blur=None, background: float = 0.0) -> float:
     """Fourier-magnitude misfit ‖|F(ρ)| − √I‖ / ‖√I‖ after the best scale factor, with
     |F| = |fftshift(fftn(ρ))|, over the ``measured`` voxels (all when None). ``blur``: σ per axis (voxels) of
     the partial-coherence blur the answer was fitted with; the model is then √(|F|² ⊛ G_σ). ``background``: the
     flat background it was fitted with (the intensity's units), added to the scaled model: √(s²·|F|² + b)."""
-    multiplier = coherence.of(estimate.shape, None if blur is None else [blur])
-    model = sfft.fftshift(coherence.modulus(sfft.fftn(estimate, workers=-1)[None], multiplier)[0])
+    model = model_modulus(estimate, blur)
     data = np.sqrt(np.clip(measured_intensity, 0, None))
     if measured is not None:
         model, data = model[measured], data[measured]

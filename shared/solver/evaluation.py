@@ -24,7 +24,7 @@ from shared.physics import coherence, crystals, families, metrics, phasing
 from shared.solver.plans import PREVIEW_PLAN, REFINE_PLAN, REFINE_SIZE, converge, preview_shown
 
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-SUCCESS = 0.1  # rad: plain RMS phase error below this is a success
+SUCCESS = trust.PROMISE  # rad: plain RMS phase error below this is a success (what "converged" promises)
 REFINED = "refined stage (NN → ER/HIO → AD)"
 
 

@@ -24,9 +24,8 @@ import dataclasses
 import os
 
 import numpy as np
-import scipy.fft as sfft
 
-from shared.physics import coherence, metrics
+from shared.physics import metrics
 from shared.solver import trust
 from shared.solver.plans import Plan, converge
 
@@ -46,8 +45,7 @@ SEED = 33  # the draws are reproducible: one answer, one verdict
 def model_counts(obj: np.ndarray, blur, background: float, total: float) -> np.ndarray:
     """The answer's expected intensity (centred, as the data): |F(ρ)|² ⊛ G_σ scaled to ``total`` over the
     grid less the flat ``background``, plus that background per voxel."""
-    multiplier = coherence.of(obj.shape, None if blur is None else [blur])
-    power = sfft.fftshift(coherence.modulus(sfft.fftn(obj, workers=-1)[None], multiplier)[0]).astype(np.float64) ** 2
+    power = metrics.model_modulus(obj, blur).astype(np.float64) ** 2
     signal = max(total - background * obj.size, 0.0)
     return power * signal / max(power.sum(), 1e-30) + max(background, 0.0)
 
