@@ -208,3 +208,34 @@ def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
     time.sleep(0.6)  # that worker died: the lease runs out, the run again keeps its place before the fit
     a.reclaim()
     assert a.take().scan == "live-2" and a.take().scan == "backlog"
+
+
+def test_in_redis_a_live_scans_cut_check_goes_before_the_backlog(backlog):
+    """A verdict's check cut short waits as the refinement it finishes, even where the job was an improvement
+    before (its run again cut short, then resumed): a live scan's is taken after newer live scans and before the
+    backlog."""
+    client, k, make = backlog
+    a = make("a", lease_s=5, fresh_s=60)
+    now = time.time()
+    for scan, queued in (("old", now - 600), ("live", now - 5)):
+        client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
+    live = a.take()
+    a.put_back(live, None, again=True)  # cut in its run again: an improvement
+    old = a.take()
+    assert old.scan == "old"
+    a.done(old.id)
+    live = a.take()
+    assert live.again
+    client.xadd(k.refine_jobs, {"scan": "older", "queued": now - 500, "voxels": 32**3})
+    client.xadd(k.refine_jobs, {"scan": "next", "queued": time.time(), "voxels": 32**3})
+    a.admit()
+    assert a.should_yield(live)
+    a.put_back(live, "/somewhere/refine-checkpoint.npz", checking=True)  # cut in its check
+    assert client.zcard(f"{k.refine_jobs}:waiting:full") == 0
+    following = a.take()
+    assert following.scan == "next" and not a.should_yield(following)  # the check waits for the newer live scan
+    a.done(following.id)
+    check = a.take()
+    assert check.scan == "live" and not check.again and check.checkpoint == "/somewhere/refine-checkpoint.npz"
+    a.done(check.id)
+    assert a.take().scan == "older"  # the backlog after it

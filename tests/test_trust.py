@@ -193,6 +193,31 @@ def test_an_answer_is_shown_at_once_and_called_converged_only_once_its_resamples
     assert np.array_equal(shown[-1].phase, stage.phase)  # the answer itself is final when shown
 
 
+def test_a_check_cut_short_in_the_service_comes_back_for_the_check_alone(tmp_path, monkeypatch):
+    """As the service runs it (``requeue_again``): fresher work cuts the check; the job's checkpoint (phase CHECK,
+    which the service puts back as a refinement, not an improvement) holds the answer; resumed from it, only the
+    check runs, and the verdict is the uncut stage's."""
+    from shared.nn.inference import Predictor
+    from shared.solver import resampling, stages
+    from shared.solver.plans import Checkpoint, Preempted
+
+    counts = np.round(crystals.simulated_scan(32, 9712, 0, 0, True, (1e8, 1e8))[0]).astype(np.float32)[None]
+    nn = Predictor().reconstruct(counts, on_input_grid=False)
+    shown, runs = [], []
+    with pytest.raises(Preempted) as cut:  # the next scan ends as the check starts
+        stages.refined_stage(counts, nn.amplitude, nn.phase, nn.crops, on_first=shown.append, requeue_again=True,
+                             yield_now=lambda: bool(shown))
+    assert cut.value.checkpoint.phase == resampling.CHECK and shown[-1].info["checking"][0]
+    cut.value.checkpoint.save(tmp_path / "refine-checkpoint.npz")
+    real = stages.converge
+    monkeypatch.setattr(stages, "converge", lambda *a, **k: runs.append(1) or real(*a, **k))
+    resumed = stages.refined_stage(counts, nn.amplitude, nn.phase, nn.crops, requeue_again=True,
+                                   resume=Checkpoint.load(tmp_path / "refine-checkpoint.npz"))
+    assert not runs  # no first run again: the resamples' runs are the check's own
+    assert resumed.info["verdict"][0] == "converged" and resumed.info["resampled_error"][0] <= trust.PROMISE
+    assert np.array_equal(resumed.phase, shown[-1].phase)
+
+
 def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
     intensity, _ = held_out_set(2, 9710)
     np.save(tmp_path / "batch.npy", np.round(intensity))

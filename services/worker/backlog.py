@@ -8,7 +8,8 @@
     take     the job ``scheduling.first`` picks, moved atomically (WATCH/MULTI) to the running set,
              scored by its lease's end; the worker renews the lease while it works
     yield    a preempted job goes back to the waiting set with its checkpoint's path; a run again cut short
-             goes to the improvements' set (``again``: its scan shows its first answer)
+             goes to the improvements' set (``again``: its scan shows its first answer); a verdict's check cut
+             short stays a refinement (its scan's answer waits for that verdict)
     reclaim  a lease that ran out (its worker died) puts the job back; one delivered more than
              ``max_deliveries`` times is dead-lettered
     done     job hash, lease and checkpoint removed
@@ -167,10 +168,11 @@ class RefineBacklog:
         return self.redis.zadd(self.running, {taken.id: time.time() + self.lease_s}, xx=True, ch=True) >= 0
 
     # yield, reclaim, done --------------------------------------------------------------------
-    def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False) -> None:
+    def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False, checking: bool = False) -> None:
         """A preempted job waits again at its own place in the order, with where it stopped; ``again``: it
-        was cut in its run again, its scan shows the first answer (it waits as an improvement)."""
-        again = again or taken.again
+        was cut in its run again, its scan shows the first answer (it waits as an improvement); ``checking``: it
+        was cut in its verdict's check, all that is left of it (it waits as the refinement it finishes)."""
+        again = (again or taken.again) and not checking
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, taken.id)
         pipe.hset(self.job_key(taken.id), mapping={"checkpoint": checkpoint or "", "owner": "",

@@ -2,7 +2,9 @@
 result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
 again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
 answer replaces it. A run again that fresher work cuts short puts its job back as an improvement: the scan stays
-``searching``, and its run again comes after every waiting scan's first answer.
+``searching``, and its run again comes after every waiting scan's first answer. A verdict's check on resamples
+(``shared.solver.resampling``) cut short goes back as the refinement it finishes: a live scan's comes right after
+the live scans' refinements, before the backlog.
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
 finished scan first, then the backlog oldest first, improvements (full-grid fits, run agains cut short) last. A
@@ -27,7 +29,7 @@ from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
 from shared.physics import kernels
 from shared.wire import detector, framefiles
-from shared.solver import fullgrid
+from shared.solver import fullgrid, resampling
 from shared.state import scheduling
 from shared.state.results import TRUST, complex_datasets
 from shared.physics.errors import InputError
@@ -108,7 +110,8 @@ class RefinementWorker:
                     preempted.checkpoint.save(path)
                     self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
                     kept = str(path)
-                self.backlog.put_back(taken, kept, again=self.first_shown)  # then it waits as an improvement
+                # a run again cut short waits as an improvement; a verdict's check as the refinement it finishes
+                self.backlog.put_back(taken, kept, again=self.first_shown, checking=where == resampling.CHECK)
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
                 self.store.publish({"event": "preempted", "scan": scan, "phase": where, "stage": taken.stage})

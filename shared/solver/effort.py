@@ -187,17 +187,18 @@ def _independent(answers: list, free_floor: float, own: np.ndarray) -> np.ndarra
     return np.repeat(good[0][None], len(own), 0) if good else own
 
 
-def first_run_kept(first: Converged) -> Checkpoint:
-    """A first run's answers as a checkpoint (phase AGAIN): a job whose run again was cut short resumes from them."""
+def first_run_kept(first: Converged, phase: str = AGAIN) -> Checkpoint:
+    """A first run's answers as a checkpoint (phase AGAIN): a job whose run again was cut short resumes from them.
+    (``resampling.CHECK``: the answers whose verdict's check was cut short, as the job resumes the same way.)"""
     arrays = {"first_obj": first.obj, "first_support": first.support, "first_chi": first.chi,
               "first_chi_free": first.chi_free, "first_free": first.free, "first_coherence": first.coherence,
               "first_background": first.background, "first_alternatives": first.alternatives}
-    return Checkpoint(AGAIN, 0, list(first.start), 0, {k: v for k, v in arrays.items() if v is not None},
+    return Checkpoint(phase, 0, list(first.start), 0, {k: v for k, v in arrays.items() if v is not None},
                       dict(first.seconds))
 
 
 def first_run_of(checkpoint: Checkpoint) -> Converged:
-    """The first run's answers a checkpoint of phase AGAIN holds (``first_run_kept``)."""
+    """The first run's answers a checkpoint of phase AGAIN (or CHECK) holds (``first_run_kept``)."""
     a = checkpoint.arrays
     return Converged(a["first_obj"], a["first_support"], a["first_chi"], list(checkpoint.names),
                      dict(checkpoint.seconds), a.get("first_alternatives"), a["first_chi_free"], a["first_free"],

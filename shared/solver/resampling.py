@@ -40,6 +40,9 @@ EVERY_SEARCH = False
 # docs/BENCHMARKS.md, "Thirty-third session".
 POLISH_STEPS = None
 SEED = 33  # the draws are reproducible: one answer, one verdict
+# The phase of a checkpoint whose answers wait for this check alone (``effort.first_run_kept``): the service puts a
+# check cut short back as the refinement it finishes, not as an improvement (``shared.state.scheduling``, "settle")
+CHECK = "check"
 
 
 def model_counts(obj: np.ndarray, blur, background: float, total: float) -> np.ndarray:

@@ -141,8 +141,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     receives the answers again before the verdict's check on resamples (``shared.solver.resampling``), those
     checked "uncertain" (reason "search"), searching and ``checking`` until the check lands (~1 s per 32³ scan).
     The check gives way to fresher work as a run again does: with ``requeue_again`` its job goes back (a checkpoint
-    of phase AGAIN holding these answers, whose scans need no run again) and comes back for the check; otherwise
-    the scans cut short stay "uncertain".
+    of phase ``resampling.CHECK`` holding these answers, whose scans need no run again) and comes back for the check
+    alone; otherwise the scans cut short stay "uncertain".
     ``requeue_again``: a run again cut short by ``yield_now`` raises Preempted instead of returning the first
     run's answer, its checkpoint holding that answer (phase ``effort.AGAIN``), so the service puts the job back
     and, resumed from it, only the run again comes later.
@@ -194,8 +194,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                                            **({} if mask is None else {"input_mask": mask}))
 
     try:
-        if resume is not None and resume.phase == effort.AGAIN:  # the first run is done: its run again comes back
-            result = effort.first_run_of(resume)
+        if resume is not None and resume.phase in (effort.AGAIN, resampling.CHECK):  # the first run is done:
+            result = effort.first_run_of(resume)  # only its run again, or only the check, comes back
         else:
             result = converge(data, starts, mask, plan, yield_now=yield_now, resume=resume, counting=counting)
     except Preempted as preempted:
@@ -237,7 +237,7 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                                                 result.background, counting, checked, yield_now)
     except Preempted:
         if requeue_again:  # the service puts the job back with these answers; it comes back for the check alone
-            preempted = Preempted(effort.first_run_kept(result))
+            preempted = Preempted(effort.first_run_kept(result, resampling.CHECK))
             keep_inputs(preempted)
             raise preempted from None
         stage.info.update(unchecked)  # not checked, so not called converged (resampled_error None)

@@ -3,11 +3,13 @@
     live      a scan's refinement queued less than FRESH_S ago: newest first
               (the scan being taken now is the one an operator is watching)
     backlog   every older refinement: oldest first, whenever no live job waits
+    settle    a verdict's check on resamples that fresher work cut short (``shared.solver.resampling``; ~1 s
+              per 32³ scan, its answer shown meanwhile, "uncertain" and checking) waits as the
+              refinement it finishes, at its scan's place: a live scan's check right after the live
+              refinements, before the backlog (as an improvement it waited ~165 s behind a 5-scan backlog)
     improve   work on a scan that already shows an answer, the lowest priority, only when
               no refinement waits (every scan's first answer comes before any improvement):
-              a run again or a verdict's check on resamples that fresher work cut short
-              (``shared.solver.effort``, ``shared.solver.resampling``; seconds: the answer is shown meanwhile,
-              "uncertain" and checking, and under a backlog its check waits for the backlog to drain),
+              a run again that fresher work cut short (``shared.solver.effort``; tens of seconds),
               then full-grid stages (``shared.solver.fullgrid``; minutes each); each kind
               oldest first (a live scan's settled answer waits on no backlog's full grid)
     preempt   a running refinement yields, between schedule steps, to a waiting
