@@ -14,7 +14,10 @@ to drain the whole backlog, scans lost, the longest wait between previews during
 (issue 21): live end → refined ≤ 2 s median, a preview during every live scan, 0 lost, backlog drained;
 (issue 33): a preview at least every 2 s during each live scan.
 
-    .venv/bin/python benchmarks/beamtime_load.py [--restart | --after-first-answers] [--json out.json]
+--live-hz 30 makes each live scan (~1 s) shorter than its refinement and verdict's check: the next scan's end cuts
+that check, which then waits where the scheduling policy puts it (end → settled).
+
+    .venv/bin/python benchmarks/beamtime_load.py [--restart | --after-first-answers] [--live-hz HZ] [--json out.json]
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) 
         scans = [f"s54-{i}" for i in range(BURST)] + list(ends)
         result = measure(events, ends, scans, started, timeout)
         counters = {k.decode(): float(v) for k, v in client.hgetall(f"{prefix}:metrics").items()}
-        result.update(variant="restart" if restart else "full-grid" if after_first_answers else "burst",
+        result.update(variant="restart" if restart else "full-grid" if after_first_answers else "burst", live_hz=LIVE_HZ,
                       restart_s=restarted,
                       preempted=counters.get("jobs_preempted", 0), previews_skipped=counters.get("jobs_skipped_stale", 0),
                       previews_not_asked={k: counters.get(f"previews_skipped_{k}", 0)
@@ -187,14 +190,17 @@ def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) 
 
 
 def main():
+    global LIVE_HZ
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restart", action="store_true", help="also the restart variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only-restart", action="store_true", help="the restart variant alone")
     parser.add_argument("--after-first-answers", action="store_true",
                         help="the full-grid variant alone: live scans while the burst's full-grid stages run")
+    parser.add_argument("--live-hz", type=float, default=LIVE_HZ, help="the live scans' frames per second")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for every answer to settle")
     args = parser.parse_args()
+    LIVE_HZ = args.live_hz
     if args.after_first_answers:
         results = [run(False, True, args.timeout)]
     else:
