@@ -14,10 +14,13 @@ to drain the whole backlog, scans lost, the longest wait between previews during
 (issue 21): live end → refined ≤ 2 s median, a preview during every live scan, 0 lost, backlog drained;
 (issue 33): a preview at least every 2 s during each live scan.
 
---live-hz 30 makes each live scan (~1 s) shorter than its refinement and verdict's check: the next scan's end cuts
-that check, which then waits where the scheduling policy puts it (end → settled).
+Live scans shorter than their refinement and verdict's check (``--live-hz``) are cut short by the next scan's end,
+and wait where the scheduling policy puts them (end → settled; each live scan's ``timeline`` in --json). The third
+live scan (seed 702) is the one whose answer is checked on resamples: ``--live 4 --live-hz 15`` ends a fourth
+during that check.
 
-    .venv/bin/python benchmarks/beamtime_load.py [--restart | --after-first-answers] [--live-hz HZ] [--json out.json]
+    .venv/bin/python benchmarks/beamtime_load.py [--restart | --after-first-answers] [--live N] [--live-hz HZ]
+                                                 [--json out.json]
 """
 
 from __future__ import annotations
@@ -133,7 +136,11 @@ def measure(events, ends, scans, started, timeout=900):
                       "end_to_refining_s": refining[0][0] - end if refining else None,
                       "previews_during_acquisition": len(previews),
                       "longest_gap_between_previews_s": float(np.max(np.diff(moments))),
-                      "preview_frames_used": [e["frames_used"] for e in previews]}
+                      "preview_frames_used": [e["frames_used"] for e in previews],
+                      "timeline": [(round(t - end, 2), e["event"], e.get("phase") or e.get("stage"),  # after its end
+                                    "checking" if e.get("checking") else "searching" if e.get("searching") else "")
+                                   for t, e in events.of(scan) if t >= end and e["event"] in ("refining", "preempted")
+                                   or e["event"] == "result" and e.get("stage") == "refined"]}
     done = [t for t in final.values()]
     return {"live": live,
             "live_end_to_refined_median_s": float(np.median([v["end_to_refined_s"] for v in live.values()
@@ -190,17 +197,18 @@ def run(restart: bool, after_first_answers: bool = False, timeout: float = 900) 
 
 
 def main():
-    global LIVE_HZ
+    global LIVE_HZ, LIVE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restart", action="store_true", help="also the restart variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only-restart", action="store_true", help="the restart variant alone")
     parser.add_argument("--after-first-answers", action="store_true",
                         help="the full-grid variant alone: live scans while the burst's full-grid stages run")
+    parser.add_argument("--live", type=int, default=LIVE, help="how many live scans")
     parser.add_argument("--live-hz", type=float, default=LIVE_HZ, help="the live scans' frames per second")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for every answer to settle")
     args = parser.parse_args()
-    LIVE_HZ = args.live_hz
+    LIVE_HZ, LIVE = args.live_hz, args.live
     if args.after_first_answers:
         results = [run(False, True, args.timeout)]
     else:
