@@ -129,37 +129,46 @@ def test_previews_of_the_scan_being_taken_now_come_first():
     assert scheduling.previews_to_run(started, limit=1) == ["live"] and scheduling.previews_to_run({}) == []
 
 
-def test_a_run_again_cut_short_waits_behind_every_first_answer():
-    """A refinement put back in its run again (its scan shows an answer) waits as an improvement: after live
-    and backlog refinements, before full-grid fits (seconds of work against minutes, even an older fit's);
-    running, it yields to any refinement."""
+def test_a_run_again_cut_short_settles_while_its_scan_is_live_then_waits_behind_every_first_answer():
+    """A refinement put back in its run again or its check (its scan shows an answer) is an improvement. While its
+    scan is live it settles: after live refinements, before the backlog, preempting a backlog job, yielding only to
+    live work. Afterwards it waits after live and backlog refinements, before full-grid fits (seconds of work
+    against minutes, even an older fit's); running, it yields to any refinement."""
     now = 1000.0
     again = Job("again", now - 10, again=True)
     jobs = [Job("old", now - 500), Job("live", now - 5), again, Job("full", now - 400, stage=scheduling.FULL),
             Job("older-again", now - 300, again=True)]
-    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "old", "older-again", "again", "full"]
-    assert scheduling.first(None, None, now, 120, again) is again
-    assert scheduling.preempts(Job("old", now - 500), again, now, 120)  # even a backlog refinement
-    assert not scheduling.preempts(again, Job("old", now - 500), now, 120)  # an improvement preempts no refinement
+    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "again", "old", "older-again", "full"]
+    assert scheduling.first(Job("old", now - 500), Job("old", now - 500), now, 120, jobs[4], again) is again
+    assert scheduling.preempts(again, Job("old", now - 500), now, 120)  # settling preempts the backlog
+    assert not scheduling.preempts(Job("old", now - 500), again, now, 120)  # and never the other way round
+    assert scheduling.preempts(Job("live", now - 5), again, now, 120)  # it yields to live refinements
+    assert not scheduling.preempts(again, Job("live", now - 5), now, 120)
+    assert scheduling.is_settling(again, now, 120) and not scheduling.is_settling(again, now, 5)
+    later = now + 200  # its scan is no longer live: an improvement like any other
+    assert [j.id for j in scheduling.order(jobs, later, fresh_s=120)] == ["old", "live", "older-again", "again", "full"]
+    assert scheduling.first(None, None, later, 120, again) is again
+    assert scheduling.preempts(Job("old", now - 500), again, later, 120)  # even a backlog refinement
+    assert not scheduling.preempts(again, Job("old", now - 500), later, 120)  # an improvement preempts no refinement
     full = Job("full", now - 400, stage=scheduling.FULL)
-    assert scheduling.preempts(again, full, now, 120)  # a full-grid stage (minutes) gives way to a run again
-    assert not scheduling.preempts(full, again, now, 120) and not scheduling.preempts(full, full, now, 120)
+    assert scheduling.preempts(again, full, later, 120)  # a full-grid stage (minutes) gives way to a run again
+    assert not scheduling.preempts(full, again, later, 120) and not scheduling.preempts(full, full, later, 120)
     assert scheduling.improvement_of("full", scheduling.waiting_score(now - 400, scheduling.FULL)) == full
     assert scheduling.improvement_of("again", scheduling.waiting_score(now - 10)) == again
     assert not scheduling.is_live(again, now, 120)
 
 
 def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_there(backlog):
-    """In real Redis: the newest live job, cut in its run again, waits in the improvements' set; the older
-    refinements are taken first; taken again it is still an improvement (and yields to any refinement),
-    and a lease that runs out puts it back among the improvements."""
+    """In real Redis: the newest live job, cut in its run again, waits in the improvements' set; once its scan is
+    no longer live the older refinements are taken first; taken again it is still an improvement (and yields to
+    any refinement), and a lease that runs out puts it back among the improvements."""
     client, k, make = backlog
-    a = make("a", lease_s=0.5, fresh_s=60)
     now = time.time()
     for scan, queued in (("old", now - 600), ("live", now - 5)):
         client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
-    taken = a.take()
+    taken = make("first", fresh_s=60).take()
     assert taken.scan == "live" and not taken.again
+    a = make("a", lease_s=0.5, fresh_s=1)  # its scan is no longer live: not settling
     a.put_back(taken, None, again=True)
     assert client.zcard(f"{k.refine_jobs}:waiting:full") == 1
     assert [j.id for j in a.waiting_jobs() if j.again] == [taken.id]
@@ -210,32 +219,34 @@ def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
     assert a.take().scan == "live-2" and a.take().scan == "backlog"
 
 
-def test_in_redis_a_live_scans_cut_check_goes_before_the_backlog(backlog):
-    """A verdict's check cut short waits as the refinement it finishes, even where the job was an improvement
-    before (its run again cut short, then resumed): a live scan's is taken after newer live scans and before the
-    backlog."""
+def test_in_redis_a_live_scans_cut_work_settles_before_the_backlog(backlog):
+    """What is left of a live scan's answer (its run again or its check, cut short: an improvement) is taken after
+    newer live refinements and before the backlog; a running backlog job gives way to it, it gives way only to live
+    refinements; once its scan is no longer live it waits after the backlog."""
     client, k, make = backlog
     a = make("a", lease_s=5, fresh_s=60)
     now = time.time()
-    for scan, queued in (("old", now - 600), ("live", now - 5)):
+    for scan, queued in (("older", now - 500), ("live", now - 5)):
         client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
     live = a.take()
-    a.put_back(live, None, again=True)  # cut in its run again: an improvement
-    old = a.take()
-    assert old.scan == "old"
-    a.done(old.id)
-    live = a.take()
-    assert live.again
-    client.xadd(k.refine_jobs, {"scan": "older", "queued": now - 500, "voxels": 32**3})
+    assert live.scan == "live"
     client.xadd(k.refine_jobs, {"scan": "next", "queued": time.time(), "voxels": 32**3})
     a.admit()
     assert a.should_yield(live)
-    a.put_back(live, "/somewhere/refine-checkpoint.npz", checking=True)  # cut in its check
-    assert client.zcard(f"{k.refine_jobs}:waiting:full") == 0
+    a.put_back(live, "/somewhere/refine-checkpoint.npz", again=True)  # cut in its check (or its run again)
+    ordered = [j.id for j in scheduling.order(a.waiting_jobs(), time.time(), 60)]
+    scans = a.scan_of(ordered)
+    assert [scans[j] for j in ordered] == ["next", "live", "older"]
     following = a.take()
-    assert following.scan == "next" and not a.should_yield(following)  # the check waits for the newer live scan
+    assert following.scan == "next" and not a.should_yield(following)  # the settling work waits for live work
     a.done(following.id)
-    check = a.take()
-    assert check.scan == "live" and not check.again and check.checkpoint == "/somewhere/refine-checkpoint.npz"
-    a.done(check.id)
-    assert a.take().scan == "older"  # the backlog after it
+    settling = a.take()
+    assert settling.scan == "live" and settling.again and settling.checkpoint == "/somewhere/refine-checkpoint.npz"
+    assert not a.should_yield(settling)  # not to the backlog
+    a.put_back(settling, settling.checkpoint)
+    backlog_job = make("b", fresh_s=0.001).take()  # (for this worker the scan is no longer live: backlog first)
+    assert backlog_job.scan == "older"
+    assert a.should_yield(backlog_job)  # a live scan's settling work preempts the backlog
+    a.put_back(backlog_job, None)
+    stale = make("c", fresh_s=1)
+    assert stale.take().scan == "older"  # no longer live: after the backlog

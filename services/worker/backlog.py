@@ -7,9 +7,9 @@
              the same transaction, so a crash loses nothing
     take     the job ``scheduling.first`` picks, moved atomically (WATCH/MULTI) to the running set,
              scored by its lease's end; the worker renews the lease while it works
-    yield    a preempted job goes back to the waiting set with its checkpoint's path; a run again cut short
-             goes to the improvements' set (``again``: its scan shows its first answer); a verdict's check cut
-             short stays a refinement (its scan's answer waits for that verdict)
+    yield    a preempted job goes back to the waiting set with its checkpoint's path; a run again or a
+             verdict's check cut short goes to the improvements' set (``again``: its scan shows its answer),
+             where a live scan's is found by its time (``scheduling``, "settle")
     reclaim  a lease that ran out (its worker died) puts the job back; one delivered more than
              ``max_deliveries`` times is dead-lettered
     done     job hash, lease and checkpoint removed
@@ -113,9 +113,11 @@ class RefineBacklog:
                     improving = pipe.zrange(self.waiting_improving, 0, 0, withscores=True)
                     if not newest and not improving:
                         return None
+                    now = time.time()
                     pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
-                                            self.as_job(*oldest[0]) if oldest else None, time.time(), self.fresh_s,
-                                            self.as_job(*improving[0], improving=True) if improving else None)
+                                            self.as_job(*oldest[0]) if oldest else None, now, self.fresh_s,
+                                            self.as_job(*improving[0], improving=True) if improving else None,
+                                            self.first_settling(pipe, now))
                     pipe.multi()
                     pipe.zrem(self.waiting_improving if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
@@ -151,15 +153,22 @@ class RefineBacklog:
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
         return self.waiting_improving if stage == scheduling.FULL or again else self.waiting
 
+    def first_settling(self, client, now: float) -> scheduling.Job | None:
+        """The oldest run again or check cut short whose scan is still live (queued within ``fresh_s``)."""
+        found = client.zrangebyscore(self.waiting_improving, now - self.fresh_s, f"({scheduling.IMPROVE_RANK_S}",
+                                     start=0, num=1, withscores=True)
+        return self.as_job(*found[0], improving=True) if found else None
+
     def should_yield(self, running: Taken) -> bool:
-        """A waiting live job queued after the running one, or (for a full-grid stage) a waiting run again
-        (``scheduling.preempts``)? The caller admits new arrivals first, so a scan that just ended counts at once."""
+        """A waiting live job queued after the running one, settling work (for a backlog job or an improvement), or
+        (for a full-grid stage) a waiting run again (``scheduling.preempts``)? The caller admits new arrivals first,
+        so a scan that just ended counts at once."""
         newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
         improving = self.redis.zrange(self.waiting_improving, 0, 0, withscores=True)
         now = time.time()
-        return (scheduling.preempts(self.as_job(*newest[0]) if newest else None, running.job, now, self.fresh_s)
-                or scheduling.preempts(self.as_job(*improving[0], improving=True) if improving else None, running.job,
-                                       now, self.fresh_s))
+        waiting = [self.as_job(*newest[0]) if newest else None, self.first_settling(self.redis, now),
+                   self.as_job(*improving[0], improving=True) if improving else None]
+        return any(scheduling.preempts(job, running.job, now, self.fresh_s) for job in waiting)
 
     def renew(self, taken: Taken) -> bool:
         """Extend this worker's lease; False when it was lost (another worker reclaimed the job)."""
@@ -168,11 +177,11 @@ class RefineBacklog:
         return self.redis.zadd(self.running, {taken.id: time.time() + self.lease_s}, xx=True, ch=True) >= 0
 
     # yield, reclaim, done --------------------------------------------------------------------
-    def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False, checking: bool = False) -> None:
+    def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False) -> None:
         """A preempted job waits again at its own place in the order, with where it stopped; ``again``: it
-        was cut in its run again, its scan shows the first answer (it waits as an improvement); ``checking``: it
-        was cut in its verdict's check, all that is left of it (it waits as the refinement it finishes)."""
-        again = (again or taken.again) and not checking
+        was cut in its run again or its verdict's check, its scan shows the answer (it waits as an improvement,
+        settling while its scan is live)."""
+        again = again or taken.again
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, taken.id)
         pipe.hset(self.job_key(taken.id), mapping={"checkpoint": checkpoint or "", "owner": "",

@@ -2,12 +2,12 @@
 result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
 again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
 answer replaces it. A run again that fresher work cuts short puts its job back as an improvement: the scan stays
-``searching``, and its run again comes after every waiting scan's first answer. A verdict's check on resamples
-(``shared.solver.resampling``) cut short goes back as the refinement it finishes: a live scan's comes right after
-the live scans' refinements, before the backlog.
+``searching``, and its run again comes right after the live scans' refinements while its scan is live, else after
+every waiting scan's first answer; so does a verdict's check on resamples cut short (``checking``).
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
-finished scan first, then the backlog oldest first, improvements (full-grid fits, run agains cut short) last. A
+finished scan first, then what is left of live scans' answers, then the backlog oldest first, improvements
+(full-grid fits, older scans' run agains and checks cut short) last. A
 long job yields between iterations when fresher work waits: its checkpoint goes beside the raw frames and it
 resumes where it stopped.
 """
@@ -29,7 +29,7 @@ from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
 from shared.physics import kernels
 from shared.wire import detector, framefiles
-from shared.solver import fullgrid, resampling
+from shared.solver import fullgrid
 from shared.state import scheduling
 from shared.state.results import TRUST, complex_datasets
 from shared.physics.errors import InputError
@@ -110,8 +110,7 @@ class RefinementWorker:
                     preempted.checkpoint.save(path)
                     self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
                     kept = str(path)
-                # a run again cut short waits as an improvement; a verdict's check as the refinement it finishes
-                self.backlog.put_back(taken, kept, again=self.first_shown, checking=where == resampling.CHECK)
+                self.backlog.put_back(taken, kept, again=self.first_shown)  # then it waits as an improvement (settling)
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
                 self.store.publish({"event": "preempted", "scan": scan, "phase": where, "stage": taken.stage})
