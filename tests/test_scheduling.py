@@ -129,33 +129,36 @@ def test_previews_of_the_scan_being_taken_now_come_first():
     assert scheduling.previews_to_run(started, limit=1) == ["live"] and scheduling.previews_to_run({}) == []
 
 
-def test_a_run_again_cut_short_settles_while_its_scan_is_live_then_waits_behind_every_first_answer():
+def test_a_run_again_cut_short_is_live_work_while_its_scan_is_live_then_waits_behind_every_first_answer():
     """A refinement put back in its run again or its check (its scan shows an answer) is an improvement. While its
-    scan is live it settles: after live refinements, before the backlog, preempting a backlog job, yielding only to
-    live work. Afterwards it waits after live and backlog refinements, before full-grid fits (seconds of work
-    against minutes, even an older fit's); running, it yields to any refinement."""
+    scan is live it is live work, ranked by its scan's time: after the scans that ended after it, before those that
+    ended before it and the backlog; it preempts older work and yields only to newer live work. Afterwards it waits
+    after live and backlog refinements, before full-grid fits (seconds of work against minutes, even an older
+    fit's); running, it yields to any refinement."""
     now = 1000.0
     again = Job("again", now - 10, again=True)
     jobs = [Job("old", now - 500), Job("live", now - 5), again, Job("full", now - 400, stage=scheduling.FULL),
-            Job("older-again", now - 300, again=True)]
-    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "again", "old", "older-again", "full"]
-    assert scheduling.first(Job("old", now - 500), Job("old", now - 500), now, 120, jobs[4], again) is again
-    assert scheduling.preempts(again, Job("old", now - 500), now, 120)  # settling preempts the backlog
-    assert not scheduling.preempts(Job("old", now - 500), again, now, 120)  # and never the other way round
-    assert scheduling.preempts(Job("live", now - 5), again, now, 120)  # it yields to live refinements
-    assert not scheduling.preempts(again, Job("live", now - 5), now, 120)
-    assert scheduling.is_settling(again, now, 120) and not scheduling.is_settling(again, now, 5)
+            Job("older-again", now - 300, again=True), Job("burst", now - 60)]
+    assert [j.id for j in scheduling.order(jobs, now, fresh_s=120)] == ["live", "again", "burst", "old", "older-again",
+                                                                         "full"]
+    burst, old, live = Job("burst", now - 60), Job("old", now - 500), Job("live", now - 5)
+    assert scheduling.first(live, old, now, 120, jobs[4], again) is live
+    assert scheduling.first(burst, old, now, 120, jobs[4], again) is again
+    for older in (burst, old):  # it preempts older live work and the backlog, and never the other way round
+        assert scheduling.preempts(again, older, now, 120) and not scheduling.preempts(older, again, now, 120)
+    assert scheduling.preempts(live, again, now, 120) and not scheduling.preempts(again, live, now, 120)
     later = now + 200  # its scan is no longer live: an improvement like any other
-    assert [j.id for j in scheduling.order(jobs, later, fresh_s=120)] == ["old", "live", "older-again", "again", "full"]
-    assert scheduling.first(None, None, later, 120, again) is again
-    assert scheduling.preempts(Job("old", now - 500), again, later, 120)  # even a backlog refinement
-    assert not scheduling.preempts(again, Job("old", now - 500), later, 120)  # an improvement preempts no refinement
+    assert [j.id for j in scheduling.order(jobs, later, fresh_s=120)] == ["old", "burst", "live", "older-again",
+                                                                           "again", "full"]
+    assert scheduling.first(None, None, later, 120, again, again) is again
+    assert scheduling.preempts(old, again, later, 120)  # even a backlog refinement
+    assert not scheduling.preempts(again, old, later, 120)  # an improvement preempts no refinement
     full = Job("full", now - 400, stage=scheduling.FULL)
     assert scheduling.preempts(again, full, later, 120)  # a full-grid stage (minutes) gives way to a run again
     assert not scheduling.preempts(full, again, later, 120) and not scheduling.preempts(full, full, later, 120)
     assert scheduling.improvement_of("full", scheduling.waiting_score(now - 400, scheduling.FULL)) == full
     assert scheduling.improvement_of("again", scheduling.waiting_score(now - 10)) == again
-    assert not scheduling.is_live(again, now, 120)
+    assert scheduling.is_live(again, now, 120) and not scheduling.is_live(again, later, 120)
 
 
 def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_there(backlog):
@@ -219,14 +222,14 @@ def test_in_redis_a_cut_run_again_goes_before_an_older_full_grid_fit(backlog):
     assert a.take().scan == "live-2" and a.take().scan == "backlog"
 
 
-def test_in_redis_a_live_scans_cut_work_settles_before_the_backlog(backlog):
+def test_in_redis_a_live_scans_cut_work_comes_before_older_scans(backlog):
     """What is left of a live scan's answer (its run again or its check, cut short: an improvement) is taken after
-    newer live refinements and before the backlog; a running backlog job gives way to it, it gives way only to live
-    refinements; once its scan is no longer live it waits after the backlog."""
+    newer live refinements and before older ones and the backlog; a running older job gives way to it, it gives way
+    only to newer live work; once its scan is no longer live it waits after the backlog."""
     client, k, make = backlog
     a = make("a", lease_s=5, fresh_s=60)
     now = time.time()
-    for scan, queued in (("older", now - 500), ("live", now - 5)):
+    for scan, queued in (("older", now - 500), ("burst", now - 30), ("live", now - 5)):
         client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
     live = a.take()
     assert live.scan == "live"
@@ -236,17 +239,19 @@ def test_in_redis_a_live_scans_cut_work_settles_before_the_backlog(backlog):
     a.put_back(live, "/somewhere/refine-checkpoint.npz", again=True)  # cut in its check (or its run again)
     ordered = [j.id for j in scheduling.order(a.waiting_jobs(), time.time(), 60)]
     scans = a.scan_of(ordered)
-    assert [scans[j] for j in ordered] == ["next", "live", "older"]
+    assert [scans[j] for j in ordered] == ["next", "live", "burst", "older"]
     following = a.take()
-    assert following.scan == "next" and not a.should_yield(following)  # the settling work waits for live work
+    assert following.scan == "next" and not a.should_yield(following)  # newer live work does not wait for it
     a.done(following.id)
-    settling = a.take()
-    assert settling.scan == "live" and settling.again and settling.checkpoint == "/somewhere/refine-checkpoint.npz"
-    assert not a.should_yield(settling)  # not to the backlog
-    a.put_back(settling, settling.checkpoint)
-    backlog_job = make("b", fresh_s=0.001).take()  # (for this worker the scan is no longer live: backlog first)
-    assert backlog_job.scan == "older"
-    assert a.should_yield(backlog_job)  # a live scan's settling work preempts the backlog
-    a.put_back(backlog_job, None)
-    stale = make("c", fresh_s=1)
-    assert stale.take().scan == "older"  # no longer live: after the backlog
+    again = a.take()
+    assert again.scan == "live" and again.again and again.checkpoint == "/somewhere/refine-checkpoint.npz"
+    assert not a.should_yield(again)  # not to older live work, nor to the backlog
+    a.done(again.id)
+    client.xadd(k.refine_jobs, {"scan": "newer", "queued": time.time(), "voxels": 32**3})
+    newer = a.take()
+    burst = a.take()  # a second worker's, while "newer" is cut in its run again
+    assert (newer.scan, burst.scan) == ("newer", "burst") and not a.should_yield(burst)
+    a.put_back(newer, None, again=True)
+    assert a.should_yield(burst)  # a newer live scan's cut work preempts an older live scan's refinement
+    a.put_back(burst, None)
+    assert [make("c", fresh_s=1e-3).take().scan for _ in range(3)] == ["older", "burst", "newer"]  # none live

@@ -9,7 +9,7 @@
              scored by its lease's end; the worker renews the lease while it works
     yield    a preempted job goes back to the waiting set with its checkpoint's path; a run again or a
              verdict's check cut short goes to the improvements' set (``again``: its scan shows its answer),
-             where a live scan's is found by its time (``scheduling``, "settle")
+             where a live scan's is found by its time (live work: ``scheduling``)
     reclaim  a lease that ran out (its worker died) puts the job back; one delivered more than
              ``max_deliveries`` times is dead-lettered
     done     job hash, lease and checkpoint removed
@@ -117,7 +117,7 @@ class RefineBacklog:
                     pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
                                             self.as_job(*oldest[0]) if oldest else None, now, self.fresh_s,
                                             self.as_job(*improving[0], improving=True) if improving else None,
-                                            self.first_settling(pipe, now))
+                                            self.newest_again(pipe))
                     pipe.multi()
                     pipe.zrem(self.waiting_improving if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
@@ -153,20 +153,20 @@ class RefineBacklog:
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
         return self.waiting_improving if stage == scheduling.FULL or again else self.waiting
 
-    def first_settling(self, client, now: float) -> scheduling.Job | None:
-        """The oldest run again or check cut short whose scan is still live (queued within ``fresh_s``)."""
-        found = client.zrangebyscore(self.waiting_improving, now - self.fresh_s, f"({scheduling.IMPROVE_RANK_S}",
-                                     start=0, num=1, withscores=True)
+    def newest_again(self, client) -> scheduling.Job | None:
+        """The newest waiting run again or check cut short (live work while its scan is live)."""
+        found = client.zrevrangebyscore(self.waiting_improving, f"({scheduling.IMPROVE_RANK_S}", "-inf",
+                                        start=0, num=1, withscores=True)
         return self.as_job(*found[0], improving=True) if found else None
 
     def should_yield(self, running: Taken) -> bool:
-        """A waiting live job queued after the running one, settling work (for a backlog job or an improvement), or
-        (for a full-grid stage) a waiting run again (``scheduling.preempts``)? The caller admits new arrivals first,
-        so a scan that just ended counts at once."""
+        """Waiting live work queued after the running job (any, for a backlog job or an improvement), or (for a
+        full-grid stage) a waiting run again (``scheduling.preempts``)? The caller admits new arrivals first, so a
+        scan that just ended counts at once."""
         newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
         improving = self.redis.zrange(self.waiting_improving, 0, 0, withscores=True)
         now = time.time()
-        waiting = [self.as_job(*newest[0]) if newest else None, self.first_settling(self.redis, now),
+        waiting = [self.as_job(*newest[0]) if newest else None, self.newest_again(self.redis),
                    self.as_job(*improving[0], improving=True) if improving else None]
         return any(scheduling.preempts(job, running.job, now, self.fresh_s) for job in waiting)
 
@@ -180,7 +180,7 @@ class RefineBacklog:
     def put_back(self, taken: Taken, checkpoint: str | None, again: bool = False) -> None:
         """A preempted job waits again at its own place in the order, with where it stopped; ``again``: it
         was cut in its run again or its verdict's check, its scan shows the answer (it waits as an improvement,
-        settling while its scan is live)."""
+        live work while its scan is live)."""
         again = again or taken.again
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.running, taken.id)

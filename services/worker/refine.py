@@ -2,14 +2,13 @@
 result, then, when the refined stage was binned, its full-grid stage (``shared.solver.fullgrid``). A scan that runs
 again (``shared.solver.effort``) has its first run's answer stored at once, marked ``searching``; the run again's
 answer replaces it. A run again that fresher work cuts short puts its job back as an improvement: the scan stays
-``searching``, and its run again comes right after the live scans' refinements while its scan is live, else after
-every waiting scan's first answer; so does a verdict's check on resamples cut short (``checking``).
+``searching``, and its run again is live work while its scan is live (after the scans that ended after it), else
+comes after every waiting scan's first answer; so does a verdict's check on resamples cut short (``checking``).
 
 Jobs come from the backlog (``services.worker.backlog``) in the order of ``shared.state.scheduling``: the newest
-finished scan first, then what is left of live scans' answers, then the backlog oldest first, improvements
-(full-grid fits, older scans' run agains and checks cut short) last. A
-long job yields between iterations when fresher work waits: its checkpoint goes beside the raw frames and it
-resumes where it stopped.
+finished scan first (what is left of a live scan's answer ranked by its scan's time), then the backlog oldest
+first, improvements (full-grid fits, older scans' run agains and checks cut short) last. A long job yields between
+iterations when fresher work waits: its checkpoint goes beside the raw frames and it resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ class RefinementWorker:
                     preempted.checkpoint.save(path)
                     self.kept = {str(path): (path.stat().st_mtime_ns, preempted.checkpoint)}  # resumed here mostly
                     kept = str(path)
-                self.backlog.put_back(taken, kept, again=self.first_shown)  # then it waits as an improvement (settling)
+                self.backlog.put_back(taken, kept, again=self.first_shown)  # then it waits as an improvement (live work)
                 self.store.update_scan(scan, refining=None)
                 self.store.count("jobs_preempted")
                 self.store.publish({"event": "preempted", "scan": scan, "phase": where, "stage": taken.stage})

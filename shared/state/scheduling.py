@@ -1,24 +1,22 @@
 """Which refinement runs next: the scheduling policy, in one place.
 
-    live      a scan's refinement queued less than FRESH_S ago: newest first
-              (the scan being taken now is the one an operator is watching)
-    settle    what is left of a live scan's answer that the next scan cut short: its run again
-              (``shared.solver.effort``; 2–3 s at 32³) or its verdict's check on resamples
-              (``shared.solver.resampling``; ~1 s), the answer shown meanwhile, "searching" or
-              "checking": oldest first, while its scan is live (as an improvement it waited ~130 s
-              behind a 5-scan backlog)
+    live      a scan's refinement queued less than FRESH_S ago, and what is left of such a scan's answer
+              that the next scan cut short: its run again (``shared.solver.effort``; 2–3 s at 32³) or
+              its verdict's check on resamples (``shared.solver.resampling``; ~1 s), the answer shown
+              meanwhile, "searching" or "checking"; newest first by the scan's time (the scan being taken
+              now is the one an operator is watching, and the one just before it the one they watched:
+              as an improvement its check or run again waited ~130 s behind a 5-scan burst)
     backlog   every older refinement: oldest first, whenever no live job waits
     improve   work on a scan that already shows an answer and is no longer live, the lowest priority,
               only when no refinement waits (every scan's first answer comes before any improvement):
               a run again or a check cut short, then full-grid stages (``shared.solver.fullgrid``;
               minutes each); each kind oldest first (a live scan's settled answer waits on no
               backlog's full grid)
-    preempt   a running refinement yields, between schedule steps, to a waiting
-              live one queued after it; a running improvement yields to any waiting refinement,
-              and a full-grid stage to a waiting run again; settling work yields only to live
-              refinements and preempts the backlog and the improvements (never two jobs taking turns);
-              each keeps its state and resumes later (a run
-              again cut short keeps its first run's answers, and only the run again runs)
+    preempt   a running job yields, between schedule steps, to waiting live work queued after it (a
+              backlog job or an improvement to any live work); an improvement also to any waiting
+              refinement, and a full-grid stage to a waiting run again; so two jobs never take turns
+              preempting each other; each keeps its state and resumes later (a run again cut short
+              keeps its first run's answers, and only the run again runs)
     ETA       the jobs ahead, each at the measured seconds per refined voxel,
               shared among the live refinement workers
     CPU       on a shared machine the refinement worker runs at REFINE_NICENESS: the
@@ -125,51 +123,43 @@ def improvement_of(job_id: str, score: float) -> Job:
 
 
 def is_live(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    return not job.improving and now - job.queued < fresh_s
-
-
-def is_settling(job: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    """What is left of a live scan's answer, cut short: its run again or its verdict's check."""
-    return job.again and now - job.queued < fresh_s
+    """A refinement queued less than ``fresh_s`` ago, or a run again or check cut short of such a scan."""
+    return job.stage != FULL and now - job.queued < fresh_s
 
 
 def order(waiting: list[Job], now: float, fresh_s: float = FRESH_S) -> list[Job]:
-    """The waiting jobs in the order they will run: live refinements newest first, settling work oldest first,
-    then the backlog's oldest first, then run agains and then full-grid stages, each oldest first."""
-    live = sorted((j for j in waiting if is_live(j, now, fresh_s)), key=lambda j: (-j.queued, j.id))
-    settling = sorted((j for j in waiting if is_settling(j, now, fresh_s)), key=lambda j: (j.queued, j.id))
+    """The waiting jobs in the order they will run: live work newest first, then the backlog's oldest first,
+    then run agains and then full-grid stages, each oldest first."""
+    live = sorted((j for j in waiting if is_live(j, now, fresh_s)), key=lambda j: (-j.queued, j.improving, j.id))
     backlog = sorted((j for j in waiting if not j.improving and not is_live(j, now, fresh_s)),
                      key=lambda j: (j.queued, j.id))
-    improving = sorted((j for j in waiting if j.improving and not is_settling(j, now, fresh_s)),
+    improving = sorted((j for j in waiting if j.improving and not is_live(j, now, fresh_s)),
                        key=lambda j: (waiting_score(j.queued, j.stage), j.id))
-    return live + settling + backlog + improving
+    return live + backlog + improving
 
 
 def first(newest: Job | None, oldest: Job | None, now: float, fresh_s: float = FRESH_S,
-          first_improving: Job | None = None, first_settling: Job | None = None) -> Job | None:
-    """``order(...)[0]`` from just the newest and oldest waiting refinements, the first waiting improvement
-    and the oldest waiting run again or check queued less than ``fresh_s`` ago (what a worker reads to take one)."""
-    if newest is not None and is_live(newest, now, fresh_s):
-        return newest
-    if first_settling is not None and is_settling(first_settling, now, fresh_s):
-        return first_settling
+          first_improving: Job | None = None, newest_again: Job | None = None) -> Job | None:
+    """``order(...)[0]`` from just the newest and oldest waiting refinements, the first waiting improvement and
+    the newest waiting run again or check cut short (what a worker reads to take one)."""
+    live = [j for j in (newest, newest_again) if j is not None and is_live(j, now, fresh_s)]
+    if live:
+        return min(live, key=lambda j: (-j.queued, j.improving))
     return oldest if oldest is not None else first_improving
 
 
 def preempts(waiting: Job | None, running: Job, now: float, fresh_s: float = FRESH_S) -> bool:
-    """Should ``running`` yield to ``waiting`` (the newest waiting refinement, the first waiting improvement, or
-    the oldest settling one)? A refinement yields only to live work queued after it, and to settling work when it
-    is the backlog's; settling work only to live refinements; an improvement to any refinement or settling work,
-    and a full-grid stage to a run again. So two jobs never take turns preempting each other."""
+    """Should ``running`` yield to ``waiting`` (the newest waiting refinement, the newest waiting run again or
+    check, or the first waiting improvement)? Only to live work queued after it, or to any live work where it is
+    not live itself; an improvement also to any refinement, and a full-grid stage to a run again. So two jobs
+    never take turns preempting each other."""
     if waiting is None:
         return False
-    if is_settling(waiting, now, fresh_s):
-        return not is_live(running, now, fresh_s) and not is_settling(running, now, fresh_s)
+    if is_live(waiting, now, fresh_s):
+        return not is_live(running, now, fresh_s) or waiting.queued > running.queued
     if waiting.improving:
         return waiting.again and running.stage == FULL
-    if is_settling(running, now, fresh_s):
-        return is_live(waiting, now, fresh_s)
-    return running.improving or (is_live(waiting, now, fresh_s) and waiting.queued > running.queued)
+    return running.improving and not is_live(running, now, fresh_s)
 
 
 def eta(ahead: list[Job], seconds_per_voxel: float, workers: int) -> float:
