@@ -24,8 +24,8 @@
               the full-grid stage (``shared.solver.fullgrid``)
     yields    a run again gives way to fresher work (the scan being taken now): it is cut short, and the scan
               keeps the answer it has; in the service (``requeue``) the job then waits again in the backlog
-              with the first run's answers (a checkpoint of phase AGAIN) and only its run again comes back, when
-              the cores are free
+              with the first run's answers (a checkpoint of phase AGAIN) and only its run again comes back: as
+              live work while its scan is live, else when the cores are free (``shared.state.scheduling``)
 
 Pure functions on arrays, around ``shared.solver.plans.converge``.
 """

@@ -40,8 +40,8 @@ EVERY_SEARCH = False
 # docs/BENCHMARKS.md, "Thirty-third session".
 POLISH_STEPS = None
 SEED = 33  # the draws are reproducible: one answer, one verdict
-# The phase of a checkpoint whose answers wait for this check alone (``effort.first_run_kept``): the service puts a
-# check cut short back as the refinement it finishes, not as an improvement (``shared.state.scheduling``, "settle")
+# The phase of a checkpoint whose answers wait for this check alone (``effort.first_run_kept``): resumed from it, only
+# the check runs (the service's "preempted" event names it; ``shared.state.scheduling`` ranks it as a run again)
 CHECK = "check"
 
 
