@@ -171,7 +171,7 @@ def test_the_backlog_puts_a_cut_run_again_behind_the_first_answers_and_keeps_it_
         client.xadd(k.refine_jobs, {"scan": scan, "queued": queued, "voxels": 32**3})
     taken = make("first", fresh_s=60).take()
     assert taken.scan == "live" and not taken.again
-    a = make("a", lease_s=0.5, fresh_s=1)  # its scan is no longer live: not settling
+    a = make("a", lease_s=0.5, fresh_s=1)  # for this worker its scan is no longer live
     a.put_back(taken, None, again=True)
     assert client.zcard(f"{k.refine_jobs}:waiting:full") == 1
     assert [j.id for j in a.waiting_jobs() if j.again] == [taken.id]

@@ -194,9 +194,8 @@ def test_an_answer_is_shown_at_once_and_called_converged_only_once_its_resamples
 
 
 def test_a_check_cut_short_in_the_service_comes_back_for_the_check_alone(tmp_path, monkeypatch):
-    """As the service runs it (``requeue_again``): fresher work cuts the check; the job's checkpoint (phase CHECK,
-    which the service puts back as a refinement, not an improvement) holds the answer; resumed from it, only the
-    check runs, and the verdict is the uncut stage's."""
+    """As the service runs it (``requeue_again``): fresher work cuts the check; the job's checkpoint (phase CHECK)
+    holds the answer; resumed from it, only the check runs, and the verdict is the uncut stage's."""
     from shared.nn.inference import Predictor
     from shared.solver import resampling, stages
     from shared.solver.plans import Checkpoint, Preempted

@@ -108,16 +108,10 @@ class RefineBacklog:
             with self.redis.pipeline() as pipe:
                 try:
                     pipe.watch(self.waiting, self.waiting_improving)
-                    newest = pipe.zrevrange(self.waiting, 0, 0, withscores=True)
-                    oldest = pipe.zrange(self.waiting, 0, 0, withscores=True)
-                    improving = pipe.zrange(self.waiting_improving, 0, 0, withscores=True)
-                    if not newest and not improving:
+                    newest, oldest, improving, again = self.heads(pipe)
+                    if newest is None and improving is None:
                         return None
-                    now = time.time()
-                    pick = scheduling.first(self.as_job(*newest[0]) if newest else None,
-                                            self.as_job(*oldest[0]) if oldest else None, now, self.fresh_s,
-                                            self.as_job(*improving[0], improving=True) if improving else None,
-                                            self.newest_again(pipe))
+                    pick = scheduling.first(newest, oldest, time.time(), self.fresh_s, improving, again)
                     pipe.multi()
                     pipe.zrem(self.waiting_improving if pick.improving else self.waiting, pick.id)
                     pipe.zadd(self.running, {pick.id: time.time() + self.lease_s})
@@ -153,22 +147,26 @@ class RefineBacklog:
     def waiting_of(self, stage: str | None, again: bool = False) -> str:
         return self.waiting_improving if stage == scheduling.FULL or again else self.waiting
 
-    def newest_again(self, client) -> scheduling.Job | None:
-        """The newest waiting run again or check cut short (live work while its scan is live)."""
-        found = client.zrevrangebyscore(self.waiting_improving, f"({scheduling.IMPROVE_RANK_S}", "-inf",
+    def heads(self, client) -> tuple:
+        """What the policy reads of the waiting sets (``scheduling.first``, ``scheduling.preempts``): the newest and
+        the oldest waiting refinement, the first waiting improvement and the newest waiting run again or check cut
+        short (live work while its scan is live); each a Job or None."""
+        newest = client.zrevrange(self.waiting, 0, 0, withscores=True)
+        oldest = client.zrange(self.waiting, 0, 0, withscores=True)
+        improving = client.zrange(self.waiting_improving, 0, 0, withscores=True)
+        again = client.zrevrangebyscore(self.waiting_improving, f"({scheduling.IMPROVE_RANK_S}", "-inf",
                                         start=0, num=1, withscores=True)
-        return self.as_job(*found[0], improving=True) if found else None
+        return (self.as_job(*newest[0]) if newest else None, self.as_job(*oldest[0]) if oldest else None,
+                self.as_job(*improving[0], improving=True) if improving else None,
+                self.as_job(*again[0], improving=True) if again else None)
 
     def should_yield(self, running: Taken) -> bool:
         """Waiting live work queued after the running job (any, for a backlog job or an improvement), or (for a
         full-grid stage) a waiting run again (``scheduling.preempts``)? The caller admits new arrivals first, so a
         scan that just ended counts at once."""
-        newest = self.redis.zrevrange(self.waiting, 0, 0, withscores=True)
-        improving = self.redis.zrange(self.waiting_improving, 0, 0, withscores=True)
+        newest, _, improving, again = self.heads(self.redis)
         now = time.time()
-        waiting = [self.as_job(*newest[0]) if newest else None, self.newest_again(self.redis),
-                   self.as_job(*improving[0], improving=True) if improving else None]
-        return any(scheduling.preempts(job, running.job, now, self.fresh_s) for job in waiting)
+        return any(scheduling.preempts(job, running.job, now, self.fresh_s) for job in (newest, again, improving))
 
     def renew(self, taken: Taken) -> bool:
         """Extend this worker's lease; False when it was lost (another worker reclaimed the job)."""

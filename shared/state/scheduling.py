@@ -97,7 +97,7 @@ class Job:
     queued: float  # wall-clock time the stage was asked for (the scan's end, a user's re-run, the refined result)
     voxels: int = 32**3  # on the stage's grid: what the job costs
     stage: str = REFINED
-    again: bool = False  # a refinement whose run again was cut short: its scan shows the first answer
+    again: bool = False  # a refinement cut short in its run again or its verdict's check: its scan shows its answer
 
     @property
     def improving(self) -> bool:
