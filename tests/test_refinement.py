@@ -84,3 +84,15 @@ def test_bad_options(perturbed, kwargs):
         refine(intensity, start, **kwargs)
     with pytest.raises(InputError):
         refine(intensity[:1], start)
+
+
+def test_warm_up_builds_the_steps_a_scan_then_uses(perturbed):
+    """A worker warms up at start, so the first live scan builds no step of its own (a build cannot yield)."""
+    from shared.solver import refinement
+
+    _, intensity, start = perturbed
+    refinement.warm_up(shape=intensity.shape[1:], batches=(len(intensity),))
+    built = dict(refinement._ENGINES)
+    refine(intensity, start, steps=3)
+    refine(intensity, start, steps=3, blur_widths=np.full(len(intensity), 0.7, np.float32))
+    assert refinement._ENGINES == built

@@ -28,7 +28,7 @@ from services.worker.backlog import RefineBacklog, Taken
 from services.worker.queue import run_forever
 from shared.physics import kernels
 from shared.wire import detector, framefiles
-from shared.solver import fullgrid
+from shared.solver import fullgrid, refinement, resampling
 from shared.state import scheduling
 from shared.state.results import TRUST, complex_datasets
 from shared.physics.errors import InputError
@@ -81,6 +81,8 @@ class RefinementWorker:
         self.kept: dict[str, tuple] = {}  # the last checkpoint this worker wrote: path → (mtime, checkpoint)
         self.first_shown = False  # the running job's first answer is stored (its run again is an improvement)
         kernels.warm_up()  # phasing's fused loops compiled before jobs come
+        # and the AD polish's steps for a live 32³ scan: its own (batch 1) and its verdict's check (a batch of resamples)
+        refinement.warm_up(batches=(1, resampling.RESAMPLES), loss=REFINE_PLAN.polish_loss)
 
     def step(self) -> int:
         taken = self.backlog.take()
