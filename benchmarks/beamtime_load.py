@@ -138,7 +138,8 @@ def measure(events, ends, scans, started, timeout=900):
                       "longest_gap_between_previews_s": float(np.max(np.diff(moments))),
                       "preview_frames_used": [e["frames_used"] for e in previews],
                       "timeline": [(round(t - end, 2), e["event"], e.get("phase") or e.get("stage"),  # after its end
-                                    "checking" if e.get("checking") else "searching" if e.get("searching") else "")
+                                    "checking" if e.get("checking") else "searching" if e.get("searching") else "",
+                                    round(e["seconds"], 2) if e.get("seconds") is not None else None)  # its phases' time
                                    for t, e in events.of(scan) if t >= end and e["event"] in ("refining", "preempted")
                                    or e["event"] == "result" and e.get("stage") == "refined"]}
     done = [t for t in final.values()]

@@ -53,7 +53,7 @@ def test_a_preempted_refinement_resumes_exactly_where_it_stopped(tmp_path):
                 phases.append(checkpoint.phase)
         assert phases and np.array_equal(result.obj, whole.obj) and np.array_equal(result.chi, whole.chi)
         assert result.start == whole.start
-    assert {"converge", "flatten", "tighten", "polish"} <= set(phases)
+    assert {"converge", "flatten", "tighten", "final", "polish"} <= set(phases)
 
 
 def test_a_converge_that_stops_runs_on_free_chi_resumes_exactly_where_it_stopped(tmp_path):

@@ -208,6 +208,22 @@ class FullFit:
     background: float | None = None  # the flat background its model held (intensity units; None: none)
     grown: int = 0  # times its support grew by ``FullPlan.grow_by`` voxels and kept the growth
 
+    def to_arrays(self) -> dict:
+        """A finished fit as a checkpoint's arrays (``Checkpoint.save``): what a polish that yields starts from."""
+        return {"obj": self.obj, "support": self.support, "chi": np.asarray(self.chi), "iterations": np.int64(self.iterations),
+                "seconds": np.float64(self.seconds), "history": np.asarray(self.history, np.float64),
+                "times": np.asarray(self.times, np.float64), "device": np.array(self.device),
+                "background": np.float64(np.nan if self.background is None else self.background),
+                "grown": np.int64(self.grown)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "FullFit":
+        background = float(arrays["background"])
+        return cls(arrays["obj"], arrays["support"].astype(bool), arrays["chi"], int(arrays["iterations"]),
+                   float(arrays["seconds"]), [float(c) for c in arrays["history"]], [float(t) for t in arrays["times"]],
+                   str(arrays["device"]), background=None if np.isnan(background) else background,
+                   grown=int(arrays["grown"]))
+
 
 def support_of(seed: np.ndarray, plan: FullPlan = FULL_PLAN, blurred_model: bool = False) -> np.ndarray:
     """The fit's support: the seed's amplitude smoothed, thresholded and dilated (``plan.blurred_dilation`` voxels
@@ -355,13 +371,17 @@ POLISH = "20*ER"  # the last iterations, on every measured voxel (the fit itself
 
 
 def polish(intensity: np.ndarray, measured: np.ndarray | None, fitted: FullFit, plan: FullPlan = FULL_PLAN,
-           blur=None) -> FullFit:
+           blur=None, yield_now=None, resume: dict | None = None) -> FullFit:
     """``fitted``'s answers, a few ER iterations more on all the measured voxels (its support and background
-    model kept): the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too."""
-    resume = {"support": fitted.support, "obj": fitted.obj, "done": np.int64(0), "history": np.asarray([]),
-              "seconds": np.float64(0.0)}
+    model kept): the cross-validated fit leaves the withheld voxels free, the answer the user gets fits them too.
+    ``yield_now`` and ``resume`` as ``fit``'s (on scan 54's full grid the polish takes ~15 s): an interrupted polish
+    is returned as ``fit`` returns it, its ``checkpoint`` to pass back as ``resume`` with the same ``fitted``."""
+    resume = resume or {"support": fitted.support, "obj": fitted.obj, "done": np.int64(0), "history": np.asarray([]),
+                        "seconds": np.float64(0.0)}
     last = fit(intensity, measured, fitted.obj, dataclasses.replace(plan, schedule=POLISH, time_budget=None),
-               resume=resume, blur=blur, background=fitted.background)
+               yield_now, resume, blur=blur, background=fitted.background)
+    if last.interrupted:
+        return last
     return dataclasses.replace(last, iterations=fitted.iterations + last.iterations,
                                seconds=fitted.seconds + last.seconds, history=fitted.history + last.history,
                                times=fitted.times + [fitted.seconds + t for t in last.times], device=fitted.device,

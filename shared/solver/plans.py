@@ -150,7 +150,7 @@ CHUNK = 1  # iterations between chances to yield (one is ≈ 0.3 s for 128³ wit
 class Checkpoint:
     """Where a preempted refined stage stopped: enough to go on from there, not to start again.
 
-    ``phase``: "explore:<round>", "converge", "flatten", "tighten" or "polish"; ``done``: iterations (or polish
+    ``phase``: "explore:<round>", "converge", "flatten", "tighten", "final" or "polish"; ``done``: iterations (or polish
     steps) of that phase already run; ``arrays``: the iterates (obj, support, and the phase's own)."""
 
     phase: str
@@ -210,7 +210,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     power = magnitude**2 if fitting else None
     faint = coherence.faint_voxels(power, fit) if fitting else None
     rounds = list(plan.explore) or [("", 1)]
-    phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "flatten", "tighten", "polish"]
+    phases = [f"explore:{k}" for k in range(len(rounds))] + ["converge", "flatten", "tighten", "final", "polish"]
     if resume is None:
         starts = scale_to_data(candidate_starts(prediction, plan.starts, seed, warm),
                                np.repeat(magnitude, count, axis=0))
@@ -376,18 +376,24 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
             obj = np.where(keep[:, None, None, None], tight, loose)
             state.support = np.where(keep[:, None, None, None], state.support, loose_support)
             lap("tighten")
-        elif phase == "polish" and names.shape[1] > 1:  # the best finalist is polished, the others kept as
-            order = np.argsort(chi_free(obj).reshape(batch, -1), axis=1)  # independent solutions
-            rows = order + names.shape[1] * np.arange(batch)[:, None]
-            arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
-            obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
-            widths = np.take_along_axis(widths, order[..., None], axis=1)[:, :1]
-            state = phasing.select(state, rows[:, 0])
-        if phase == "polish" and "chi_free" not in arrays:
-            arrays["chi_free"] = chi_free(obj)  # before the polish, which fits every measured voxel
-            if plan.final:  # every measured voxel again, the withheld ones too (cannot yield: ≤ 20 iterations)
-                state.obj, state.measured = obj, np.broadcast_to(True if mask is None else mask, state.magnitude.shape)
-                obj = phasing.ScheduleRun(plan.final, 1).advance(state) or state.obj * state.support
+        elif phase == "final":
+            if names.shape[1] > 1:  # the best finalist goes on, the others are kept as independent solutions
+                order = np.argsort(chi_free(obj).reshape(batch, -1), axis=1)
+                rows = order + names.shape[1] * np.arange(batch)[:, None]
+                arrays["alternatives"] = obj[rows[:, 1:]].astype(np.complex64)
+                obj, names = obj[rows[:, 0]], np.take_along_axis(names, order, axis=1)[:, :1]
+                widths = np.take_along_axis(widths, order[..., None], axis=1)[:, :1]
+                state = phasing.select(state, rows[:, 0])
+            if "chi_free" not in arrays:
+                arrays["chi_free"] = chi_free(obj)  # before the final and the polish, which fit every measured voxel
+                state.obj = obj
+            if plan.final:  # every measured voxel again, the withheld ones too; it yields as the other phases do (20
+                # ER at 128³ take ~2 s, which a live scan's job would otherwise wait out behind a backlog scan)
+                state.measured = np.broadcast_to(True if mask is None else mask, state.magnitude.shape)
+                kept = {"chi_free": arrays["chi_free"],
+                        **({"alternatives": arrays["alternatives"]} if "alternatives" in arrays else {})}
+                obj = run_chunked(plan.final, 1, kept) * state.support
+                lap("final")
         if phase == "polish" and plan.polish_steps:
             polish = {k[len("polish_"):]: v for k, v in arrays.items() if k.startswith("polish_")} or None
             result = polish_with(plan, intensity, obj, measured, widths[:, 0], state.background, yield_now, polish)

@@ -356,13 +356,8 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         blur, screened, screen_seconds = _full_grid_width(
             data, inside, withheld, seeds, refined_info.get("coherence_blur", [None] * len(intensity))[k], flat, plan,
             yield_now, resume)
-        fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now,
-                              None if resume is None else resume.arrays, progress, blur, flat, withheld)
-        if fitted.interrupted:
-            raise Preempted(Checkpoint("full", fitted.iterations, [], 0,
-                                       {**fitted.checkpoint, "blur": np.asarray(blur or [], np.float64)}, {}))
-        chi_free = fullgrid.free_chi(data, withheld, fitted.obj[0], blur, flat)
-        fitted = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur)
+        fitted, chi_free = _fit_and_polish(data, inside, withheld, seeds, plan, yield_now, resume, progress, blur,
+                                           flat)
         best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
         backgrounds.append(flat)
         chis.append(metrics.chi(best, volume, m, blur, flat or 0.0))
@@ -389,6 +384,32 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
             "fit": details}
     return Stage(np.stack(amps), np.stack(phases), np.stack(supports), np.asarray(chis), time.perf_counter() - started,
                  info, np.stack(spreads))
+
+
+def _fit_and_polish(data, inside, withheld, seeds, plan, yield_now, resume, progress, blur, flat):
+    """(the polished fit, its χ_free before the polish) of one scan's full grid: the fit on all but the withheld
+    voxels, then the polish on every measured one, each yielding. Preempted: a checkpoint of phase "full" with where
+    it stopped and the width; in the polish, also the fit it started from (``fitted_…``) and that χ_free."""
+    arrays = {} if resume is None else resume.arrays
+    width = {"blur": np.asarray(blur or [], np.float64)}
+    if "fitted_obj" in arrays:  # it yielded in the polish: the fit is done
+        fitted = fullgrid.FullFit.from_arrays({k[len("fitted_"):]: v for k, v in arrays.items()
+                                               if k.startswith("fitted_")})
+        chi_free, polishing = float(arrays["chi_free"]), {k[len("polish_"):]: v for k, v in arrays.items()
+                                                          if k.startswith("polish_")}
+    else:
+        fitted = fullgrid.fit(data, inside & ~withheld, seeds, plan, yield_now, arrays or None, progress, blur, flat,
+                              withheld)
+        if fitted.interrupted:
+            raise Preempted(Checkpoint("full", fitted.iterations, [], 0, {**fitted.checkpoint, **width}, {}))
+        chi_free, polishing = fullgrid.free_chi(data, withheld, fitted.obj[0], blur, flat), None
+    polished = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur, yield_now, polishing)
+    if polished.interrupted:
+        raise Preempted(Checkpoint("full", fitted.iterations + polished.iterations, [], 0,
+                                   {**{f"fitted_{k}": v for k, v in fitted.to_arrays().items()},
+                                    **{f"polish_{k}": v for k, v in polished.checkpoint.items()},
+                                    "chi_free": np.float64(chi_free), **width}, {}))
+    return polished, chi_free
 
 
 def _full_grid_width(data, inside, withheld, seeds, refined_blur, flat, plan, yield_now, resume):
