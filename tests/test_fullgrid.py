@@ -199,6 +199,24 @@ def test_a_full_grid_stage_that_yields_in_its_polish_resumes_with_the_same_answe
     assert np.array_equal(resumed.phase, whole.phase) and np.array_equal(resumed.chi, whole.chi)
     assert resumed.info["chi_free"] == whole.info["chi_free"]
     assert resumed.info["fit"][0]["iterations"] == whole.info["fit"][0]["iterations"]
+    # cut at the last ask, in the stage's last steps after the polish: resumed, only those run
+    asks, seen = [0], [0]
+
+    def counting():
+        asks[0] += 1
+        return False
+
+    def at_the_last():
+        seen[0] += 1
+        return seen[0] == asks[0]
+
+    full_stage(counts[None], info, truth[None, None], plan=plan, yield_now=counting)
+
+    with pytest.raises(Preempted) as cut:
+        full_stage(counts[None], info, truth[None, None], plan=plan, yield_now=at_the_last)
+    assert "polished" in cut.value.checkpoint.arrays
+    late = full_stage(counts[None], info, truth[None, None], plan=plan, resume=cut.value.checkpoint)
+    assert np.array_equal(late.phase, whole.phase) and np.array_equal(late.chi, whole.chi)
 
 
 def cli(*args):

@@ -358,13 +358,28 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
             yield_now, resume)
         fitted, chi_free = _fit_and_polish(data, inside, withheld, seeds, plan, yield_now, resume, progress, blur,
                                            flat)
-        best, *others = [fullgrid.place_back(o, region) for o in fitted.obj]
+
+        def may_yield(fitted=fitted, chi_free=chi_free, blur=blur) -> None:
+            """Between the answer's last steps (on scan 54's full grid, 0.2–1.2 s each): resumed, only they run."""
+            if yield_now is not None and yield_now():
+                raise Preempted(Checkpoint("full", fitted.iterations, [], 0,
+                                           {**{f"fitted_{k}": v for k, v in fitted.to_arrays().items()},
+                                            "polished": np.bool_(True), "chi_free": np.float64(chi_free),
+                                            "blur": np.asarray(blur or [], np.float64)}, {}))
+
+        placed = []
+        for o in fitted.obj:  # each an FFT pair on the input's grid
+            may_yield()
+            placed.append(fullgrid.place_back(o, region))
+        best, *others = placed
         backgrounds.append(flat)
         chis.append(metrics.chi(best, volume, m, blur, flat or 0.0))
         if not keep_ramp:
             best = best * np.conj(phase_ramp(best.shape, refined_info["bragg_peak_offset"][k]))
+        may_yield()
         a, p, s = metrics.canonical(best, phase_outside=True)
         amps.append(a), phases.append(p), supports.append(s)
+        may_yield()
         spreads.append(trust.phase_spread(a * np.exp(1j * p), others) if others else np.zeros(a.shape, np.float32))
         free = trust.free_fraction(fitted.support, inside)
         judged.append(trust_fields(chi_free, free_floor_of(data, inside, region.shape, withheld, floors[k]), floors[k], free,
@@ -389,12 +404,15 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
 def _fit_and_polish(data, inside, withheld, seeds, plan, yield_now, resume, progress, blur, flat):
     """(the polished fit, its χ_free before the polish) of one scan's full grid: the fit on all but the withheld
     voxels, then the polish on every measured one, each yielding. Preempted: a checkpoint of phase "full" with where
-    it stopped and the width; in the polish, also the fit it started from (``fitted_…``) and that χ_free."""
+    it stopped and the width; in the polish, also the fit it started from (``fitted_…``) and that χ_free; after it
+    (``full_stage``'s last steps), the polished fit, marked ``polished``."""
     arrays = {} if resume is None else resume.arrays
     width = {"blur": np.asarray(blur or [], np.float64)}
-    if "fitted_obj" in arrays:  # it yielded in the polish: the fit is done
+    if "fitted_obj" in arrays:  # it yielded in the polish or after it: the fit is done
         fitted = fullgrid.FullFit.from_arrays({k[len("fitted_"):]: v for k, v in arrays.items()
                                                if k.startswith("fitted_")})
+        if "polished" in arrays:  # and so is the polish
+            return fitted, float(arrays["chi_free"])
         chi_free, polishing = float(arrays["chi_free"]), {k[len("polish_"):]: v for k, v in arrays.items()
                                                           if k.startswith("polish_")}
     else:
