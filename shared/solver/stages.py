@@ -362,10 +362,7 @@ def full_stage(intensity: np.ndarray, refined_info: dict, finalists: np.ndarray,
         def may_yield(fitted=fitted, chi_free=chi_free, blur=blur) -> None:
             """Between the answer's last steps (on scan 54's full grid, 0.2–1.2 s each): resumed, only they run."""
             if yield_now is not None and yield_now():
-                raise Preempted(Checkpoint("full", fitted.iterations, [], 0,
-                                           {**{f"fitted_{k}": v for k, v in fitted.to_arrays().items()},
-                                            "polished": np.bool_(True), "chi_free": np.float64(chi_free),
-                                            "blur": np.asarray(blur or [], np.float64)}, {}))
+                raise Preempted(_after_fit(fitted, chi_free, blur, fitted.iterations, polished=np.bool_(True)))
 
         placed = []
         for o in fitted.obj:  # each an FFT pair on the input's grid
@@ -423,11 +420,17 @@ def _fit_and_polish(data, inside, withheld, seeds, plan, yield_now, resume, prog
         chi_free, polishing = fullgrid.free_chi(data, withheld, fitted.obj[0], blur, flat), None
     polished = fullgrid.polish(data, None if np.all(inside) else inside, fitted, plan, blur, yield_now, polishing)
     if polished.interrupted:
-        raise Preempted(Checkpoint("full", fitted.iterations + polished.iterations, [], 0,
-                                   {**{f"fitted_{k}": v for k, v in fitted.to_arrays().items()},
-                                    **{f"polish_{k}": v for k, v in polished.checkpoint.items()},
-                                    "chi_free": np.float64(chi_free), **width}, {}))
+        raise Preempted(_after_fit(fitted, chi_free, blur, fitted.iterations + polished.iterations,
+                                   **{f"polish_{k}": v for k, v in polished.checkpoint.items()}))
     return polished, chi_free
+
+
+def _after_fit(fitted: fullgrid.FullFit, chi_free: float, blur, done: int, **more) -> Checkpoint:
+    """A full-grid stage cut after its fit: the fit (``fitted_…``), the χ_free taken before its polish, the width,
+    and ``more`` (where the polish stopped, or ``polished``)."""
+    return Checkpoint("full", done, [], 0, {**{f"fitted_{k}": v for k, v in fitted.to_arrays().items()},
+                                            "chi_free": np.float64(chi_free),
+                                            "blur": np.asarray(blur or [], np.float64), **more}, {})
 
 
 def _full_grid_width(data, inside, withheld, seeds, refined_blur, flat, plan, yield_now, resume):
