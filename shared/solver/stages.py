@@ -188,8 +188,13 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
                 and trust.photon_step(raw if m is None else raw[m]) is not None
                 for raw, r, m in zip(measured_counts, regions, each_measured)]
 
+    if prepared is not None and "input_floors" in prepared:
+        floors = [float(f) for f in prepared["input_floors"]]
+    else:  # the counts' noise floor, before the search: it is the data's alone (1.1 s on scan 54's 201×256×256)
+        floors = [trust.noise_floor(raw, None if binned_from else m) for raw, m in zip(measured_counts, each_measured)]
+
     def keep_inputs(preempted: Preempted) -> None:  # the prepared inputs go with the checkpoint
-        preempted.checkpoint.arrays.update(input_data=data, input_starts=starts,
+        preempted.checkpoint.arrays.update(input_data=data, input_starts=starts, input_floors=np.asarray(floors),
                                            input_regions=np.array(json.dumps([r.as_dict() for r in regions])),
                                            **({} if mask is None else {"input_mask": mask}))
 
@@ -201,8 +206,6 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     except Preempted as preempted:
         keep_inputs(preempted)
         raise
-    floors = [trust.noise_floor(raw, None if binned_from else m)  # the counts as measured
-              for raw, m in zip(measured_counts, each_measured)]
     free_floors = floors if binned_from else [
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
         for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]

@@ -133,8 +133,11 @@ def noise_floor(intensity: np.ndarray, measured: np.ndarray | None = None, smoot
     if step is None or values[inside].sum() <= 0:
         return 0.0
     values = values / step
-    weight = ndimage.gaussian_filter(inside.astype(np.float64), smooth)  # unmeasured voxels do not count
-    rate = ndimage.gaussian_filter(np.where(inside, values, 0), smooth) / np.maximum(weight, 1e-12)
+    if inside.all():  # every voxel measured: the smoothing's weights sum to one everywhere (half the time on a 9M grid)
+        rate = ndimage.gaussian_filter(values, smooth)
+    else:
+        weight = ndimage.gaussian_filter(inside.astype(np.float64), smooth)  # unmeasured voxels do not count
+        rate = ndimage.gaussian_filter(np.where(inside, values, 0), smooth) / np.maximum(weight, 1e-12)
     judged = inside if over is None else inside & np.broadcast_to(over, values.shape)
     if values[judged].sum() <= 0:
         return 0.0
