@@ -47,7 +47,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "fused" (ER/HIO's element-wise work in the fused loops of ``shared.physics.kernels``, stated explicitly: on by default
 # since the thirty-second session; "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration,
 # ``CDI_LIVE_KERNELS=0``), "no_resample" (the verdict without its check on Poisson resamples of the answer,
-# ``shared.solver.resampling``), "every_search" (that check for answers found by a run again too)
+# ``shared.solver.resampling``), "every_search" (that check for answers found by a run again too), "no_wiener" (the
+# answers as fitted, without the Wiener estimate on photon counts: ``Plan.wiener``, on since the thirty-sixth session)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -116,6 +117,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             from shared.solver import resampling
 
             resampling.EVERY_SEARCH = True
+        if variant == "no_wiener":  # the answers as fitted, without the Wiener estimate (before the 36th session)
+            variants.without_wiener()
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

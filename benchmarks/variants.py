@@ -57,6 +57,14 @@ def without_flatten() -> None:
     object.__setattr__(REFINE_PLAN, "flatten", ())
 
 
+def without_wiener() -> None:
+    """The refined stage's answers as fitted, without the Wiener estimate on photon counts (``Plan.wiener``), in this
+    process (set on the shipped plan instance, as ``without_flatten``)."""
+    from shared.solver.plans import REFINE_PLAN
+
+    object.__setattr__(REFINE_PLAN, "wiener", 0.0)
+
+
 def with_algorithm(name: str, first_run: bool = False) -> None:
     """``name`` (RAAR, Luke 2005; OSS, Rodriguez et al. 2013) where the refined stage runs HIO, in this process: in
     the runs after the first (``effort.AGAIN_CONVERGE``, which the textbook's own search inherits) and, with

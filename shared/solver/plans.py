@@ -39,6 +39,7 @@ projections cannot: the Poisson likelihood and masked voxels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft as sfft
 
-from shared.physics import coherence, phasing
+from shared.physics import coherence, phasing, wiener
 from shared.solver import convergence
 from shared.solver.starts import candidate_starts
 
@@ -81,6 +82,8 @@ class Plan:
     polish_rate: float = 0.02
     polish_time_budget: float | None = None  # seconds of AD polish at most
     polish_patience: int = 10  # stop when χ gained less than 0.1 % over this many steps
+    wiener: float = 1.0  # the answer on photon counts, its far field weighted by λ/(λ + wiener): λ its expected
+    # photons (``shared.physics.wiener``; the refined stage's last step, ``estimate``); 0: the fit as it is
     beta: float = 0.9
     sigma: float = 1.0
     threshold: float = 0.1
@@ -103,13 +106,16 @@ class Plan:
         steps += [f"{self.tighten} (support threshold {self.tight_threshold})"] if self.tighten else []
         steps += [f"{self.final} on all data"] if self.final else []
         steps += [f"≤ {self.polish_steps} Adam steps ({self.polish_loss} likelihood)"] if self.polish_steps else []
+        steps += [f"on photon counts, the Wiener estimate (far field × λ/(λ + {self.wiener:g}), λ expected photons)"] \
+            if self.wiener else []
         return " → ".join(steps)
 
 
 REFINE_PLAN = Plan()
 # The live preview: the refined plan on the frames received so far (those not yet taken left free), warm-started
 # from the last preview, without the AD polish (~0.3 s per 32³ scan here; docs/BENCHMARKS.md "Live preview").
-PREVIEW_PLAN = Plan(starts=("previous", *REFINE_PLAN.starts), polish_steps=0)
+PREVIEW_PLAN = Plan(starts=("previous", *REFINE_PLAN.starts), polish_steps=0, wiener=0.0)  # the network's input:
+# magnitudes, not counts
 
 
 def preview_shown(intensity: np.ndarray, measured_samples: np.ndarray) -> str:
@@ -421,6 +427,35 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     return Converged(obj.astype(np.complex64), support, chi, [str(n) for n in names[:, 0]], timings,
                      arrays.get("alternatives"), np.asarray(final_free, np.float64), free, widths[:, 0].astype(np.float64),
                      flat)
+
+
+def estimate(result: Converged, intensity: np.ndarray, measured: np.ndarray | None, counting, plan: Plan) -> Converged:
+    """The answers as shown: on photon counts (``counting``, with a photon step), each answer and its independent
+    solutions Wiener-filtered (``plan.wiener``), χ taken again; the fit itself (``result``) is what the searches,
+    χ_free and the check on resamples read. Other scans are returned as they are."""
+    from shared.solver import trust
+
+    scans = [k for k in range(len(result.obj)) if plan.wiener and counting is not None and counting[k]]
+    steps = {k: trust.photon_step(intensity[k] if measured is None else intensity[k][np.broadcast_to(measured[k],
+                                                                                                      intensity[k].shape)])
+             for k in scans}
+    scans = [k for k in scans if steps[k] is not None]
+    if not scans:
+        return result
+    obj, chi = np.array(result.obj), np.array(result.chi, np.float64)
+    others = None if result.alternatives is None else np.array(result.alternatives)
+    for k in scans:
+        m = None if measured is None else measured[k]
+        flat = float(result.background[k]) if result.background is not None else 0.0
+        obj[k] = wiener.filtered(obj[k], intensity[k], m, steps[k], flat, plan.wiener)
+        if others is not None:
+            others[k] = [wiener.filtered(o, intensity[k], m, steps[k], flat, plan.wiener) for o in others[k]]
+        blur = None if result.coherence is None else coherence_of(result.coherence[k], intensity.shape[1:])
+        magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity[k:k + 1], 0, None)), axes=AXES)
+        mask = None if m is None else sfft.ifftshift(np.broadcast_to(m, intensity[k].shape))[None]
+        chi[k] = phasing.project_chi(obj[k:k + 1], magnitude, mask, blur,
+                                     None if result.background is None else np.array([flat]))[0]
+    return dataclasses.replace(result, obj=obj, chi=chi, alternatives=others)
 
 
 def polish_with(plan: Plan, intensity: np.ndarray, obj: np.ndarray, measured: np.ndarray | None = None,

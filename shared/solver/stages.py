@@ -29,7 +29,7 @@ from shared.solver import effort, fullgrid, resampling, trust
 from shared.nn.inference import Predictor
 from shared.physics import coherence, downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
-from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge
+from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge, estimate
 
 
 @dataclass
@@ -210,9 +210,9 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
         for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]
 
-    def stage_of(result, runs, searching) -> Stage:
-        return _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
-                      on_input_grid, started)
+    def stage_of(result, runs, searching) -> Stage:  # the answers as shown: the Wiener estimate of each fit
+        return _stage(estimate(result, data, mask, counting, plan), runs, searching, intensity, measured, regions,
+                      grid, mask, free_floors, floors, plan, on_input_grid, started)
 
     before_again = None if on_first is None else \
         lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
@@ -246,9 +246,10 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         stage.info.update(unchecked)  # not checked, so not called converged (resampled_error None)
         return stage
     stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
+    shown = estimate(result, data, mask, counting, plan)
     for k, error in resampled.items():  # judged again with it: their other fields stand
         others = result.alternatives is not None and len(result.alternatives[k]) > 0
-        fields = _judged(result, k, stage.uncertainty[k] if others else None, stage.support[k], free_floors, floors,
+        fields = _judged(shown, k, stage.uncertainty[k] if others else None, stage.support[k], free_floors, floors,
                          mask, error)
         for key, value in fields.items():  # new lists: the answers shown before the check keep theirs
             stage.info[key] = [value if j == k else v for j, v in enumerate(stage.info[key])]
