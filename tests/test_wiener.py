@@ -54,7 +54,7 @@ def test_only_answers_on_photon_counts_are_filtered_and_their_chi_is_the_answers
     obj = np.stack([truth, truth]).astype(np.complex64)
     fit = Converged(obj, np.abs(obj) > 0, np.zeros(2), ["nn", "nn"], coherence=np.zeros((2, 3)),
                     background=np.zeros(2))
-    shown = estimate(fit, data, None, [True, False], REFINE_PLAN)
+    shown = estimate(fit, data, None, [True, False], dataclasses.replace(REFINE_PLAN, wiener=1.0))
     assert not np.allclose(shown.obj[0], obj[0]) and np.array_equal(shown.obj[1], obj[1])
     magnitude = np.fft.ifftshift(np.sqrt(counts), axes=(0, 1, 2))[None]
     assert shown.chi[0] == pytest.approx(phasing.project_chi(shown.obj[:1], magnitude)[0], rel=1e-5)
