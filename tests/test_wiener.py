@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared.physics import crystals, fourier, metrics, wiener
-from shared.solver.plans import REFINE_PLAN, Converged, estimate
+from shared.solver.plans import REFINE_PLAN, Converged, converge, estimate
 
 
 def test_a_point_crystal_is_scaled_by_its_photons_over_photons_plus_one():
@@ -24,21 +24,22 @@ def test_a_point_crystal_is_scaled_by_its_photons_over_photons_plus_one():
 
 
 def test_the_estimate_removes_noise_that_a_fit_to_counts_reproduces():
-    """The truth's projection onto its own noisy counts (the measured magnitudes with the truth's phases: what a fit
-    reproduces at its fixed point) is further from the crystal than its Wiener estimate; on bright data the
-    estimate barely moves it (seed 4305, not a tuning seed)."""
+    """The refined plan's last steps started from the crystal itself fit its noisy counts, noise included; the Wiener
+    estimate of those fits is closer to the crystal at 3·10⁴ photons, and the same on bright data (seed 4305, not a
+    tuning seed: mean error 0.125 → 0.105 rad over three crystals)."""
+    plan = dataclasses.replace(REFINE_PLAN, starts=("nn",), explore=())
     for photons, gained in ((3e4, True), (1e9, False)):
-        intensity, amplitude, phase, _, _ = crystals.simulated_scan(32, 4305, 0, 0, True, (photons, photons))
-        truth = fourier.make_object(amplitude, phase)
-        far = np.fft.fftshift(np.fft.fftn(truth))
-        counts = np.round(intensity)
-        fit = np.fft.ifftn(np.fft.ifftshift(np.sqrt(counts) * np.exp(1j * np.angle(far)))) * (amplitude > 0.1 * amplitude.max())
-        before = metrics.errors(fit, truth)["phase_unweighted"]
-        after = metrics.errors(wiener.filtered(fit, counts, None, 1.0), truth)["phase_unweighted"]
+        scans = [crystals.simulated_scan(32, 4305, i, i, True, (photons, photons)) for i in range(3)]
+        counts = np.stack([np.round(s[0]) for s in scans]).astype(np.float32)
+        truth = np.stack([fourier.make_object(s[1], s[2]) for s in scans]).astype(np.complex64)
+        fit = converge(counts, truth, plan=plan, counting=[True] * 3)
+        before = np.mean([metrics.errors(fit.obj[k], truth[k])["phase_unweighted"] for k in range(3)])
+        after = np.mean([metrics.errors(wiener.filtered(fit.obj[k], counts[k], None, 1.0, fit.background[k]),
+                                        truth[k])["phase_unweighted"] for k in range(3)])
         if gained:
-            assert after < 0.8 * before
+            assert after < 0.9 * before
         else:
-            assert after == pytest.approx(before, abs=2e-3)
+            assert after == pytest.approx(before, abs=1e-3)
 
 
 def test_only_answers_on_photon_counts_are_filtered_and_their_chi_is_the_answers():

@@ -24,6 +24,9 @@
               ``Converged.coherence``); the other finalist is an
               independent solution, and where the two disagree is the answer's phase uncertainty
               (``shared.solver.trust``)
+    estimate  on photon counts, the answer shown is the fit's Wiener estimate (``estimate``: its far field
+              × λ/(λ + 1), λ the photons it expects there; ``shared.physics.wiener``): a fit reproduces the
+              counts' noise, which is grain in the phase (docs/BENCHMARKS.md, "Thirty-sixth session")
 
 The polish minimises the Gaussian (amplitude) misfit by default: at this step
 budget it beat the Poisson likelihood on the tuning set (18 against 16 of 24
