@@ -52,7 +52,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from shared.physics import coherence, phasing, wiener
-from shared.solver import convergence
+from shared.solver import convergence, trust
 from shared.solver.starts import candidate_starts
 
 AXES = (1, 2, 3)
@@ -436,26 +436,25 @@ def estimate(result: Converged, intensity: np.ndarray, measured: np.ndarray | No
     """The answers as shown: on photon counts (``counting``, with a photon step), each answer and its independent
     solutions Wiener-filtered (``plan.wiener``), χ taken again; the fit itself (``result``) is what the searches,
     χ_free and the check on resamples read. Other scans are returned as they are."""
-    from shared.solver import trust
+    def measured_of(k: int) -> np.ndarray:
+        return np.ones(intensity[k].shape, bool) if measured is None else np.broadcast_to(measured[k], intensity[k].shape)
 
     scans = [k for k in range(len(result.obj)) if plan.wiener and counting is not None and counting[k]]
-    steps = {k: trust.photon_step(intensity[k] if measured is None else intensity[k][np.broadcast_to(measured[k],
-                                                                                                      intensity[k].shape)])
-             for k in scans}
+    steps = {k: trust.photon_step(intensity[k][measured_of(k)]) for k in scans}
     scans = [k for k in scans if steps[k] is not None]
     if not scans:
         return result
     obj, chi = np.array(result.obj), np.array(result.chi, np.float64)
     others = None if result.alternatives is None else np.array(result.alternatives)
     for k in scans:
-        m = None if measured is None else measured[k]
+        m = measured_of(k)
         flat = float(result.background[k]) if result.background is not None else 0.0
         obj[k] = wiener.filtered(obj[k], intensity[k], m, steps[k], flat, plan.wiener)
         if others is not None:
             others[k] = [wiener.filtered(o, intensity[k], m, steps[k], flat, plan.wiener) for o in others[k]]
         blur = None if result.coherence is None else coherence_of(result.coherence[k], intensity.shape[1:])
         magnitude = sfft.ifftshift(np.sqrt(np.clip(intensity[k:k + 1], 0, None)), axes=AXES)
-        mask = None if m is None else sfft.ifftshift(np.broadcast_to(m, intensity[k].shape))[None]
+        mask = None if measured is None else sfft.ifftshift(m)[None]
         chi[k] = phasing.project_chi(obj[k:k + 1], magnitude, mask, blur,
                                      None if result.background is None else np.array([flat]))[0]
     return dataclasses.replace(result, obj=obj, chi=chi, alternatives=others)
