@@ -17,11 +17,12 @@ import numpy as np
 import scipy.fft as sfft
 
 
-def expected_photons(obj: np.ndarray, intensity: np.ndarray, measured: np.ndarray | None, step: float,
+def expected_photons(field: np.ndarray, intensity: np.ndarray, measured: np.ndarray | None, step: float,
                      background: float = 0.0) -> np.ndarray:
-    """λ per voxel (centred): the fitted crystal's power |F(ρ)|² scaled so that it holds the measured voxels'
-    photons less the flat ``background`` (the intensity's units, per voxel); ``step``: one photon's intensity."""
-    power = np.abs(sfft.fftshift(sfft.fftn(obj, workers=-1))).astype(np.float64) ** 2
+    """λ per voxel (centred): the fitted crystal's far field ``field`` (centred), its power scaled so that it holds
+    the measured voxels' photons less the flat ``background`` (the intensity's units, per voxel); ``step``: one
+    photon's intensity."""
+    power = np.abs(field).astype(np.float64) ** 2
     inside = np.ones(intensity.shape, bool) if measured is None else np.broadcast_to(measured, intensity.shape)
     signal = np.clip(np.asarray(intensity, np.float64)[inside] - background, 0, None).sum()
     return power * signal / max(power[inside].sum(), 1e-30) / step
@@ -30,6 +31,6 @@ def expected_photons(obj: np.ndarray, intensity: np.ndarray, measured: np.ndarra
 def filtered(obj: np.ndarray, intensity: np.ndarray, measured: np.ndarray | None, step: float,
              background: float = 0.0, photons: float = 1.0) -> np.ndarray:
     """``obj`` with each far-field component weighted by λ/(λ + ``photons``) (``expected_photons``)."""
-    lam = expected_photons(obj, intensity, measured, step, background)
-    field = sfft.fftshift(sfft.fftn(obj, workers=-1)) * (lam / (lam + photons))
-    return sfft.ifftn(sfft.ifftshift(field), workers=-1).astype(obj.dtype)
+    field = sfft.fftshift(sfft.fftn(obj, workers=-1))
+    lam = expected_photons(field, intensity, measured, step, background)
+    return sfft.ifftn(sfft.ifftshift(field * (lam / (lam + photons))), workers=-1).astype(obj.dtype)

@@ -29,7 +29,7 @@ from shared.solver import effort, fullgrid, resampling, trust
 from shared.nn.inference import Predictor
 from shared.physics import coherence, downsample, metrics, phasing
 from shared.physics.downsample import to_input_grid
-from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Plan, Preempted, converge, estimate
+from shared.solver.plans import REFINE_PLAN, REFINE_SIZE, Checkpoint, Converged, Plan, Preempted, converge, estimate
 
 
 @dataclass
@@ -210,19 +210,24 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         free_floor_of(r.take(raw), r.inside() & (True if m is None else r.take(m)), grid, result.free, f)
         for raw, r, m, f in zip(measured_counts, regions, each_measured, floors)]
 
-    def stage_of(result, runs, searching) -> Stage:  # the answers as shown: the Wiener estimate of each fit
-        return _stage(estimate(result, data, mask, counting, plan), runs, searching, intensity, measured, regions,
-                      grid, mask, free_floors, floors, plan, on_input_grid, started)
+    def shown_of(result) -> Converged:  # the answers as shown: the Wiener estimate of each fit
+        return estimate(result, data, mask, counting, plan)
+
+    def stage_of(shown, runs, searching) -> Stage:
+        return _stage(shown, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
+                      on_input_grid, started)
 
     before_again = None if on_first is None else \
-        lambda first, todo: on_first(stage_of(first, [1] * len(first.obj), [k in todo for k in range(len(first.obj))]))
+        lambda first, todo: on_first(stage_of(shown_of(first), [1] * len(first.obj),
+                                              [k in todo for k in range(len(first.obj))]))
     try:
         result, runs = effort.refine_with_effort(data, starts, mask, plan, floors, free_floors, result,  # small grids
                                                  counting, yield_now, before_again, requeue_again)
     except Preempted as preempted:  # a run again cut short: the first run's answers wait with the job
         keep_inputs(preempted)
         raise
-    stage = stage_of(result, runs, [False] * len(runs))
+    shown = shown_of(result)
+    stage = stage_of(shown, runs, [False] * len(runs))
     checked = [k for k, verdict in enumerate(stage.info["verdict"])  # the answers about to be called converged
                if verdict == "converged" and counting[k] and floors[k] > 0  # on counts
                and (resampling.EVERY_SEARCH or effort.found_by_first_run(result.start[k]))]  # as the check searches
@@ -246,7 +251,6 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
         stage.info.update(unchecked)  # not checked, so not called converged (resampled_error None)
         return stage
     stage.info["stage_seconds"]["resampled"] = time.perf_counter() - began
-    shown = estimate(result, data, mask, counting, plan)
     for k, error in resampled.items():  # judged again with it: their other fields stand
         others = result.alternatives is not None and len(result.alternatives[k]) > 0
         fields = _judged(shown, k, stage.uncertainty[k] if others else None, stage.support[k], free_floors, floors,
