@@ -48,7 +48,9 @@ VARIANTS = ("shipped", "short", "erhio4")
 # since the thirty-second session; "erhio4_fused" the same for the yardstick), "numpy_iteration" (NumPy's iteration,
 # ``CDI_LIVE_KERNELS=0``), "no_resample" (the verdict without its check on Poisson resamples of the answer,
 # ``shared.solver.resampling``), "every_search" (that check for answers found by a run again too), "no_wiener" (the
-# answers as fitted, without the Wiener estimate on photon counts: ``Plan.wiener``, on since the thirty-sixth session)
+# answers as fitted, without the Wiener estimate on photon counts: ``Plan.wiener``, on since the thirty-sixth session),
+# "blur_threshold<x>" (runs with a blur model shrink-wrapped at x of the peak: ``Plan.blur_threshold``;
+# "blur_threshold_none": at the plan's ``threshold``, as every other run)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -119,6 +121,9 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             resampling.EVERY_SEARCH = True
         if variant == "no_wiener":  # the answers as fitted, without the Wiener estimate (before the 36th session)
             variants.without_wiener()
+        if variant.startswith("blur_threshold"):  # e.g. blur_threshold0.15; blur_threshold_none: as every run
+            rest = variant[len("blur_threshold"):]
+            variants.with_blur_threshold(None if rest == "_none" else float(rest))
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

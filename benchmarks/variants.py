@@ -65,6 +65,14 @@ def without_wiener() -> None:
     object.__setattr__(REFINE_PLAN, "wiener", 0.0)
 
 
+def with_blur_threshold(value: float | None) -> None:
+    """Runs with a blur model shrink-wrapped at ``value`` of the peak (``Plan.blur_threshold``; None: the plan's
+    ``threshold``, as every run), in this process (set on the shipped plan instance, as ``without_flatten``)."""
+    from shared.solver.plans import REFINE_PLAN
+
+    object.__setattr__(REFINE_PLAN, "blur_threshold", value)
+
+
 def with_algorithm(name: str, first_run: bool = False) -> None:
     """``name`` (RAAR, Luke 2005; OSS, Rodriguez et al. 2013) where the refined stage runs HIO, in this process: in
     the runs after the first (``effort.AGAIN_CONVERGE``, which the textbook's own search inherits) and, with

@@ -199,3 +199,42 @@ def test_the_width_step_says_what_it_does_and_nothing_when_off(monkeypatch):
     monkeypatch.setattr(effort, "WIDTH_FACTORS", ())
     monkeypatch.setattr(effort, "WIDTH_COHERENT", ())
     assert effort.describe_width_step() == ""
+
+
+def test_under_a_blur_a_support_wrapped_at_a_tenth_of_the_peak_outgrows_the_crystal(blurred):
+    """Why runs with a blur model have their own shrink-wrap threshold (``Plan.blur_threshold``): the textbook's
+    search at the true width, from the same random starts, wrapped at 0.1 and at 0.15 of the peak."""
+    obj, _, pattern = blurred
+    crystal = int((np.abs(obj) > 0.1 * np.abs(obj).max()).sum())
+    magnitude = np.repeat(sfft.ifftshift(np.sqrt(pattern))[None], 4, axis=0)
+
+    def searched(threshold):
+        box = phasing.box_support(magnitude.shape)
+        start = box * np.exp(1j * np.random.default_rng(0).uniform(-np.pi, np.pi, box.shape))
+        start *= np.sqrt((magnitude**2).sum() / ((np.abs(start)**2).sum() * magnitude[0].size))
+        state = phasing.PhasingState(magnitude, start.astype(np.complex64), box.copy(), threshold=threshold,
+                                     shrink_every=20)
+        state.coherence = coherence.kernel(obj.shape, coherence.detector_sigmas([SIGMA] * 4))
+        answers = phasing.run_schedule(state, phasing.PAPER_SCHEDULE)
+        return state.support.sum(axis=(1, 2, 3)) / crystal, [metrics.errors(a, obj)["phase_unweighted"]
+                                                             for a in answers]
+
+    loose, loose_errors = searched(0.1)
+    tight, tight_errors = searched(0.15)
+    assert np.all(loose > 1.25) and np.all(tight < loose)
+    assert np.median(tight_errors) < 0.75 * np.median(loose_errors)
+
+
+def test_each_run_is_wrapped_at_the_threshold_of_its_model():
+    from shared.solver.plans import wrap_thresholds
+
+    widths = np.array([[[0, 0, 0], [0, 0.5, 0.5]], [[0, 0, 0], [0.5, 0.5, 0.5]]])  # two scans, coherent and blurred
+    plan = dataclasses.replace(REFINE_PLAN, blur_threshold=0.15)
+    thresholds = wrap_thresholds(widths, plan)
+    assert thresholds.shape == (4, 1, 1, 1)
+    assert thresholds.ravel() == pytest.approx([0.1, 0.15, 0.1, 0.15])
+    assert wrap_thresholds(widths, dataclasses.replace(plan, blur_threshold=None)) == REFINE_PLAN.threshold
+    assert wrap_thresholds(widths[:, :1], plan) == REFINE_PLAN.threshold  # no run blurred: one number
+    state = phasing.PhasingState(np.ones((4, 4, 4, 4), np.float32), np.ones((4, 4, 4, 4), np.complex64),
+                                 np.ones((4, 4, 4, 4), bool), threshold=thresholds)
+    assert phasing.select(state, np.array([1, 2])).threshold.ravel() == pytest.approx([0.15, 0.1])

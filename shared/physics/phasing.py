@@ -38,7 +38,7 @@ class PhasingState:
     measured: np.ndarray | None = None  # bool, unshifted frame; False = not measured (gap, frame not yet taken)
     beta: float = 0.9
     sigma: float = 1.0  # shrink-wrap Gaussian blur (voxels)
-    threshold: float = 0.1  # shrink-wrap threshold, fraction of the blurred maximum
+    threshold: float | np.ndarray = 0.1  # shrink-wrap threshold, fraction of the blurred maximum (or per run, (B, 1, 1, 1))
     shrink_every: int = 1
     iteration: int = 0
     chi: np.ndarray | None = None
@@ -405,7 +405,8 @@ def write_back(full: PhasingState, part: PhasingState, index: np.ndarray) -> Non
 def select(state: PhasingState, index: np.ndarray) -> PhasingState:
     """The runs ``index`` of a batch, to go on alone (dropping starts that lost)."""
     pick = lambda a: None if a is None else a[index]  # noqa: E731
+    threshold = state.threshold[index] if np.ndim(state.threshold) else state.threshold  # per run, or one
     return PhasingState(state.magnitude[index], state.obj[index], state.support[index], pick(state.measured),
-                        state.beta, state.sigma, state.threshold, state.shrink_every, state.iteration,
+                        state.beta, state.sigma, threshold, state.shrink_every, state.iteration,
                         pick(state.chi), state.blur_kernel, pick(state.coherence), pick(state.background),
                         pick(state.faint))

@@ -90,12 +90,18 @@ class Plan:
     beta: float = 0.9
     sigma: float = 1.0
     threshold: float = 0.1
+    blur_threshold: float | None = None  # the shrink-wrap threshold of runs with a blur model; None: ``threshold``.
+    # Under a blur, a run grows a faint halo the blurred model cannot see, and a support wrapped at 0.1 of the peak
+    # grows with it (35–60 % larger than the crystal on blurred scans), leaving the fine fringes' lost contrast to
+    # wrong answers that fit as well (docs/BENCHMARKS.md, "Thirty-seventh session")
     shrink_every: int = 5
 
     def describe(self) -> str:
         steps = [f"starts {'+'.join(self.starts)}"]
         if len(self.coherence) > 1:
             steps[0] += f" × blur σ {{{', '.join(coherence.blur_name(x) for x in self.coherence)}}}"
+        if self.blur_threshold is not None and len(self.coherence) > 1:
+            steps[0] += f" (shrink-wrap at {self.blur_threshold:g} of the peak under a blur)"
         if self.background:
             steps[0] += ", flat background fitted"
         steps += [f"{schedule} → keep {keep}" for schedule, keep in self.explore]
@@ -248,6 +254,7 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
                                  np.repeat(np.broadcast_to(fit, magnitude.shape), alive, axis=0),
                                  plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
     state.coherence, state.background = coherence_of(widths, magnitude.shape[1:]), background
+    state.threshold = wrap_thresholds(widths, plan)
     state.faint = None if faint is None else np.repeat(faint, alive, axis=0)
     if phases.index(phase) > phases.index("flatten"):  # the tight support from the tighten on
         state.threshold = plan.tight_threshold
@@ -482,6 +489,15 @@ def stall_checks(schedule: str) -> list[int]:
         if name == "ER":
             ends.append(at)
     return ends[:-1]
+
+
+def wrap_thresholds(widths: np.ndarray, plan: Plan):
+    """The shrink-wrap threshold of each run (a column, one row per run) from its σ per axis (…, 3): the plan's
+    ``blur_threshold`` where a run has a blur; one number where every run has the same."""
+    blurred = np.any(np.asarray(widths).reshape(-1, 3) > 0, axis=1)
+    if plan.blur_threshold is None or not blurred.any():
+        return plan.threshold
+    return np.where(blurred, plan.blur_threshold, plan.threshold).astype(np.float32).reshape(-1, 1, 1, 1)
 
 
 def coherence_of(widths: np.ndarray, shape) -> np.ndarray | None:
