@@ -84,6 +84,7 @@ def evaluate(predictor, out: Path, count: int = 48, seed: int = 9000, real_data:
     summary = {"count": count, "seed": seed, "cohere": cohere, "plan": REFINE_PLAN.describe(),
                "again_coherence": [coherence.blur_name(b) for b in effort.AGAIN_COHERENCE],
                "again_converge": effort.AGAIN_CONVERGE, "again_stall": effort.AGAIN_STALL,
+               "blur_threshold": REFINE_PLAN.blur_threshold, "threshold": REFINE_PLAN.threshold,
                "width_step": effort.describe_width_step(),
                "preview_plan": PREVIEW_PLAN.describe(), "tuning_family": families.TUNING, "rule": trust.RULE,
                "families": {name: evaluate_family(predictor, out, name, count, seed, cohere) for name in family_names}}
@@ -308,7 +309,8 @@ def report(s: dict) -> str:
              "instead, each with every partial-coherence blur σ ∈ {"
              f"{', '.join(s.get('again_coherence') or map(coherence.blur_name, effort.AGAIN_COHERENCE))}}} voxels "
              "(one number: the detector axes; three: rocking, rows, columns; the lowest χ_free "
-             "wins)" + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
+             "wins" + (f"; a run with a blur shrink-wrapped at {s['blur_threshold']:g} of the peak, the others at "
+                       f"{s['threshold']:g}" if s.get("blur_threshold") else "") + ")" + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
                         "starts of random phase in a centred box of half the grid, each converging as long, coherent"
                         if effort.MAX_RUNS > 2 else "") +
              f"; {effort.MAX_RUNS} runs at most (adaptive effort, `shared/solver/effort.py`)"
