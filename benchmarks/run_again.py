@@ -50,7 +50,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # ``shared.solver.resampling``), "every_search" (that check for answers found by a run again too), "no_wiener" (the
 # answers as fitted, without the Wiener estimate on photon counts: ``Plan.wiener``, on since the thirty-sixth session),
 # "blur_threshold<x>" (runs with a blur model shrink-wrapped at x of the peak: ``Plan.blur_threshold``;
-# "blur_threshold_none": at the plan's ``threshold``, as every other run)
+# "blur_threshold_none": at the plan's ``threshold``, as every other run), "wider_promise" (an answer a run again
+# found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session)
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -124,6 +125,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
         if variant.startswith("blur_threshold"):  # e.g. blur_threshold0.15; blur_threshold_none: as every run
             rest = variant[len("blur_threshold"):]
             variants.with_blur_threshold(None if rest == "_none" else float(rest))
+        if variant == "wider_promise":  # a run again's answer on counts may be called converged (before the 37th)
+            from shared.solver import trust
+
+            trust.WIDER_SEARCH_PROMISE = True
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

@@ -140,6 +140,31 @@ def test_an_answer_whose_search_misses_on_resamples_of_it_is_uncertain_for_photo
     assert trust.judge(**at_floor, resampled=1.5 * trust.PROMISE) == ("uncertain", "photons")
 
 
+def test_a_run_agains_answer_on_photon_counts_promises_only_where_the_verdict_says_it_may(monkeypatch):
+    """A run again keeps the least χ_free of many candidates, biased low on noisy data (``WIDER_SEARCH_PROMISE``):
+    where it may not promise, its answer at the floor is "uncertain" for photons; a first-run answer, or one on data
+    with no noise floor, keeps its verdict (the stage's ``_judged`` says which is which, from the answer's start)."""
+    from shared.solver.plans import Converged
+    from shared.solver.stages import _judged
+
+    at_floor = dict(chi_free=0.050, floor_free=0.05, floor=0.05, free=0.01, uncertainty=None)
+    monkeypatch.setattr(trust, "WIDER_SEARCH_PROMISE", False)
+    assert trust.judge(**at_floor, wider_search=True) == ("uncertain", "photons")
+    assert trust.judge(**at_floor, wider_search=False) == ("converged", None)
+    support = np.zeros((1, 8, 8, 8), bool)
+    support[0, 2:6, 2:6, 2:6] = True
+    found = Converged(obj=support.astype(np.complex64), support=support, chi=np.array([0.05]),
+                      start=["flat (run 2), width refitted"], chi_free=np.array([0.05]), coherence=np.zeros((1, 3)))
+    first = Converged(**{**found.__dict__, "start": ["flat flattened at 0.3"]})
+    judged = {name: _judged(result, 0, None, support[0], [0.05], [floor], None)["verdict_reason"]
+              for name, result, floor in [("run again, counts", found, 0.05), ("first run, counts", first, 0.05),
+                                          ("run again, no noise", found, 0.0)]}
+    assert judged["run again, counts"] == "photons"
+    assert judged["first run, counts"] != "photons" and judged["run again, no noise"] != "photons"
+    monkeypatch.setattr(trust, "WIDER_SEARCH_PROMISE", True)
+    assert trust.judge(**at_floor, wider_search=True) == ("converged", None)
+
+
 def test_resamples_of_an_answer_are_poisson_draws_of_its_model_at_the_datas_photon_step():
     """Analytic: the model is the answer's |F|² scaled to the data's total, plus its flat background; draws of
     counts scaled to a maximum of 1 come back on the same one-photon step; floats (no noise) give none."""

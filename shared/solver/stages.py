@@ -265,9 +265,10 @@ def _judged(result, k: int, spread, support, free_floors, floors, mask, resample
     """Scan k's trust fields (``trust_fields``) from a run's result: ``spread`` its phase uncertainty on the
     answer's grid as shown (None where it has no other solution), ``support`` the answer's."""
     free = trust.free_fraction(result.support[k], None if mask is None else mask[k])
+    wider = floors[k] > 0 and not effort.found_by_first_run(result.start[k])  # a run again's answer, with noise
     return trust_fields(float(result.chi_free[k]), free_floors[k], floors[k], free, spread, support,
                         result.coherence[k], trust.unmeasured_signal(result.obj[k], None if mask is None else mask[k]),
-                        resampled)
+                        resampled, wider)
 
 
 def _stage(result, runs, searching, intensity, measured, regions, grid, mask, free_floors, floors, plan,
@@ -316,13 +317,13 @@ def free_floor_of(counts: np.ndarray, inside: np.ndarray, grid, free: np.ndarray
 
 
 def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, spread, support, blur=None,
-                 unmeasured: float = 0.0, resampled: float | None = None) -> dict:
+                 unmeasured: float = 0.0, resampled: float | None = None, wider_search: bool = False) -> dict:
     """One answer's trust, as the file, the API and the page show it (``shared.solver.trust``); ``blur``: its
     partial-coherence σ per axis (None: coherent); ``unmeasured``: the share of its signal on unmeasured voxels;
     ``resampled``: its search's largest phase error on resamples of its model (``shared.solver.resampling``; None:
-    not run)."""
+    not run); ``wider_search``: a run again found it, on data with a noise floor (``trust.WIDER_SEARCH_PROMISE``)."""
     verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur),
-                                  unmeasured, resampled)
+                                  unmeasured, resampled, wider_search)
     return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "unmeasured_signal": round(unmeasured, 4),
             "resampled_error": None if resampled is None else round(float(resampled), 4),
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
