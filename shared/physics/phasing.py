@@ -38,7 +38,7 @@ class PhasingState:
     measured: np.ndarray | None = None  # bool, unshifted frame; False = not measured (gap, frame not yet taken)
     beta: float = 0.9
     sigma: float = 1.0  # shrink-wrap Gaussian blur (voxels)
-    threshold: float | np.ndarray = 0.1  # shrink-wrap threshold, fraction of the blurred maximum (or per run, (B, 1, 1, 1))
+    threshold: float | np.ndarray = 0.1  # shrink-wrap threshold, fraction of the blurred maximum (per run: B, 1, 1, 1)
     shrink_every: int = 1
     iteration: int = 0
     chi: np.ndarray | None = None

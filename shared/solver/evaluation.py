@@ -310,9 +310,10 @@ def report(s: dict) -> str:
              f"{', '.join(s.get('again_coherence') or map(coherence.blur_name, effort.AGAIN_COHERENCE))}}} voxels "
              "(one number: the detector axes; three: rocking, rows, columns; the lowest χ_free "
              "wins" + (f"; a run with a blur shrink-wrapped at {s['blur_threshold']:g} of the peak, the others at "
-                       f"{s['threshold']:g}" if s.get("blur_threshold") else "") + ")" + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
-                        "starts of random phase in a centred box of half the grid, each converging as long, coherent"
-                        if effort.MAX_RUNS > 2 else "") +
+                       f"{s['threshold']:g}" if s.get("blur_threshold") else "") + ")"
+             + (f"; a scan still uncertain after it runs the textbook's own search, {len(effort.TEXTBOOK_STARTS)} "
+                "starts of random phase in a centred box of half the grid, each converging as long, coherent"
+                if effort.MAX_RUNS > 2 else "") +
              f"; {effort.MAX_RUNS} runs at most (adaptive effort, `shared/solver/effort.py`)"
              + (f"; then {s['width_step']}" if s.get("width_step") else "") + ".",
              "", f"Preview: {s['preview_plan']}.", "", f"Verdict rule: {s['rule']}.", ""]
