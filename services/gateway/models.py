@@ -22,7 +22,8 @@ DESCRIPTIONS = {
     "chi_floor": "the χ the data's own counting noise allows (refined, full)",
     "verdict_reason": "why an answer is uncertain: search (above the floor, more work may help), model (the floor is "
                       "not reachable with this forward model), photons (the floor is too high, or too much of the signal "
-                      "unmeasured, to promise 0.1 rad), "
+                      "unmeasured, to promise 0.1 rad, or the answer is a run again's on photon counts: picked by "
+                      "chi_free among many candidates, it cannot promise it), "
                       "disagreement (independent solutions differ); null when converged",
     "chi_free": "χ on 5 % of the measured voxels withheld from the fit (cross-validation, as crystallography's "
                 "R-free): fitting noise gets no credit there",
@@ -59,6 +60,9 @@ DESCRIPTIONS = {
     "shown": "the preview's: which answer it shows, \"network\" (3D-CDI-NN's own, until the frames taken pass the "
              "rocking curve's peak: a preview from less than half of reciprocal space is further off) or "
              "\"preview\" (the refined plan on the frames taken); chi and chi_free are of the answer shown",
+    "start": "the refined stage's: the start and the search that found the answer, e.g. \"flat (run 2), width "
+             "refitted\" (run n: a run again's; \"flattened at 0.3\": a uniform-density restart; \"searched "
+             "deblurred\": the width step's search on deblurred data)",
     "StageSummary.frames_expected": "the scan's frames, beside frames_used (the preview's)",
     "position": "jobs ahead of this one (running ones included)",
     "eta_s": "estimated seconds until it starts",
@@ -113,6 +117,7 @@ class StageSummary(Described):
     searching: bool | None = None
     checking: bool | None = None
     shown: Literal["network", "preview"] | None = None
+    start: str | None = None
 
 
 class QueuePlace(Described):

@@ -27,7 +27,8 @@ TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor",
          "coherence_blur", "background")  # and the blur and flat background their χ's model was fitted with
 # (``shared.physics.coherence``)
 SUMMARY = ("frames_used", "chi", "chi_on", "seconds", *TRUST, "grid",
-           "chi_refinement_grid", "partial", "frames_expected", "searching", "checking", "shown")  # a result's fields on its scan's record
+           "chi_refinement_grid", "partial", "frames_expected", "searching", "checking", "shown",
+           "start")  # a result's fields on its scan's record
 
 
 def summary_of(info: dict) -> dict:
