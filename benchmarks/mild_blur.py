@@ -14,30 +14,12 @@ the refined stage as shipped, in one process.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def blurred_measure(low: float, high: float):
-    """The families' measurement with every scan blurred at σ in [low, high] (pixels, the detector axes)."""
-    import numpy as np
-    from scipy import ndimage
-
-    from shared.physics import families, fourier
-
-    def measure(obj, rng, index):
-        ideal = fourier.intensity(obj).astype(np.float64)
-        blur = float(rng.uniform(low, high))
-        ideal = ndimage.gaussian_filter(ideal, (0, blur, blur))
-        if index % 4 == 0:
-            return ideal.astype(np.float32), 0.0, 0.0, blur
-        photons = float(np.exp(rng.uniform(*np.log(families.PHOTONS))))
-        return rng.poisson(ideal * photons / ideal.sum()).astype(np.float32), photons, 0.0, blur
-
-    return measure
 
 
 def main() -> None:
@@ -51,7 +33,8 @@ def main() -> None:
     low, high = (float(x) for x in args.blur.split(","))
     from shared.physics import families
 
-    families.measure = blurred_measure(low, high)  # this process only
+    families.measure = functools.partial(families.measure, blur_range=(low, high), every_scan_blurred=True,
+                                         with_background=False)  # this process only
     from benchmarks import run_again
 
     rows = []

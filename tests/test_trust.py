@@ -1,6 +1,8 @@
 """Trust: the noise floor against analytic Poisson statistics, the uncertainty map, the verdict, and the
 contract (file, service) that carries them."""
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
@@ -155,7 +157,7 @@ def test_a_run_agains_answer_on_photon_counts_promises_only_where_the_verdict_sa
     support[0, 2:6, 2:6, 2:6] = True
     found = Converged(obj=support.astype(np.complex64), support=support, chi=np.array([0.05]),
                       start=["flat (run 2), width refitted"], chi_free=np.array([0.05]), coherence=np.zeros((1, 3)))
-    first = Converged(**{**found.__dict__, "start": ["flat flattened at 0.3"]})
+    first = dataclasses.replace(found, start=["flat flattened at 0.3"])
     judged = {name: _judged(result, 0, None, support[0], [0.05], [floor], None)["verdict_reason"]
               for name, result, floor in [("run again, counts", found, 0.05), ("first run, counts", first, 0.05),
                                           ("run again, no noise", found, 0.0)]}

@@ -42,17 +42,19 @@ class Scan:
     kind: str  # what the crystal is (family-specific)
 
 
-def measure(obj: np.ndarray, rng: np.random.Generator, index: int) -> tuple[np.ndarray, float, float, float]:
-    """The family-independent measurement: (intensity, photons, background, blur)."""
+def measure(obj: np.ndarray, rng: np.random.Generator, index: int, blur_range=(0.4, 1.0),
+            every_scan_blurred: bool = False, with_background: bool = True) -> tuple[np.ndarray, float, float, float]:
+    """The family-independent measurement: (intensity, photons, background, blur). The keywords set another one
+    (``benchmarks/mild_blur.py``: every scan blurred, milder, no background); the defaults are the families'."""
     ideal = fourier.intensity(obj).astype(np.float64)
-    blur = float(rng.uniform(0.4, 1.0)) if index % 3 == 1 else 0.0
+    blur = float(rng.uniform(*blur_range)) if every_scan_blurred or index % 3 == 1 else 0.0
     if blur:
         ideal = ndimage.gaussian_filter(ideal, (0, blur, blur))
     if index % 4 == 0:
         return ideal.astype(np.float32), 0.0, 0.0, blur
     photons = float(np.exp(rng.uniform(*np.log(PHOTONS))))
     expected = ideal * photons / ideal.sum()
-    background = float(rng.uniform(0.05, 1.0)) if index % 3 == 2 else 0.0
+    background = float(rng.uniform(0.05, 1.0)) if with_background and index % 3 == 2 else 0.0
     return rng.poisson(expected + background).astype(np.float32), photons, background, blur
 
 

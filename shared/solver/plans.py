@@ -252,9 +252,8 @@ def converge(intensity: np.ndarray, prediction: np.ndarray, measured: np.ndarray
     alive = names.shape[1]
     state = phasing.PhasingState(np.repeat(magnitude, alive, axis=0), obj, support,
                                  np.repeat(np.broadcast_to(fit, magnitude.shape), alive, axis=0),
-                                 plan.beta, plan.sigma, plan.threshold, plan.shrink_every, iteration)
+                                 plan.beta, plan.sigma, wrap_thresholds(widths, plan), plan.shrink_every, iteration)
     state.coherence, state.background = coherence_of(widths, magnitude.shape[1:]), background
-    state.threshold = wrap_thresholds(widths, plan)
     state.faint = None if faint is None else np.repeat(faint, alive, axis=0)
     if phases.index(phase) > phases.index("flatten"):  # the tight support from the tighten on
         state.threshold = plan.tight_threshold
