@@ -148,9 +148,38 @@ def main() -> None:
             pick = [np.where(chosen.reshape(-1, *[1] * (t.ndim - 1)), t, w) for t, w in zip(tight, wrapped)]
             record(f"choice{threshold:g}_tolerance{tolerance:g}", tuple(pick))
             rows[-1]["held_chosen"] = int(chosen.sum())
+    network_supports(intensity, search, amplitude, start, record, random_phase)
     print(json.dumps(told_apart(rows)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def network_supports(intensity, search, deblurred_amplitude, deblurred_start, record, random_phase) -> None:
+    """Supports shaped by the network (trained on all three families' shapes): its amplitude held at 0.3 and 0.5 of
+    its peak, from random phases; and the deblurred answer held at the network's volume (the threshold that leaves
+    as many voxels as the network's amplitude above half its peak)."""
+    import numpy as np
+
+    from shared.nn.data import magnitude_of
+    from shared.nn.inference import Predictor
+    from shared.physics import phasing
+
+    amplitude, _ = Predictor().predict_magnitudes(magnitude_of(intensity))
+    smooth = phasing.blur_kernel(intensity.shape[1:], 1.0)
+    for threshold in (0.3, 0.5):
+        support = np.repeat(phasing.support_from(amplitude, threshold, smooth), STARTS, axis=0)
+        record(f"network_held{threshold:g}", search.run(random_phase(support), support, phasing.PAPER_SCHEDULE, 0))
+    volume = (amplitude > 0.5 * amplitude.max(axis=(1, 2, 3), keepdims=True)).sum(axis=(1, 2, 3))
+    blurred = np.stack([_blurred(a, smooth) for a in deblurred_amplitude])
+    level = np.array([np.sort(b.ravel())[::-1][max(v - 1, 0)] for b, v in zip(blurred, volume)])
+    support = np.repeat(blurred >= level.reshape(-1, 1, 1, 1), STARTS, axis=0)
+    record("deblurred_held_network_volume", search.run(deblurred_start * support, support, FIT_BACK, 0))
+
+
+def _blurred(amplitude, kernel):
+    import scipy.fft as sfft
+
+    return sfft.irfftn(sfft.rfftn(amplitude) * kernel, s=amplitude.shape)
 
 
 def told_apart(rows) -> dict:
