@@ -158,11 +158,14 @@ def test_a_run_agains_answer_on_photon_counts_promises_only_where_the_verdict_sa
     found = Converged(obj=support.astype(np.complex64), support=support, chi=np.array([0.05]),
                       start=["flat (run 2), width refitted"], chi_free=np.array([0.05]), coherence=np.zeros((1, 3)))
     first = dataclasses.replace(found, start=["flat flattened at 0.3"])
-    judged = {name: _judged(result, 0, None, support[0], [0.05], [floor], None)["verdict_reason"]
+    judged = {name: _judged(result, 0, None, support[0], [0.05], [floor], None)
               for name, result, floor in [("run again, counts", found, 0.05), ("first run, counts", first, 0.05),
                                           ("run again, no noise", found, 0.0)]}
-    assert judged["run again, counts"] == "photons"
-    assert judged["first run, counts"] != "photons" and judged["run again, no noise"] != "photons"
+    assert judged["run again, counts"]["verdict_reason"] == "photons"
+    assert judged["first run, counts"]["verdict_reason"] != "photons"
+    assert judged["run again, no noise"]["verdict_reason"] != "photons"
+    # the page's tooltip and the API say why from the record's own field, not from the start's wording
+    assert [j["wider_search"] for j in judged.values()] == [True, False, False]
     monkeypatch.setattr(trust, "WIDER_SEARCH_PROMISE", True)
     assert trust.judge(**at_floor, wider_search=True) == ("converged", None)
 
@@ -261,6 +264,8 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         resampled = f.attrs["resampled_error"]  # run for the answers called converged on counts, NaN elsewhere
         assert resampled.shape == (2,)
         assert all(np.isnan(e) or (v == "converged") == (e <= trust.PROMISE) for e, v in zip(resampled, verdicts))
+        wider = f.attrs["wider_search"]  # a run again's answer on counts is never called converged while not promised
+        assert wider.shape == (2,) and not any(w and v == "converged" for w, v in zip(wider, verdicts))
         assert f["phase_uncertainty"].shape == f["phase"].shape
 
 

@@ -39,6 +39,9 @@ DESCRIPTIONS = {
                        "makes on data like these; above 0.1 the verdict is uncertain, reason photons; null where not "
                        "run (only answers the first run found that are about to be called converged, on photon "
                        "counts, on refinement grids of at most 64³, are checked)",
+    "wider_search": "the refined stage's: true where a run again (not the first run) found the answer on data with a "
+                    "noise floor; picked by chi_free among many candidates, whose least is biased low, it is not "
+                    "called converged (verdict_reason \"photons\"; shared.solver.trust.WIDER_SEARCH_PROMISE)",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free; the full grid's screened again on its own grid, as a σ "
@@ -108,6 +111,7 @@ class StageSummary(Described):
     chi_floor_fitted: float | None = None
     unmeasured_signal: float | None = None
     resampled_error: float | None = None
+    wider_search: bool | None = None
     coherence_blur: list[float] | None = None
     background: float | None = None
     grid: list[int] | None = None

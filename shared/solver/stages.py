@@ -324,7 +324,8 @@ def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, 
     not run); ``wider_search``: a run again found it, on data with a noise floor (``trust.WIDER_SEARCH_PROMISE``)."""
     verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur),
                                   unmeasured, resampled, wider_search)
-    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "unmeasured_signal": round(unmeasured, 4),
+    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "wider_search": bool(wider_search),
+            "unmeasured_signal": round(unmeasured, 4),
             "resampled_error": None if resampled is None else round(float(resampled), 4),
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,
             "chi_floor_fitted": trust.fitted_floor(floor, free)}
