@@ -52,6 +52,7 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "blur_threshold<x>" (runs with a blur model shrink-wrapped at x of the peak: ``Plan.blur_threshold``;
 # "blur_threshold_none": at the plan's ``threshold``, as every other run), "wider_promise" (an answer a run again
 # found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session)
+TRUST_FIELDS = ("verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search")  # per scan, in --json
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
@@ -67,6 +68,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
         variant = "erhio4" if variant == "erhio4_fused" else "shipped"
     intensity, truth, kinds = evaluation.population(family, count, seed)
     verdicts, starts, resampled = [""] * count, [""] * count, [None] * count
+    trusted = {}  # per scan, the refined stage's trust fields (to weigh another verdict rule on the same answers)
     if variant == "erhio4":
         began = time.perf_counter()
         obj = np.concatenate([phasing.phase_retrieve(intensity[i:i + ERHIO_BATCH], starts=4, seed=i)[0]
@@ -137,6 +139,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
         obj = (refined.amplitude * np.exp(1j * refined.phase)).astype(np.complex64)
         verdicts, starts = refined.info["verdict"], refined.info["start"]
         resampled = refined.info["resampled_error"]
+        trusted = {key: list(refined.info[key]) for key in TRUST_FIELDS}
     seconds = (time.perf_counter() - began) / count
     errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])
     converged = np.array([v == "converged" for v in verdicts])
@@ -144,7 +147,7 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             "median_error": float(np.median(errors)), "seconds_per_scan": seconds, "converged": int(converged.sum()),
             "right_among_converged": int((errors[converged] < 0.1).sum()),
             "errors": [round(float(e), 4) for e in errors], "verdicts": list(verdicts), "kinds": kinds,
-            "starts": list(starts), "resampled_error": list(resampled)}
+            "starts": list(starts), "resampled_error": list(resampled), **trusted}
 
 
 def main() -> None:
@@ -152,7 +155,8 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args.variant, args.count, args.seed)))
         return
-    rows = variants.run_each(__file__, args.families.split(","), args, brief=("errors", "verdicts", "kinds", "starts"))
+    rows = variants.run_each(__file__, args.families.split(","), args,
+                             brief=("errors", "verdicts", "kinds", "starts", "resampled_error", *TRUST_FIELDS))
     print("\n| family | variant | right | median error | converged (right) | s/scan |")
     print("|---|---|---|---|---|---|")
     for r in rows:
