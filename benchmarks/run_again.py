@@ -52,7 +52,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "blur_threshold<x>" (runs with a blur model shrink-wrapped at x of the peak: ``Plan.blur_threshold``;
 # "blur_threshold_none": at the plan's ``threshold``, as every other run), "wider_promise" (an answer a run again
 # found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session)
-TRUST_FIELDS = ("verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search")  # per scan, in --json
+TRUST_FIELDS = ("verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search",
+                "coherence_blur")  # per scan, in --json
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
 
 
