@@ -51,7 +51,9 @@ VARIANTS = ("shipped", "short", "erhio4")
 # answers as fitted, without the Wiener estimate on photon counts: ``Plan.wiener``, on since the thirty-sixth session),
 # "blur_threshold<x>" (runs with a blur model shrink-wrapped at x of the peak: ``Plan.blur_threshold``;
 # "blur_threshold_none": at the plan's ``threshold``, as every other run), "wider_promise" (an answer a run again
-# found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session)
+# found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session),
+# "wider_none" (none may, a coherent one neither: ``trust.WIDER_COHERENT_PROMISE`` off, as the thirty-seventh session
+# shipped; on since the thirty-eighth)
 TRUST_FIELDS = ("verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search",
                 "coherence_blur")  # per scan, in --json
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
@@ -132,6 +134,10 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             from shared.solver import trust
 
             trust.WIDER_SEARCH_PROMISE = True
+        if variant == "wider_none":  # not a coherent one either (the 37th session's verdict)
+            from shared.solver import trust
+
+            trust.WIDER_COHERENT_PROMISE = False
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")

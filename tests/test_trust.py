@@ -151,6 +151,7 @@ def test_a_run_agains_answer_on_photon_counts_promises_only_where_the_verdict_sa
 
     at_floor = dict(chi_free=0.050, floor_free=0.05, floor=0.05, free=0.01, uncertainty=None)
     monkeypatch.setattr(trust, "WIDER_SEARCH_PROMISE", False)
+    monkeypatch.setattr(trust, "WIDER_COHERENT_PROMISE", False)
     assert trust.judge(**at_floor, wider_search=True) == ("uncertain", "photons")
     assert trust.judge(**at_floor, wider_search=False) == ("converged", None)
     support = np.zeros((1, 8, 8, 8), bool)
@@ -168,6 +169,30 @@ def test_a_run_agains_answer_on_photon_counts_promises_only_where_the_verdict_sa
     assert [j["wider_search"] for j in judged.values()] == [True, False, False]
     monkeypatch.setattr(trust, "WIDER_SEARCH_PROMISE", True)
     assert trust.judge(**at_floor, wider_search=True) == ("converged", None)
+
+
+def test_a_run_agains_coherent_answer_on_photon_counts_is_promised_and_a_blurred_one_is_not(monkeypatch):
+    """As shipped (``WIDER_COHERENT_PROMISE``): a run again's answer on counts at its floor is called converged where
+    its fit is coherent, and stays "uncertain · photons" where it fitted a partial-coherence blur; a first run's
+    blurred answer is judged as before."""
+    from shared.solver.plans import Converged
+    from shared.solver.stages import _judged
+
+    assert trust.WIDER_COHERENT_PROMISE and not trust.WIDER_SEARCH_PROMISE
+    at_floor = dict(chi_free=0.050, floor_free=0.05, floor=0.05, free=0.01, uncertainty=None)
+    assert trust.judge(**at_floor, wider_search=True) == ("converged", None)
+    assert trust.judge(**at_floor, wider_search=True, blurred=True) == ("uncertain", "photons")
+    assert trust.judge(**at_floor, wider_search=False, blurred=True) == ("converged", None)
+    assert "the fit is coherent" in trust.RULE
+    support = np.zeros((1, 8, 8, 8), bool)
+    support[0, 2:6, 2:6, 2:6] = True
+    coherent = Converged(obj=support.astype(np.complex64), support=support, chi=np.array([0.05]),
+                         start=["twin (run 2), width refitted"], chi_free=np.array([0.05]), coherence=np.zeros((1, 3)))
+    blurred = dataclasses.replace(coherent, coherence=np.array([[0.0, 0.5, 0.5]]))
+    judged = {name: _judged(result, 0, None, support[0], [0.05], [0.05], None)
+              for name, result in [("coherent", coherent), ("blurred", blurred)]}
+    assert judged["coherent"]["verdict"] == "converged" and judged["coherent"]["wider_search"]
+    assert judged["blurred"]["verdict_reason"] == "photons" and judged["blurred"]["wider_search"]
 
 
 def test_resamples_of_an_answer_are_poisson_draws_of_its_model_at_the_datas_photon_step():

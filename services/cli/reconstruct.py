@@ -141,7 +141,7 @@ def run(args):
                      else float(trusted.info["unmeasured_signal"][0]),
                      # the search's own error on Poisson resamples of the answer's model (NaN: not run)
                      "resampled_error": np.array(resampled) if was_batch else float(resampled[0]),
-                     # a run again's answer on counts: not promised (shared.solver.trust.WIDER_SEARCH_PROMISE)
+                     # a run again's answer on counts: not promised where blurred (trust.WIDER_COHERENT_PROMISE)
                      "wider_search": np.array(trusted.info["wider_search"], bool) if was_batch
                      else bool(trusted.info["wider_search"][0]),
                      "verdict_reason": np.array([r or "" for r in trusted.info["verdict_reason"]],

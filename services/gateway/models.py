@@ -41,7 +41,8 @@ DESCRIPTIONS = {
                        "counts, on refinement grids of at most 64³, are checked)",
     "wider_search": "the refined stage's: true where a run again (not the first run) found the answer on data with a "
                     "noise floor; picked by chi_free among many candidates, whose least is biased low, it is not "
-                    "called converged (verdict_reason \"photons\"; shared.solver.trust.WIDER_SEARCH_PROMISE)",
+                    "called converged where its fit is blurred (coherence_blur not zero; verdict_reason \"photons\"; "
+                    "shared.solver.trust.WIDER_COHERENT_PROMISE)",
     "coherence_blur": "σ (voxels of the input: rocking angle, detector rows, detector columns) of the Gaussian blur of "
                       "the computed intensity the answer was fitted with (partial coherence, detector spread; "
                       "chosen where it lowers chi_free; the full grid's screened again on its own grid, as a σ "
