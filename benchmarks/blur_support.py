@@ -95,12 +95,12 @@ class Search:
 def summary(name, found, truth, crystal, families) -> dict:
     import numpy as np
 
-    from shared.physics import metrics
+    from shared.solver import evaluation
 
     obj, support, chi_free = found
-    errors = np.array([metrics.errors(obj[k], truth[k])["phase"] for k in range(len(truth))])
+    errors = np.array(evaluation.all_errors(obj, truth)["phase_unweighted"])  # the plain error, as every benchmark's
     return {"variant": name, "right": int((errors < RIGHT).sum()), "scans": len(truth),
-            "right_per_family": {f: int(((errors < RIGHT) & (np.array(families) == f)).sum()) for f in set(families)},
+            "right_per_family": {f: int(((errors < RIGHT) & (np.array(families) == f)).sum()) for f in dict.fromkeys(families)},
             "median_error": round(float(np.median(errors)), 3),
             "support_ratio": round(float(np.median(support.sum((1, 2, 3)) / crystal.sum((1, 2, 3)))), 2),
             "median_chi_free": round(float(np.median(chi_free)), 4),

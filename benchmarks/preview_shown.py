@@ -36,7 +36,7 @@ def measure(family: str, count: int, seed: int, predictor) -> list[dict]:
     intensity, truth, _ = evaluation.population(family, count, seed)
     rows, began = [], time.perf_counter()
     for fraction, shown, nn, computed in evaluation.live_previews(predictor, magnitude_of(intensity)):
-        seconds, began = (time.perf_counter() - began) / count, time.perf_counter()
+        seconds = (time.perf_counter() - began) / count
         errors = {name: np.array(evaluation.all_errors(answer, truth)["phase_unweighted"])
                   for name, answer in (("computed", computed), ("network", nn), ("shown", shown))}
         rows.append({"family": family, "fraction": fraction,
