@@ -13,12 +13,17 @@ kept, 5 % of the voxels withheld from every projection (``phasing.free_voxels``)
                  (``deblurred_held<t>``)
     choice<t>    per scan, the held fit where its χ_free is within a tolerance of the wrapped fit's (as the refined
                  plan's ``tighten`` keeps a tight support)
+    true_flat…   (``--flat`` alone) the crystal's own support, held, with a uniform-density prior held through the
+                 search: after every projection the amplitude inside the support is pulled, by weight w, toward a
+                 flat crystal (c·S, c fitted by least squares), S the support itself (``flat_support``) or its
+                 σ 0.7 blur (``flat_edge``, a soft edge as the crystals have). An oracle's support again: the most
+                 such a prior could give where the support were known
 
 right (plain phase error < 0.1 rad), median error, median support size against the crystal's, median χ_free. Where
 "true" is right and its χ_free is no lower than the wrapped fit's, the withheld voxels cannot tell the crystal's
 support from the halo: no selection by the data would find it.
 
-    .venv/bin/python benchmarks/blur_support.py [--count 24] [--seed 4699] [--families facets,defects,fill]
+    .venv/bin/python benchmarks/blur_support.py [--count 24] [--seed 4699] [--families facets,defects,fill] [--flat]
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ FIT_BACK = "20*ER+180*HIO+20*ER"
 HELD = (0.2, 0.25, 0.3)
 TOLERANCES = (0.05, 0.1, 0.2)
 RIGHT = 0.1
+FLAT_WEIGHTS = (1.0, 0.5)
+FLAT_EDGE = 0.7  # σ (voxels) of the soft edge: the crystals' amplitude falls from 0.9 to 0.1 of its peak over 1–2 voxels
 
 
 def blurred_scans(families, count, seed):
@@ -74,6 +81,15 @@ class Search:
 
         return np.repeat(sfft.ifftshift(np.sqrt(np.clip(intensity, 0, None)), axes=(1, 2, 3)), STARTS, axis=0)
 
+    @staticmethod
+    def scaled(obj, magnitude):
+        """A start on the data's scale: its far field's sum of squares equals the measured one."""
+        import numpy as np
+
+        scale = np.sqrt((magnitude**2).sum((1, 2, 3)) / np.maximum((np.abs(obj)**2).sum((1, 2, 3))
+                                                                   * np.prod(obj.shape[1:]), 1e-30))
+        return (obj * scale.reshape(-1, 1, 1, 1)).astype(np.complex64)
+
     def run(self, obj, support, schedule, shrink_every, magnitude=None, blurred=True):
         """Per scan, the start with the least χ_free: (objects, supports, χ_free)."""
         import numpy as np
@@ -81,15 +97,39 @@ class Search:
         from shared.physics import phasing
 
         magnitude = self.magnitude if magnitude is None else magnitude
-        scale = np.sqrt((magnitude**2).sum((1, 2, 3)) / np.maximum((np.abs(obj)**2).sum((1, 2, 3))
-                                                                   * np.prod(obj.shape[1:]), 1e-30))
-        state = phasing.PhasingState(magnitude, (obj * scale.reshape(-1, 1, 1, 1)).astype(np.complex64), support,
-                                     self.fitted, shrink_every=shrink_every)
+        state = phasing.PhasingState(magnitude, self.scaled(obj, magnitude), support, self.fitted,
+                                     shrink_every=shrink_every)
         state.coherence = self.kernel if blurred else None
         found = phasing.run_schedule(state, schedule)
         chi_free = phasing.masked_chi(found, self.magnitude, ~self.fitted, blur=self.kernel)
         best = chi_free.reshape(self.scans, STARTS).argmin(axis=1) + np.arange(self.scans) * STARTS
         return found[best], state.support[best], chi_free[best]
+
+    def run_flat(self, obj, support, shape, weight):
+        """``run`` on a held support, each projection's amplitude inside it pulled by ``weight`` toward c·``shape``
+        (a uniform-density crystal; c the least-squares fit to the projection's amplitude)."""
+        import numpy as np
+
+        from shared.physics import phasing
+
+        state = phasing.PhasingState(self.magnitude, self.scaled(obj, self.magnitude), support, self.fitted,
+                                     shrink_every=0)
+        state.coherence = self.kernel
+        steps = [name for name, count in phasing.parse_schedule(phasing.PAPER_SCHEDULE) for _ in range(count)]
+        mean = np.zeros_like(state.obj)
+        for k, name in enumerate(steps):
+            projected = phasing.project_magnitude(state)
+            amplitude = np.abs(projected)
+            fit = (amplitude * shape).sum((1, 2, 3), keepdims=True) / (shape * shape).sum((1, 2, 3), keepdims=True)
+            inside = ((1 - weight) * amplitude + weight * fit * shape) * np.exp(1j * np.angle(projected))
+            outside = 0 if name == "ER" else state.obj - state.beta * projected
+            state.obj = np.where(support, inside, outside).astype(np.complex64)
+            if k >= len(steps) - 20:
+                mean += state.obj
+        found = mean / 20
+        chi_free = phasing.masked_chi(found, self.magnitude, ~self.fitted, blur=self.kernel)
+        best = chi_free.reshape(self.scans, STARTS).argmin(axis=1) + np.arange(self.scans) * STARTS
+        return found[best], support[best], chi_free[best]
 
 
 def summary(name, found, truth, crystal, families) -> dict:
@@ -112,13 +152,17 @@ def main() -> None:
 
     from shared.physics import coherence, phasing
 
-    args = variants.population_parser(__doc__.splitlines()[0], seed=4699).parse_args()
+    parser = variants.population_parser(__doc__.splitlines()[0], seed=4699)
+    parser.add_argument("--flat", action="store_true", help="the crystal's own support with a uniform-density prior")
+    args = parser.parse_args()
     families = args.families.split(",")
     intensity, truth, widths, family_of = blurred_scans(families, args.count, args.seed)
     search = Search(intensity, widths)
     crystal = np.abs(truth) > 0.1 * np.abs(truth).max(axis=(1, 2, 3), keepdims=True)
     rng = np.random.default_rng(args.seed)
     rows = []
+    if args.flat:
+        return flat_variants(search, truth, crystal, family_of, rng, args)
 
     def record(name, found):
         rows.append(summary(name, found, truth, crystal, family_of))
@@ -150,6 +194,26 @@ def main() -> None:
             rows[-1]["held_chosen"] = int(chosen.sum())
     network_supports(intensity, search, amplitude, start, record, random_phase)
     print(json.dumps(told_apart(rows)))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+def flat_variants(search, truth, crystal, families, rng, args) -> None:
+    """The crystal's own support, held, without and with the uniform-density prior (``--flat``)."""
+    import numpy as np
+
+    from shared.physics import phasing
+
+    held = np.repeat(crystal, STARTS, axis=0)
+    start = (held * np.exp(1j * rng.uniform(-np.pi, np.pi, held.shape))).astype(np.complex64)
+    rows = [summary("true", search.run(start, held, phasing.PAPER_SCHEDULE, 0), truth, crystal, families)]
+    edge = np.stack([_blurred(h.astype(np.float32), phasing.blur_kernel(h.shape, FLAT_EDGE)) for h in held])
+    for weight in FLAT_WEIGHTS:
+        for name, shape in (("support", held.astype(np.float32)), ("edge", edge / edge.max(axis=(1, 2, 3), keepdims=True))):
+            found = search.run_flat(start, held, shape, weight)
+            rows.append(summary(f"true_flat_{name}_w{weight:g}", found, truth, crystal, families))
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k not in ("errors", "chi_free")}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
