@@ -71,6 +71,11 @@ def test_page_follows_a_scan_live(service, browser, tmp_path):
                            timeout=20000)
     page.wait_for_function("/chi_free/.test(document.querySelector('#stages tbody td:nth-child(5) .badge').title)",
                            timeout=20000)  # the badge's tooltip names the cross-validated χ
+    # ... and says which part of the verdict's rule decided, the API's own sentence (not the page's guess)
+    page.wait_for_function(f"""fetch('/api/scans/{scan}').then((r) => r.json()).then((v) => {{
+        const detail = v.results.refined && v.results.refined.verdict_detail;
+        return !!detail && document.querySelector('#stages tbody td:nth-child(5) .badge').title.includes(detail); }})""",
+                           timeout=20000, polling=500)
     page.check("#show-uncertainty")
     page.wait_for_function("!document.getElementById('uncertainty-row').hidden")
     assert page.locator("#unc-0 canvas").count() == 1

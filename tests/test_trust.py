@@ -195,6 +195,38 @@ def test_a_run_agains_coherent_answer_on_photon_counts_is_promised_and_a_blurred
     assert judged["blurred"]["verdict_reason"] == "photons" and judged["blurred"]["wider_search"]
 
 
+def test_verdict_detail_names_the_rule_that_decided_where_one_reason_stands_for_several():
+    """"photons" has four rules behind it; ``verdict_detail`` says which, with its number, so that the page, the API
+    and the file show one sentence (no client guesses the rule from other fields); every verdict gets one."""
+    from shared.solver.plans import Converged
+    from shared.solver.stages import _judged
+
+    at_floor = dict(chi_free=0.050, floor_free=0.05, floor=0.05, free=0.01, uncertainty=None)
+    details = {
+        "few photons": trust.judgement(**{**at_floor, "floor": 0.2}),
+        "unmeasured": trust.judgement(**at_floor, unmeasured=0.3),
+        "resamples": trust.judgement(**at_floor, resampled=0.25),
+        "run again, blurred": trust.judgement(**at_floor, wider_search=True, blurred=True),
+        "above the floor": trust.judgement(**{**at_floor, "chi_free": 0.2}),
+        "converged": trust.judgement(**at_floor),
+    }
+    assert [d[:2] for d in details.values()] == [("uncertain", "photons")] * 4 + [("uncertain", "model"),
+                                                                                   ("converged", None)]
+    assert "0.200" in details["few photons"][2] and "30%" in details["unmeasured"][2]
+    assert "0.250 rad" in details["resamples"][2] and "run again's blurred" in details["run again, blurred"][2]
+    assert "chi_free 0.2000 is above" in details["above the floor"][2]
+    assert all(len(d[2]) > 20 for d in details.values())
+    for name, args in [("few photons", {**at_floor, "floor": 0.2}), ("converged", at_floor)]:
+        assert trust.judge(**args) == details[name][:2]  # the verdict and its reason are the same either way
+    support = np.zeros((1, 8, 8, 8), bool)
+    support[0, 2:6, 2:6, 2:6] = True
+    blurred = Converged(obj=support.astype(np.complex64), support=support, chi=np.array([0.05]),
+                        start=["twin (run 2), width refitted"], chi_free=np.array([0.05]),
+                        coherence=np.array([[0.0, 0.5, 0.5]]))
+    judged = _judged(blurred, 0, None, support[0], [0.05], [0.05], None)
+    assert judged["verdict_detail"] == details["run again, blurred"][2]
+
+
 def test_resamples_of_an_answer_are_poisson_draws_of_its_model_at_the_datas_photon_step():
     """Analytic: the model is the answer's |F|² scaled to the data's total, plus its flat background; draws of
     counts scaled to a maximum of 1 come back on the same one-photon step; floats (no noise) give none."""

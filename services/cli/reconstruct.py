@@ -147,6 +147,9 @@ def run(args):
                      "verdict_reason": np.array([r or "" for r in trusted.info["verdict_reason"]],
                                                 dtype=h5py.string_dtype()) if was_batch
                      else trusted.info["verdict_reason"][0] or "",
+                     # the part of the rule that decided, in words (trust.judgement)
+                     "verdict_detail": np.array(trusted.info["verdict_detail"], dtype=h5py.string_dtype())
+                     if was_batch else trusted.info["verdict_detail"][0],
                      "chi_refined": refined.chi, "chi_refinement_grid": np.array(info["chi_refinement_grid"]),
                      "region": np.array([r["shape"] for r in info["region"]] if was_batch else info["region"][0]["shape"]),
                      "verdict_rule": trust.RULE,

@@ -39,6 +39,8 @@ DESCRIPTIONS = {
                        "makes on data like these; above 0.1 the verdict is uncertain, reason photons; null where not "
                        "run (only answers the first run found that are about to be called converged, on photon "
                        "counts, on refinement grids of at most 64³, are checked)",
+    "verdict_detail": "the part of the verdict's rule that decided, in words, with its numbers (one verdict_reason "
+                      "stands for several rules; shared.solver.trust.judgement)",
     "wider_search": "the refined stage's: true where a run again (not the first run) found the answer on data with a "
                     "noise floor; picked by chi_free among many candidates, whose least is biased low, it is not "
                     "called converged where its fit is blurred (coherence_blur not zero; verdict_reason \"photons\"; "
@@ -107,6 +109,7 @@ class StageSummary(Described):
     verdict: Literal["converged", "uncertain"] | None = None
     chi_floor: float | None = None
     verdict_reason: Literal["search", "model", "photons", "disagreement"] | None = None
+    verdict_detail: str | None = None
     chi_free: float | None = None
     chi_free_floor: float | None = None
     chi_floor_fitted: float | None = None

@@ -116,6 +116,12 @@ def mask_to_grid(measured: np.ndarray, grid) -> np.ndarray:
     return downsample.dct_downsample(measured.astype(np.float32), grid) > 0.5
 
 
+# the verdict_detail of an answer whose check on resamples is under way or was cut short
+UNCHECKED = ("at what a right answer reaches, but not yet checked on Poisson resamples of its model (an answer the "
+             "first run found on photon counts is called converged only once its search lands within "
+             f"{trust.PROMISE} rad of it there)")
+
+
 def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured: np.ndarray | None = None,
                   refine_size: int = REFINE_SIZE, plan: Plan = REFINE_PLAN, on_input_grid: bool = True,
                   yield_now=None, resume=None, inpainted: bool = False, counts: np.ndarray | None = None,
@@ -234,7 +240,8 @@ def refined_stage(intensity: np.ndarray, nn_amplitude, nn_phase, crops, measured
     if not checked or not resampling.RESAMPLES or np.prod(grid) > effort.SMALL_GRID:
         return stage
     unchecked = {"verdict": ["uncertain" if k in checked else v for k, v in enumerate(stage.info["verdict"])],
-                 "verdict_reason": ["search" if k in checked else r for k, r in enumerate(stage.info["verdict_reason"])]}
+                 "verdict_reason": ["search" if k in checked else r for k, r in enumerate(stage.info["verdict_reason"])],
+                 "verdict_detail": [UNCHECKED if k in checked else d for k, d in enumerate(stage.info["verdict_detail"])]}
     if on_first is not None:  # the service shows the answer at once, "uncertain" and searching until it is checked
         checking = [k in checked for k in range(len(runs))]
         on_first(dataclasses.replace(stage, info={**stage.info, **unchecked, "searching": checking,
@@ -322,9 +329,10 @@ def trust_fields(chi_free: float, free_floor: float, floor: float, free: float, 
     partial-coherence σ per axis (None: coherent); ``unmeasured``: the share of its signal on unmeasured voxels;
     ``resampled``: its search's largest phase error on resamples of its model (``shared.solver.resampling``; None:
     not run); ``wider_search``: a run again found it, on data with a noise floor (``trust.WIDER_SEARCH_PROMISE``)."""
-    verdict, reason = trust.judge(chi_free, free_floor, floor, free, spread, support, trust.is_blurred(blur),
-                                  unmeasured, resampled, wider_search)
-    return {"verdict": verdict, "verdict_reason": reason, "chi_free": chi_free, "wider_search": bool(wider_search),
+    verdict, reason, detail = trust.judgement(chi_free, free_floor, floor, free, spread, support,
+                                              trust.is_blurred(blur), unmeasured, resampled, wider_search)
+    return {"verdict": verdict, "verdict_reason": reason, "verdict_detail": detail, "chi_free": chi_free,
+            "wider_search": bool(wider_search),
             "unmeasured_signal": round(unmeasured, 4),
             "resampled_error": None if resampled is None else round(float(resampled), 4),
             "chi_free_floor": trust.free_floor(free_floor, free), "chi_floor": floor,

@@ -261,18 +261,46 @@ def judge(chi_free: float, floor_free: float, floor: float, free: float, uncerta
     off), "search" (χ_free above what a right answer reaches, and the independent solutions disagree: more starts
     may help), "model" (above it though the solutions agree:
     the forward model cannot reach the floor) or "disagreement" (at the floor, solutions apart)."""
+    return judgement(chi_free, floor_free, floor, free, uncertainty, support, blurred, unmeasured, resampled,
+                     wider_search)[:2]
+
+
+def judgement(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,
+              support: np.ndarray | None = None, blurred: bool = False, unmeasured: float = 0.0,
+              resampled: float | None = None, wider_search: bool = False) -> tuple[str, str | None, str]:
+    """:func:`judge`'s (verdict, verdict_reason) and ``verdict_detail``: the part of the rule that decided, in
+    words, with its numbers. Why: one reason stands for several rules ("photons": too few photons, too much signal
+    unmeasured, the check on resamples, a run again's blurred answer); the page, the API and the file show this
+    sentence rather than each guessing the rule again."""
     spread = mean_spread(uncertainty, support)
     agree = spread is None or spread <= AGREEMENT
-    if floor > NOISE_LIMIT or unmeasured > UNMEASURED_LIMIT:
-        return "uncertain", "photons"
+    apart = "" if spread is None else f"; independent solutions' phases {spread:.3f} rad apart (mean spread)"
+    if floor > NOISE_LIMIT:
+        return "uncertain", "photons", (f"the data's χ floor {floor:.3f} is above {NOISE_LIMIT}: too few photons to "
+                                        f"promise {PROMISE} rad")
+    if unmeasured > UNMEASURED_LIMIT:
+        return "uncertain", "photons", (f"{unmeasured:.0%} of the answer's signal falls on unmeasured voxels (gaps, "
+                                        f"masked pixels, frames not taken; at most {UNMEASURED_LIMIT:.0%}), where "
+                                        "chi_free cannot judge it")
     if not reached_free_floor(chi_free, floor_free, free, blurred):
-        return "uncertain", "model" if agree else "search"
-    promised = WIDER_SEARCH_PROMISE or (WIDER_COHERENT_PROMISE and not blurred)
-    if (resampled is not None and resampled > PROMISE) or (wider_search and not promised):
-        return "uncertain", "photons"
+        above = f"chi_free {chi_free:.4f} is above what a right answer reaches ({free_floor(floor_free, free):.4f})"
+        return ("uncertain", "model", f"{above}, though independent solutions agree: the forward model cannot reach "
+                                      "the floor") if agree else \
+            ("uncertain", "search", f"{above}{apart}: more starts may help")
+    if resampled is not None and resampled > PROMISE:
+        return "uncertain", "photons", (f"its search, run on Poisson resamples of its model, lands {resampled:.3f} "
+                                        f"rad from it ({PROMISE} promised)")
+    if wider_search and not (WIDER_SEARCH_PROMISE or (WIDER_COHERENT_PROMISE and not blurred)):
+        return "uncertain", "photons", ("a run again's " + ("blurred " if WIDER_COHERENT_PROMISE else "")
+                                        + "answer on photon counts: picked by chi_free among many candidates"
+                                        + (" and widths" if blurred else "") + f", it cannot promise {PROMISE} rad")
     if not agree:
-        return "uncertain", "disagreement"
-    return "converged", None
+        return "uncertain", "disagreement", (f"chi_free at what a right answer reaches, but independent solutions' "
+                                             f"phases are {spread:.3f} rad apart (at most {AGREEMENT})")
+    return "converged", None, (f"chi_free {chi_free:.4f} at what a right answer reaches "
+                               f"({free_floor(floor_free, free):.4f})" + apart
+                               + (f"; its search on resamples of its model lands {resampled:.3f} rad from it"
+                                  if resampled is not None else ""))
 
 
 def verdict(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,

@@ -21,7 +21,7 @@ import numpy as np
 from shared.wire.files import write_result
 
 STAGES = ("nn", "refined", "full")
-TRUST = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search",
+TRUST = ("verdict", "verdict_reason", "verdict_detail", "chi_free", "chi_free_floor", "chi_floor", "wider_search",
          "chi_floor_fitted", "unmeasured_signal", "resampled_error",  # the refined and full stages' trust fields
          # (``shared.solver.stages.trust_fields``)
          "coherence_blur", "background")  # and the blur and flat background their χ's model was fitted with
