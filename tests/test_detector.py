@@ -154,6 +154,7 @@ def test_dark_and_flat_field_are_applied_before_the_network_and_refinement(tmp_p
             obj = f["amplitude"][()] * np.exp(1j * f["phase"][()])
             errors[name] = metrics.errors(obj, truth)["phase_unweighted"]
             assert f.attrs["chi_floor"] > 0  # from the frames as measured, not the corrected floats
+            assert f.attrs["verdict_detail"] in done.stdout  # the line says why, as the file does
     assert errors["recorded"] < errors["clean"] + 0.03, errors
     result = cli("reconstruct", tmp_path / "clean.npy", "--out", tmp_path / "x.h5", "--flat", tmp_path / "dark.npy",
                  "--dark", tmp_path / "missing.npy")

@@ -325,6 +325,7 @@ def test_reconstruct_writes_verdict_floor_and_uncertainty_per_scan(tmp_path):
         blurred = np.asarray(f.attrs["coherence_blur"]).reshape(2, 3).any(axis=1)
         assert wider.shape == (2,) and not any(w and b and v == "converged" for w, b, v in zip(wider, blurred, verdicts))
         assert f["phase_uncertainty"].shape == f["phase"].shape
+        assert [len(d) > 20 for d in f.attrs["verdict_detail"]] == [True, True]  # why, per scan
 
 
 def test_an_input_binned_from_counts_is_judged_on_the_counts_floor():

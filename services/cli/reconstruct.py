@@ -206,9 +206,9 @@ def run(args):
         verdicts = trusted.info["verdict"]
         summary += (f"; {verdicts.count('converged')} of {len(verdicts)} converged" if was_batch else
                     f"; verdict {verdicts[0]}"
-                    + (f" ({trusted.info['verdict_reason'][0]})" if trusted.info['verdict_reason'][0] else "")
-                    + f" (chi_free {trusted.info['chi_free'][0]:.4f} against {trusted.info['chi_free_floor'][0]:.4f}, "
-                      f"χ floor {refined.info['chi_floor'][0]:.4f})")
+                    + (f" · {trusted.info['verdict_reason'][0]}" if trusted.info['verdict_reason'][0] else "")
+                    + f" ({trusted.info['verdict_detail'][0]}; chi_free {trusted.info['chi_free'][0]:.4f} against "
+                      f"{trusted.info['chi_free_floor'][0]:.4f}, χ floor {refined.info['chi_floor'][0]:.4f})")
         summary += "; every χ against the input"
     print(f"{len(intensity)} scan(s) — {summary} → {args.out}")
 
