@@ -126,6 +126,8 @@ def test_evaluate_writes_a_report(tmp_path):
     scan54 = {name: row for name, row in summary["real"].items() if "scan 54" in name}
     assert any("whitefield and bad pixels" in name for name in scan54) and len(scan54) == 2  # as counted, calibrated
     assert all(row["chi_floor"] > 0 for row in scan54.values())  # binned, judged on the floor of its frames
+    assert all(row["verdict_detail"] for row in summary["real"].values())  # why, per real set and per scan
+    assert all(r["verdict_detail"] for f in summary["families"].values() for r in f["calibration"]["rows"])
     for figure in ("errors_facets.png", "slices_fill.png", "partial_fill.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000
     if REAL_DATA.exists():

@@ -157,8 +157,8 @@ def trust_of(stage) -> list[dict]:
     give it, its χ as written there (its model's: blur and background) and the mean phase uncertainty over the
     crystal."""
     info = stage.info
-    keys = ("verdict", "verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "chi_floor_fitted",
-            "unmeasured_signal", "resampled_error")
+    keys = ("verdict", "verdict_reason", "verdict_detail", "chi_free", "chi_free_floor", "chi_floor",
+            "chi_floor_fitted", "unmeasured_signal", "resampled_error")
     return [{"chi": float(stage.chi[k]), **{key: info[key][k] for key in keys},
              "uncertainty": float(stage.uncertainty[k][stage.support[k]].mean())} for k in range(len(stage.chi))]
 
@@ -273,6 +273,7 @@ def evaluate_real(predictor, out: Path, data: Path, real_size: int = REFINE_SIZE
                          "refined_seconds": ours_s, "erhio_chi": metrics.chi(erhio, intensity), "erhio_seconds": erhio_s,
                          "start": refined.info["start"][0], "figure": f"real_{k}.png",
                          "verdict": refined.info["verdict"][0], "verdict_reason": refined.info["verdict_reason"][0],
+                         "verdict_detail": refined.info["verdict_detail"][0],
                          "chi_free": float(refined.info["chi_free"][0]),
                          "chi_free_floor": float(refined.info["chi_free_floor"][0]),
                          "chi_floor": float(refined.info["chi_floor"][0])}
