@@ -92,18 +92,23 @@ class Search:
 
     def run(self, obj, support, schedule, shrink_every, magnitude=None, blurred=True):
         """Per scan, the start with the least χ_free: (objects, supports, χ_free)."""
-        import numpy as np
-
         from shared.physics import phasing
 
         magnitude = self.magnitude if magnitude is None else magnitude
         state = phasing.PhasingState(magnitude, self.scaled(obj, magnitude), support, self.fitted,
                                      shrink_every=shrink_every)
         state.coherence = self.kernel if blurred else None
-        found = phasing.run_schedule(state, schedule)
+        return self.least_chi_free(phasing.run_schedule(state, schedule), state.support)
+
+    def least_chi_free(self, found, support):
+        """Per scan, the start whose answer predicts the withheld voxels best: (objects, supports, χ_free)."""
+        import numpy as np
+
+        from shared.physics import phasing
+
         chi_free = phasing.masked_chi(found, self.magnitude, ~self.fitted, blur=self.kernel)
         best = chi_free.reshape(self.scans, STARTS).argmin(axis=1) + np.arange(self.scans) * STARTS
-        return found[best], state.support[best], chi_free[best]
+        return found[best], support[best], chi_free[best]
 
     def run_flat(self, obj, support, shape, weight):
         """``run`` on a held support, each projection's amplitude inside it pulled by ``weight`` toward c·``shape``
@@ -116,7 +121,7 @@ class Search:
                                      shrink_every=0)
         state.coherence = self.kernel
         steps = [name for name, count in phasing.parse_schedule(phasing.PAPER_SCHEDULE) for _ in range(count)]
-        mean = np.zeros_like(state.obj)
+        mean, average_last = np.zeros_like(state.obj), 20  # as ``phasing.run_schedule`` averages
         for k, name in enumerate(steps):
             projected = phasing.project_magnitude(state)
             amplitude = np.abs(projected)
@@ -124,12 +129,9 @@ class Search:
             inside = ((1 - weight) * amplitude + weight * fit * shape) * np.exp(1j * np.angle(projected))
             outside = 0 if name == "ER" else state.obj - state.beta * projected
             state.obj = np.where(support, inside, outside).astype(np.complex64)
-            if k >= len(steps) - 20:
+            if k >= len(steps) - average_last:
                 mean += state.obj
-        found = mean / 20
-        chi_free = phasing.masked_chi(found, self.magnitude, ~self.fitted, blur=self.kernel)
-        best = chi_free.reshape(self.scans, STARTS).argmin(axis=1) + np.arange(self.scans) * STARTS
-        return found[best], support[best], chi_free[best]
+        return self.least_chi_free(mean / average_last, support)
 
 
 def summary(name, found, truth, crystal, families) -> dict:
@@ -161,8 +163,6 @@ def main() -> None:
     crystal = np.abs(truth) > 0.1 * np.abs(truth).max(axis=(1, 2, 3), keepdims=True)
     rng = np.random.default_rng(args.seed)
     rows = []
-    if args.flat:
-        return flat_variants(search, truth, crystal, family_of, rng, args)
 
     def record(name, found):
         rows.append(summary(name, found, truth, crystal, family_of))
@@ -171,6 +171,11 @@ def main() -> None:
 
     def random_phase(support):
         return (support * np.exp(1j * rng.uniform(-np.pi, np.pi, support.shape))).astype(np.complex64)
+
+    if args.flat:
+        flat_variants(search, crystal, record, random_phase)
+        write_rows(rows, args.json)
+        return
 
     box = phasing.box_support(search.magnitude.shape)
     record("wrapped", search.run(random_phase(box), box, phasing.PAPER_SCHEDULE, 20))
@@ -194,28 +199,29 @@ def main() -> None:
             rows[-1]["held_chosen"] = int(chosen.sum())
     network_supports(intensity, search, amplitude, start, record, random_phase)
     print(json.dumps(told_apart(rows)))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_rows(rows, args.json)
 
 
-def flat_variants(search, truth, crystal, families, rng, args) -> None:
-    """The crystal's own support, held, without and with the uniform-density prior (``--flat``)."""
+def write_rows(rows, path) -> None:
+    """Every row, per scan too, to ``--json`` where given."""
+    if path:
+        path.write_text(json.dumps(rows, indent=1))
+
+
+def flat_variants(search, crystal, record, random_phase) -> None:
+    """The crystal's own support, held, without and with the uniform-density prior (``--flat``), all from the same
+    random phases."""
     import numpy as np
 
     from shared.physics import phasing
 
     held = np.repeat(crystal, STARTS, axis=0)
-    start = (held * np.exp(1j * rng.uniform(-np.pi, np.pi, held.shape))).astype(np.complex64)
-    rows = [summary("true", search.run(start, held, phasing.PAPER_SCHEDULE, 0), truth, crystal, families)]
+    start = random_phase(held)
+    record("true", search.run(start, held, phasing.PAPER_SCHEDULE, 0))
     edge = np.stack([_blurred(h.astype(np.float32), phasing.blur_kernel(h.shape, FLAT_EDGE)) for h in held])
     for weight in FLAT_WEIGHTS:
         for name, shape in (("support", held.astype(np.float32)), ("edge", edge / edge.max(axis=(1, 2, 3), keepdims=True))):
-            found = search.run_flat(start, held, shape, weight)
-            rows.append(summary(f"true_flat_{name}_w{weight:g}", found, truth, crystal, families))
-    for row in rows:
-        print(json.dumps({k: v for k, v in row.items() if k not in ("errors", "chi_free")}), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+            record(f"true_flat_{name}_w{weight:g}", search.run_flat(start, held, shape, weight))
 
 
 def network_supports(intensity, search, deblurred_amplitude, deblurred_start, record, random_phase) -> None:
