@@ -253,14 +253,7 @@ def unmeasured_signal(obj: np.ndarray, measured: np.ndarray | None) -> float:
 def judge(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,
           support: np.ndarray | None = None, blurred: bool = False, unmeasured: float = 0.0,
           resampled: float | None = None, wider_search: bool = False) -> tuple[str, str | None]:
-    """(verdict, verdict_reason): "converged" with no reason, or "uncertain" because of
-    "photons" (floor above NOISE_LIMIT, or more than UNMEASURED_LIMIT of the answer's signal unmeasured:
-    ``unmeasured_signal``, or the search run on resamples of the answer's model lands further than PROMISE from
-    it: ``resampled``, ``shared.solver.resampling``; None: not run; or, unless ``WIDER_SEARCH_PROMISE``, the answer
-    a run again found on photon counts, ``wider_search``, where it is ``blurred`` or ``WIDER_COHERENT_PROMISE`` is
-    off), "search" (χ_free above what a right answer reaches, and the independent solutions disagree: more starts
-    may help), "model" (above it though the solutions agree:
-    the forward model cannot reach the floor) or "disagreement" (at the floor, solutions apart)."""
+    """(verdict, verdict_reason) of :func:`judgement`, without its sentence."""
     return judgement(chi_free, floor_free, floor, free, uncertainty, support, blurred, unmeasured, resampled,
                      wider_search)[:2]
 
@@ -268,10 +261,16 @@ def judge(chi_free: float, floor_free: float, floor: float, free: float, uncerta
 def judgement(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,
               support: np.ndarray | None = None, blurred: bool = False, unmeasured: float = 0.0,
               resampled: float | None = None, wider_search: bool = False) -> tuple[str, str | None, str]:
-    """:func:`judge`'s (verdict, verdict_reason) and ``verdict_detail``: the part of the rule that decided, in
-    words, with its numbers. Why: one reason stands for several rules ("photons": too few photons, too much signal
-    unmeasured, the check on resamples, a run again's blurred answer); the page, the API and the file show this
-    sentence rather than each guessing the rule again."""
+    """(verdict, verdict_reason, verdict_detail): "converged" with no reason, or "uncertain" because of
+    "photons" (floor above NOISE_LIMIT, or more than UNMEASURED_LIMIT of the answer's signal unmeasured:
+    ``unmeasured_signal``, or the search run on resamples of the answer's model lands further than PROMISE from
+    it: ``resampled``, ``shared.solver.resampling``; None: not run; or, unless ``WIDER_SEARCH_PROMISE``, the answer
+    a run again found on photon counts, ``wider_search``, where it is ``blurred`` or ``WIDER_COHERENT_PROMISE`` is
+    off), "search" (χ_free above what a right answer reaches, and the independent solutions disagree: more starts
+    may help), "model" (above it though the solutions agree: the forward model cannot reach the floor) or
+    "disagreement" (at the floor, solutions apart). ``verdict_detail`` is the part of the rule that decided, in
+    words, with its numbers. Why: one reason stands for several rules ("photons" for four); the page, the API and
+    the file show this sentence rather than each guessing the rule again."""
     spread = mean_spread(uncertainty, support)
     agree = spread is None or spread <= AGREEMENT
     apart = "" if spread is None else f"; independent solutions' phases {spread:.3f} rad apart (mean spread)"
@@ -284,9 +283,10 @@ def judgement(chi_free: float, floor_free: float, floor: float, free: float, unc
                                         "chi_free cannot judge it")
     if not reached_free_floor(chi_free, floor_free, free, blurred):
         above = f"chi_free {chi_free:.4f} is above what a right answer reaches ({free_floor(floor_free, free):.4f})"
-        return ("uncertain", "model", f"{above}, though independent solutions agree: the forward model cannot reach "
-                                      "the floor") if agree else \
-            ("uncertain", "search", f"{above}{apart}: more starts may help")
+        if agree:
+            return "uncertain", "model", f"{above}, though independent solutions agree: the forward model cannot " \
+                                         "reach the floor"
+        return "uncertain", "search", f"{above}{apart}: more starts may help"
     if resampled is not None and resampled > PROMISE:
         return "uncertain", "photons", (f"its search, run on Poisson resamples of its model, lands {resampled:.3f} "
                                         f"rad from it ({PROMISE} promised)")
