@@ -209,12 +209,16 @@ def test_verdict_detail_names_the_rule_that_decided_where_one_reason_stands_for_
         "run again, blurred": trust.judgement(**at_floor, wider_search=True, blurred=True),
         "above the floor": trust.judgement(**{**at_floor, "chi_free": 0.2}),
         "converged": trust.judgement(**at_floor),
+        "converged, checked": trust.judgement(**at_floor, resampled=0.05),
     }
     assert [d[:2] for d in details.values()] == [("uncertain", "photons")] * 4 + [("uncertain", "model"),
+                                                                                   ("converged", None),
                                                                                    ("converged", None)]
     assert "0.200" in details["few photons"][2] and "30%" in details["unmeasured"][2]
     assert "0.250 rad" in details["resamples"][2] and "run again's blurred" in details["run again, blurred"][2]
     assert "chi_free 0.2000 is above" in details["above the floor"][2]
+    # the bound the check on resamples must meet is the server's own (the page's tooltip repeats no constant)
+    assert f"0.050 rad from it (within the {trust.PROMISE} promised)" in details["converged, checked"][2]
     assert all(len(d[2]) > 20 for d in details.values())
     for name, args in [("few photons", {**at_floor, "floor": 0.2}), ("converged", at_floor)]:
         assert trust.judge(**args) == details[name][:2]  # the verdict and its reason are the same either way

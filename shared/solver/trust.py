@@ -299,8 +299,8 @@ def judgement(chi_free: float, floor_free: float, floor: float, free: float, unc
                                              f"phases are {spread:.3f} rad apart (at most {AGREEMENT})")
     return "converged", None, (f"chi_free {chi_free:.4f} at what a right answer reaches "
                                f"({free_floor(floor_free, free):.4f})" + apart
-                               + (f"; its search on resamples of its model lands {resampled:.3f} rad from it"
-                                  if resampled is not None else ""))
+                               + (f"; its search on resamples of its model lands {resampled:.3f} rad from it "
+                                  f"(within the {PROMISE} promised)" if resampled is not None else ""))
 
 
 def verdict(chi_free: float, floor_free: float, floor: float, free: float, uncertainty: np.ndarray | None,
