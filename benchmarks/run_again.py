@@ -53,7 +53,8 @@ VARIANTS = ("shipped", "short", "erhio4")
 # "blur_threshold_none": at the plan's ``threshold``, as every other run), "wider_promise" (an answer a run again
 # found on photon counts may be called converged: ``trust.WIDER_SEARCH_PROMISE``, off since the thirty-seventh session),
 # "wider_none" (none may, a coherent one neither: ``trust.WIDER_COHERENT_PROMISE`` off, as the thirty-seventh session
-# shipped; on since the thirty-eighth)
+# shipped; on since the thirty-eighth), "blur_margin<x>" (a blurred fit replaces a coherent answer only where it
+# lowers χ_free by more than the fraction x: ``effort.BLUR_MARGIN``)
 TRUST_FIELDS = ("verdict_reason", "chi_free", "chi_free_floor", "chi_floor", "wider_search",
                 "coherence_blur")  # per scan, in --json
 ERHIO_BATCH = 8  # scans per phase_retrieve call (as the evaluation batches them)
@@ -138,6 +139,8 @@ def run_case(family: str, variant: str, count: int, seed: int) -> dict:
             from shared.solver import trust
 
             trust.WIDER_COHERENT_PROMISE = False
+        if variant.startswith("blur_margin"):  # e.g. blur_margin0.05 (``effort.BLUR_MARGIN``)
+            effort.BLUR_MARGIN = float(variant[len("blur_margin"):])
         if variant.startswith("stall"):  # e.g. stall0.02
             effort.AGAIN_STALL = float(variant[len("stall"):])
         predictor = Predictor(mirrored=variant != "plain_network")
