@@ -119,6 +119,11 @@ def test_evaluate_writes_a_report(tmp_path):
     assert summary["count"] == 2 and set(summary["families"]) == {"facets", "fill"}
     assert summary["families"]["facets"]["tuning"] and not summary["families"]["fill"]["tuning"]
     assert "| facets ✱ |" in report and "## Family fill (never tuned on)" in report
+    # issue 33's live targets, as it states them: the share of previews right, and the preview with all frames
+    assert "preview right (target at 0.6" in report and "preview right, all frames" in report
+    shares = summary["families"]["fill"]["partial"]["preview right"]["share"]
+    assert len(shares) == len(summary["families"]["fill"]["partial"]["preview"]["median"])
+    assert all(0 <= x <= 1 for x in shares)
     assert "0.5×0.5×0.5" in report  # the run again's blur of every axis, as written
     for family in summary["families"].values():
         assert {"converged", "uncertain"} == set(family["calibration"]["verdicts"])
