@@ -141,9 +141,7 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
     plots.central_slices({k: metrics.canonical(v)[:2] for k, v in show.items()}, out / f"slices_{family}.png",
                          f"{family}, median crystal: truth | 3D-CDI-NN | refined stage | ER/HIO, best of 4")
     partial = partial_scans(predictor, magnitudes, truth)
-    plots.curve(list(FRACTIONS), {k: v["median"] for k, v in partial.items() if "median" in v}, out / f"partial_{family}.png",
-                "fraction of rocking frames acquired", "median plain phase error (rad)",
-                f"{family}: live preview on partial scans")
+    plot_partial(partial, out / f"partial_{family}.png", family)
     errors_refined = results[REFINED]["phase_unweighted"]
     return {"tuning": family == families.TUNING, "scans": kinds,
             "calibration": calibration(trusted, errors_refined),
@@ -151,6 +149,14 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
             "success": {name: int(np.sum(np.array(r["phase_unweighted"]) < SUCCESS)) for name, r in results.items()},
             "median": {m: {k: float(np.median(v)) for k, v in r.items()} for m, r in results.items()},
             "partial": partial}
+
+
+def plot_partial(partial: dict, path: Path, family: str) -> None:
+    """The median errors of ``partial_scans`` against the fraction of frames (its shares are in the table: a share
+    on an axis of radians would read as an error)."""
+    plots.curve(list(FRACTIONS), {k: partial[k]["median"] for k in ("preview", "3D-CDI-NN", "flat phase")}, path,
+                "fraction of rocking frames acquired", "median plain phase error (rad)",
+                f"{family}: live preview on partial scans")
 
 
 def trust_of(stage) -> list[dict]:
