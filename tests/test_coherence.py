@@ -238,3 +238,23 @@ def test_each_run_is_wrapped_at_the_threshold_of_its_model():
     state = phasing.PhasingState(np.ones((4, 4, 4, 4), np.float32), np.ones((4, 4, 4, 4), np.complex64),
                                  np.ones((4, 4, 4, 4), bool), threshold=thresholds)
     assert phasing.select(state, np.array([1, 2])).threshold.ravel() == pytest.approx([0.15, 0.1])
+
+
+def test_a_blur_replaces_a_coherent_answer_only_by_more_than_its_margin(monkeypatch):
+    """``effort.predicts_better``: a lower χ_free wins, except that a blurred fit must beat a coherent answer by more
+    than ``BLUR_MARGIN`` (one parameter more, and the least of several widths' χ_free is biased low)."""
+    from shared.solver.plans import Converged
+
+    def answers(chi_free, blurs):
+        n = len(chi_free)
+        return Converged(obj=np.zeros((n, 2, 2, 2), np.complex64), support=np.ones((n, 2, 2, 2), bool),
+                         chi=np.zeros(n), start=["flat"] * n, chi_free=np.array(chi_free),
+                         coherence=np.array([[0.0, b, b] for b in blurs]))
+
+    best = answers([0.100, 0.100], [0.0, 0.5])  # a coherent answer and a blurred one
+    found = answers([0.097, 0.090, 0.097], [0.3, 0.3, 0.0])  # 3 % and 10 % lower, blurred; 3 % lower, coherent
+    monkeypatch.setattr(effort, "BLUR_MARGIN", 0.05)
+    assert [effort.predicts_better(found, j, best, 0) for j in range(3)] == [False, True, True]
+    assert effort.predicts_better(found, 0, best, 1)  # blurred for blurred: any gain
+    monkeypatch.setattr(effort, "BLUR_MARGIN", 0.0)
+    assert effort.predicts_better(found, 0, best, 0)  # no margin: any gain

@@ -275,6 +275,8 @@ def describe_width_step() -> str:
     if DEBLURRED_SEARCH:
         words += ("; a blurred one searched again on its data deblurred at that width (Richardson–Lucy) and fitted back "
                   "with the blurred model")
+    if BLUR_MARGIN:
+        words += f"; a blurred fit replaces a coherent answer only where its χ_free is lower by more than {BLUR_MARGIN:.0%}"
     return words + ("; the fit with the lowest χ_free kept, polished once" if WIDTH_POLISH_WINNER else
                     "; the fit with the lowest χ_free kept")
 
