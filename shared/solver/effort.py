@@ -114,8 +114,10 @@ DEBLURRED_SEARCH = True
 # blurred had taken σ 0.3 for 0.1–2.8 % less χ_free, where blurred data's answers gained 9.5–40 % from their widths.
 # By a rule written before its run (fresh seed 5041, 144 scans): called converged and right 36 → 39, wrong ones called
 # converged 0 → 0, right 68 → 68; three photon-starved blurred scans, wrong and uncertain either way, ended further
-# off as coherent fits (docs/BENCHMARKS.md, "Fortieth session")
-BLUR_MARGIN = 0.05
+# off as coherent fits. Off all the same: local CI then failed tests/test_detector.py's flagged-pixel case (one crystal
+# with a module gap beside its peak, left free: 0.148 rad against 0.067 clean, where the test asks for less than half
+# the cost of taking the gap as zeros); flagged scans were not in the rule's run (docs/BENCHMARKS.md, "Fortieth session")
+BLUR_MARGIN = 0.0
 SMALL_GRID = 64**3
 AGAIN = "again"  # the phase of a checkpoint that holds a first run's answers: resumed, only the run again runs
 
