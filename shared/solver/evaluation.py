@@ -27,6 +27,7 @@ FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SUCCESS = trust.PROMISE  # rad: plain RMS phase error below this is a success (what "converged" promises)
 REFINED = "refined stage (NN → ER/HIO → AD)"
 PREVIEW = "preview (the refined plan without its polish, all frames)"
+PARTIAL_ERRORS = ("preview", "3D-CDI-NN", "flat phase")  # the answers ``partial_scans`` measures at each fraction
 
 
 def held_out_set(count: int, seed: int, photons=(1e5, 1e7)):
@@ -154,7 +155,7 @@ def evaluate_family(predictor, out: Path, family: str, count: int, seed: int, co
 def plot_partial(partial: dict, path: Path, family: str) -> None:
     """The median errors of ``partial_scans`` against the fraction of frames (its shares are in the table: a share
     on an axis of radians would read as an error)."""
-    plots.curve(list(FRACTIONS), {k: partial[k]["median"] for k in ("preview", "3D-CDI-NN", "flat phase")}, path,
+    plots.curve(list(FRACTIONS), {k: partial[k]["median"] for k in PARTIAL_ERRORS}, path,
                 "fraction of rocking frames acquired", "median plain phase error (rad)",
                 f"{family}: live preview on partial scans")
 
@@ -218,7 +219,7 @@ def live_previews(predictor, magnitudes, fractions=FRACTIONS):
 def partial_scans(predictor, magnitudes, truth) -> dict:
     """Plain phase error of the preview (the answer the live view shows), the network and a flat phase when only the
     first frames are in."""
-    series = {"preview": [], "3D-CDI-NN": [], "flat phase": []}
+    series = {key: [] for key in PARTIAL_ERRORS}
     better, right = [], []
     for _, preview, nn, _ in tqdm(live_previews(predictor, magnitudes), total=len(FRACTIONS), desc="partial scans"):
         errs = {"preview": all_errors(preview, truth)["phase_unweighted"],
@@ -226,8 +227,9 @@ def partial_scans(predictor, magnitudes, truth) -> dict:
                 "flat phase": all_errors(np.abs(nn).astype(np.complex64), truth)["phase_unweighted"]}
         for key, values in errs.items():
             series[key].append(float(np.median(values)))
-        better.append(float(np.mean(np.array(errs["preview"]) < np.array(errs["flat phase"]))))
-        right.append(float(np.mean(np.array(errs["preview"]) < SUCCESS)))  # issue 33's target: the share right
+        shown = np.array(errs["preview"])
+        better.append(float(np.mean(shown < np.array(errs["flat phase"]))))
+        right.append(float(np.mean(shown < SUCCESS)))  # issue 33's target: the share right
     return {key: {"median": values} for key, values in series.items()} | {"preview beats flat": {"median": better},
                                                                            "preview right": {"share": right}}
 
